@@ -1,0 +1,2 @@
+//! Analysis: turns a loaded [`Profile`](crate::format::Profile) into the
+//! model every renderer reads.

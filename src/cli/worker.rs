@@ -1,0 +1,11 @@
+//! `leakprof worker` (not built yet).
+
+use super::{Global, Outcome};
+
+/// Not built yet.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn execute(_global: Global, _args: Args) -> Outcome {
+    anyhow::bail!("`leakprof worker` is not built yet")
+}

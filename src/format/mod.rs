@@ -1,0 +1,511 @@
+//! The profile file: the one contract between the recorder and everything
+//! that reads its output.
+//!
+//! A profile is a versioned JSON document (see `docs/FORMAT.md`). The recorder
+//! writes it, the analysis and renderers read it, and nothing else is shared
+//! between the two sides. Its size grows with the number of distinct
+//! (stack, tag) pairs, never with the number of allocations.
+//!
+//! This module owns the types, atomic saving and strict loading: a file of an
+//! unknown version, a file that is not a profile, or a corrupt or truncated
+//! file is rejected with an error that names the file and what is wrong.
+
+mod load;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{load, load_bytes, LoadError};
+
+/// The value of the `format` key in every profile.
+pub const FORMAT_NAME: &str = "leakprof-profile";
+
+/// Version written by this build when the profile carries no heap graph.
+pub const VERSION_V1: u32 = 1;
+
+/// Version written when the optional heap-graph section is present.
+pub const VERSION_V2: u32 = 2;
+
+/// Versions this build can read.
+pub const SUPPORTED_VERSIONS: &[u32] = &[VERSION_V1, VERSION_V2];
+
+/// A saved profile: everything the reporter knows about one process.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// One of [`SUPPORTED_VERSIONS`].
+    pub version: u32,
+    pub meta: Meta,
+    /// Loaded modules, so addresses can be re-symbolized offline.
+    #[serde(default)]
+    pub modules: Vec<Module>,
+    /// Symbolized frames; a stack refers to them by index.
+    pub frames: Vec<Frame>,
+    /// Unique stacks; allocations refer to them by index (the stack id).
+    pub stacks: Vec<Stack>,
+    /// Tags seen while recording; index 0 is always the untagged tag.
+    pub tags: Vec<TagInfo>,
+    /// Surviving (live) memory, aggregated by (stack, tag[, owner]).
+    pub live: Vec<LiveGroup>,
+    /// Per-stack aggregates: total allocated, at the global peak, at snapshot.
+    pub stack_stats: Vec<StackStats>,
+    /// Tasks described through the API (message id, actor, queue, ...).
+    #[serde(default)]
+    pub tasks: Vec<TaskInfo>,
+    pub totals: Totals,
+    /// Periodic samples and marked events, in time order.
+    #[serde(default)]
+    pub timeline: Vec<TimelinePoint>,
+    pub dropped: Dropped,
+    /// The heap graph (version 2 only): owners, cycles and retainer chains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<Graph>,
+}
+
+/// Facts about the recorded process and how it was recorded.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub pid: u32,
+    /// Wall-clock time recording started, ms since the Unix epoch.
+    pub start_unix_ms: u64,
+    /// Time of this snapshot, ns since recording started.
+    pub snapshot_ns: u64,
+    pub leakprof_version: String,
+    pub options: RecordOptions,
+    /// Free-form facts a program attaches (scenario, middleware, broker, ...).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// How the recorder was configured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordOptions {
+    /// `full`: every allocation recorded; `sampled`: Poisson sampling by bytes
+    /// and every byte/block figure in the profile is an unbiased estimate.
+    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_mean_bytes: Option<u64>,
+    pub max_frames: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline_interval_ms: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Full,
+    Sampled,
+}
+
+/// A loaded object file (executable or shared library).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Module {
+    pub path: String,
+    /// GNU build-id, lowercase hex, when the module has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// Load bias: runtime address minus link-time address.
+    pub load_address: u64,
+    /// Lowest and highest runtime address of its executable segments.
+    pub start: u64,
+    pub end: u64,
+}
+
+/// One symbolized frame. An instruction address whose code was inlined
+/// yields several frames, innermost first, all with the same `address`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Frame {
+    /// Demangled function name, or `0x...` when unknown.
+    pub function: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// Runtime instruction address (return address minus one).
+    pub address: u64,
+    /// Index into `modules`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<u32>,
+    /// True for a frame that was inlined into its caller.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
+}
+
+/// A unique call stack, allocation site first.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Stack {
+    /// Indices into `frames`, innermost (allocation site) first.
+    pub frames: Vec<u32>,
+    /// True when the depth limit cut the walk short.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// A byte and block count pair.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Amount {
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
+impl Amount {
+    pub fn add(&mut self, other: Amount) {
+        self.bytes += other.bytes;
+        self.blocks += other.blocks;
+    }
+}
+
+/// A tag: what the program was doing when memory was allocated.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TagInfo {
+    /// Equal to this tag's index in `tags`; 0 is the untagged tag.
+    pub id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<u32>,
+    /// Owner scope or free-form label ("error value", "result slot", ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Type name carried by an owner scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_name: Option<String>,
+    /// First and last time code ran under this tag, ns since recording
+    /// started (first and last poll of a tagged future).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ns: Option<u64>,
+    /// True while code was running under this tag at snapshot time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub active: bool,
+    /// Live at snapshot, allocated in total, and the largest live amount
+    /// observed (sampled at global-peak updates, timeline ticks and snapshot).
+    pub live: Amount,
+    pub allocated: Amount,
+    pub peak: Amount,
+}
+
+/// Surviving memory of one (stack, tag) pair, split further by owner when a
+/// heap graph was taken.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LiveGroup {
+    pub stack: u32,
+    pub tag: u32,
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Index into `graph.owners` (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
+    /// Index into `graph.vias` (version 2): how the block is referred to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<u32>,
+    /// Version 2: no path from any root reaches these blocks (a true leak).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreachable: bool,
+}
+
+/// Per-stack aggregates (DHAT's total / at-t-gmax / at-t-end).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StackStats {
+    pub stack: u32,
+    /// Everything ever allocated from this stack while recording.
+    pub allocated: Amount,
+    /// Live from this stack at the (approximate) global peak.
+    pub at_peak: Amount,
+    /// Live from this stack at snapshot time.
+    pub live: Amount,
+}
+
+/// A task described through the API; tags refer to it by `task`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskInfo {
+    pub task: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// An id from outside, such as a Dramatiq message id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Highest retry number seen under this task's tags.
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ns: Option<u64>,
+    /// Free-form final state ("succeeded", "retrying", "dead-lettered", ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+/// Whole-process aggregates.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Totals {
+    /// Recorded memory alive at snapshot (memory allocated before recording
+    /// started is not included).
+    pub live: Amount,
+    /// Largest live amount seen; may be below the true peak by at most
+    /// `peak_error_bytes` (see docs/FORMAT.md).
+    pub peak: Amount,
+    pub peak_error_bytes: u64,
+    /// Time of the peak, ns since recording started.
+    #[serde(default)]
+    pub peak_ns: u64,
+    /// Everything allocated while recording.
+    pub allocated: Amount,
+    /// Resident set size of the process at snapshot time.
+    #[serde(default)]
+    pub rss_bytes: u64,
+}
+
+/// One point on the memory timeline.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimelinePoint {
+    /// ns since recording started.
+    pub t_ns: u64,
+    pub rss_bytes: u64,
+    pub live_bytes: u64,
+    pub live_blocks: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<u32>,
+    /// `None` for a periodic sample; otherwise the marked event, such as
+    /// "before allocation", "after allocation" or "after failure".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+}
+
+/// What the recorder could not record, so readers know the profile's limits.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Dropped {
+    /// Allocations passed through untracked (metadata exhausted, table full).
+    pub untracked_allocs: u64,
+    pub untracked_bytes: u64,
+    /// Allocations recorded with the overflow stack because the stack table
+    /// was full.
+    pub stacks_overflowed: u64,
+    /// Stacks cut at the depth limit.
+    pub truncated_stacks: u64,
+    /// Timeline samples lost because the timeline buffer was full.
+    #[serde(default)]
+    pub timeline_points: u64,
+}
+
+/// The heap graph of a version-2 profile: who holds the memory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Graph {
+    /// Blocks and bytes scanned, pointers found, and how long the world was
+    /// stopped for the scan.
+    pub scanned: Amount,
+    pub edges: u64,
+    pub pause_ns: u64,
+    /// How other threads' stacks were captured ("signals" or "quiescent").
+    pub thread_roots: String,
+    /// Owners: labelled objects grouped by label, and site groups for memory
+    /// with no labelled holder. `LiveGroup::owner` indexes this.
+    pub owners: Vec<Owner>,
+    /// Referring paths (`LiveGroup::via` indexes this).
+    #[serde(default)]
+    pub vias: Vec<Via>,
+    /// Unreachable strongly connected groups: true leaks.
+    #[serde(default)]
+    pub cycles: Vec<Cycle>,
+    /// Objects kept for offline retainer chains.
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+}
+
+/// One owner: a label with the memory it keeps alive.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    /// "error value", "retry closure", "result slot", ... or, for memory
+    /// without a labelled holder, "site: <function>".
+    pub name: String,
+    /// `labelled` or `site`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_name: Option<String>,
+    /// Number of distinct labelled objects (or top-most holders).
+    pub objects: u64,
+    /// Memory dominated by these objects, themselves included.
+    pub retained: Amount,
+}
+
+/// How a block is referred to by the object that holds it (guppy's byvia).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Via {
+    /// "root: <kind>" or the holder's owner, type or site.
+    pub holder: String,
+    /// Byte offset of the pointer inside the holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// An unreachable strongly connected group of blocks.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cycle {
+    pub id: u32,
+    /// The members themselves.
+    pub members: Amount,
+    /// Everything the cycle keeps alive, members included.
+    pub retained: Amount,
+    /// Node indices of the members (into `graph.nodes`).
+    pub nodes: Vec<u32>,
+}
+
+/// A heap object kept in the profile for retainer chains.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub address: u64,
+    pub size: u64,
+    pub stack: u32,
+    pub tag: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_name: Option<String>,
+    /// Memory this object dominates, itself included.
+    pub retained: Amount,
+    /// Next hop towards a root on a shortest retainer path, with the byte
+    /// offset of the pointer inside that parent; `None` at a root or at a
+    /// cycle entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_offset: Option<u64>,
+    /// Set when a root refers to this object directly: "stack", "static",
+    /// "tls", "registered: <name>".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// Set on members of an unreachable cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreachable: bool,
+}
+
+/// Errors from saving a profile.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("writing profile {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding profile {path}: {source}")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Profile {
+    /// An empty profile of the current version, for tests and tools.
+    pub fn empty(program: &str) -> Profile {
+        Profile {
+            format: FORMAT_NAME.to_string(),
+            version: VERSION_V1,
+            meta: Meta {
+                program: program.to_string(),
+                leakprof_version: env!("CARGO_PKG_VERSION").to_string(),
+                options: RecordOptions {
+                    max_frames: 64,
+                    ..RecordOptions::default()
+                },
+                ..Meta::default()
+            },
+            modules: Vec::new(),
+            frames: Vec::new(),
+            stacks: Vec::new(),
+            tags: vec![TagInfo::default()],
+            live: Vec::new(),
+            stack_stats: Vec::new(),
+            tasks: Vec::new(),
+            totals: Totals::default(),
+            timeline: Vec::new(),
+            dropped: Dropped::default(),
+            graph: None,
+        }
+    }
+
+    /// Writes the profile atomically: to a temporary file in the same
+    /// directory, flushed to disk, then renamed over `path`. A reader never
+    /// sees a half-written profile, and a failed save leaves any previous
+    /// file in place.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), SaveError> {
+        let path = path.as_ref();
+        let bytes = serde_json::to_vec(self).map_err(|source| SaveError::Encode {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        write_atomically(path, &bytes).map_err(|source| SaveError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Looks up a module-relative frame's module path, for display.
+    pub fn module_of(&self, frame: &Frame) -> Option<&Module> {
+        frame.module.and_then(|m| self.modules.get(m as usize))
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary sibling file and a rename.
+/// Shared by every writer of leakprof output (profiles, CSV, SVG, JSON).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
