@@ -509,3 +509,36 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     result
 }
+
+/// Names of marked timeline events (`TimelinePoint::event`). The worker lab
+/// marks them at the seed's measuring points; the analysis reads them.
+pub mod events {
+    /// A task is about to allocate its payload.
+    pub const BEFORE_ALLOCATION: &str = "before allocation";
+    /// A task has allocated (and filled) its payload.
+    pub const AFTER_ALLOCATION: &str = "after allocation";
+    /// A failed attempt has been fully handled: the retry is scheduled (or
+    /// the message dead-lettered) and the worker let go of the error. The
+    /// leak slope is fitted to `live_bytes` at these points against `retry`.
+    pub const AFTER_FAILURE: &str = "after failure";
+    /// A task finished successfully and its result was handed on.
+    pub const AFTER_SUCCESS: &str = "after success";
+    /// A stored result expired and was dropped.
+    pub const RESULT_EXPIRED: &str = "result expired";
+    /// Recording stopped early because RSS reached `--max-rss`.
+    pub const MAX_RSS: &str = "max rss reached";
+}
+
+/// Well-known keys of `Meta::attributes`.
+pub mod attributes {
+    /// Lab scenario name, e.g. `exception`.
+    pub const SCENARIO: &str = "scenario";
+    /// Middleware variant, `original` or `fixed`.
+    pub const MIDDLEWARE: &str = "middleware";
+    /// `memory` or `redis`.
+    pub const BROKER: &str = "broker";
+    /// Payload size in bytes, as a decimal string.
+    pub const PAYLOAD_BYTES: &str = "payload_bytes";
+    /// Why the run ended: `completed`, `duration`, `max-rss`, `signal`.
+    pub const STOP_REASON: &str = "stop_reason";
+}
