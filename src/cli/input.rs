@@ -20,7 +20,10 @@ pub fn profile_path(arg: &Path) -> PathBuf {
 pub fn load_profile_arg(arg: &Path) -> anyhow::Result<Profile> {
     let path = profile_path(arg);
     if arg.is_dir() && !path.exists() {
-        anyhow::bail!("{} is a directory without a profile.json (is it a `leakprof run` output directory?)", arg.display());
+        anyhow::bail!(
+            "{} is a directory without a profile.json (is it a `leakprof run` output directory?)",
+            arg.display()
+        );
     }
     crate::format::load(&path).with_context(|| "cannot use this profile".to_string())
 }

@@ -28,7 +28,9 @@ pub use units::{parse_duration, parse_size};
 /// Memory-leak profiler for task-queue workers.
 #[derive(Debug, Parser)]
 #[command(name = "leakprof", version, about, long_about = None)]
-#[command(after_help = "Examples:\n  leakprof run --scenario exception\n  leakprof report leakprof-out/exception-original\n  leakprof diff leakprof-out/exception-original leakprof-out/exception-fixed")]
+#[command(
+    after_help = "Examples:\n  leakprof run --scenario exception\n  leakprof report leakprof-out/exception-original\n  leakprof diff leakprof-out/exception-original leakprof-out/exception-fixed"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,7 +72,11 @@ pub fn main() -> ExitCode {
             // clap prints help/version to stdout (exit 0) and usage errors to
             // stderr (exit 2).
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(cli) {

@@ -9,10 +9,14 @@ use std::time::Duration;
 /// as memory tools conventionally do), case-insensitive.
 pub fn parse_size(text: &str, default_unit: u64) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("{text:?} is not a size (expected e.g. 128, 512KiB, 1MiB, 4GiB)"));
+        return Err(format!(
+            "{text:?} is not a size (expected e.g. 128, 512KiB, 1MiB, 4GiB)"
+        ));
     }
     let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a size"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -22,7 +26,11 @@ pub fn parse_size(text: &str, default_unit: u64) -> Result<u64, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("{text:?}: unknown size unit {other:?} (use B, KiB, MiB, GiB or TiB)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown size unit {other:?} (use B, KiB, MiB, GiB or TiB)"
+            ))
+        }
     };
     let bytes = value * mult as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
@@ -35,12 +43,18 @@ pub fn parse_size(text: &str, default_unit: u64) -> Result<u64, String> {
 /// taken in `default_unit`.
 pub fn parse_duration(text: &str, default_unit: Duration) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("{text:?} is not a duration (expected e.g. 20ms, 30s, 2m)"));
+        return Err(format!(
+            "{text:?} is not a duration (expected e.g. 20ms, 30s, 2m)"
+        ));
     }
-    let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a duration"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration"))?;
     let secs = match unit.trim() {
         "" => value * default_unit.as_secs_f64(),
         "ns" => value / 1e9,
@@ -49,9 +63,13 @@ pub fn parse_duration(text: &str, default_unit: Duration) -> Result<Duration, St
         "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("{text:?}: unknown duration unit {other:?} (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown duration unit {other:?} (use ms, s, m or h)"
+            ))
+        }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return Err(format!("{text:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -74,10 +92,22 @@ mod tests {
 
     #[test]
     fn durations_take_units() {
-        assert_eq!(parse_duration("20ms", Duration::from_secs(1)), Ok(Duration::from_millis(20)));
-        assert_eq!(parse_duration("30s", Duration::from_secs(1)), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m", Duration::from_secs(1)), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("100", Duration::from_millis(1)), Ok(Duration::from_millis(100)));
+        assert_eq!(
+            parse_duration("20ms", Duration::from_secs(1)),
+            Ok(Duration::from_millis(20))
+        );
+        assert_eq!(
+            parse_duration("30s", Duration::from_secs(1)),
+            Ok(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration("2m", Duration::from_secs(1)),
+            Ok(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_duration("100", Duration::from_millis(1)),
+            Ok(Duration::from_millis(100))
+        );
         assert!(parse_duration("soon", Duration::from_secs(1)).is_err());
         assert!(parse_duration("3 fortnights", Duration::from_secs(1)).is_err());
     }

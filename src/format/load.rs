@@ -19,7 +19,11 @@ pub enum LoadError {
     #[error("profile {path} is empty")]
     Empty { path: PathBuf },
     #[error("profile {path} is truncated: unexpected end of file at line {line}, column {column}")]
-    Truncated { path: PathBuf, line: usize, column: usize },
+    Truncated {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+    },
     #[error("profile {path} is corrupt: {message} at line {line}, column {column}")]
     Corrupt {
         path: PathBuf,
@@ -167,13 +171,17 @@ fn validate(p: &Profile) -> Result<(), String> {
     for (i, f) in p.frames.iter().enumerate() {
         if let Some(m) = f.module {
             if m as usize >= modules {
-                return Err(format!("frame {i} refers to module {m}, but there are {modules} modules"));
+                return Err(format!(
+                    "frame {i} refers to module {m}, but there are {modules} modules"
+                ));
             }
         }
     }
     for (i, s) in p.stacks.iter().enumerate() {
         if let Some(&f) = s.frames.iter().find(|&&f| f as usize >= frames) {
-            return Err(format!("stack {i} refers to frame {f}, but there are {frames} frames"));
+            return Err(format!(
+                "stack {i} refers to frame {f}, but there are {frames} frames"
+            ));
         }
     }
     if tags == 0 {
@@ -188,25 +196,38 @@ fn validate(p: &Profile) -> Result<(), String> {
     let vias = p.graph.as_ref().map_or(0, |g| g.vias.len());
     for (i, l) in p.live.iter().enumerate() {
         if l.stack as usize >= stacks {
-            return Err(format!("live group {i} refers to stack {}, but there are {stacks} stacks", l.stack));
+            return Err(format!(
+                "live group {i} refers to stack {}, but there are {stacks} stacks",
+                l.stack
+            ));
         }
         if l.tag as usize >= tags {
-            return Err(format!("live group {i} refers to tag {}, but there are {tags} tags", l.tag));
+            return Err(format!(
+                "live group {i} refers to tag {}, but there are {tags} tags",
+                l.tag
+            ));
         }
         if let Some(o) = l.owner {
             if o as usize >= owners {
-                return Err(format!("live group {i} refers to owner {o}, but there are {owners} owners"));
+                return Err(format!(
+                    "live group {i} refers to owner {o}, but there are {owners} owners"
+                ));
             }
         }
         if let Some(v) = l.via {
             if v as usize >= vias {
-                return Err(format!("live group {i} refers to via {v}, but there are {vias} vias"));
+                return Err(format!(
+                    "live group {i} refers to via {v}, but there are {vias} vias"
+                ));
             }
         }
     }
     for (i, s) in p.stack_stats.iter().enumerate() {
         if s.stack as usize >= stacks {
-            return Err(format!("stack_stats {i} refers to stack {}, but there are {stacks} stacks", s.stack));
+            return Err(format!(
+                "stack_stats {i} refers to stack {}, but there are {stacks} stacks",
+                s.stack
+            ));
         }
     }
     if let Some(g) = &p.graph {
@@ -219,7 +240,9 @@ fn validate(p: &Profile) -> Result<(), String> {
                 return Err(format!("graph node {i} refers to a missing stack or tag"));
             }
             if n.parent.is_some_and(|x| x as usize >= nodes) {
-                return Err(format!("graph node {i} has a parent outside the node table"));
+                return Err(format!(
+                    "graph node {i} has a parent outside the node table"
+                ));
             }
             if n.owner.is_some_and(|x| x as usize >= owners) {
                 return Err(format!("graph node {i} refers to a missing owner"));
@@ -230,7 +253,10 @@ fn validate(p: &Profile) -> Result<(), String> {
         }
         for c in &g.cycles {
             if c.nodes.iter().any(|&n| n as usize >= nodes) {
-                return Err(format!("cycle {} refers to a node outside the node table", c.id));
+                return Err(format!(
+                    "cycle {} refers to a node outside the node table",
+                    c.id
+                ));
             }
         }
     }

@@ -315,6 +315,10 @@ pub struct Dropped {
     /// Timeline samples lost because the timeline buffer was full.
     #[serde(default)]
     pub timeline_points: u64,
+    /// Tags that could not be interned (table full); their allocations
+    /// were recorded untagged.
+    #[serde(default)]
+    pub tags_overflowed: u64,
 }
 
 /// The heap graph of a version-2 profile: who holds the memory.
@@ -491,9 +495,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
+    })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));

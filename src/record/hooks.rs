@@ -1,0 +1,627 @@
+//! The allocation path: what every `alloc`, `dealloc` and `realloc` does
+//! while recording, and the process-wide recorder state it touches.
+//!
+//! Rules that must stay true here:
+//! - nothing allocates through the global allocator (tables and counters
+//!   live in `mmap`ed memory; slow paths that must allocate set the
+//!   re-entrancy guard first, so those allocations pass through untracked);
+//! - nothing panics (no indexing that can fail, no unwrap);
+//! - the only locks taken are one live-table shard lock at a time, never
+//!   while holding any other recorder lock, and nothing waits for I/O;
+//! - a free removes its block from the live table before the memory is
+//!   handed back to the inner allocator.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use super::live::{Block, LiveTable};
+use super::stacks::{self, Captured, StackTable, MAX_DEPTH};
+use super::sys::{self, RawLock};
+use super::tags::{TagTable, UNTAGGED};
+use super::threads::{Registry, ThreadState};
+
+/// `STATE` values. `UNSEEN` until the allocator is first used, so
+/// `Recorder::start` can tell whether `LeakAlloc` is installed.
+pub(crate) const UNSEEN: u8 = 0;
+pub(crate) const IDLE: u8 = 1;
+pub(crate) const RECORDING: u8 = 2;
+
+/// The one atomic every allocation reads.
+pub(crate) static STATE: AtomicU8 = AtomicU8::new(UNSEEN);
+
+pub(crate) static LIVE: LiveTable = LiveTable::new();
+pub(crate) static STACKS: StackTable = StackTable::new();
+pub(crate) static TAGS: TagTable = TagTable::new();
+pub(crate) static THREADS: Registry = Registry::new();
+
+/// Recording configuration, written by `Recorder::start` before `STATE`
+/// becomes `RECORDING`.
+pub(crate) struct Config {
+    pub(crate) max_frames: AtomicU32,
+    /// 0 in full mode; the mean sampling interval in bytes otherwise.
+    pub(crate) sample_mean: AtomicU64,
+    /// Block counters count in units of 1/`block_unit` block (1 in full
+    /// mode; 1024 in sampled mode, where a sample stands for a fractional
+    /// number of blocks).
+    pub(crate) block_unit: AtomicU64,
+    pub(crate) seed: AtomicU64,
+}
+
+pub(crate) static CONFIG: Config = Config {
+    max_frames: AtomicU32::new(64),
+    sample_mean: AtomicU64::new(0),
+    block_unit: AtomicU64::new(1),
+    seed: AtomicU64::new(0),
+};
+
+/// Blocks passed through untracked (table memory refused, or no thread
+/// state available).
+pub(crate) static UNTRACKED_ALLOCS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static UNTRACKED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Threads fold their net live change into these every [`FLUSH_BYTES`], so
+/// the global live amount (and with it the peak) is known to within
+/// `threads x FLUSH_BYTES` without every allocation writing one cache line.
+pub(crate) const FLUSH_BYTES: i64 = 256 << 10;
+pub(crate) static APPROX_LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+pub(crate) static APPROX_LIVE_BLOCKS: AtomicI64 = AtomicI64::new(0);
+pub(crate) static PEAK_BYTES: AtomicI64 = AtomicI64::new(0);
+pub(crate) static PEAK_BLOCKS: AtomicI64 = AtomicI64::new(0);
+pub(crate) static PEAK_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Per-stack live amounts captured when the global peak last rose by a
+/// step (DHAT's at-t-gmax), indexed by stack id: `[bytes, blocks]`.
+pub(crate) static AT_PEAK: AtomicPtr<[AtomicU64; 2]> = AtomicPtr::new(std::ptr::null_mut());
+pub(crate) static AT_PEAK_LIVE: AtomicI64 = AtomicI64::new(0);
+pub(crate) static CAPTURE_LOCK: RawLock = RawLock::new();
+pub(crate) const AT_PEAK_LEN: usize = 1 << 21;
+
+/// The tag most recently entered by any thread (for the timeline's
+/// "current task" column).
+pub(crate) static LAST_TAG: AtomicU32 = AtomicU32::new(UNTAGGED);
+
+/// Sampled mode: a counting filter over addresses of sampled blocks, so a
+/// free of an unsampled block (nearly all of them) skips the live table.
+/// 255 is sticky (never decremented).
+static SAMPLED: [AtomicU8; 1 << 16] = [const { AtomicU8::new(0) }; 1 << 16];
+
+/// Per-thread recorder state. `const`-initialised and without a destructor,
+/// so it is usable at any point of a thread's life, teardown included.
+pub(crate) struct Local {
+    /// Set while leakprof's own code runs on this thread: allocations pass
+    /// through unrecorded.
+    pub(crate) guard: Cell<bool>,
+    /// Set while this thread holds live-table locks (snapshot, heap scan):
+    /// its frees must not take them again.
+    pub(crate) holds_locks: Cell<bool>,
+    /// Current tag id.
+    pub(crate) tag: Cell<u32>,
+    state: Cell<*const ThreadState>,
+    /// The thread's storage was torn down: use the orphan slot.
+    dead: Cell<bool>,
+    /// Sampled mode: bytes until the next sample, and the generator.
+    countdown: Cell<i64>,
+    rng: Cell<u64>,
+}
+
+thread_local! {
+    pub(crate) static LOCAL: Local = const {
+        Local {
+            guard: Cell::new(false),
+            holds_locks: Cell::new(false),
+            tag: Cell::new(UNTAGGED),
+            state: Cell::new(std::ptr::null()),
+            dead: Cell::new(false),
+            countdown: Cell::new(0),
+            rng: Cell::new(0),
+        }
+    };
+}
+
+/// Gives the thread's slot back when its thread-local storage is torn
+/// down. Touched once at registration, which registers the destructor.
+struct Retire;
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        let _ = LOCAL.try_with(|l| {
+            let was = l.guard.replace(true);
+            let ts = l.state.replace(std::ptr::null());
+            l.dead.set(true);
+            if !ts.is_null() {
+                // SAFETY: non-null states point into the registry mapping,
+                // which is never unmapped.
+                let ts = unsafe { &*ts };
+                flush_tag(ts);
+                flush_global(ts);
+                THREADS.retire(ts);
+            }
+            l.guard.set(was);
+        });
+    }
+}
+
+thread_local! {
+    static RETIRE: Retire = const { Retire };
+}
+
+/// Runs `f` with the re-entrancy guard set: allocations it makes are not
+/// recorded. Restores the previous state even if `f` unwinds.
+pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = LOCAL.try_with(|l| l.guard.set(self.0));
+        }
+    }
+    let was = LOCAL.try_with(|l| l.guard.replace(true)).unwrap_or(true);
+    let _restore = Restore(was);
+    f()
+}
+
+#[inline]
+pub(crate) fn recording() -> bool {
+    STATE.load(Ordering::Relaxed) == RECORDING
+}
+
+/// Marks the allocator as installed (first call only).
+#[cold]
+pub(crate) fn note_installed() {
+    let _ = STATE.compare_exchange(UNSEEN, IDLE, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// The calling thread's state, registering it on first use.
+#[inline]
+fn thread_state(l: &Local) -> Option<&'static ThreadState> {
+    let p = l.state.get();
+    if !p.is_null() {
+        // SAFETY: states live in the never-unmapped registry mapping.
+        return Some(unsafe { &*p });
+    }
+    register(l)
+}
+
+#[cold]
+fn register(l: &Local) -> Option<&'static ThreadState> {
+    if l.dead.get() {
+        return THREADS.orphan();
+    }
+    let ts = match THREADS.claim() {
+        Some(ts) => {
+            ts.tid.store(sys::gettid(), Ordering::Relaxed);
+            // SAFETY: pthread_self has no preconditions.
+            ts.pthread
+                .store(unsafe { libc::pthread_self() } as u64, Ordering::Relaxed);
+            // May allocate: the caller holds the guard.
+            ts.stack_end
+                .store(sys::current_stack_end(), Ordering::Relaxed);
+            ts.tag_id.store(l.tag.get(), Ordering::Relaxed);
+            ts
+        }
+        None => THREADS.orphan()?,
+    };
+    l.state.set(ts);
+    // Registers the teardown hook (may allocate; guard is held).
+    let _ = RETIRE.try_with(|_| ());
+    Some(ts)
+}
+
+/// Recorded after the inner allocator returned `addr`.
+#[inline(never)]
+pub(crate) fn on_alloc(addr: usize, size: usize) {
+    let tracked = LOCAL.try_with(|l| {
+        if l.guard.get() {
+            return true;
+        }
+        l.guard.set(true);
+        let ok = record_alloc(l, addr, size);
+        l.guard.set(false);
+        ok
+    });
+    if tracked != Ok(true) {
+        UNTRACKED_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        UNTRACKED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    }
+}
+
+/// Returns false when the block could not be recorded.
+#[inline(always)]
+fn record_alloc(l: &Local, addr: usize, size: usize) -> bool {
+    let mean = CONFIG.sample_mean.load(Ordering::Relaxed);
+    let (w_bytes, w_blocks) = if mean == 0 {
+        (size as u64, 1)
+    } else {
+        let left = l.countdown.get() - size as i64;
+        if left > 0 {
+            l.countdown.set(left);
+            return true;
+        }
+        l.countdown.set(next_gap(l, mean));
+        sample_weight(size, mean)
+    };
+    let Some(ts) = thread_state(l) else {
+        return false;
+    };
+    let mut captured = Captured {
+        frames: [0; MAX_DEPTH],
+        len: 0,
+        truncated: false,
+    };
+    stacks::capture(
+        CONFIG.max_frames.load(Ordering::Relaxed) as usize,
+        ts.stack_end.load(Ordering::Relaxed),
+        &mut captured,
+    );
+    let frames = captured.frames.get(..captured.len).unwrap_or(&[]);
+    let stack = STACKS.intern(frames, captured.truncated);
+    let tag = l.tag.get();
+    let block = Block {
+        addr,
+        size,
+        stack,
+        tag,
+        birth: sys::ticks(),
+    };
+    if !LIVE.insert(block) {
+        return false;
+    }
+    if mean != 0 {
+        let f = &SAMPLED[filter_index(addr)];
+        if f.load(Ordering::Relaxed) != u8::MAX {
+            f.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    account(ts, &block, w_bytes as i64, w_blocks as i64);
+    true
+}
+
+/// Recorded before the inner allocator gets `addr` back.
+#[inline(never)]
+pub(crate) fn on_free(addr: usize) {
+    let _ = LOCAL.try_with(|l| {
+        if l.holds_locks.get() {
+            // Only leakprof's own scratch memory is freed while it holds the
+            // live table's locks, and that memory is never recorded.
+            return;
+        }
+        let was = l.guard.replace(true);
+        if let Some(block) = detach(addr) {
+            settle_free(l, &block);
+        }
+        l.guard.set(was);
+    });
+}
+
+/// Takes a block out of the live table (free, or the old half of a
+/// realloc) without accounting for it yet.
+#[inline]
+pub(crate) fn detach(addr: usize) -> Option<Block> {
+    if CONFIG.sample_mean.load(Ordering::Relaxed) != 0 {
+        let f = &SAMPLED[filter_index(addr)];
+        let n = f.load(Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        let block = LIVE.remove(addr)?;
+        if n != u8::MAX {
+            f.fetch_sub(1, Ordering::Relaxed);
+        }
+        return Some(block);
+    }
+    LIVE.remove(addr)
+}
+
+/// Puts back a block detached by a realloc that failed.
+pub(crate) fn restore(block: Block) {
+    if LIVE.insert(block) && CONFIG.sample_mean.load(Ordering::Relaxed) != 0 {
+        let f = &SAMPLED[filter_index(block.addr)];
+        if f.load(Ordering::Relaxed) != u8::MAX {
+            f.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Accounts for a detached block as freed by the calling thread.
+pub(crate) fn settle_free(l: &Local, block: &Block) {
+    let (b, n) = weight_of(block.size);
+    match thread_state(l) {
+        Some(ts) => account(ts, block, -(b as i64), -(n as i64)),
+        None => {
+            if let Some(e) = TAGS.entry(block.tag) {
+                e.add_live(-(b as i64), -(n as i64));
+            }
+        }
+    }
+}
+
+/// Applies a signed live change (positive: allocation) to every counter:
+/// thread totals, the thread's per-stack counters, the tag, and the
+/// pending global delta.
+#[inline(always)]
+fn account(ts: &ThreadState, block: &Block, bytes: i64, blocks: i64) {
+    let shared = THREADS.is_orphan(ts);
+    let stack = ts.stack_counters(block.stack);
+    if bytes >= 0 {
+        ts.alloc_bytes.add(bytes as u64, shared);
+        ts.alloc_blocks.add(blocks as u64, shared);
+        if let Some(s) = stack {
+            s.alloc_bytes.add(bytes as u64, shared);
+            s.alloc_blocks.add(blocks as u64, shared);
+        }
+    } else {
+        ts.free_bytes.add(bytes.unsigned_abs(), shared);
+        ts.free_blocks.add(blocks.unsigned_abs(), shared);
+        if let Some(s) = stack {
+            s.free_bytes.add(bytes.unsigned_abs(), shared);
+            s.free_blocks.add(blocks.unsigned_abs(), shared);
+        }
+    }
+    if !shared && ts.tag_id.load(Ordering::Relaxed) == block.tag {
+        let pending = ts.tag_live_bytes.add(bytes, false);
+        ts.tag_live_blocks.add(blocks, false);
+        if bytes > 0 {
+            ts.tag_alloc_bytes.add(bytes as u64, false);
+            ts.tag_alloc_blocks.add(blocks as u64, false);
+        }
+        if !(-FLUSH_BYTES..=FLUSH_BYTES).contains(&pending) {
+            flush_tag(ts);
+        }
+    } else if let Some(e) = TAGS.entry(block.tag) {
+        e.add_live(bytes, blocks);
+        if bytes > 0 {
+            e.alloc_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            e.alloc_blocks.fetch_add(blocks as u64, Ordering::Relaxed);
+        }
+    }
+    let pending = ts.pending_bytes.add(bytes, shared);
+    ts.pending_blocks.add(blocks, shared);
+    if !(-FLUSH_BYTES..=FLUSH_BYTES).contains(&pending) {
+        flush_global(ts);
+    }
+}
+
+/// Folds a thread's pending tag deltas into its tag's entry.
+pub(crate) fn flush_tag(ts: &ThreadState) {
+    let id = ts.tag_id.load(Ordering::Relaxed);
+    let bytes = ts.tag_live_bytes.take();
+    let blocks = ts.tag_live_blocks.take();
+    let ab = ts.tag_alloc_bytes.get();
+    let an = ts.tag_alloc_blocks.get();
+    ts.tag_alloc_bytes.reset();
+    ts.tag_alloc_blocks.reset();
+    if let Some(e) = TAGS.entry(id) {
+        if bytes != 0 || blocks != 0 {
+            e.add_live(bytes, blocks);
+        }
+        if ab != 0 {
+            e.alloc_bytes.fetch_add(ab, Ordering::Relaxed);
+            e.alloc_blocks.fetch_add(an, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Folds a thread's pending live delta into the global approximate live
+/// amount, raising the peak (and capturing per-stack at-peak figures when
+/// the peak has grown by a step).
+pub(crate) fn flush_global(ts: &ThreadState) {
+    let b = ts.pending_bytes.take();
+    let n = ts.pending_blocks.take();
+    let live = APPROX_LIVE_BYTES.fetch_add(b, Ordering::Relaxed) + b;
+    let blocks = APPROX_LIVE_BLOCKS.fetch_add(n, Ordering::Relaxed) + n;
+    if blocks > PEAK_BLOCKS.load(Ordering::Relaxed) {
+        PEAK_BLOCKS.fetch_max(blocks, Ordering::Relaxed);
+    }
+    if live > PEAK_BYTES.load(Ordering::Relaxed) {
+        PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
+        PEAK_TICKS.store(sys::ticks(), Ordering::Relaxed);
+        let step = (live / 64).max(1 << 20);
+        if live >= AT_PEAK_LIVE.load(Ordering::Relaxed) + step {
+            capture_at_peak(live);
+        }
+    }
+}
+
+/// Copies every stack's live amount (summed over threads) into `AT_PEAK`.
+/// Skipped if another thread is already capturing.
+#[cold]
+fn capture_at_peak(live: i64) {
+    if !CAPTURE_LOCK.try_lock() {
+        return;
+    }
+    let table = AT_PEAK.load(Ordering::Acquire);
+    if !table.is_null() {
+        AT_PEAK_LIVE.store(live, Ordering::Relaxed);
+        let limit = (STACKS.id_limit() as usize).min(AT_PEAK_LEN);
+        for id in 1..limit {
+            let (mut bytes, mut blocks) = (0u64, 0u64);
+            for ts in THREADS.each() {
+                if let Some(c) = ts.peek_stack(id as u32) {
+                    bytes =
+                        bytes.wrapping_add(c.alloc_bytes.get().wrapping_sub(c.free_bytes.get()));
+                    blocks =
+                        blocks.wrapping_add(c.alloc_blocks.get().wrapping_sub(c.free_blocks.get()));
+                }
+            }
+            // SAFETY: id < AT_PEAK_LEN, inside the mapping.
+            let slot = unsafe { &*table.add(id) };
+            slot[0].store(bytes, Ordering::Relaxed);
+            slot[1].store(blocks, Ordering::Relaxed);
+        }
+    }
+    CAPTURE_LOCK.unlock();
+}
+
+#[inline]
+fn filter_index(addr: usize) -> usize {
+    ((addr as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as usize
+}
+
+/// Draws the next sampling gap: exponential with the given mean, so sample
+/// points form a Poisson process over allocated bytes.
+fn next_gap(l: &Local, mean: u64) -> i64 {
+    let mut x = l.rng.get();
+    if x == 0 {
+        // A fixed seed makes runs reproducible: each thread takes the next
+        // stream of the seed in the order threads first sample.
+        let seed = match CONFIG.seed.load(Ordering::Relaxed) {
+            0 => sys::ticks(),
+            s => s,
+        };
+        let stream = RNG_STREAMS.fetch_add(1, Ordering::Relaxed);
+        x = splitmix64(seed.wrapping_add(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15))) | 1;
+    }
+    // xorshift64*
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    l.rng.set(x);
+    let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let u = ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    (-(u.ln()) * mean as f64).max(1.0) as i64
+}
+
+pub(crate) static RNG_STREAMS: AtomicU64 = AtomicU64::new(0);
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The unbiased weight of a sampled block of `size` bytes: it stands for
+/// `1 / p` blocks and `size / p` bytes, `p = 1 - exp(-size / mean)` being
+/// the chance that a Poisson sample point fell inside it.
+#[inline]
+pub(crate) fn sample_weight(size: usize, mean: u64) -> (u64, u64) {
+    let p = -(-(size.max(1) as f64) / mean as f64).exp_m1();
+    let unit = CONFIG.block_unit.load(Ordering::Relaxed) as f64;
+    ((size as f64 / p).round() as u64, (unit / p).round() as u64)
+}
+
+/// Counter weights of a recorded block (its size and one block in full
+/// mode).
+#[inline]
+pub(crate) fn weight_of(size: usize) -> (u64, u64) {
+    let mean = CONFIG.sample_mean.load(Ordering::Relaxed);
+    if mean == 0 {
+        (size as u64, 1)
+    } else {
+        sample_weight(size, mean)
+    }
+}
+
+/// Switches the calling thread to tag `id`, returning the previous tag id.
+/// Flushes the thread's pending tag counters to the previous tag.
+pub(crate) fn enter_tag(id: u32) -> u32 {
+    LOCAL
+        .try_with(|l| {
+            let prev = l.tag.replace(id);
+            if recording() {
+                let was = l.guard.replace(true);
+                if let Some(ts) = thread_state(l) {
+                    if !THREADS.is_orphan(ts) {
+                        flush_tag(ts);
+                        ts.tag_id.store(id, Ordering::Relaxed);
+                    }
+                }
+                if let Some(e) = TAGS.entry(id) {
+                    e.enter(super::elapsed_ns());
+                }
+                LAST_TAG.store(id, Ordering::Relaxed);
+                l.guard.set(was);
+            }
+            prev
+        })
+        .unwrap_or(UNTAGGED)
+}
+
+/// Leaves tag `id` (entered by [`enter_tag`]) and returns to `prev`.
+pub(crate) fn exit_tag(id: u32, prev: u32) {
+    let _ = LOCAL.try_with(|l| {
+        l.tag.set(prev);
+        if recording() {
+            let was = l.guard.replace(true);
+            if let Some(ts) = thread_state(l) {
+                if !THREADS.is_orphan(ts) {
+                    flush_tag(ts);
+                    ts.tag_id.store(prev, Ordering::Relaxed);
+                }
+            }
+            if let Some(e) = TAGS.entry(id) {
+                e.exit(super::elapsed_ns());
+            }
+            if id != UNTAGGED && LAST_TAG.load(Ordering::Relaxed) == id {
+                LAST_TAG.store(prev, Ordering::Relaxed);
+            }
+            l.guard.set(was);
+        }
+    });
+}
+
+/// The calling thread's current tag id.
+pub(crate) fn current_tag_id() -> u32 {
+    LOCAL.try_with(|l| l.tag.get()).unwrap_or(UNTAGGED)
+}
+
+/// Live amount right now, summed over threads: exact in full mode (every
+/// thread's allocations minus frees of recorded blocks).
+pub(crate) fn live_now() -> (u64, u64) {
+    let unit = CONFIG.block_unit.load(Ordering::Relaxed).max(1);
+    let (mut ab, mut an, mut fb, mut fn_) = (0u64, 0u64, 0u64, 0u64);
+    for ts in THREADS.each() {
+        ab = ab.wrapping_add(ts.alloc_bytes.get());
+        an = an.wrapping_add(ts.alloc_blocks.get());
+        fb = fb.wrapping_add(ts.free_bytes.get());
+        fn_ = fn_.wrapping_add(ts.free_blocks.get());
+    }
+    (ab.saturating_sub(fb), an.saturating_sub(fn_) / unit)
+}
+
+/// Reserves the tables. Idempotent.
+pub(crate) fn init_tables() -> bool {
+    if AT_PEAK.load(Ordering::Acquire).is_null() {
+        let p = sys::map(AT_PEAK_LEN * std::mem::size_of::<[AtomicU64; 2]>());
+        if p.is_null() {
+            return false;
+        }
+        AT_PEAK.store(p.cast(), Ordering::Release);
+    }
+    STACKS.init() && TAGS.init() && THREADS.init()
+}
+
+/// Clears every counter and the live table for a fresh recording.
+pub(crate) fn reset_counters() {
+    LIVE.clear();
+    for ts in THREADS.each() {
+        ts.reset();
+    }
+    for id in 0..TAGS.id_limit() {
+        if let Some(e) = TAGS.entry(id) {
+            e.reset();
+        }
+    }
+    let table = AT_PEAK.load(Ordering::Acquire);
+    if !table.is_null() {
+        for id in 0..(STACKS.id_limit() as usize).min(AT_PEAK_LEN) {
+            // SAFETY: id < AT_PEAK_LEN.
+            let slot = unsafe { &*table.add(id) };
+            slot[0].store(0, Ordering::Relaxed);
+            slot[1].store(0, Ordering::Relaxed);
+        }
+    }
+    for a in [
+        &APPROX_LIVE_BYTES,
+        &APPROX_LIVE_BLOCKS,
+        &PEAK_BYTES,
+        &PEAK_BLOCKS,
+        &AT_PEAK_LIVE,
+    ] {
+        a.store(0, Ordering::Relaxed);
+    }
+    UNTRACKED_ALLOCS.store(0, Ordering::Relaxed);
+    UNTRACKED_BYTES.store(0, Ordering::Relaxed);
+    for f in &SAMPLED {
+        f.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,425 @@
+//! The live table: every recorded block that is still allocated, keyed by
+//! address.
+//!
+//! It is exact. A free removes its block *before* the memory goes back to
+//! the inner allocator and nothing is buffered, so the heap scan may read
+//! any block the table lists. It is split into [`SHARDS`] shards by address
+//! hash, each an open-addressing table (linear probing, backward-shift
+//! deletion, no tombstones) behind its own [`RawLock`]: there is no global
+//! lock, and two threads contend only when their addresses hash to the same
+//! shard at the same moment.
+//!
+//! Memory comes from `mmap`. A shard grows by 1.5x at 3/4 load, so a table
+//! never holds less than one entry per 64 bytes of slots (32-byte entries at
+//! load >= 1/2) once past its initial size. If the kernel refuses memory the
+//! insert fails and the caller counts the block as dropped.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::sys::{self, RawLock};
+
+/// Number of shards; a power of two.
+pub(crate) const SHARDS: usize = 256;
+
+/// Slots a shard gets on first use.
+const INITIAL_SLOTS: usize = 512;
+
+/// One live block. `addr == 0` marks an empty slot (no allocator returns a
+/// null block).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct Block {
+    pub addr: usize,
+    pub size: usize,
+    pub stack: u32,
+    pub tag: u32,
+    /// [`sys::ticks`] at allocation.
+    pub birth: u64,
+}
+
+#[repr(C, align(64))]
+struct Shard {
+    lock: RawLock,
+    /// The fields below are only touched with `lock` held.
+    inner: UnsafeCell<ShardTable>,
+}
+
+struct ShardTable {
+    slots: *mut Block,
+    cap: usize,
+    len: usize,
+}
+
+pub(crate) struct LiveTable {
+    shards: [Shard; SHARDS],
+    /// Bytes of slot memory mapped, for the recorder's own accounting.
+    mapped_bytes: AtomicUsize,
+}
+
+// SAFETY: every access to a shard's table happens with its lock held.
+unsafe impl Sync for LiveTable {}
+
+#[inline]
+fn mix(addr: usize) -> u64 {
+    // murmur3's 64-bit finaliser: cheap and spreads aligned addresses.
+    let mut x = addr as u64;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
+}
+
+#[inline]
+fn shard_of(h: u64) -> usize {
+    (h >> 56) as usize & (SHARDS - 1)
+}
+
+/// Home slot: the low 32 hash bits scaled onto `cap` (no power-of-two
+/// capacity needed, so growth can be 1.5x).
+#[inline]
+fn home(h: u64, cap: usize) -> usize {
+    (((h & 0xffff_ffff) * cap as u64) >> 32) as usize
+}
+
+impl ShardTable {
+    /// # Safety
+    /// `i < self.cap` and `slots` is mapped.
+    #[inline]
+    unsafe fn slot(&self, i: usize) -> *mut Block {
+        // SAFETY: the caller guarantees i is in bounds of the mapping.
+        unsafe { self.slots.add(i) }
+    }
+
+    fn insert(&mut self, block: Block, mapped: &AtomicUsize) -> bool {
+        if (self.len + 1) * 4 > self.cap * 3 && !self.grow(mapped) {
+            return false;
+        }
+        let h = mix(block.addr);
+        let mut i = home(h, self.cap);
+        loop {
+            // SAFETY: i < cap is kept by the wrap-around below.
+            let s = unsafe { &mut *self.slot(i) };
+            if s.addr == 0 {
+                *s = block;
+                self.len += 1;
+                return true;
+            }
+            if s.addr == block.addr {
+                // A stale entry: its free happened while recording was off.
+                *s = block;
+                return true;
+            }
+            i += 1;
+            if i == self.cap {
+                i = 0;
+            }
+        }
+    }
+
+    fn find(&self, addr: usize) -> Option<usize> {
+        if self.cap == 0 {
+            return None;
+        }
+        let mut i = home(mix(addr), self.cap);
+        loop {
+            // SAFETY: i < cap.
+            let a = unsafe { (*self.slot(i)).addr };
+            if a == addr {
+                return Some(i);
+            }
+            if a == 0 {
+                return None;
+            }
+            i += 1;
+            if i == self.cap {
+                i = 0;
+            }
+        }
+    }
+
+    fn remove(&mut self, addr: usize) -> Option<Block> {
+        let mut i = self.find(addr)?;
+        // SAFETY: `find` returned an index < cap.
+        let removed = unsafe { *self.slot(i) };
+        // Backward-shift deletion: pull later entries of the probe run into
+        // the hole unless that would move them before their home slot.
+        let mut j = i;
+        loop {
+            j += 1;
+            if j == self.cap {
+                j = 0;
+            }
+            // SAFETY: j < cap.
+            let candidate = unsafe { *self.slot(j) };
+            if candidate.addr == 0 {
+                break;
+            }
+            let k = home(mix(candidate.addr), self.cap);
+            let stays = if i <= j {
+                i < k && k <= j
+            } else {
+                i < k || k <= j
+            };
+            if stays {
+                continue;
+            }
+            // SAFETY: i, j < cap.
+            unsafe { *self.slot(i) = candidate };
+            i = j;
+        }
+        // SAFETY: i < cap.
+        unsafe { *self.slot(i) = Block::default() };
+        self.len -= 1;
+        Some(removed)
+    }
+
+    #[cold]
+    fn grow(&mut self, mapped: &AtomicUsize) -> bool {
+        let new_cap = if self.cap == 0 {
+            INITIAL_SLOTS
+        } else {
+            self.cap + self.cap / 2
+        };
+        let bytes = new_cap * std::mem::size_of::<Block>();
+        let fresh = sys::map(bytes).cast::<Block>();
+        if fresh.is_null() {
+            return false;
+        }
+        let old = std::mem::replace(
+            self,
+            ShardTable {
+                slots: fresh,
+                cap: new_cap,
+                len: 0,
+            },
+        );
+        for i in 0..old.cap {
+            // SAFETY: i < old.cap, old mapping still valid.
+            let b = unsafe { *old.slot(i) };
+            if b.addr != 0 {
+                let mut j = home(mix(b.addr), new_cap);
+                // SAFETY: j < new_cap; the new table has room (load < 1/2).
+                unsafe {
+                    while (*self.slot(j)).addr != 0 {
+                        j += 1;
+                        if j == new_cap {
+                            j = 0;
+                        }
+                    }
+                    *self.slot(j) = b;
+                }
+                self.len += 1;
+            }
+        }
+        let old_bytes = old.cap * std::mem::size_of::<Block>();
+        // SAFETY: the old slots came from `map` with this size and are no
+        // longer referenced.
+        unsafe { sys::unmap(old.slots.cast(), old_bytes) };
+        mapped.fetch_add(bytes, Ordering::Relaxed);
+        mapped.fetch_sub(old_bytes, Ordering::Relaxed);
+        true
+    }
+}
+
+impl LiveTable {
+    pub(crate) const fn new() -> LiveTable {
+        LiveTable {
+            shards: [const {
+                Shard {
+                    lock: RawLock::new(),
+                    inner: UnsafeCell::new(ShardTable {
+                        slots: std::ptr::null_mut(),
+                        cap: 0,
+                        len: 0,
+                    }),
+                }
+            }; SHARDS],
+            mapped_bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Records a block. Returns false if the table could not grow (the
+    /// caller counts the block as untracked).
+    #[inline]
+    pub(crate) fn insert(&self, block: Block) -> bool {
+        let shard = &self.shards[shard_of(mix(block.addr))];
+        shard.lock.lock();
+        // SAFETY: the shard lock is held.
+        let ok = unsafe { (*shard.inner.get()).insert(block, &self.mapped_bytes) };
+        shard.lock.unlock();
+        ok
+    }
+
+    /// Removes and returns the block at `addr`, if it is recorded.
+    #[inline]
+    pub(crate) fn remove(&self, addr: usize) -> Option<Block> {
+        let shard = &self.shards[shard_of(mix(addr))];
+        shard.lock.lock();
+        // SAFETY: the shard lock is held.
+        let b = unsafe { (*shard.inner.get()).remove(addr) };
+        shard.lock.unlock();
+        b
+    }
+
+    /// Copies every live block into `out`, one shard at a time: each shard
+    /// is locked only while it is copied, so there is no global pause.
+    /// `out` is grown *outside* the locks (growing it allocates, and the
+    /// allocator may need this very shard).
+    pub(crate) fn copy_into(&self, out: &mut Vec<Block>) {
+        for shard in &self.shards {
+            loop {
+                // SAFETY: a racy read of `len` is only a size hint.
+                let hint = unsafe { (*shard.inner.get()).len };
+                out.reserve(hint + hint / 8 + 16);
+                shard.lock.lock();
+                // SAFETY: the shard lock is held.
+                let t = unsafe { &*shard.inner.get() };
+                if out.capacity() - out.len() < t.len {
+                    shard.lock.unlock();
+                    continue;
+                }
+                for i in 0..t.cap {
+                    // SAFETY: i < cap.
+                    let b = unsafe { *t.slot(i) };
+                    if b.addr != 0 {
+                        // Capacity was checked above: no reallocation here.
+                        out.push(b);
+                    }
+                }
+                shard.lock.unlock();
+                break;
+            }
+        }
+    }
+
+    /// Forgets every block (at recording start).
+    pub(crate) fn clear(&self) {
+        for shard in &self.shards {
+            shard.lock.lock();
+            // SAFETY: the shard lock is held.
+            let t = unsafe { &mut *shard.inner.get() };
+            if t.cap != 0 {
+                // SAFETY: slots is a mapping of `cap` blocks.
+                unsafe { std::ptr::write_bytes(t.slots, 0, t.cap) };
+            }
+            t.len = 0;
+            shard.lock.unlock();
+        }
+    }
+
+    /// Takes every shard lock, in order: allocation and free on other
+    /// threads wait until [`LiveTable::unlock_all`]. Used around `fork` and
+    /// by the heap-graph scan.
+    pub(crate) fn lock_all(&self) {
+        for shard in &self.shards {
+            shard.lock.lock();
+        }
+    }
+
+    pub(crate) fn unlock_all(&self) {
+        for shard in &self.shards {
+            shard.lock.unlock();
+        }
+    }
+
+    /// # Safety
+    /// Only in a forked child, with no other thread running.
+    pub(crate) unsafe fn force_unlock_all(&self) {
+        for shard in &self.shards {
+            // SAFETY: forwarded from the caller.
+            unsafe { shard.lock.force_unlock() };
+        }
+    }
+
+    /// Visits every block while the caller holds every lock
+    /// ([`LiveTable::lock_all`]).
+    ///
+    /// # Safety
+    /// The caller must hold every shard lock for the whole call.
+    #[allow(dead_code)] // the heap-graph scan's entry point (in progress)
+    pub(crate) unsafe fn for_each_locked(&self, mut f: impl FnMut(&Block)) {
+        for shard in &self.shards {
+            // SAFETY: the caller holds this shard's lock.
+            let t = unsafe { &*shard.inner.get() };
+            for i in 0..t.cap {
+                // SAFETY: i < cap.
+                let b = unsafe { &*t.slot(i) };
+                if b.addr != 0 {
+                    f(b);
+                }
+            }
+        }
+    }
+
+    /// Looks a block up while the caller holds every lock.
+    ///
+    /// # Safety
+    /// The caller must hold every shard lock.
+    #[allow(dead_code)] // the heap-graph scan's entry point (in progress)
+    pub(crate) unsafe fn get_locked(&self, addr: usize) -> Option<Block> {
+        let shard = &self.shards[shard_of(mix(addr))];
+        // SAFETY: the caller holds this shard's lock.
+        let t = unsafe { &*shard.inner.get() };
+        // SAFETY: `find` returns an index < cap.
+        t.find(addr).map(|i| unsafe { *t.slot(i) })
+    }
+
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.mapped_bytes.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(addr: usize, size: usize) -> Block {
+        Block {
+            addr,
+            size,
+            stack: 1,
+            tag: 0,
+            birth: 0,
+        }
+    }
+
+    #[test]
+    fn insert_find_remove_many_with_collisions() {
+        let table = Box::new(LiveTable::new());
+        // Addresses that are 16-aligned and clustered, as allocators return.
+        let addrs: Vec<usize> = (1..20_000).map(|i| 0x5555_0000_0000 + i * 16).collect();
+        for &a in &addrs {
+            assert!(table.insert(block(a, a % 1000)));
+        }
+        let mut all = Vec::new();
+        table.copy_into(&mut all);
+        assert_eq!(all.len(), addrs.len());
+        // Remove every other one, then check all lookups.
+        for &a in addrs.iter().step_by(2) {
+            assert_eq!(table.remove(a).map(|b| b.size), Some(a % 1000));
+        }
+        for (i, &a) in addrs.iter().enumerate() {
+            let found = table.remove(a);
+            if i % 2 == 0 {
+                assert_eq!(found, None, "removed twice: {a:#x}");
+            } else {
+                assert_eq!(found.map(|b| b.addr), Some(a));
+            }
+        }
+        let mut rest = Vec::new();
+        table.copy_into(&mut rest);
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn reinserting_an_address_replaces_the_stale_entry() {
+        let table = Box::new(LiveTable::new());
+        assert!(table.insert(block(0x1000, 1)));
+        assert!(table.insert(block(0x1000, 2)));
+        assert_eq!(table.remove(0x1000).map(|b| b.size), Some(2));
+        assert_eq!(table.remove(0x1000), None);
+    }
+}

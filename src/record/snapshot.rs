@@ -1,0 +1,362 @@
+//! Snapshots: the recorder's tables turned into a [`Profile`].
+//!
+//! Runs off the allocation path, with the re-entrancy guard set (its own
+//! allocations are not recorded). It never stops other threads: each live
+//! table shard is locked only while it is copied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+
+use super::hooks::{self, AT_PEAK, AT_PEAK_LEN, AT_PEAK_LIVE, CONFIG, LIVE, STACKS, TAGS, THREADS};
+use super::sys::{self, LockCell, RawLock};
+use super::{symbols, timeline, Options, TaskDescription};
+use crate::format::{
+    Amount, Dropped, LiveGroup, Meta, Mode, Profile, RecordOptions, StackStats, TagInfo, TaskInfo,
+    Totals, FORMAT_NAME, VERSION_V1,
+};
+
+/// Facts about the current recording that are not on the allocation path.
+struct Session {
+    start_unix_ms: u64,
+    start_ticks: u64,
+    start_ns: u64,
+    options: Option<Options>,
+    attributes: BTreeMap<String, String>,
+    tasks: BTreeMap<u64, TaskDescription>,
+}
+
+static SESSION: LockCell<Session> = LockCell::new(Session {
+    start_unix_ms: 0,
+    start_ticks: 0,
+    start_ns: 0,
+    options: None,
+    attributes: BTreeMap::new(),
+    tasks: BTreeMap::new(),
+});
+
+pub(crate) fn session_lock() -> &'static RawLock {
+    SESSION.raw()
+}
+
+pub(crate) fn begin_session(options: &Options) {
+    let mut s = SESSION.lock();
+    s.start_unix_ms = sys::unix_ms();
+    s.start_ticks = sys::ticks();
+    s.start_ns = sys::now_ns();
+    s.options = Some(options.clone());
+    s.attributes.clear();
+    s.tasks.clear();
+    drop(s);
+    timeline::clear();
+}
+
+pub(crate) fn set_attribute(key: &str, value: &str) {
+    SESSION
+        .lock()
+        .attributes
+        .insert(key.to_string(), value.to_string());
+}
+
+pub(crate) fn describe_task(task: u64, d: TaskDescription) {
+    let mut s = SESSION.lock();
+    let e = s.tasks.entry(task).or_default();
+    for (slot, v) in [
+        (&mut e.name, d.name),
+        (&mut e.external_id, d.external_id),
+        (&mut e.actor, d.actor),
+        (&mut e.queue, d.queue),
+        (&mut e.outcome, d.outcome),
+    ] {
+        if v.is_some() {
+            *slot = v;
+        }
+    }
+}
+
+/// Converts time-stamp-counter ticks to ns since recording started, by the
+/// rate observed between the start and now.
+struct TickClock {
+    start_ticks: u64,
+    ns_per_tick: f64,
+}
+
+impl TickClock {
+    fn ns(&self, ticks: u64) -> u64 {
+        (ticks.saturating_sub(self.start_ticks) as f64 * self.ns_per_tick) as u64
+    }
+}
+
+/// Takes a profile of the current recording.
+pub(crate) fn take() -> Profile {
+    hooks::guarded(take_guarded)
+}
+
+fn take_guarded() -> Profile {
+    let snapshot_ns = super::elapsed_ns();
+    let unit = CONFIG.block_unit.load(Ordering::Relaxed).max(1);
+    let mean = CONFIG.sample_mean.load(Ordering::Relaxed);
+
+    // Live blocks, aggregated by (stack, tag), by stack and by tag.
+    let mut blocks = Vec::new();
+    LIVE.copy_into(&mut blocks);
+    let n_stacks = STACKS.id_limit() as usize;
+    let n_tags = TAGS.id_limit() as usize;
+    let mut stack_live = vec![Amount::default(); n_stacks];
+    let mut tag_live = vec![Amount::default(); n_tags];
+    let mut groups: HashMap<(u32, u32), Amount> = HashMap::new();
+    for b in &blocks {
+        let (bytes, units) = hooks::weight_of(b.size);
+        let a = Amount {
+            bytes,
+            blocks: units,
+        };
+        if let Some(s) = stack_live.get_mut(b.stack as usize) {
+            s.add(a);
+        }
+        if let Some(t) = tag_live.get_mut(b.tag as usize) {
+            t.add(a);
+        }
+        groups.entry((b.stack, b.tag)).or_default().add(a);
+    }
+    drop(blocks);
+    let in_blocks = |a: Amount| Amount {
+        bytes: a.bytes,
+        blocks: (a.blocks + unit / 2) / unit,
+    };
+
+    // Allocated totals per stack, summed over threads.
+    let mut stack_alloc = vec![Amount::default(); n_stacks];
+    let mut allocated = Amount::default();
+    for ts in THREADS.each() {
+        allocated.bytes += ts.alloc_bytes.get();
+        allocated.blocks += ts.alloc_blocks.get();
+        for (id, slot) in stack_alloc.iter_mut().enumerate() {
+            if let Some(c) = ts.peek_stack(id as u32) {
+                slot.bytes += c.alloc_bytes.get();
+                slot.blocks += c.alloc_blocks.get();
+            }
+        }
+    }
+
+    let live_total = stack_live.iter().fold(Amount::default(), |mut acc, a| {
+        acc.add(*a);
+        acc
+    });
+    // At the peak: the last capture, unless now is at least as high.
+    let at_peak_table = AT_PEAK.load(Ordering::Acquire);
+    let use_live_as_peak =
+        live_total.bytes as i64 >= AT_PEAK_LIVE.load(Ordering::Relaxed) || at_peak_table.is_null();
+    let at_peak = |id: usize| -> Amount {
+        if use_live_as_peak || id >= AT_PEAK_LEN {
+            return stack_live[id];
+        }
+        // SAFETY: id < AT_PEAK_LEN, inside the mapping.
+        let slot = unsafe { &*at_peak_table.add(id) };
+        Amount {
+            bytes: slot[0].load(Ordering::Relaxed),
+            blocks: slot[1].load(Ordering::Relaxed),
+        }
+    };
+
+    let session = SESSION.lock();
+    let now_ticks = sys::ticks();
+    let elapsed = sys::now_ns().saturating_sub(session.start_ns).max(1);
+    let clock = TickClock {
+        start_ticks: session.start_ticks,
+        ns_per_tick: elapsed as f64 / now_ticks.saturating_sub(session.start_ticks).max(1) as f64,
+    };
+    let options = session.options.clone().unwrap_or_default();
+    let attributes = session.attributes.clone();
+    let described = session.tasks.clone();
+    let start_unix_ms = session.start_unix_ms;
+    drop(session);
+
+    let peak_bytes =
+        (hooks::PEAK_BYTES.load(Ordering::Relaxed).max(0) as u64).max(live_total.bytes);
+    let peak_blocks =
+        (hooks::PEAK_BLOCKS.load(Ordering::Relaxed).max(0) as u64).max(live_total.blocks);
+    let peak_ns = if peak_bytes == live_total.bytes {
+        snapshot_ns
+    } else {
+        clock.ns(hooks::PEAK_TICKS.load(Ordering::Relaxed))
+    };
+
+    let tags = tag_table(n_tags, &tag_live, unit);
+    let tasks = task_table(&tags, described);
+    let sym = symbols::symbolize(n_stacks as u32);
+
+    let mut live: Vec<LiveGroup> = groups
+        .into_iter()
+        .map(|((stack, tag), a)| {
+            let a = in_blocks(a);
+            LiveGroup {
+                stack,
+                tag,
+                blocks: a.blocks,
+                bytes: a.bytes,
+                ..LiveGroup::default()
+            }
+        })
+        .collect();
+    live.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then(a.stack.cmp(&b.stack))
+            .then(a.tag.cmp(&b.tag))
+    });
+
+    let stack_stats = (0..n_stacks)
+        .filter(|&id| stack_alloc[id].blocks > 0 || stack_live[id].blocks > 0)
+        .map(|id| StackStats {
+            stack: id as u32,
+            allocated: in_blocks(stack_alloc[id]),
+            at_peak: in_blocks(at_peak(id)),
+            live: in_blocks(stack_live[id]),
+        })
+        .collect();
+
+    let (timeline, timeline_dropped) = timeline::copy();
+    let threads = THREADS.active_count() as u64;
+    let truncated_stacks = sym.stacks.iter().filter(|s| s.truncated).count() as u64;
+
+    Profile {
+        format: FORMAT_NAME.to_string(),
+        version: VERSION_V1,
+        meta: Meta {
+            program: std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            args: std::env::args().collect(),
+            pid: std::process::id(),
+            start_unix_ms,
+            snapshot_ns,
+            leakprof_version: env!("CARGO_PKG_VERSION").to_string(),
+            options: RecordOptions {
+                mode: if mean == 0 { Mode::Full } else { Mode::Sampled },
+                sample_mean_bytes: (mean != 0).then_some(mean),
+                max_frames: CONFIG.max_frames.load(Ordering::Relaxed),
+                timeline_interval_ms: options.timeline_interval.map(|d| d.as_millis() as u64),
+            },
+            attributes,
+        },
+        modules: sym.modules,
+        frames: sym.frames,
+        stacks: sym.stacks,
+        tags,
+        live,
+        stack_stats,
+        tasks,
+        totals: Totals {
+            live: in_blocks(live_total),
+            peak: Amount {
+                bytes: peak_bytes,
+                blocks: (peak_blocks + unit / 2) / unit,
+            },
+            peak_error_bytes: threads * hooks::FLUSH_BYTES as u64,
+            peak_ns,
+            allocated: in_blocks(allocated),
+            rss_bytes: sys::rss_bytes(),
+        },
+        timeline,
+        dropped: Dropped {
+            untracked_allocs: hooks::UNTRACKED_ALLOCS.load(Ordering::Relaxed),
+            untracked_bytes: hooks::UNTRACKED_BYTES.load(Ordering::Relaxed),
+            stacks_overflowed: STACKS.overflowed.load(Ordering::Relaxed),
+            truncated_stacks,
+            timeline_points: timeline_dropped,
+            tags_overflowed: TAGS.overflowed.load(Ordering::Relaxed),
+        },
+        graph: None,
+    }
+}
+
+fn tag_table(n_tags: usize, tag_live: &[Amount], unit: u64) -> Vec<TagInfo> {
+    // Allocations not yet flushed from threads' pending tag counters.
+    let mut pending: HashMap<u32, Amount> = HashMap::new();
+    for ts in THREADS.each() {
+        let a = Amount {
+            bytes: ts.tag_alloc_bytes.get(),
+            blocks: ts.tag_alloc_blocks.get(),
+        };
+        if a.blocks > 0 {
+            pending
+                .entry(ts.tag_id.load(Ordering::Relaxed))
+                .or_default()
+                .add(a);
+        }
+    }
+    let per_unit = |v: u64| (v + unit / 2) / unit;
+    (0..n_tags)
+        .map(|id| {
+            let tag = TAGS.get(id as u32).unwrap_or_default();
+            let live = tag_live.get(id).copied().unwrap_or_default();
+            let mut info = TagInfo {
+                id: id as u32,
+                task: tag.task_id(),
+                retry: tag.retry_number(),
+                label: tag.label_name().map(str::to_string),
+                type_name: tag.type_name_str().map(str::to_string),
+                live: Amount {
+                    bytes: live.bytes,
+                    blocks: per_unit(live.blocks),
+                },
+                ..TagInfo::default()
+            };
+            if let Some(e) = TAGS.entry(id as u32) {
+                let nonzero = |v: u64| (v != 0).then_some(v);
+                info.first_ns = nonzero(e.first_ns.load(Ordering::Relaxed));
+                info.last_ns = nonzero(e.last_ns.load(Ordering::Relaxed));
+                info.active = e.active.load(Ordering::Relaxed) > 0;
+                let p = pending.get(&(id as u32)).copied().unwrap_or_default();
+                info.allocated = Amount {
+                    bytes: e.alloc_bytes.load(Ordering::Relaxed) + p.bytes,
+                    blocks: per_unit(e.alloc_blocks.load(Ordering::Relaxed) + p.blocks),
+                };
+                info.peak = Amount {
+                    bytes: (e.peak_bytes.load(Ordering::Relaxed).max(0) as u64).max(live.bytes),
+                    blocks: per_unit(
+                        (e.peak_blocks.load(Ordering::Relaxed).max(0) as u64).max(live.blocks),
+                    ),
+                };
+            }
+            info
+        })
+        .collect()
+}
+
+/// Tasks: those described through the API, plus every task seen in a tag,
+/// with retries and first/last times gathered from its tags.
+fn task_table(tags: &[TagInfo], described: BTreeMap<u64, TaskDescription>) -> Vec<TaskInfo> {
+    let mut tasks: BTreeMap<u64, TaskInfo> = described
+        .into_iter()
+        .map(|(task, d)| {
+            (
+                task,
+                TaskInfo {
+                    task,
+                    name: d.name,
+                    external_id: d.external_id,
+                    actor: d.actor,
+                    queue: d.queue,
+                    outcome: d.outcome,
+                    ..TaskInfo::default()
+                },
+            )
+        })
+        .collect();
+    for t in tags {
+        let Some(task) = t.task else { continue };
+        let e = tasks.entry(task).or_insert_with(|| TaskInfo {
+            task,
+            ..TaskInfo::default()
+        });
+        e.retries = e.retries.max(t.retry.unwrap_or(0));
+        if let Some(f) = t.first_ns {
+            e.first_ns = Some(e.first_ns.map_or(f, |x| x.min(f)));
+        }
+        if let Some(l) = t.last_ns {
+            e.last_ns = Some(e.last_ns.map_or(l, |x| x.max(l)));
+        }
+    }
+    tasks.into_values().collect()
+}

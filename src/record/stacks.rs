@@ -1,0 +1,369 @@
+//! Stack capture and the stack table.
+//!
+//! Capture walks frame pointers: each frame stores the caller's frame
+//! pointer and the return address next to it. The walk is bounded by the
+//! current stack pointer below and the thread's stack end above, and stops
+//! at a frame pointer that does not increase or is misaligned, so it only
+//! ever reads the calling thread's own stack.
+//!
+//! Unique stacks are interned once into a lock-free table and referred to by
+//! a `u32` stack id; the per-allocation cost is a hash and a comparison
+//! against the stored frames. Ids are dense, start at 1 and stay valid for
+//! the life of the process (0 is the "unknown" stack used when the table is
+//! full). All memory is reserved with `mmap` up front and touched on demand.
+
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use super::sys;
+
+/// Largest depth a caller may configure.
+pub(crate) const MAX_DEPTH: usize = 256;
+
+/// Stack id of the "unknown" stack: the table was full or the walk found
+/// nothing.
+pub(crate) const UNKNOWN_STACK: u32 = 0;
+
+/// Hash-slot count (a power of two). Ids are capped at half of it so probe
+/// runs stay short.
+const SLOTS: usize = 1 << 22;
+const MAX_STACKS: usize = SLOTS / 2;
+/// Words reserved for frames of all stacks together.
+const FRAME_WORDS: usize = 1 << 26;
+/// Spins a reader waits for a racing insert to publish its id before it
+/// treats the slot as foreign (bounded so a thread that died mid-insert,
+/// e.g. in a forked child, cannot hang anyone).
+const PUBLISH_SPINS: u32 = 1 << 14;
+
+#[repr(C)]
+struct Slot {
+    hash: AtomicU64,
+    /// 0 until the inserting thread has written the frames.
+    id: AtomicU32,
+    _pad: u32,
+}
+
+#[repr(C)]
+struct Record {
+    offset: AtomicU64,
+    len: AtomicU32,
+    /// bit 0: published; bit 1: truncated at the depth limit.
+    flags: AtomicU32,
+}
+
+const PUBLISHED: u32 = 1;
+const TRUNCATED: u32 = 2;
+
+pub(crate) struct StackTable {
+    slots: AtomicPtr<Slot>,
+    records: AtomicPtr<Record>,
+    frames: AtomicPtr<u64>,
+    next_id: AtomicU32,
+    frames_used: AtomicUsize,
+    /// Allocations that could not get a stack id.
+    pub(crate) overflowed: AtomicU64,
+}
+
+/// A captured stack: return addresses, innermost first.
+pub(crate) struct Captured {
+    pub(crate) frames: [usize; MAX_DEPTH],
+    pub(crate) len: usize,
+    pub(crate) truncated: bool,
+}
+
+/// Walks the calling thread's frame-pointer chain.
+///
+/// `stack_end` is the thread's highest stack address (0 if unknown: then
+/// only frames within 8 MiB above the stack pointer are read).
+#[inline(always)]
+pub(crate) fn capture(max: usize, stack_end: usize, out: &mut Captured) {
+    let (mut fp, sp) = registers();
+    let end = if stack_end > sp {
+        stack_end
+    } else {
+        sp.saturating_add(8 << 20)
+    };
+    let max = max.min(MAX_DEPTH);
+    let mut n = 0;
+    out.truncated = false;
+    while fp >= sp && fp <= end - 16 && fp % std::mem::align_of::<usize>() == 0 {
+        if n == max {
+            out.truncated = true;
+            break;
+        }
+        // SAFETY: fp lies within [sp, end - 16] of this thread's own stack,
+        // which is mapped and readable; the two words read are the saved
+        // frame pointer and return address of a frame-pointer frame.
+        let (next, ret) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
+        if ret == 0 {
+            break;
+        }
+        out.frames[n] = ret;
+        n += 1;
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    out.len = n;
+}
+
+#[inline(always)]
+fn registers() -> (usize, usize) {
+    let fp: usize;
+    let sp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads two registers; no memory access.
+    unsafe {
+        std::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) fp, out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads two registers; no memory access.
+    unsafe {
+        std::arch::asm!("mov {}, x29", "mov {}, sp", out(reg) fp, out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        fp = 0;
+        sp = 1;
+    }
+    (fp, sp)
+}
+
+#[inline]
+fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ (frames.len() as u64) ^ ((truncated as u64) << 63);
+    for &f in frames {
+        h = (h ^ f as u64).wrapping_mul(0x100_0000_01b3).rotate_left(29);
+    }
+    h ^= h >> 32;
+    h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+    h ^= h >> 32;
+    h | 1
+}
+
+impl StackTable {
+    pub(crate) const fn new() -> StackTable {
+        StackTable {
+            slots: AtomicPtr::new(std::ptr::null_mut()),
+            records: AtomicPtr::new(std::ptr::null_mut()),
+            frames: AtomicPtr::new(std::ptr::null_mut()),
+            next_id: AtomicU32::new(1),
+            frames_used: AtomicUsize::new(0),
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
+    /// Reserves the table's memory; idempotent. Called by `Recorder::start`
+    /// before recording is switched on.
+    pub(crate) fn init(&self) -> bool {
+        if !self.slots.load(Ordering::Acquire).is_null() {
+            return true;
+        }
+        let slots = sys::map(SLOTS * std::mem::size_of::<Slot>());
+        let records = sys::map(MAX_STACKS * std::mem::size_of::<Record>());
+        let frames = sys::map(FRAME_WORDS * 8);
+        if slots.is_null() || records.is_null() || frames.is_null() {
+            // SAFETY: each non-null region came from `map` with these sizes.
+            unsafe {
+                sys::unmap(slots, SLOTS * std::mem::size_of::<Slot>());
+                sys::unmap(records, MAX_STACKS * std::mem::size_of::<Record>());
+                sys::unmap(frames, FRAME_WORDS * 8);
+            }
+            return false;
+        }
+        self.records.store(records.cast(), Ordering::Release);
+        self.frames.store(frames.cast(), Ordering::Release);
+        self.slots.store(slots.cast(), Ordering::Release);
+        true
+    }
+
+    /// Returns the id of `frames`, interning it on first sight.
+    #[inline]
+    pub(crate) fn intern(&self, frames: &[usize], truncated: bool) -> u32 {
+        let slots = self.slots.load(Ordering::Acquire);
+        if slots.is_null() {
+            return UNKNOWN_STACK;
+        }
+        let h = hash_frames(frames, truncated);
+        let mask = SLOTS - 1;
+        let mut i = h as usize & mask;
+        for _probe in 0..SLOTS {
+            // SAFETY: i <= mask < SLOTS, inside the mapping.
+            let slot = unsafe { &*slots.add(i) };
+            let cur = slot.hash.load(Ordering::Acquire);
+            if cur == 0 {
+                match slot
+                    .hash
+                    .compare_exchange(0, h, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => return self.publish(slot, frames, truncated),
+                    Err(now) if now != h => {
+                        i = (i + 1) & mask;
+                        continue;
+                    }
+                    Err(_) => {} // someone else is inserting the same hash: compare below
+                }
+            } else if cur != h {
+                i = (i + 1) & mask;
+                continue;
+            }
+            if let Some(id) = self.wait_published(slot) {
+                if self.frames_equal(id, frames, truncated) {
+                    return id;
+                }
+            }
+            i = (i + 1) & mask;
+        }
+        self.overflowed.fetch_add(1, Ordering::Relaxed);
+        UNKNOWN_STACK
+    }
+
+    #[cold]
+    fn publish(&self, slot: &Slot, frames: &[usize], truncated: bool) -> u32 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let offset = self.frames_used.fetch_add(frames.len(), Ordering::Relaxed);
+        if id as usize >= MAX_STACKS || offset + frames.len() > FRAME_WORDS {
+            // Leave the slot claimed but unpublished: readers skip it after
+            // their bounded wait; mark it so they skip at once.
+            slot.id.store(u32::MAX, Ordering::Release);
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            return UNKNOWN_STACK;
+        }
+        let store = self.frames.load(Ordering::Acquire);
+        // SAFETY: [offset, offset + len) was reserved for us alone by the
+        // fetch_add above and lies within the FRAME_WORDS mapping.
+        unsafe {
+            for (k, &f) in frames.iter().enumerate() {
+                *store.add(offset + k) = f as u64;
+            }
+        }
+        // SAFETY: id < MAX_STACKS, inside the records mapping; only this
+        // thread writes record `id`.
+        let rec = unsafe { &*self.records.load(Ordering::Acquire).add(id as usize) };
+        rec.offset.store(offset as u64, Ordering::Relaxed);
+        rec.len.store(frames.len() as u32, Ordering::Relaxed);
+        rec.flags.store(
+            PUBLISHED | if truncated { TRUNCATED } else { 0 },
+            Ordering::Release,
+        );
+        slot.id.store(id, Ordering::Release);
+        id
+    }
+
+    fn wait_published(&self, slot: &Slot) -> Option<u32> {
+        for _ in 0..PUBLISH_SPINS {
+            match slot.id.load(Ordering::Acquire) {
+                0 => std::hint::spin_loop(),
+                u32::MAX => return None,
+                id => return Some(id),
+            }
+        }
+        None
+    }
+
+    fn frames_equal(&self, id: u32, frames: &[usize], truncated: bool) -> bool {
+        match self.get(id) {
+            Some((stored, t)) => {
+                t == truncated
+                    && stored.len() == frames.len()
+                    && stored.iter().zip(frames).all(|(&a, &b)| a == b as u64)
+            }
+            None => false,
+        }
+    }
+
+    /// The frames of a published stack and whether it was truncated.
+    pub(crate) fn get(&self, id: u32) -> Option<(&[u64], bool)> {
+        if id == UNKNOWN_STACK || id as usize >= MAX_STACKS {
+            return None;
+        }
+        let records = self.records.load(Ordering::Acquire);
+        if records.is_null() {
+            return None;
+        }
+        // SAFETY: id < MAX_STACKS, inside the records mapping.
+        let rec = unsafe { &*records.add(id as usize) };
+        let flags = rec.flags.load(Ordering::Acquire);
+        if flags & PUBLISHED == 0 {
+            return None;
+        }
+        let offset = rec.offset.load(Ordering::Relaxed) as usize;
+        let len = rec.len.load(Ordering::Relaxed) as usize;
+        // SAFETY: a published record's range was written once by its
+        // publisher before the Release store we synchronised with, and is
+        // never written again.
+        let slice = unsafe {
+            std::slice::from_raw_parts(self.frames.load(Ordering::Acquire).add(offset), len)
+        };
+        Some((slice, flags & TRUNCATED != 0))
+    }
+
+    /// One past the highest id handed out.
+    pub(crate) fn id_limit(&self) -> u32 {
+        self.next_id.load(Ordering::Acquire).min(MAX_STACKS as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_stacks_share_an_id_and_different_ones_do_not() {
+        let t = Box::new(StackTable::new());
+        assert!(t.init());
+        let a = t.intern(&[1, 2, 3], false);
+        let b = t.intern(&[1, 2, 4], false);
+        let c = t.intern(&[1, 2, 3], true);
+        assert_ne!(a, UNKNOWN_STACK);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(t.intern(&[1, 2, 3], false), a);
+        assert_eq!(t.get(a), Some((&[1u64, 2, 3][..], false)));
+        assert_eq!(t.get(c).map(|(_, tr)| tr), Some(true));
+    }
+
+    #[test]
+    fn concurrent_interning_agrees() {
+        let t: &'static StackTable = Box::leak(Box::new(StackTable::new()));
+        assert!(t.init());
+        let ids: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..2000usize)
+                            .map(|i| t.intern(&[i, i * 7, 99], false))
+                            .collect()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for other in &ids[1..] {
+            assert_eq!(&ids[0], other);
+        }
+    }
+
+    #[test]
+    fn capture_sees_this_function_chain() {
+        #[inline(never)]
+        fn inner(out: &mut Captured) {
+            capture(64, sys::current_stack_end(), out);
+        }
+        let mut c = Captured {
+            frames: [0; MAX_DEPTH],
+            len: 0,
+            truncated: false,
+        };
+        inner(&mut c);
+        assert!(c.len >= 2, "frame-pointer walk found {} frames", c.len);
+        let mut d = Captured {
+            frames: [0; MAX_DEPTH],
+            len: 0,
+            truncated: false,
+        };
+        capture(1, sys::current_stack_end(), &mut d);
+        assert_eq!(d.len, 1);
+        assert!(d.truncated);
+    }
+}

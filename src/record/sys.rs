@@ -1,0 +1,317 @@
+//! Operating-system primitives for the allocation path: memory straight from
+//! the kernel, a futex lock, clocks and thread facts.
+//!
+//! Must never: allocate through the global allocator, panic, or block on
+//! I/O. Everything here is a system call or an atomic.
+
+use std::cell::UnsafeCell;
+use std::ops::{Deref, DerefMut};
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "the leakprof recorder supports Linux only (it uses mmap, futex, /proc and dl_iterate_phdr)"
+);
+
+/// Maps `bytes` of zeroed, private, anonymous memory. Pages cost nothing
+/// until touched (`MAP_NORESERVE`), so tables may reserve generously.
+/// Returns null on failure.
+pub(crate) fn map(bytes: usize) -> *mut u8 {
+    if bytes == 0 {
+        return null_mut();
+    }
+    // SAFETY: an anonymous private mapping with no fixed address cannot alias
+    // any existing object; failure is reported as MAP_FAILED, handled below.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// Returns memory obtained from [`map`].
+///
+/// # Safety
+/// `p` and `bytes` must be exactly a region returned by `map`, and nothing
+/// may use it afterwards.
+pub(crate) unsafe fn unmap(p: *mut u8, bytes: usize) {
+    if !p.is_null() && bytes != 0 {
+        // SAFETY: the caller guarantees the region came from `map`.
+        unsafe { libc::munmap(p.cast(), bytes) };
+    }
+}
+
+/// Monotonic clock in nanoseconds (vDSO, no system call on Linux).
+pub(crate) fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wall clock, ms since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A cheap timestamp for block birth: the time-stamp counter where there is
+/// one, else the monotonic clock. Converted to ns at snapshot time.
+#[inline]
+pub(crate) fn ticks() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC is available on every x86_64 CPU and has no
+        // preconditions.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        now_ns()
+    }
+}
+
+/// Kernel thread id of the calling thread.
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Highest address of the calling thread's stack, or 0 if unknown.
+/// May allocate (glibc reads /proc/self/maps for the main thread): call it
+/// only with the re-entrancy guard set.
+pub(crate) fn current_stack_end() -> usize {
+    // SAFETY: pthread_attr_t is plain data initialised by
+    // pthread_getattr_np; we destroy it on every path after success.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return 0;
+        }
+        let mut addr: *mut libc::c_void = null_mut();
+        let mut size: libc::size_t = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        if ok {
+            addr as usize + size
+        } else {
+            0
+        }
+    }
+}
+
+/// Resident set size of this process in bytes, read from /proc/self/statm
+/// into a stack buffer (no allocation).
+pub(crate) fn rss_bytes() -> u64 {
+    let mut buf = [0u8; 128];
+    // SAFETY: the path is NUL-terminated; `buf` is a valid writable buffer
+    // of the length passed; the descriptor is closed on every path.
+    let n = unsafe {
+        let fd = libc::open(
+            c"/proc/self/statm".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return 0;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return 0;
+    }
+    // Fields: size resident shared text lib data dt (pages).
+    let text = &buf[..n as usize];
+    let mut fields = text.split(|&b| b == b' ');
+    let _size = fields.next();
+    let resident = fields.next().map(parse_u64).unwrap_or(0);
+    resident * page_size()
+}
+
+fn parse_u64(digits: &[u8]) -> u64 {
+    digits
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0u64, |acc, &b| {
+            acc.wrapping_mul(10).wrapping_add((b - b'0') as u64)
+        })
+}
+
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// A mutual-exclusion lock on a futex: one CAS to take it, one swap to
+/// release it, and sleeping (not spinning) when held for long, which
+/// matters when a heap-graph scan holds every shard for a while.
+///
+/// It never allocates, so it may be held across allocator calls. It is not
+/// re-entrant: a thread must never take a lock it holds.
+pub(crate) struct RawLock {
+    /// 0 unlocked, 1 locked, 2 locked with (possible) sleepers.
+    state: AtomicU32,
+}
+
+impl RawLock {
+    pub(crate) const fn new() -> RawLock {
+        RawLock {
+            state: AtomicU32::new(0),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn lock(&self) {
+        if self
+            .state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+    }
+
+    #[inline]
+    pub(crate) fn try_lock(&self) -> bool {
+        self.state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    #[cold]
+    fn lock_contended(&self) {
+        // Short spin first: critical sections on the allocation path are a
+        // few dozen nanoseconds.
+        for _ in 0..64 {
+            std::hint::spin_loop();
+            if self.state.load(Ordering::Relaxed) == 0
+                && self
+                    .state
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+        }
+        while self.state.swap(2, Ordering::Acquire) != 0 {
+            futex_wait(&self.state, 2);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn unlock(&self) {
+        if self.state.swap(0, Ordering::Release) == 2 {
+            futex_wake(&self.state);
+        }
+    }
+
+    /// Resets the lock in a forked child, where the thread that held it
+    /// no longer exists.
+    ///
+    /// # Safety
+    /// Only in the child after `fork`, with no other thread running.
+    pub(crate) unsafe fn force_unlock(&self) {
+        self.state.store(0, Ordering::Release);
+    }
+}
+
+fn futex_wait(state: &AtomicU32, expected: u32) {
+    // SAFETY: the futex word is a valid aligned u32 for the duration of the
+    // call; a spurious or interrupted wake-up is handled by the caller's loop.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+fn futex_wake(state: &AtomicU32) {
+    // SAFETY: as above; waking with no waiters is harmless.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+    }
+}
+
+/// A value behind a [`RawLock`]: for recorder state that must survive
+/// `fork` (the child resets the lock) and that allocator code may touch.
+pub(crate) struct LockCell<T> {
+    lock: RawLock,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: access to `value` is serialised by `lock`.
+unsafe impl<T: Send> Sync for LockCell<T> {}
+
+impl<T> LockCell<T> {
+    pub(crate) const fn new(value: T) -> LockCell<T> {
+        LockCell {
+            lock: RawLock::new(),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> LockCellGuard<'_, T> {
+        self.lock.lock();
+        LockCellGuard { cell: self }
+    }
+
+    pub(crate) fn raw(&self) -> &RawLock {
+        &self.lock
+    }
+}
+
+pub(crate) struct LockCellGuard<'a, T> {
+    cell: &'a LockCell<T>,
+}
+
+impl<T> Deref for LockCellGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves the lock is held.
+        unsafe { &*self.cell.value.get() }
+    }
+}
+
+impl<T> DerefMut for LockCellGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves the lock is held, exclusively.
+        unsafe { &mut *self.cell.value.get() }
+    }
+}
+
+impl<T> Drop for LockCellGuard<'_, T> {
+    fn drop(&mut self) {
+        self.cell.lock.unlock();
+    }
+}

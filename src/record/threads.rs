@@ -1,0 +1,343 @@
+//! Per-thread recorder state: counters that every allocation touches live
+//! here, one set per thread, so no cache line is written by every thread.
+//! Snapshots sum them.
+//!
+//! A thread claims a [`ThreadState`] slot from an `mmap`ed registry on its
+//! first recorded allocation and gives it back when its thread-local storage
+//! is torn down; a later thread may reuse the slot and keeps adding to its
+//! counters (all counters are sums, so reuse is exact). Threads that
+//! allocate after their teardown, or when the registry is full, share the
+//! *orphan* slot 0, whose counters are updated with atomic read-modify-write.
+//! Every other slot has a single writer, which updates with plain
+//! load-and-store (no lock prefix) while readers load concurrently.
+
+use std::sync::atomic::{
+    AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+
+use super::sys;
+
+pub(crate) const MAX_THREADS: usize = 4096;
+
+/// Stack ids per counter chunk, and chunks per directory: together they
+/// cover every id the stack table can hand out.
+const CHUNK: usize = 1024;
+const DIR_LEN: usize = (1 << 21) / CHUNK;
+
+const FREE: u32 = 0;
+const ACTIVE: u32 = 1;
+const RETIRED: u32 = 2;
+
+/// A counter with one writer (or, in the orphan slot, many).
+#[derive(Default)]
+#[repr(transparent)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub(crate) fn add(&self, v: u64, shared: bool) {
+        if shared {
+            self.0.fetch_add(v, Ordering::Relaxed);
+        } else {
+            self.0.store(
+                self.0.load(Ordering::Relaxed).wrapping_add(v),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A signed single-writer counter (pending deltas).
+#[derive(Default)]
+#[repr(transparent)]
+pub(crate) struct Delta(AtomicI64);
+
+impl Delta {
+    #[inline]
+    pub(crate) fn add(&self, v: i64, shared: bool) -> i64 {
+        if shared {
+            self.0.fetch_add(v, Ordering::Relaxed) + v
+        } else {
+            let n = self.0.load(Ordering::Relaxed).wrapping_add(v);
+            self.0.store(n, Ordering::Relaxed);
+            n
+        }
+    }
+
+    /// Takes the value, leaving zero.
+    #[inline]
+    pub(crate) fn take(&self) -> i64 {
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// Per-stack counters of one thread.
+#[derive(Default)]
+#[repr(C)]
+pub(crate) struct StackCounters {
+    pub(crate) alloc_bytes: Counter,
+    pub(crate) alloc_blocks: Counter,
+    pub(crate) free_bytes: Counter,
+    pub(crate) free_blocks: Counter,
+}
+
+#[repr(C, align(64))]
+pub(crate) struct ThreadState {
+    state: AtomicU32,
+    pub(crate) tid: AtomicI32,
+    pub(crate) pthread: AtomicU64,
+    pub(crate) stack_end: AtomicUsize,
+    /// Recorded allocations and frees (estimates in sampled mode; blocks in
+    /// the recorder's block unit).
+    pub(crate) alloc_bytes: Counter,
+    pub(crate) alloc_blocks: Counter,
+    pub(crate) free_bytes: Counter,
+    pub(crate) free_blocks: Counter,
+    /// Net live change not yet folded into the global approximate live
+    /// amount (which tracks the peak).
+    pub(crate) pending_bytes: Delta,
+    pub(crate) pending_blocks: Delta,
+    /// The tag this thread's pending tag deltas belong to.
+    pub(crate) tag_id: AtomicU32,
+    pub(crate) tag_live_bytes: Delta,
+    pub(crate) tag_live_blocks: Delta,
+    pub(crate) tag_alloc_bytes: Counter,
+    pub(crate) tag_alloc_blocks: Counter,
+    /// Sampled mode: bytes left until the next sample point, and the
+    /// generator state for drawing the next gap.
+    pub(crate) countdown: AtomicI64,
+    pub(crate) rng: AtomicU64,
+    dir: AtomicPtr<AtomicPtr<StackCounters>>,
+}
+
+impl ThreadState {
+    /// The counters of `stack` for this thread, mapping a chunk on first use.
+    /// `None` only if the kernel refuses memory.
+    #[inline]
+    pub(crate) fn stack_counters(&self, stack: u32) -> Option<&StackCounters> {
+        let (d, k) = (stack as usize / CHUNK, stack as usize % CHUNK);
+        if d >= DIR_LEN {
+            return None;
+        }
+        let mut dir = self.dir.load(Ordering::Acquire);
+        if dir.is_null() {
+            dir = self.map_dir()?;
+        }
+        // SAFETY: d < DIR_LEN, inside the directory mapping.
+        let slot = unsafe { &*dir.add(d) };
+        let mut chunk = slot.load(Ordering::Acquire);
+        if chunk.is_null() {
+            chunk = map_chunk(slot)?;
+        }
+        // SAFETY: k < CHUNK, inside the chunk mapping; counters are atomics.
+        Some(unsafe { &*chunk.add(k) })
+    }
+
+    /// Reads the counters of `stack` without mapping anything.
+    pub(crate) fn peek_stack(&self, stack: u32) -> Option<&StackCounters> {
+        let (d, k) = (stack as usize / CHUNK, stack as usize % CHUNK);
+        let dir = self.dir.load(Ordering::Acquire);
+        if dir.is_null() || d >= DIR_LEN {
+            return None;
+        }
+        // SAFETY: d < DIR_LEN.
+        let chunk = unsafe { (*dir.add(d)).load(Ordering::Acquire) };
+        if chunk.is_null() {
+            return None;
+        }
+        // SAFETY: k < CHUNK.
+        Some(unsafe { &*chunk.add(k) })
+    }
+
+    #[cold]
+    fn map_dir(&self) -> Option<*mut AtomicPtr<StackCounters>> {
+        let fresh = sys::map(DIR_LEN * std::mem::size_of::<AtomicPtr<StackCounters>>())
+            .cast::<AtomicPtr<StackCounters>>();
+        if fresh.is_null() {
+            return None;
+        }
+        match self.dir.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Some(fresh),
+            Err(existing) => {
+                // SAFETY: `fresh` is ours, unpublished.
+                unsafe {
+                    sys::unmap(
+                        fresh.cast(),
+                        DIR_LEN * std::mem::size_of::<AtomicPtr<StackCounters>>(),
+                    )
+                };
+                Some(existing)
+            }
+        }
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.state.load(Ordering::Acquire) != FREE
+    }
+
+    /// Zeroes every counter (recording restart).
+    pub(crate) fn reset(&self) {
+        for c in [
+            &self.alloc_bytes,
+            &self.alloc_blocks,
+            &self.free_bytes,
+            &self.free_blocks,
+        ] {
+            c.reset();
+        }
+        for c in [&self.tag_alloc_bytes, &self.tag_alloc_blocks] {
+            c.reset();
+        }
+        for d in [
+            &self.pending_bytes,
+            &self.pending_blocks,
+            &self.tag_live_bytes,
+            &self.tag_live_blocks,
+        ] {
+            d.take();
+        }
+        let dir = self.dir.load(Ordering::Acquire);
+        if !dir.is_null() {
+            for d in 0..DIR_LEN {
+                // SAFETY: d < DIR_LEN.
+                let chunk = unsafe { (*dir.add(d)).load(Ordering::Acquire) };
+                if !chunk.is_null() {
+                    // SAFETY: chunk maps CHUNK counters; zero is a valid value.
+                    unsafe { std::ptr::write_bytes(chunk, 0, CHUNK) };
+                }
+            }
+        }
+    }
+}
+
+#[cold]
+fn map_chunk(slot: &AtomicPtr<StackCounters>) -> Option<*mut StackCounters> {
+    let bytes = CHUNK * std::mem::size_of::<StackCounters>();
+    let fresh = sys::map(bytes).cast::<StackCounters>();
+    if fresh.is_null() {
+        return None;
+    }
+    match slot.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => Some(fresh),
+        Err(existing) => {
+            // SAFETY: `fresh` is ours, unpublished.
+            unsafe { sys::unmap(fresh.cast(), bytes) };
+            Some(existing)
+        }
+    }
+}
+
+/// The registry of thread states.
+pub(crate) struct Registry {
+    slots: AtomicPtr<ThreadState>,
+    /// One past the highest slot ever claimed.
+    high_water: AtomicUsize,
+}
+
+impl Registry {
+    pub(crate) const fn new() -> Registry {
+        Registry {
+            slots: AtomicPtr::new(std::ptr::null_mut()),
+            high_water: AtomicUsize::new(1),
+        }
+    }
+
+    pub(crate) fn init(&self) -> bool {
+        if !self.slots.load(Ordering::Acquire).is_null() {
+            return true;
+        }
+        let p = sys::map(MAX_THREADS * std::mem::size_of::<ThreadState>()).cast::<ThreadState>();
+        if p.is_null() {
+            return false;
+        }
+        // Slot 0, the orphan slot, is always active.
+        // SAFETY: fresh zeroed mapping of MAX_THREADS states; all-zero is a
+        // valid ThreadState (atomics and null pointers).
+        unsafe { (*p).state.store(ACTIVE, Ordering::Release) };
+        self.slots.store(p, Ordering::Release);
+        true
+    }
+
+    /// The shared orphan slot.
+    pub(crate) fn orphan(&self) -> Option<&ThreadState> {
+        let p = self.slots.load(Ordering::Acquire);
+        // SAFETY: slot 0 exists once the registry is mapped.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    pub(crate) fn is_orphan(&self, ts: &ThreadState) -> bool {
+        std::ptr::eq(ts, self.slots.load(Ordering::Acquire))
+    }
+
+    /// Claims a free or retired slot for the calling thread.
+    pub(crate) fn claim(&self) -> Option<&ThreadState> {
+        let p = self.slots.load(Ordering::Acquire);
+        if p.is_null() {
+            return None;
+        }
+        for i in 1..MAX_THREADS {
+            // SAFETY: i < MAX_THREADS, inside the mapping.
+            let ts = unsafe { &*p.add(i) };
+            let s = ts.state.load(Ordering::Relaxed);
+            if s != ACTIVE
+                && ts
+                    .state
+                    .compare_exchange(s, ACTIVE, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.high_water.fetch_max(i + 1, Ordering::AcqRel);
+                return Some(ts);
+            }
+        }
+        None
+    }
+
+    /// Gives a slot back; its counters stay and keep counting for whoever
+    /// claims it next.
+    pub(crate) fn retire(&self, ts: &ThreadState) {
+        if !self.is_orphan(ts) {
+            ts.tid.store(0, Ordering::Relaxed);
+            ts.state.store(RETIRED, Ordering::Release);
+        }
+    }
+
+    /// Every slot that was ever claimed (active or retired), orphan included.
+    pub(crate) fn each(&self) -> impl Iterator<Item = &ThreadState> {
+        let p = self.slots.load(Ordering::Acquire);
+        let n = if p.is_null() {
+            0
+        } else {
+            self.high_water.load(Ordering::Acquire)
+        };
+        // SAFETY: i < high_water <= MAX_THREADS, inside the mapping.
+        (0..n)
+            .map(move |i| unsafe { &*p.add(i) })
+            .filter(|ts| ts.is_live())
+    }
+
+    /// Threads currently holding a slot (for the peak error bound).
+    pub(crate) fn active_count(&self) -> usize {
+        self.each()
+            .filter(|t| t.state.load(Ordering::Relaxed) == ACTIVE)
+            .count()
+    }
+}

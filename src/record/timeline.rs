@@ -1,0 +1,137 @@
+//! The memory timeline: a sampler thread records RSS, live bytes and blocks
+//! and the current task every period; `mark` adds event points from any
+//! thread. Points go into the profile and, through the renderers, into
+//! `memory.csv`.
+//!
+//! The sampler thread runs with the re-entrancy guard set for its whole
+//! life, so its own allocations are never recorded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::hooks::{self, LAST_TAG, TAGS};
+use super::sys::{self, LockCell, RawLock};
+use crate::format::TimelinePoint;
+
+/// Points kept before new ones are counted as dropped (about 100 MB; a
+/// 100 ms period fills it in 27 hours).
+const MAX_POINTS: usize = 1_000_000;
+
+pub(crate) struct Buffer {
+    pub(crate) points: Vec<TimelinePoint>,
+    pub(crate) dropped: u64,
+}
+
+static TIMELINE: LockCell<Buffer> = LockCell::new(Buffer {
+    points: Vec::new(),
+    dropped: 0,
+});
+
+struct Sampler {
+    handle: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    pid: u32,
+}
+
+static SAMPLER: LockCell<Option<Sampler>> = LockCell::new(None);
+
+pub(crate) fn timeline_lock() -> &'static RawLock {
+    TIMELINE.raw()
+}
+
+pub(crate) fn sampler_lock() -> &'static RawLock {
+    SAMPLER.raw()
+}
+
+/// Empties the timeline (at recording start).
+pub(crate) fn clear() {
+    let mut t = TIMELINE.lock();
+    t.points.clear();
+    t.dropped = 0;
+}
+
+/// A copy of the points and the dropped count.
+pub(crate) fn copy() -> (Vec<TimelinePoint>, u64) {
+    let t = TIMELINE.lock();
+    (t.points.clone(), t.dropped)
+}
+
+fn point(tag_id: u32, event: Option<&str>) -> TimelinePoint {
+    let (live_bytes, live_blocks) = hooks::live_now();
+    let tag = TAGS.get(tag_id);
+    TimelinePoint {
+        t_ns: super::elapsed_ns(),
+        rss_bytes: sys::rss_bytes(),
+        live_bytes,
+        live_blocks,
+        task: tag.and_then(|t| t.task_id()),
+        retry: tag.and_then(|t| t.retry_number()),
+        event: event.map(str::to_string),
+    }
+}
+
+fn push(p: TimelinePoint) {
+    let mut t = TIMELINE.lock();
+    if t.points.len() < MAX_POINTS {
+        t.points.push(p);
+    } else {
+        t.dropped += 1;
+    }
+}
+
+/// Records an event point with the calling thread's tag. Caller holds the
+/// guard.
+pub(crate) fn mark(event: &str) {
+    push(point(hooks::current_tag_id(), Some(event)));
+}
+
+/// Starts the sampler thread. Caller holds the guard.
+pub(crate) fn start_sampler(period: Duration) -> std::io::Result<()> {
+    clear();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("leakprof-timeline".into())
+        .spawn(move || {
+            let _ = hooks::LOCAL.try_with(|l| l.guard.set(true));
+            while !flag.load(Ordering::Acquire) {
+                let tag = LAST_TAG.load(Ordering::Relaxed);
+                let active = TAGS
+                    .entry(tag)
+                    .is_some_and(|e| e.active.load(Ordering::Relaxed) > 0);
+                push(point(if active { tag } else { 0 }, None));
+                std::thread::park_timeout(period);
+            }
+        })?;
+    *SAMPLER.lock() = Some(Sampler {
+        handle,
+        stop,
+        pid: std::process::id(),
+    });
+    Ok(())
+}
+
+/// Stops and joins the sampler thread (in the process that started it).
+pub(crate) fn stop_sampler() {
+    let sampler = SAMPLER.lock().take();
+    if let Some(s) = sampler {
+        if s.pid == std::process::id() {
+            s.stop.store(true, Ordering::Release);
+            s.handle.thread().unpark();
+            let _ = s.handle.join();
+        } else {
+            // A forked child: the thread lives in the parent only.
+            std::mem::forget(s);
+        }
+    }
+}
+
+/// In a forked child the sampler thread does not exist; forget its handle
+/// without joining or dropping it.
+pub(crate) fn forget_sampler_in_child() {
+    if let Some(s) = SAMPLER.lock().take() {
+        std::mem::forget(s);
+    }
+}

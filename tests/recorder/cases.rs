@@ -1,0 +1,781 @@
+//! The cases, each run in a fresh process by `main.rs`.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use leakprof::format::{Amount, Profile};
+use leakprof::{Options, Recorder, Tag};
+
+pub type Case = (&'static str, fn());
+
+pub const ALL: &[Case] = &[
+    (
+        "exact_bytes_per_tag_and_stack_with_names",
+        exact_bytes_per_tag_and_stack_with_names,
+    ),
+    (
+        "realloc_grow_shrink_move_zeroed_aligned_zero_size",
+        realloc_grow_shrink_move_zeroed_aligned_zero_size,
+    ),
+    (
+        "frees_of_blocks_from_before_recording_are_harmless",
+        frees_of_blocks_from_before_recording_are_harmless,
+    ),
+    (
+        "concurrent_threads_while_snapshotting_account_exactly",
+        concurrent_threads_while_snapshotting_account_exactly,
+    ),
+    (
+        "tags_follow_async_tasks_across_tokio_threads",
+        tags_follow_async_tasks_across_tokio_threads,
+    ),
+    (
+        "fork_child_keeps_recording_without_deadlock",
+        fork_child_keeps_recording_without_deadlock,
+    ),
+    (
+        "sampling_estimates_within_ten_percent",
+        sampling_estimates_within_ten_percent,
+    ),
+    ("timeline_samples_and_marks", timeline_samples_and_marks),
+    (
+        "panic_under_a_tag_restores_the_tag",
+        panic_under_a_tag_restores_the_tag,
+    ),
+    ("peak_and_per_stack_at_peak", peak_and_per_stack_at_peak),
+    (
+        "profile_saves_and_loads_back_equal",
+        profile_saves_and_loads_back_equal,
+    ),
+    ("second_recorder_is_refused", second_recorder_is_refused),
+];
+
+fn start() -> Recorder {
+    Recorder::start(Options::default().timeline_interval_ms(0)).expect("recorder starts")
+}
+
+fn tag_live(p: &Profile, tag: Tag) -> Amount {
+    p.tags
+        .iter()
+        .filter(|t| {
+            t.task == tag.task_id()
+                && t.retry == tag.retry_number()
+                && t.label.as_deref() == tag.label_name()
+        })
+        .fold(Amount::default(), |mut a, t| {
+            a.add(t.live);
+            a
+        })
+}
+
+fn stack_has(p: &Profile, stack: u32, function: &str) -> bool {
+    p.stacks[stack as usize]
+        .frames
+        .iter()
+        .any(|&f| p.frames[f as usize].function.contains(function))
+}
+
+/// Live amount in groups whose stack mentions `function`.
+fn live_from(p: &Profile, function: &str) -> Amount {
+    p.live
+        .iter()
+        .filter(|g| stack_has(p, g.stack, function))
+        .fold(Amount::default(), |mut a, g| {
+            a.add(Amount {
+                bytes: g.bytes,
+                blocks: g.blocks,
+            });
+            a
+        })
+}
+
+/// (allocated, live) summed over the stack stats of stacks mentioning
+/// `function`.
+fn stats_from(p: &Profile, function: &str) -> (Amount, Amount) {
+    p.stack_stats
+        .iter()
+        .filter(|s| stack_has(p, s.stack, function))
+        .fold(
+            (Amount::default(), Amount::default()),
+            |(mut a, mut l), s| {
+                a.add(s.allocated);
+                l.add(s.live);
+                (a, l)
+            },
+        )
+}
+
+#[inline(never)]
+fn alloc_kilobyte_block() -> Box<[u8]> {
+    black_box(vec![7u8; 1000].into_boxed_slice())
+}
+
+#[inline(never)]
+fn alloc_three_kilobyte_block() -> Box<[u8]> {
+    black_box(vec![9u8; 3000].into_boxed_slice())
+}
+
+fn exact_bytes_per_tag_and_stack_with_names() {
+    let rec = start();
+    let mut hold: Vec<Box<[u8]>> = Vec::with_capacity(64);
+    let t1 = Tag::task(1);
+    let t2 = Tag::task(2).retry(1);
+    leakprof::with_tag(t1, || {
+        for _ in 0..10 {
+            hold.push(alloc_kilobyte_block());
+        }
+    });
+    leakprof::with_tag(t2, || {
+        for _ in 0..5 {
+            hold.push(alloc_three_kilobyte_block());
+        }
+    });
+    let p = rec.snapshot();
+    assert_eq!(
+        tag_live(&p, t1),
+        Amount {
+            bytes: 10_000,
+            blocks: 10
+        }
+    );
+    assert_eq!(
+        tag_live(&p, t2),
+        Amount {
+            bytes: 15_000,
+            blocks: 5
+        }
+    );
+    assert_eq!(
+        live_from(&p, "alloc_kilobyte_block"),
+        Amount {
+            bytes: 10_000,
+            blocks: 10
+        }
+    );
+    assert_eq!(
+        live_from(&p, "alloc_three_kilobyte_block"),
+        Amount {
+            bytes: 15_000,
+            blocks: 5
+        }
+    );
+    // The allocation site itself is the program's code, not the recorder's.
+    for g in &p.live {
+        let top = &p.frames[p.stacks[g.stack as usize].frames[0] as usize].function;
+        assert!(
+            !top.contains("leakprof::record"),
+            "recorder frame on top: {top}"
+        );
+        assert!(!top.starts_with("__rust"), "allocator shim on top: {top}");
+    }
+    // Loops may be unrolled into several call sites: sum every stack.
+    let (allocated, live) = stats_from(&p, "alloc_kilobyte_block");
+    assert_eq!(
+        allocated,
+        Amount {
+            bytes: 10_000,
+            blocks: 10
+        }
+    );
+    assert_eq!(
+        live,
+        Amount {
+            bytes: 10_000,
+            blocks: 10
+        }
+    );
+
+    // Free half of the first tag's blocks: live drops, allocated stays.
+    for b in hold.drain(..5) {
+        drop(b);
+    }
+    let p = rec.snapshot();
+    assert_eq!(
+        tag_live(&p, t1),
+        Amount {
+            bytes: 5_000,
+            blocks: 5
+        }
+    );
+    let t1_info = p.tags.iter().find(|t| t.task == Some(1)).unwrap();
+    assert_eq!(
+        t1_info.allocated,
+        Amount {
+            bytes: 10_000,
+            blocks: 10
+        }
+    );
+    assert_eq!(
+        t1_info.peak,
+        Amount {
+            bytes: 10_000,
+            blocks: 10
+        }
+    );
+    assert!(t1_info.first_ns.is_some() && t1_info.last_ns >= t1_info.first_ns);
+    assert!(!t1_info.active);
+    let (allocated, live) = stats_from(&p, "alloc_kilobyte_block");
+    assert_eq!(allocated.bytes, 10_000);
+    assert_eq!(live.bytes, 5_000);
+    let task2 = p
+        .tasks
+        .iter()
+        .find(|t| t.task == 2)
+        .expect("task 2 in the task table");
+    assert_eq!(task2.retries, 1);
+    drop(hold);
+}
+
+fn realloc_grow_shrink_move_zeroed_aligned_zero_size() {
+    let rec = start();
+    let tag = Tag::task(3);
+    let live = |rec: &Recorder| tag_live(&rec.snapshot(), tag);
+    leakprof::with_tag(tag, || {
+        // SAFETY (test): every pointer below comes from the matching
+        // allocation call with the layout passed back to it.
+        unsafe {
+            let l = Layout::from_size_align(64, 8).unwrap();
+            let p = black_box(std::alloc::alloc(l));
+            p.write_bytes(1, 64);
+            assert_eq!(
+                live(&rec),
+                Amount {
+                    bytes: 64,
+                    blocks: 1
+                }
+            );
+            // Grow far enough to move.
+            let p = black_box(std::alloc::realloc(p, l, 1 << 20));
+            assert!(!p.is_null());
+            assert_eq!(*p.add(63), 1, "realloc kept the contents");
+            assert_eq!(
+                live(&rec),
+                Amount {
+                    bytes: 1 << 20,
+                    blocks: 1
+                }
+            );
+            // Shrink.
+            let l = Layout::from_size_align(1 << 20, 8).unwrap();
+            let p = black_box(std::alloc::realloc(p, l, 100));
+            assert_eq!(
+                live(&rec),
+                Amount {
+                    bytes: 100,
+                    blocks: 1
+                }
+            );
+            std::alloc::dealloc(p, Layout::from_size_align(100, 8).unwrap());
+            assert_eq!(live(&rec), Amount::default());
+
+            let lz = Layout::from_size_align(4096, 16).unwrap();
+            let z = black_box(std::alloc::alloc_zeroed(lz));
+            assert!(std::slice::from_raw_parts(z, 4096).iter().all(|&b| b == 0));
+            assert_eq!(
+                live(&rec),
+                Amount {
+                    bytes: 4096,
+                    blocks: 1
+                }
+            );
+            std::alloc::dealloc(z, lz);
+
+            let la = Layout::from_size_align(5000, 4096).unwrap();
+            let a = black_box(std::alloc::alloc(la));
+            assert_eq!(a as usize % 4096, 0);
+            assert_eq!(
+                live(&rec),
+                Amount {
+                    bytes: 5000,
+                    blocks: 1
+                }
+            );
+            let a = black_box(std::alloc::realloc(a, la, 9000));
+            assert_eq!(a as usize % 4096, 0, "over-aligned realloc keeps alignment");
+            assert_eq!(
+                live(&rec),
+                Amount {
+                    bytes: 9000,
+                    blocks: 1
+                }
+            );
+            std::alloc::dealloc(a, Layout::from_size_align(9000, 4096).unwrap());
+            assert_eq!(live(&rec), Amount::default());
+
+            // Zero-size requests are outside GlobalAlloc's contract but
+            // happen through direct calls; they must not break accounting.
+            let l0 = Layout::from_size_align(0, 1).unwrap();
+            let z0 = black_box(super::GLOBAL.alloc(l0));
+            if !z0.is_null() {
+                assert_eq!(
+                    live(&rec),
+                    Amount {
+                        bytes: 0,
+                        blocks: 1
+                    }
+                );
+                super::GLOBAL.dealloc(z0, l0);
+            }
+            assert_eq!(live(&rec), Amount::default());
+        }
+    });
+    let p = rec.snapshot();
+    let info = p.tags.iter().find(|t| t.task == Some(3)).unwrap();
+    assert!(info.allocated.bytes >= 64 + (1 << 20) + 100 + 4096 + 5000 + 9000);
+}
+
+fn frees_of_blocks_from_before_recording_are_harmless() {
+    let early: Vec<Vec<u8>> = (0..1000).map(|i| vec![i as u8; 100]).collect();
+    let rec = start();
+    let kept = leakprof::with_tag(Tag::task(4), || vec![5u8; 4000]);
+    drop(early);
+    let p = rec.snapshot();
+    assert_eq!(
+        tag_live(&p, Tag::task(4)),
+        Amount {
+            bytes: 4000,
+            blocks: 1
+        }
+    );
+    assert!(p.totals.live.bytes >= 4000 && p.totals.live.bytes < 200_000);
+    drop(kept);
+}
+
+#[inline(never)]
+fn churn_block(size: usize) -> Vec<u8> {
+    black_box(vec![size as u8; size])
+}
+
+fn concurrent_threads_while_snapshotting_account_exactly() {
+    let rec = start();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let kept: Vec<(u64, Vec<Vec<u8>>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..6u64)
+            .map(|t| {
+                s.spawn(move || {
+                    leakprof::with_tag(Tag::task(100 + t), || {
+                        let mut window: Vec<Vec<u8>> = Vec::new();
+                        let mut i = 0usize;
+                        while Instant::now() < deadline {
+                            for _ in 0..1000 {
+                                i = i
+                                    .wrapping_mul(6364136223846793005)
+                                    .wrapping_add(1442695040888963407 + t as usize);
+                                window.push(churn_block(16 + (i >> 33) % 2000));
+                                if window.len() > 500 {
+                                    window.swap_remove((i >> 40) % window.len());
+                                }
+                            }
+                        }
+                        window.truncate(100 + t as usize);
+                        window.shrink_to_fit();
+                        (100 + t, window)
+                    })
+                })
+            })
+            .collect();
+        // Short-lived threads come and go meanwhile (slot reuse, teardown).
+        let spawner = s.spawn(|| {
+            let mut n = 0;
+            while Instant::now() < deadline {
+                std::thread::spawn(|| drop(black_box(vec![1u8; 333])))
+                    .join()
+                    .unwrap();
+                n += 1;
+            }
+            n
+        });
+        let mut snapshots = 0;
+        while Instant::now() < deadline {
+            let p = rec.snapshot();
+            assert!(p.totals.live.blocks > 0);
+            snapshots += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(snapshots >= 3, "only {snapshots} snapshots in 1.5 s");
+        assert!(spawner.join().unwrap() > 10);
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let p = rec.snapshot();
+    for (task, window) in &kept {
+        // The window Vec itself (its buffer) is also live under the tag.
+        let expect_bytes: usize =
+            window.iter().map(|v| v.len()).sum::<usize>() + window.capacity() * 24;
+        let got = tag_live(&p, Tag::task(*task));
+        assert_eq!(got.blocks, window.len() as u64 + 1, "blocks of task {task}");
+        assert_eq!(got.bytes, expect_bytes as u64, "bytes of task {task}");
+    }
+    // Exactness of the global counters: sum of live groups equals totals.
+    let sum: u64 = p.live.iter().map(|g| g.bytes).sum();
+    assert_eq!(sum, p.totals.live.bytes);
+    let (live_bytes, _) = leakprof::live();
+    let again = rec.snapshot().totals.live.bytes;
+    let _ = live_bytes;
+    assert!(again >= sum - 100_000 && again <= sum + 100_000);
+    drop(kept);
+}
+
+fn tags_follow_async_tasks_across_tokio_threads() {
+    use leakprof::FutureExt as _;
+    let rec = start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (kept, threads) = rt.block_on(async {
+        let tasks: Vec<_> = (0..4u64)
+            .map(|t| {
+                tokio::spawn(
+                    async move {
+                        let mut kept = Vec::new();
+                        let mut threads = std::collections::BTreeSet::new();
+                        for _ in 0..50 {
+                            kept.push(vec![t as u8; 777]);
+                            threads.insert(format!("{:?}", std::thread::current().id()));
+                            tokio::task::yield_now().await;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        // Carry the tag into spawn_blocking explicitly.
+                        let tag = leakprof::current_tag();
+                        let blocking = tokio::task::spawn_blocking(move || {
+                            leakprof::with_tag(tag, || vec![1u8; 5000])
+                        })
+                        .await
+                        .unwrap();
+                        (t, kept, blocking, threads)
+                    }
+                    .tagged(Tag::task(200 + t)),
+                )
+            })
+            .collect();
+        let mut kept = Vec::new();
+        let mut threads = std::collections::BTreeSet::new();
+        for h in tasks {
+            let (t, k, b, th) = h.await.unwrap();
+            threads.extend(th);
+            kept.push((t, k, b));
+        }
+        (kept, threads)
+    });
+    let p = rec.snapshot();
+    for (t, k, _) in &kept {
+        // Every block the task allocated is under its tag, whichever
+        // worker thread polled it; tokio's own bookkeeping (a blocking-pool
+        // thread, say) may add a little.
+        let groups: Vec<_> = p
+            .live
+            .iter()
+            .filter(|g| p.tags[g.tag as usize].task == Some(200 + t))
+            .collect();
+        let of_size = |size: u64| {
+            groups
+                .iter()
+                .filter(|g| g.bytes == size * g.blocks)
+                .map(|g| g.blocks)
+                .sum::<u64>()
+        };
+        assert_eq!(of_size(777), 50, "task {t}: its 50 blocks of 777 bytes");
+        assert_eq!(of_size(5000), 1, "task {t}: the spawn_blocking block");
+        let got: u64 = groups.iter().map(|g| g.bytes).sum();
+        let expected = 50 * 777 + 5000 + k.capacity() as u64 * 24;
+        assert!(
+            got >= expected && got <= expected + 4096,
+            "task {t}: {got} bytes, expected {expected}"
+        );
+        let info = p.tags.iter().find(|x| x.task == Some(200 + t)).unwrap();
+        assert!(info.first_ns.is_some() && info.last_ns > info.first_ns);
+        assert!(!info.active, "task {t} finished");
+    }
+    println!("tasks ran on {} distinct threads", threads.len());
+    assert_eq!(
+        leakprof::current_tag(),
+        Tag::NONE,
+        "no tag leaks out of polls"
+    );
+    drop(kept);
+}
+
+fn fork_child_keeps_recording_without_deadlock() {
+    let rec = start();
+    let parent_block = leakprof::with_tag(Tag::task(5), || vec![1u8; 10_000]);
+    // A thread that allocates all the time, so forks happen mid-operation.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let churn = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            v.push(churn_block(64));
+            if v.len() > 1000 {
+                v.clear();
+            }
+        }
+    });
+    // Warm the symbol cache so each child's snapshot need not load DWARF.
+    let _ = rec.snapshot();
+    for round in 0..10 {
+        // SAFETY (test): fork in a multi-threaded process; the child only
+        // allocates (which must work) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: alarm has no preconditions; kills a hung child.
+            unsafe { libc::alarm(10) };
+            let child_block = leakprof::with_tag(Tag::task(6), || vec![2u8; 20_000]);
+            let p = rec.snapshot();
+            let ok = tag_live(&p, Tag::task(5)).bytes == 10_000
+                && tag_live(&p, Tag::task(6)).bytes == 20_000;
+            drop(child_block);
+            // SAFETY: leaving the child without running parent-owned destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "fork round {round}: child status {status:#x}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    let p = rec.snapshot();
+    assert_eq!(tag_live(&p, Tag::task(5)).bytes, 10_000);
+    assert_eq!(
+        tag_live(&p, Tag::task(6)).bytes,
+        0,
+        "the child's block never lived in the parent"
+    );
+    drop(parent_block);
+}
+
+#[inline(never)]
+fn sampled_block(size: usize) -> Vec<u8> {
+    black_box(vec![3u8; size])
+}
+
+fn sampling_estimates_within_ten_percent() {
+    let rec = Recorder::start(
+        Options::default()
+            .sample_mean_bytes(4096)
+            .seed(42)
+            .timeline_interval_ms(0),
+    )
+    .unwrap();
+    let tag = Tag::task(8);
+    let mut truth = Amount::default();
+    let mut kept = Vec::with_capacity(60_000);
+    leakprof::with_tag(tag, || {
+        let mut x: u64 = 12345;
+        for _ in 0..60_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let size = 16 + (x >> 33) as usize % 2048;
+            truth.add(Amount {
+                bytes: size as u64,
+                blocks: 1,
+            });
+            kept.push(sampled_block(size));
+        }
+    });
+    let p = rec.snapshot();
+    assert_eq!(p.meta.options.mode, leakprof::format::Mode::Sampled);
+    let est = live_from(&p, "sampled_block");
+    let err = |e: u64, t: u64| (e as f64 - t as f64).abs() / t as f64;
+    println!("truth {truth:?}, estimate {est:?}");
+    assert!(
+        err(est.bytes, truth.bytes) < 0.10,
+        "bytes: estimate {} vs {}",
+        est.bytes,
+        truth.bytes
+    );
+    assert!(
+        err(est.blocks, truth.blocks) < 0.10,
+        "blocks: estimate {} vs {}",
+        est.blocks,
+        truth.blocks
+    );
+    // Free every other block: the estimate follows.
+    let mut half = Amount::default();
+    let mut i = 0;
+    kept.retain(|v| {
+        i += 1;
+        if i % 2 == 0 {
+            half.add(Amount {
+                bytes: v.len() as u64,
+                blocks: 1,
+            });
+        }
+        i % 2 == 0
+    });
+    let est = live_from(&rec.snapshot(), "sampled_block");
+    assert!(
+        err(est.bytes, half.bytes) < 0.10,
+        "after frees: {} vs {}",
+        est.bytes,
+        half.bytes
+    );
+    drop(kept);
+}
+
+fn timeline_samples_and_marks() {
+    let rec = Recorder::start(Options::default().timeline_interval_ms(10)).unwrap();
+    let kept = leakprof::with_tag(Tag::task(11).retry(4), || {
+        let v = vec![1u8; 1 << 20];
+        leakprof::mark("after allocation");
+        v
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let p = rec.snapshot();
+    let periodic = p.timeline.iter().filter(|t| t.event.is_none()).count();
+    assert!(
+        periodic >= 5,
+        "{periodic} periodic points in 150 ms at 10 ms"
+    );
+    let m = p
+        .timeline
+        .iter()
+        .find(|t| t.event.as_deref() == Some("after allocation"))
+        .expect("marked point");
+    assert_eq!((m.task, m.retry), (Some(11), Some(4)));
+    assert!(m.live_bytes >= 1 << 20);
+    assert!(m.rss_bytes > 1 << 20);
+    assert!(
+        p.timeline.windows(2).all(|w| w[0].t_ns <= w[1].t_ns),
+        "time order"
+    );
+    drop(kept);
+}
+
+fn panic_under_a_tag_restores_the_tag() {
+    let rec = start();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(|| {
+        leakprof::with_tag(Tag::task(12), || {
+            let _v = black_box(vec![0u8; 100]);
+            panic!("boom");
+        })
+    });
+    std::panic::set_hook(hook);
+    assert!(r.is_err());
+    // The panic payload was allocated under the tag; let it go.
+    drop(r);
+    assert_eq!(leakprof::current_tag(), Tag::NONE);
+    let after = vec![1u8; 1234];
+    let p = rec.snapshot();
+    assert_eq!(
+        tag_live(&p, Tag::task(12)).bytes,
+        0,
+        "unwinding freed the block"
+    );
+    let untagged = p
+        .live
+        .iter()
+        .filter(|g| g.tag == 0)
+        .map(|g| g.bytes)
+        .sum::<u64>();
+    assert!(untagged >= 1234);
+    drop(after);
+}
+
+#[inline(never)]
+fn peak_phase_a() -> Vec<Vec<u8>> {
+    (0..8).map(|_| black_box(vec![1u8; 1 << 20])).collect()
+}
+
+#[inline(never)]
+fn peak_phase_b() -> Vec<Vec<u8>> {
+    (0..2).map(|_| black_box(vec![1u8; 1 << 20])).collect()
+}
+
+fn peak_and_per_stack_at_peak() {
+    let rec = start();
+    let a = peak_phase_a();
+    drop(a);
+    let b = peak_phase_b();
+    let p = rec.snapshot();
+    assert!(
+        p.totals.peak.bytes >= 8 << 20,
+        "peak {}",
+        p.totals.peak.bytes
+    );
+    assert!(p.totals.peak.bytes <= (8 << 20) + (1 << 20));
+    let stat = |f: &str| {
+        p.stack_stats
+            .iter()
+            .filter(|s| stack_has(&p, s.stack, f))
+            .fold(
+                (Amount::default(), Amount::default()),
+                |(mut pk, mut lv), s| {
+                    pk.add(s.at_peak);
+                    lv.add(s.live);
+                    (pk, lv)
+                },
+            )
+    };
+    let _ = stats_from;
+    let (a_peak, a_live) = stat("peak_phase_a");
+    let (b_peak, b_live) = stat("peak_phase_b");
+    assert_eq!(a_live.bytes, 0);
+    assert!(a_peak.bytes >= 7 << 20, "phase A at peak: {}", a_peak.bytes);
+    assert_eq!(b_peak.bytes, 0, "phase B came after the peak");
+    assert_eq!(b_live.bytes, 2 << 20);
+    drop(b);
+}
+
+fn profile_saves_and_loads_back_equal() {
+    let rec = start();
+    leakprof::set_attribute("scenario", "unit-test");
+    leakprof::describe_task(
+        13,
+        leakprof::TaskDescription::new()
+            .external_id("msg-13")
+            .actor("plain"),
+    );
+    let kept = leakprof::with_tag(Tag::task(13), || vec![1u8; 100]);
+    let p = rec.snapshot();
+    let dir = std::env::temp_dir().join(format!("leakprof-recorder-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("profile.json");
+    p.save(&path).unwrap();
+    let back = leakprof::format::load(&path).unwrap();
+    assert_eq!(back, p);
+    assert_eq!(
+        back.meta.attributes.get("scenario").map(String::as_str),
+        Some("unit-test")
+    );
+    let task = back.tasks.iter().find(|t| t.task == 13).unwrap();
+    assert_eq!(task.external_id.as_deref(), Some("msg-13"));
+    assert!(!back.modules.is_empty());
+    assert!(
+        back.modules[0].build_id.is_some(),
+        "the test binary has a GNU build-id"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "atomic save leaves no temp file: {leftovers:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    drop(kept);
+}
+
+fn second_recorder_is_refused() {
+    let rec = start();
+    assert!(matches!(
+        Recorder::start(Options::default()),
+        Err(leakprof::StartError::AlreadyRunning)
+    ));
+    drop(rec);
+    let again =
+        Recorder::start(Options::default().timeline_interval_ms(0)).expect("restart after stop");
+    let kept = leakprof::with_tag(Tag::task(14), || vec![1u8; 10]);
+    assert_eq!(tag_live(&again.snapshot(), Tag::task(14)).bytes, 10);
+    drop(kept);
+}
