@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use super::live::{Block, LiveTable};
-use super::stacks::{self, Captured, StackTable, MAX_DEPTH};
+use super::stacks::{self, Captured, StackTable};
 use super::sys::{self, RawLock};
 use super::tags::{TagTable, UNTAGGED};
 use super::threads::{Registry, ThreadState};
@@ -231,7 +231,13 @@ fn record_alloc(l: &Local, addr: usize, size: usize) -> bool {
     let (w_bytes, w_blocks) = if mean == 0 {
         (size as u64, 1)
     } else {
-        let left = l.countdown.get() - size as i64;
+        let mut countdown = l.countdown.get();
+        if countdown == 0 {
+            // First sampled-mode allocation on this thread: draw the first
+            // gap, so the first allocation is not always sampled.
+            countdown = next_gap(l, mean);
+        }
+        let left = countdown - size as i64;
         if left > 0 {
             l.countdown.set(left);
             return true;
@@ -242,18 +248,13 @@ fn record_alloc(l: &Local, addr: usize, size: usize) -> bool {
     let Some(ts) = thread_state(l) else {
         return false;
     };
-    let mut captured = Captured {
-        frames: [0; MAX_DEPTH],
-        len: 0,
-        truncated: false,
-    };
+    let mut captured = Captured::new();
     stacks::capture(
         CONFIG.max_frames.load(Ordering::Relaxed) as usize,
         ts.stack_end.load(Ordering::Relaxed),
         &mut captured,
     );
-    let frames = captured.frames.get(..captured.len).unwrap_or(&[]);
-    let stack = STACKS.intern(frames, captured.truncated);
+    let stack = STACKS.intern(captured.frames(), captured.truncated);
     let tag = l.tag.get();
     let block = Block {
         addr,

@@ -63,11 +63,34 @@ pub(crate) struct StackTable {
     pub(crate) overflowed: AtomicU64,
 }
 
-/// A captured stack: return addresses, innermost first.
+/// A captured stack: return addresses, innermost first. Only the first
+/// `len` frames are initialised (the buffer is not zeroed: 2 KiB of
+/// memset per allocation would cost more than the walk).
 pub(crate) struct Captured {
-    pub(crate) frames: [usize; MAX_DEPTH],
-    pub(crate) len: usize,
+    frames: [std::mem::MaybeUninit<usize>; MAX_DEPTH],
+    len: usize,
     pub(crate) truncated: bool,
+}
+
+impl Captured {
+    #[inline(always)]
+    pub(crate) fn new() -> Captured {
+        Captured {
+            // SAFETY: an array of MaybeUninit needs no initialisation (the
+            // idiom from MaybeUninit's docs; `[uninit(); N]` made LLVM
+            // emit a 2 KiB memset here).
+            frames: unsafe { std::mem::MaybeUninit::uninit().assume_init() },
+            len: 0,
+            truncated: false,
+        }
+    }
+
+    /// The captured frames.
+    pub(crate) fn frames(&self) -> &[usize] {
+        let len = self.len.min(MAX_DEPTH);
+        // SAFETY: `capture` initialised frames[..len] before setting len.
+        unsafe { std::slice::from_raw_parts(self.frames.as_ptr().cast::<usize>(), len) }
+    }
 }
 
 /// Walks the calling thread's frame-pointer chain.
@@ -97,7 +120,7 @@ pub(crate) fn capture(max: usize, stack_end: usize, out: &mut Captured) {
         if ret == 0 {
             break;
         }
-        out.frames[n] = ret;
+        out.frames[n] = std::mem::MaybeUninit::new(ret);
         n += 1;
         if next <= fp {
             break;
@@ -129,12 +152,28 @@ fn registers() -> (usize, usize) {
     (fp, sp)
 }
 
+/// Hashes a stack with four independent lanes, so the multiply chain does
+/// not serialise a long walk.
 #[inline]
 fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
-    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ (frames.len() as u64) ^ ((truncated as u64) << 63);
-    for &f in frames {
-        h = (h ^ f as u64).wrapping_mul(0x100_0000_01b3).rotate_left(29);
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut lanes = [
+        0x243f_6a88_85a3_08d3 ^ frames.len() as u64,
+        0x1319_8a2e_0370_7344 ^ truncated as u64,
+        0xa409_3822_299f_31d0,
+        0x082e_fa98_ec4e_6c89,
+    ];
+    let mut chunks = frames.chunks_exact(4);
+    for c in &mut chunks {
+        for k in 0..4 {
+            lanes[k] = (lanes[k] ^ c[k] as u64).wrapping_mul(K).rotate_left(31);
+        }
     }
+    for (k, &f) in chunks.remainder().iter().enumerate() {
+        lanes[k] = (lanes[k] ^ f as u64).wrapping_mul(K).rotate_left(31);
+    }
+    let mut h =
+        lanes[0] ^ lanes[1].rotate_left(16) ^ lanes[2].rotate_left(32) ^ lanes[3].rotate_left(48);
     h ^= h >> 32;
     h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
     h ^= h >> 32;
@@ -350,20 +389,16 @@ mod tests {
         fn inner(out: &mut Captured) {
             capture(64, sys::current_stack_end(), out);
         }
-        let mut c = Captured {
-            frames: [0; MAX_DEPTH],
-            len: 0,
-            truncated: false,
-        };
+        let mut c = Captured::new();
         inner(&mut c);
-        assert!(c.len >= 2, "frame-pointer walk found {} frames", c.len);
-        let mut d = Captured {
-            frames: [0; MAX_DEPTH],
-            len: 0,
-            truncated: false,
-        };
+        assert!(
+            c.frames().len() >= 2,
+            "frame-pointer walk found {} frames",
+            c.frames().len()
+        );
+        let mut d = Captured::new();
         capture(1, sys::current_stack_end(), &mut d);
-        assert_eq!(d.len, 1);
+        assert_eq!(d.frames().len(), 1);
         assert!(d.truncated);
     }
 }
