@@ -40,7 +40,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakAlloc<A> {
         // SAFETY: forwarded contract.
         let p = unsafe { self.inner.alloc(layout) };
         match STATE.load(Ordering::Relaxed) {
-            RECORDING if !p.is_null() => hooks::on_alloc(p as usize, layout.size()),
+            RECORDING if !p.is_null() && !hooks::skip_unsampled(layout.size()) => {
+                hooks::on_alloc(p as usize, layout.size())
+            }
             UNSEEN => hooks::note_installed(),
             _ => {}
         }
@@ -52,7 +54,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakAlloc<A> {
         // SAFETY: forwarded contract.
         let p = unsafe { self.inner.alloc_zeroed(layout) };
         match STATE.load(Ordering::Relaxed) {
-            RECORDING if !p.is_null() => hooks::on_alloc(p as usize, layout.size()),
+            RECORDING if !p.is_null() && !hooks::skip_unsampled(layout.size()) => {
+                hooks::on_alloc(p as usize, layout.size())
+            }
             UNSEEN => hooks::note_installed(),
             _ => {}
         }
@@ -63,7 +67,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakAlloc<A> {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // The block leaves the live table before the inner allocator may
         // hand its memory to anyone else.
-        if STATE.load(Ordering::Relaxed) == RECORDING {
+        if STATE.load(Ordering::Relaxed) == RECORDING && hooks::may_be_recorded(ptr as usize) {
             hooks::on_free(ptr as usize);
         }
         // SAFETY: forwarded contract.

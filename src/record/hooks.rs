@@ -67,7 +67,21 @@ pub(crate) static APPROX_LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
 pub(crate) static APPROX_LIVE_BLOCKS: AtomicI64 = AtomicI64::new(0);
 pub(crate) static PEAK_BYTES: AtomicI64 = AtomicI64::new(0);
 pub(crate) static PEAK_BLOCKS: AtomicI64 = AtomicI64::new(0);
-pub(crate) static PEAK_TICKS: AtomicU64 = AtomicU64::new(0);
+/// Time of the last peak rise, ns since recording started (coarse).
+pub(crate) static PEAK_NS: AtomicU64 = AtomicU64::new(0);
+
+/// A coarse clock for block birth times, ns since recording started:
+/// advanced at every tag switch, timeline tick, mark and snapshot (reading
+/// it costs an allocation one load; reading the real clock would cost
+/// ~20 ns).
+pub(crate) static COARSE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the clock and advances the coarse clock.
+pub(crate) fn now_ns() -> u64 {
+    let now = super::elapsed_ns();
+    COARSE_NS.fetch_max(now, Ordering::Relaxed);
+    now
+}
 
 /// Per-stack live amounts captured when the global peak last rose by a
 /// step (DHAT's at-t-gmax), indexed by stack id: `[bytes, blocks]`.
@@ -206,6 +220,37 @@ fn register(l: &Local) -> Option<&'static ThreadState> {
     Some(ts)
 }
 
+/// Sampled mode's fast path, inlined into `LeakAlloc::alloc`: true when
+/// this allocation falls between two sample points and needs no recording
+/// at all (one thread-local subtraction).
+#[inline(always)]
+pub(crate) fn skip_unsampled(size: usize) -> bool {
+    if CONFIG.sample_mean.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    LOCAL
+        .try_with(|l| {
+            let left = l.countdown.get() - size as i64;
+            // countdown == 0 means "not drawn yet": leave it to the slow path.
+            if left > 0 {
+                l.countdown.set(left);
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false)
+}
+
+/// Inlined into `LeakAlloc::dealloc`: false when the block at `addr`
+/// cannot be in the live table (sampled mode, unsampled block), so the
+/// free needs no recording.
+#[inline(always)]
+pub(crate) fn may_be_recorded(addr: usize) -> bool {
+    CONFIG.sample_mean.load(Ordering::Relaxed) == 0
+        || SAMPLED[filter_index(addr)].load(Ordering::Relaxed) != 0
+}
+
 /// Recorded after the inner allocator returned `addr`.
 #[inline(never)]
 pub(crate) fn on_alloc(addr: usize, size: usize) {
@@ -254,15 +299,10 @@ fn record_alloc(l: &Local, addr: usize, size: usize) -> bool {
         ts.stack_end.load(Ordering::Relaxed),
         &mut captured,
     );
-    let stack = STACKS.intern(captured.frames(), captured.truncated);
+    let stack = STACKS.intern_captured(&captured);
     let tag = l.tag.get();
-    let block = Block {
-        addr,
-        size,
-        stack,
-        tag,
-        birth: sys::ticks(),
-    };
+    let birth_ms = (COARSE_NS.load(Ordering::Relaxed) / 1_000_000) as u32;
+    let block = Block::new(addr, size, stack, tag, birth_ms);
     if !LIVE.insert(block) {
         return false;
     }
@@ -414,7 +454,7 @@ pub(crate) fn flush_global(ts: &ThreadState) {
     }
     if live > PEAK_BYTES.load(Ordering::Relaxed) {
         PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
-        PEAK_TICKS.store(sys::ticks(), Ordering::Relaxed);
+        PEAK_NS.store(COARSE_NS.load(Ordering::Relaxed), Ordering::Relaxed);
         let step = (live / 64).max(1 << 20);
         if live >= AT_PEAK_LIVE.load(Ordering::Relaxed) + step {
             capture_at_peak(live);
@@ -465,7 +505,7 @@ fn next_gap(l: &Local, mean: u64) -> i64 {
         // A fixed seed makes runs reproducible: each thread takes the next
         // stream of the seed in the order threads first sample.
         let seed = match CONFIG.seed.load(Ordering::Relaxed) {
-            0 => sys::ticks(),
+            0 => sys::now_ns(),
             s => s,
         };
         let stream = RNG_STREAMS.fetch_add(1, Ordering::Relaxed);
@@ -527,7 +567,7 @@ pub(crate) fn enter_tag(id: u32) -> u32 {
                     }
                 }
                 if let Some(e) = TAGS.entry(id) {
-                    e.enter(super::elapsed_ns());
+                    e.enter(now_ns());
                 }
                 LAST_TAG.store(id, Ordering::Relaxed);
                 l.guard.set(was);
@@ -550,7 +590,7 @@ pub(crate) fn exit_tag(id: u32, prev: u32) {
                 }
             }
             if let Some(e) = TAGS.entry(id) {
-                e.exit(super::elapsed_ns());
+                e.exit(now_ns());
             }
             if id != UNTAGGED && LAST_TAG.load(Ordering::Relaxed) == id {
                 LAST_TAG.store(prev, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 //! It is exact. A free removes its block *before* the memory goes back to
 //! the inner allocator and nothing is buffered, so the heap scan may read
 //! any block the table lists. It is split into [`SHARDS`] shards by address
-//! hash, each an open-addressing table (linear probing, backward-shift
+//! region (see [`shard_of`]), each an open-addressing table (linear probing, backward-shift
 //! deletion, no tombstones) behind its own [`RawLock`]: there is no global
 //! lock, and two threads contend only when their addresses hash to the same
 //! shard at the same moment.
@@ -35,8 +35,24 @@ pub(crate) struct Block {
     pub size: usize,
     pub stack: u32,
     pub tag: u32,
-    /// [`sys::ticks`] at allocation.
-    pub birth: u64,
+    /// Coarse ms since recording started ([`super::hooks::COARSE_NS`]).
+    pub birth_ms: u32,
+    /// Low 32 bits of the address hash (set by the table): deletion
+    /// re-homes neighbours without rehashing them.
+    hash: u32,
+}
+
+impl Block {
+    pub(crate) fn new(addr: usize, size: usize, stack: u32, tag: u32, birth_ms: u32) -> Block {
+        Block {
+            addr,
+            size,
+            stack,
+            tag,
+            birth_ms,
+            hash: 0,
+        }
+    }
 }
 
 #[repr(C, align(64))]
@@ -73,16 +89,20 @@ fn mix(addr: usize) -> u64 {
     x
 }
 
+/// The shard of an address: chosen by its 64 KiB region, not by the full
+/// address, so a thread whose allocator arena lives in its own regions
+/// (glibc gives each thread an arena) mostly touches shards no other thread
+/// touches, and shard cache lines do not bounce between cores.
 #[inline]
-fn shard_of(h: u64) -> usize {
-    (h >> 56) as usize & (SHARDS - 1)
+fn shard_of(addr: usize) -> usize {
+    (mix(addr >> 16) >> 56) as usize & (SHARDS - 1)
 }
 
 /// Home slot: the low 32 hash bits scaled onto `cap` (no power-of-two
 /// capacity needed, so growth can be 1.5x).
 #[inline]
-fn home(h: u64, cap: usize) -> usize {
-    (((h & 0xffff_ffff) * cap as u64) >> 32) as usize
+fn home(h32: u32, cap: usize) -> usize {
+    ((h32 as u64 * cap as u64) >> 32) as usize
 }
 
 impl ShardTable {
@@ -94,12 +114,12 @@ impl ShardTable {
         unsafe { self.slots.add(i) }
     }
 
-    fn insert(&mut self, block: Block, mapped: &AtomicUsize) -> bool {
+    fn insert(&mut self, mut block: Block, mapped: &AtomicUsize) -> bool {
         if (self.len + 1) * 4 > self.cap * 3 && !self.grow(mapped) {
             return false;
         }
-        let h = mix(block.addr);
-        let mut i = home(h, self.cap);
+        block.hash = mix(block.addr) as u32;
+        let mut i = home(block.hash, self.cap);
         loop {
             // SAFETY: i < cap is kept by the wrap-around below.
             let s = unsafe { &mut *self.slot(i) };
@@ -124,7 +144,7 @@ impl ShardTable {
         if self.cap == 0 {
             return None;
         }
-        let mut i = home(mix(addr), self.cap);
+        let mut i = home(mix(addr) as u32, self.cap);
         loop {
             // SAFETY: i < cap.
             let a = unsafe { (*self.slot(i)).addr };
@@ -158,7 +178,7 @@ impl ShardTable {
             if candidate.addr == 0 {
                 break;
             }
-            let k = home(mix(candidate.addr), self.cap);
+            let k = home(candidate.hash, self.cap);
             let stays = if i <= j {
                 i < k && k <= j
             } else {
@@ -201,7 +221,7 @@ impl ShardTable {
             // SAFETY: i < old.cap, old mapping still valid.
             let b = unsafe { *old.slot(i) };
             if b.addr != 0 {
-                let mut j = home(mix(b.addr), new_cap);
+                let mut j = home(b.hash, new_cap);
                 // SAFETY: j < new_cap; the new table has room (load < 1/2).
                 unsafe {
                     while (*self.slot(j)).addr != 0 {
@@ -246,7 +266,7 @@ impl LiveTable {
     /// caller counts the block as untracked).
     #[inline]
     pub(crate) fn insert(&self, block: Block) -> bool {
-        let shard = &self.shards[shard_of(mix(block.addr))];
+        let shard = &self.shards[shard_of(block.addr)];
         shard.lock.lock();
         // SAFETY: the shard lock is held.
         let ok = unsafe { (*shard.inner.get()).insert(block, &self.mapped_bytes) };
@@ -257,7 +277,7 @@ impl LiveTable {
     /// Removes and returns the block at `addr`, if it is recorded.
     #[inline]
     pub(crate) fn remove(&self, addr: usize) -> Option<Block> {
-        let shard = &self.shards[shard_of(mix(addr))];
+        let shard = &self.shards[shard_of(addr)];
         shard.lock.lock();
         // SAFETY: the shard lock is held.
         let b = unsafe { (*shard.inner.get()).remove(addr) };
@@ -361,7 +381,7 @@ impl LiveTable {
     /// The caller must hold every shard lock.
     #[allow(dead_code)] // the heap-graph scan's entry point (in progress)
     pub(crate) unsafe fn get_locked(&self, addr: usize) -> Option<Block> {
-        let shard = &self.shards[shard_of(mix(addr))];
+        let shard = &self.shards[shard_of(addr)];
         // SAFETY: the caller holds this shard's lock.
         let t = unsafe { &*shard.inner.get() };
         // SAFETY: `find` returns an index < cap.
@@ -378,13 +398,7 @@ mod tests {
     use super::*;
 
     fn block(addr: usize, size: usize) -> Block {
-        Block {
-            addr,
-            size,
-            stack: 1,
-            tag: 0,
-            birth: 0,
-        }
+        Block::new(addr, size, 1, 0, 0)
     }
 
     #[test]

@@ -18,8 +18,6 @@ use crate::format::{
 /// Facts about the current recording that are not on the allocation path.
 struct Session {
     start_unix_ms: u64,
-    start_ticks: u64,
-    start_ns: u64,
     options: Option<Options>,
     attributes: BTreeMap<String, String>,
     tasks: BTreeMap<u64, TaskDescription>,
@@ -27,8 +25,6 @@ struct Session {
 
 static SESSION: LockCell<Session> = LockCell::new(Session {
     start_unix_ms: 0,
-    start_ticks: 0,
-    start_ns: 0,
     options: None,
     attributes: BTreeMap::new(),
     tasks: BTreeMap::new(),
@@ -41,8 +37,6 @@ pub(crate) fn session_lock() -> &'static RawLock {
 pub(crate) fn begin_session(options: &Options) {
     let mut s = SESSION.lock();
     s.start_unix_ms = sys::unix_ms();
-    s.start_ticks = sys::ticks();
-    s.start_ns = sys::now_ns();
     s.options = Some(options.clone());
     s.attributes.clear();
     s.tasks.clear();
@@ -73,26 +67,13 @@ pub(crate) fn describe_task(task: u64, d: TaskDescription) {
     }
 }
 
-/// Converts time-stamp-counter ticks to ns since recording started, by the
-/// rate observed between the start and now.
-struct TickClock {
-    start_ticks: u64,
-    ns_per_tick: f64,
-}
-
-impl TickClock {
-    fn ns(&self, ticks: u64) -> u64 {
-        (ticks.saturating_sub(self.start_ticks) as f64 * self.ns_per_tick) as u64
-    }
-}
-
 /// Takes a profile of the current recording.
 pub(crate) fn take() -> Profile {
     hooks::guarded(take_guarded)
 }
 
 fn take_guarded() -> Profile {
-    let snapshot_ns = super::elapsed_ns();
+    let snapshot_ns = hooks::now_ns();
     let unit = CONFIG.block_unit.load(Ordering::Relaxed).max(1);
     let mean = CONFIG.sample_mean.load(Ordering::Relaxed);
 
@@ -159,12 +140,6 @@ fn take_guarded() -> Profile {
     };
 
     let session = SESSION.lock();
-    let now_ticks = sys::ticks();
-    let elapsed = sys::now_ns().saturating_sub(session.start_ns).max(1);
-    let clock = TickClock {
-        start_ticks: session.start_ticks,
-        ns_per_tick: elapsed as f64 / now_ticks.saturating_sub(session.start_ticks).max(1) as f64,
-    };
     let options = session.options.clone().unwrap_or_default();
     let attributes = session.attributes.clone();
     let described = session.tasks.clone();
@@ -178,7 +153,7 @@ fn take_guarded() -> Profile {
     let peak_ns = if peak_bytes == live_total.bytes {
         snapshot_ns
     } else {
-        clock.ns(hooks::PEAK_TICKS.load(Ordering::Relaxed))
+        hooks::PEAK_NS.load(Ordering::Relaxed)
     };
 
     let tags = tag_table(n_tags, &tag_live, unit);

@@ -70,6 +70,7 @@ pub(crate) struct Captured {
     frames: [std::mem::MaybeUninit<usize>; MAX_DEPTH],
     len: usize,
     pub(crate) truncated: bool,
+    pub(crate) hash: u64,
 }
 
 impl Captured {
@@ -82,6 +83,7 @@ impl Captured {
             frames: unsafe { std::mem::MaybeUninit::uninit().assume_init() },
             len: 0,
             truncated: false,
+            hash: 0,
         }
     }
 
@@ -93,7 +95,8 @@ impl Captured {
     }
 }
 
-/// Walks the calling thread's frame-pointer chain.
+/// Walks the calling thread's frame-pointer chain, hashing as it goes (the
+/// hash's multiplies overlap the walk's dependent loads).
 ///
 /// `stack_end` is the thread's highest stack address (0 if unknown: then
 /// only frames within 8 MiB above the stack pointer are read).
@@ -107,6 +110,7 @@ pub(crate) fn capture(max: usize, stack_end: usize, out: &mut Captured) {
     };
     let max = max.min(MAX_DEPTH);
     let mut n = 0;
+    let mut hash = StackHash::new();
     out.truncated = false;
     while fp >= sp && fp <= end - 16 && fp % std::mem::align_of::<usize>() == 0 {
         if n == max {
@@ -121,6 +125,7 @@ pub(crate) fn capture(max: usize, stack_end: usize, out: &mut Captured) {
             break;
         }
         out.frames[n] = std::mem::MaybeUninit::new(ret);
+        hash.eat(n, ret);
         n += 1;
         if next <= fp {
             break;
@@ -128,6 +133,7 @@ pub(crate) fn capture(max: usize, stack_end: usize, out: &mut Captured) {
         fp = next;
     }
     out.len = n;
+    out.hash = hash.finish(n, out.truncated);
 }
 
 #[inline(always)]
@@ -152,32 +158,56 @@ fn registers() -> (usize, usize) {
     (fp, sp)
 }
 
-/// Hashes a stack with four independent lanes, so the multiply chain does
+/// A stack hash with four independent lanes, so its multiply chain does
 /// not serialise a long walk.
-#[inline]
-fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
+struct StackHash {
+    lanes: [u64; 4],
+}
+
+impl StackHash {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut lanes = [
-        0x243f_6a88_85a3_08d3 ^ frames.len() as u64,
-        0x1319_8a2e_0370_7344 ^ truncated as u64,
-        0xa409_3822_299f_31d0,
-        0x082e_fa98_ec4e_6c89,
-    ];
-    let mut chunks = frames.chunks_exact(4);
-    for c in &mut chunks {
-        for k in 0..4 {
-            lanes[k] = (lanes[k] ^ c[k] as u64).wrapping_mul(K).rotate_left(31);
+
+    #[inline(always)]
+    fn new() -> StackHash {
+        StackHash {
+            lanes: [
+                0x243f_6a88_85a3_08d3,
+                0x1319_8a2e_0370_7344,
+                0xa409_3822_299f_31d0,
+                0x082e_fa98_ec4e_6c89,
+            ],
         }
     }
-    for (k, &f) in chunks.remainder().iter().enumerate() {
-        lanes[k] = (lanes[k] ^ f as u64).wrapping_mul(K).rotate_left(31);
+
+    #[inline(always)]
+    fn eat(&mut self, i: usize, frame: usize) {
+        let l = &mut self.lanes[i & 3];
+        *l = (*l ^ frame as u64).wrapping_mul(Self::K).rotate_left(31);
     }
-    let mut h =
-        lanes[0] ^ lanes[1].rotate_left(16) ^ lanes[2].rotate_left(32) ^ lanes[3].rotate_left(48);
-    h ^= h >> 32;
-    h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
-    h ^= h >> 32;
-    h | 1
+
+    #[inline(always)]
+    fn finish(&self, len: usize, truncated: bool) -> u64 {
+        let [a, b, c, d] = self.lanes;
+        let mut h = a
+            ^ b.rotate_left(16)
+            ^ c.rotate_left(32)
+            ^ d.rotate_left(48)
+            ^ (len as u64)
+            ^ ((truncated as u64) << 63);
+        h ^= h >> 32;
+        h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+        h ^= h >> 32;
+        h | 1
+    }
+}
+
+#[cfg(test)]
+fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
+    let mut h = StackHash::new();
+    for (i, &f) in frames.iter().enumerate() {
+        h.eat(i, f);
+    }
+    h.finish(frames.len(), truncated)
 }
 
 impl StackTable {
@@ -216,14 +246,24 @@ impl StackTable {
         true
     }
 
-    /// Returns the id of `frames`, interning it on first sight.
+    /// Returns the id of a captured stack, interning it on first sight.
     #[inline]
+    pub(crate) fn intern_captured(&self, c: &Captured) -> u32 {
+        self.intern_hashed(c.frames(), c.truncated, c.hash)
+    }
+
+    /// Returns the id of `frames`, interning it on first sight.
+    #[cfg(test)]
     pub(crate) fn intern(&self, frames: &[usize], truncated: bool) -> u32 {
+        self.intern_hashed(frames, truncated, hash_frames(frames, truncated))
+    }
+
+    #[inline]
+    fn intern_hashed(&self, frames: &[usize], truncated: bool, h: u64) -> u32 {
         let slots = self.slots.load(Ordering::Acquire);
         if slots.is_null() {
             return UNKNOWN_STACK;
         }
-        let h = hash_frames(frames, truncated);
         let mask = SLOTS - 1;
         let mut i = h as usize & mask;
         for _probe in 0..SLOTS {
@@ -399,6 +439,11 @@ mod tests {
         let mut d = Captured::new();
         capture(1, sys::current_stack_end(), &mut d);
         assert_eq!(d.frames().len(), 1);
+        assert_eq!(
+            c.hash,
+            hash_frames(c.frames(), c.truncated),
+            "walk-time hash equals the slice hash"
+        );
         assert!(d.truncated);
     }
 }

@@ -71,22 +71,6 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A cheap timestamp for block birth: the time-stamp counter where there is
-/// one, else the monotonic clock. Converted to ns at snapshot time.
-#[inline]
-pub(crate) fn ticks() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: RDTSC is available on every x86_64 CPU and has no
-        // preconditions.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        now_ns()
-    }
-}
-
 /// Kernel thread id of the calling thread.
 pub(crate) fn gettid() -> i32 {
     // SAFETY: gettid has no arguments and cannot fail.
@@ -164,21 +148,27 @@ pub(crate) fn page_size() -> u64 {
     }
 }
 
-/// A mutual-exclusion lock on a futex: one CAS to take it, one swap to
-/// release it, and sleeping (not spinning) when held for long, which
-/// matters when a heap-graph scan holds every shard for a while.
+/// A mutual-exclusion lock on a futex: one CAS to take it and one plain
+/// store to release it, so an uncontended lock/unlock pair costs a single
+/// atomic read-modify-write. Waiters spin briefly, then sleep on the futex
+/// (which matters when a heap-graph scan holds every shard for a while).
+/// Because release is a plain store, a wake-up can be missed in a narrow
+/// race; sleepers therefore also wake on a 1 ms timeout and retry.
 ///
 /// It never allocates, so it may be held across allocator calls. It is not
 /// re-entrant: a thread must never take a lock it holds.
 pub(crate) struct RawLock {
-    /// 0 unlocked, 1 locked, 2 locked with (possible) sleepers.
+    /// 0 unlocked, 1 locked.
     state: AtomicU32,
+    /// Threads sleeping (or about to) on `state`.
+    waiters: AtomicU32,
 }
 
 impl RawLock {
     pub(crate) const fn new() -> RawLock {
         RawLock {
             state: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
         }
     }
 
@@ -204,25 +194,30 @@ impl RawLock {
     fn lock_contended(&self) {
         // Short spin first: critical sections on the allocation path are a
         // few dozen nanoseconds.
-        for _ in 0..64 {
+        for _ in 0..100 {
             std::hint::spin_loop();
-            if self.state.load(Ordering::Relaxed) == 0
-                && self
-                    .state
-                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if self.state.load(Ordering::Relaxed) == 0 && self.try_lock() {
                 return;
             }
         }
-        while self.state.swap(2, Ordering::Acquire) != 0 {
-            futex_wait(&self.state, 2);
+        loop {
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            if self.try_lock() {
+                self.waiters.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            futex_wait(&self.state, 1);
+            self.waiters.fetch_sub(1, Ordering::Relaxed);
+            if self.try_lock() {
+                return;
+            }
         }
     }
 
     #[inline]
     pub(crate) fn unlock(&self) {
-        if self.state.swap(0, Ordering::Release) == 2 {
+        self.state.store(0, Ordering::Release);
+        if self.waiters.load(Ordering::Relaxed) != 0 {
             futex_wake(&self.state);
         }
     }
@@ -234,19 +229,26 @@ impl RawLock {
     /// Only in the child after `fork`, with no other thread running.
     pub(crate) unsafe fn force_unlock(&self) {
         self.state.store(0, Ordering::Release);
+        self.waiters.store(0, Ordering::Relaxed);
     }
 }
 
+/// Sleeps while `*state == expected`, at most 1 ms.
 fn futex_wait(state: &AtomicU32, expected: u32) {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 1_000_000,
+    };
     // SAFETY: the futex word is a valid aligned u32 for the duration of the
-    // call; a spurious or interrupted wake-up is handled by the caller's loop.
+    // call; a spurious, interrupted or timed-out wake-up is handled by the
+    // caller's loop.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
             state.as_ptr(),
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             expected,
-            std::ptr::null::<libc::timespec>(),
+            &timeout as *const libc::timespec,
         );
     }
 }

@@ -62,7 +62,7 @@ fn point(tag_id: u32, event: Option<&str>) -> TimelinePoint {
     let (live_bytes, live_blocks) = hooks::live_now();
     let tag = TAGS.get(tag_id);
     TimelinePoint {
-        t_ns: super::elapsed_ns(),
+        t_ns: hooks::now_ns(),
         rss_bytes: sys::rss_bytes(),
         live_bytes,
         live_blocks,
