@@ -3,6 +3,7 @@
 //! (missing or corrupt file, bad flag) or any other error.
 
 mod input;
+mod lab_args;
 mod units;
 
 mod check;

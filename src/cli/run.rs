@@ -1,11 +1,97 @@
-//! `leakprof run` (not built yet).
+//! `leakprof run`: a seed scenario on the lab worker, under the recorder.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::builder::PossibleValuesParser;
+
+use super::lab_args::{ActorArgs, BrokerArgs, GuardArgs};
+use super::units::{HumanDuration, HumanSize};
 use super::{Global, Outcome};
+use crate::lab::run::{self, defaults, RunConfig};
+use crate::lab::scenarios;
 
-/// Not built yet.
+/// Run a seed scenario on the Dramatiq-faithful worker and profile it.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  leakprof run --scenario exception
+  leakprof run --scenario exception --middleware fixed
+  leakprof run --scenario nested --size 32 --duration 10s
+  leakprof run --scenario large-results --result-ttl 5s --duration 20s
+  leakprof run --scenario retry-args --broker redis --redis-url redis://127.0.0.1:6379/0
 
-pub fn execute(_global: Global, _args: Args) -> Outcome {
-    anyhow::bail!("`leakprof run` is not built yet")
+Writes into the output directory: profile.json, memory.csv, memory.svg,
+flamegraph.svg and summary.json. SIGUSR1 writes a mid-run snapshot
+(profile-<n>.json); SIGINT/SIGTERM stop cleanly.")]
+pub struct Args {
+    /// Scenario to run (see `leakprof list`).
+    #[arg(long, value_parser = PossibleValuesParser::new(scenarios::names()))]
+    pub scenario: String,
+    /// Payload size (bare numbers are MiB; scenario default).
+    #[arg(long)]
+    pub size: Option<HumanSize>,
+    /// Messages to send (scenario default).
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Sleep length of the sleep scenarios.
+    #[arg(long, default_value_t = HumanDuration(defaults::SLEEP))]
+    pub sleep: HumanDuration,
+    /// Stop after this long.
+    #[arg(long, default_value_t = HumanDuration(defaults::DURATION))]
+    pub duration: HumanDuration,
+    /// Worker processes (more than one needs --broker redis).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Print the per-job leak report (MRQ's --trace_memory) as jobs finish.
+    #[arg(long)]
+    pub trace_memory: bool,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub actor: ActorArgs,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+}
+
+pub fn execute(global: Global, args: Args) -> Outcome {
+    let scenario = scenarios::find(&args.scenario)
+        .ok_or_else(|| anyhow::anyhow!("unknown scenario {:?} (see `leakprof list`)", args.scenario))?;
+    let variant = args.actor.variant();
+    if args.processes > 1 && args.broker.broker != super::lab_args::BrokerKind::Redis {
+        anyhow::bail!("--processes {} needs --broker redis: processes cannot share the in-memory broker", args.processes);
+    }
+    let payload_bytes = args.size.map_or(scenario.defaults.payload_mib << 20, |s| s.0);
+    if payload_bytes == 0 {
+        anyhow::bail!("--size must be more than 0");
+    }
+    let out = args.guard.out.clone().unwrap_or_else(|| {
+        PathBuf::from(defaults::OUT_ROOT).join(format!("{}-{}", scenario.name, variant.name))
+    });
+    let config = RunConfig {
+        scenario: Some(scenario),
+        variant,
+        broker: args.broker.choice(),
+        actor: args.actor.settings(&args.broker.queue),
+        payload_bytes: usize::try_from(payload_bytes).map_err(|_| anyhow::anyhow!("--size is too large"))?,
+        tasks: args.tasks.unwrap_or(scenario.defaults.tasks).max(1),
+        threads: args.guard.threads.unwrap_or(scenario.defaults.threads).max(1),
+        sleep: args.sleep.0,
+        result_ttl: args.actor.result_ttl.0,
+        duration: args.duration.0,
+        max_rss: args.guard.max_rss.map_or_else(run::default_max_rss, |s| s.0),
+        out,
+        queues: vec![args.broker.queue.clone()],
+        timeline_interval_ms: args.guard.timeline_interval.0.as_millis() as u64,
+        trace_memory: args.trace_memory,
+        quiet: global.quiet,
+    };
+    let report = if args.processes > 1 {
+        crate::lab::processes::run(&config, args.processes)?
+    } else {
+        run::run(&config)?
+    };
+    if !global.quiet {
+        print!("{}", crate::lab::outputs::describe(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -112,3 +112,71 @@ mod tests {
         assert!(parse_duration("3 fortnights", Duration::from_secs(1)).is_err());
     }
 }
+
+/// A duration flag value that prints the way it is typed ("30s", "100ms"),
+/// so clap can show library defaults without restating them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s, Duration::from_secs(1)).map(HumanDuration)
+    }
+}
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 3_600_000 == 0 && ms > 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms > 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+/// A size flag value (a bare number is MiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanSize(pub u64);
+
+impl std::str::FromStr for HumanSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_size(s, 1 << 20).map(HumanSize)
+    }
+}
+
+impl std::fmt::Display for HumanSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        if b % (1 << 30) == 0 && b > 0 {
+            write!(f, "{}GiB", b >> 30)
+        } else if b % (1 << 20) == 0 {
+            write!(f, "{}MiB", b >> 20)
+        } else if b % (1 << 10) == 0 {
+            write!(f, "{}KiB", b >> 10)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+#[cfg(test)]
+mod human_tests {
+    use super::*;
+
+    #[test]
+    fn human_values_print_as_typed() {
+        assert_eq!(HumanDuration(Duration::from_secs(30)).to_string(), "30s");
+        assert_eq!(HumanDuration(Duration::from_millis(100)).to_string(), "100ms");
+        assert_eq!(HumanDuration(Duration::from_secs(600)).to_string(), "10m");
+        assert_eq!("20ms".parse::<HumanDuration>(), Ok(HumanDuration(Duration::from_millis(20))));
+        assert_eq!("128".parse::<HumanSize>(), Ok(HumanSize(128 << 20)));
+        assert_eq!(HumanSize(12 << 30).to_string(), "12GiB");
+    }
+}

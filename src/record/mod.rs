@@ -17,6 +17,7 @@ mod alloc;
 mod fork;
 pub(crate) mod hooks;
 mod live;
+pub mod owner;
 mod snapshot;
 mod stacks;
 mod symbols;

@@ -1,0 +1,97 @@
+//! Flag groups shared by `run`, `worker` and `enqueue`.
+
+use std::path::PathBuf;
+
+use clap::builder::PossibleValuesParser;
+
+use super::units::{HumanDuration, HumanSize};
+use crate::lab::run::{defaults, ActorSettings, BrokerChoice};
+use crate::lab::variants;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerKind {
+    /// Embedded in-memory broker (zero setup).
+    Memory,
+    /// Redis, with Dramatiq 2.0's key layout.
+    Redis,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BrokerArgs {
+    /// Message broker.
+    #[arg(long, value_enum, default_value_t = BrokerKind::Memory)]
+    pub broker: BrokerKind,
+    /// Redis URL (with --broker redis).
+    #[arg(long, default_value = defaults::REDIS_URL)]
+    pub redis_url: String,
+    /// Queue the scenario's actors use.
+    #[arg(long, default_value = defaults::QUEUE)]
+    pub queue: String,
+}
+
+impl BrokerArgs {
+    pub fn choice(&self) -> BrokerChoice {
+        match self.broker {
+            BrokerKind::Memory => BrokerChoice::Memory,
+            BrokerKind::Redis => BrokerChoice::Redis {
+                url: self.redis_url.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ActorArgs {
+    /// Retries before a message is dead-lettered (the seed: 1,000,000).
+    #[arg(long, default_value_t = defaults::RETRIES)]
+    pub retries: u64,
+    /// Smallest retry backoff (clamped to --max-backoff).
+    #[arg(long, default_value_t = HumanDuration(defaults::MIN_BACKOFF))]
+    pub min_backoff: HumanDuration,
+    /// Largest retry backoff.
+    #[arg(long, default_value_t = HumanDuration(defaults::MAX_BACKOFF))]
+    pub max_backoff: HumanDuration,
+    /// Actor time limit.
+    #[arg(long, default_value_t = HumanDuration(defaults::TIME_LIMIT))]
+    pub time_limit: HumanDuration,
+    /// How long the Results middleware keeps a stored result.
+    #[arg(long, default_value_t = HumanDuration(defaults::RESULT_TTL))]
+    pub result_ttl: HumanDuration,
+    /// Middleware variant.
+    #[arg(long, default_value = "original", value_parser = PossibleValuesParser::new(variants::names()))]
+    pub middleware: String,
+}
+
+impl ActorArgs {
+    pub fn settings(&self, queue: &str) -> ActorSettings {
+        ActorSettings {
+            max_retries: self.retries,
+            min_backoff: self.min_backoff.0.min(self.max_backoff.0),
+            max_backoff: self.max_backoff.0,
+            time_limit: self.time_limit.0,
+            queue: queue.to_string(),
+        }
+    }
+
+    pub fn variant(&self) -> &'static variants::Variant {
+        // clap restricted the value to the table's names.
+        variants::find(&self.middleware).unwrap_or(&variants::VARIANTS[0])
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GuardArgs {
+    /// Stop cleanly (profile written) when RSS reaches this (default: half
+    /// the RAM, at most 80% of what is available).
+    #[arg(long)]
+    pub max_rss: Option<HumanSize>,
+    /// Worker threads (scenario default).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Output directory.
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Timeline sampling period.
+    #[arg(long, default_value_t = HumanDuration(defaults::TIMELINE_INTERVAL))]
+    pub timeline_interval: HumanDuration,
+}

@@ -1,0 +1,391 @@
+//! `leakprof run` and `leakprof worker`: boot the lab worker under the
+//! recorder, feed it a scenario (or whatever is in the queues), stop at the
+//! first of completion, `--duration`, `--max-rss` or a signal, and write the
+//! output directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::actor::{Actor, ActorOptions, Actors};
+use super::broker::{Broker, RedisConfig};
+use super::executor::Handoff;
+use super::middleware::{AsyncIo, Chain, Env, Middleware, Results, RetryDefaults, Retries, TimeLimit};
+use super::outputs;
+use super::results::{MemoryResults, RedisResults, ResultBackend};
+use super::scenarios::{self, Expect, Params, Scenario};
+use super::variants::Variant;
+use super::worker::{Worker, WorkerConfig, WorkerStats};
+use crate::format::{attributes, events, Profile};
+use crate::record::sys;
+use crate::{Options, Recorder};
+
+/// Seed-faithful defaults, read by the CLI too.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// The seed's `max_retries=1_000_000`.
+    pub const RETRIES: u64 = 1_000_000;
+    /// The seed's "100 ms max backoff" (and min, clamped to it).
+    pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    pub const MAX_BACKOFF: Duration = Duration::from_millis(100);
+    /// The seed's runs lasted about 30 s.
+    pub const DURATION: Duration = Duration::from_secs(30);
+    pub const SLEEP: Duration = Duration::from_secs(30);
+    pub const RESULT_TTL: Duration = Duration::from_millis(super::super::actor::defaults::RESULT_TTL_MS);
+    pub const TIME_LIMIT: Duration = Duration::from_millis(super::super::actor::defaults::TIME_LIMIT_MS);
+    pub const TIMELINE_INTERVAL: Duration = Duration::from_millis(crate::record::defaults::TIMELINE_INTERVAL_MS);
+    pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+    pub const OUT_ROOT: &str = "leakprof-out";
+    pub const QUEUE: &str = super::super::actor::defaults::QUEUE;
+}
+
+/// Which broker to run on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerChoice {
+    Memory,
+    Redis { url: String },
+}
+
+impl BrokerChoice {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BrokerChoice::Memory => "memory",
+            BrokerChoice::Redis { .. } => "redis",
+        }
+    }
+}
+
+/// Actor options that come from the command line.
+#[derive(Clone, Debug)]
+pub struct ActorSettings {
+    pub max_retries: u64,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub time_limit: Duration,
+    pub queue: String,
+}
+
+/// Everything a run needs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// `None` for `leakprof worker`: consume whatever is queued.
+    pub scenario: Option<&'static Scenario>,
+    pub variant: &'static Variant,
+    pub broker: BrokerChoice,
+    pub actor: ActorSettings,
+    pub payload_bytes: usize,
+    pub tasks: usize,
+    pub threads: usize,
+    pub sleep: Duration,
+    pub result_ttl: Duration,
+    pub duration: Duration,
+    pub max_rss: u64,
+    pub out: PathBuf,
+    pub queues: Vec<String>,
+    pub timeline_interval_ms: u64,
+    pub trace_memory: bool,
+    pub quiet: bool,
+}
+
+/// Why a run stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Completed,
+    Duration,
+    MaxRss,
+    Signal,
+}
+
+impl StopReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StopReason::Completed => "completed",
+            StopReason::Duration => "duration",
+            StopReason::MaxRss => "max-rss",
+            StopReason::Signal => "signal",
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunReport {
+    pub stop: StopReason,
+    pub out: PathBuf,
+    pub elapsed: Duration,
+    pub attempts: u64,
+    pub max_retry: u64,
+    pub summary: crate::analysis::summary::Summary,
+}
+
+/// A default memory guard: half of the machine's RAM, and no more than
+/// 80% of what is available at start.
+pub fn default_max_rss() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    match (field("MemTotal:"), field("MemAvailable:")) {
+        (Some(total), Some(avail)) => (total / 2).min(avail / 5 * 4),
+        (Some(total), None) => total / 2,
+        _ => 4 << 30,
+    }
+}
+
+/// The lab's actor table: every scenario's actor, with the run's options.
+pub fn actor_table(settings: &ActorSettings) -> Actors {
+    let mut actors = Actors::new();
+    for s in scenarios::SCENARIOS {
+        actors.register(Actor {
+            name: s.actor.to_string(),
+            function: s.function,
+            options: ActorOptions {
+                queue: settings.queue.clone(),
+                max_retries: settings.max_retries,
+                min_backoff: settings.min_backoff,
+                max_backoff: settings.max_backoff,
+                time_limit: settings.time_limit,
+                store_results: s.store_results,
+                throws: Vec::new(),
+            },
+        });
+    }
+    actors.register(Actor {
+        name: "noop".to_string(),
+        function: super::actor::ActorFn::Sync(|_| Ok(serde_json::Value::Null)),
+        options: ActorOptions {
+            queue: settings.queue.clone(),
+            ..ActorOptions::default()
+        },
+    });
+    actors
+}
+
+/// Signals the run reacts to.
+#[derive(Default)]
+struct Signals {
+    stop: AtomicBool,
+    snapshot_requests: AtomicU32,
+}
+
+fn watch_signals(rt: &tokio::runtime::Runtime, signals: &Arc<Signals>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let _guard = rt.enter();
+    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+        let mut s = signal(kind).context("installing a signal handler")?;
+        let flags = signals.clone();
+        rt.spawn(async move {
+            while s.recv().await.is_some() {
+                flags.stop.store(true, Ordering::Release);
+            }
+        });
+    }
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing a SIGUSR1 handler")?;
+    let flags = signals.clone();
+    rt.spawn(async move {
+        while usr1.recv().await.is_some() {
+            flags.snapshot_requests.fetch_add(1, Ordering::AcqRel);
+        }
+    });
+    Ok(())
+}
+
+/// Runs the lab and writes the output directory.
+pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
+    std::fs::create_dir_all(&config.out)
+        .with_context(|| format!("creating output directory {}", config.out.display()))?;
+    let recorder = Recorder::start(Options::default().timeline_interval_ms(config.timeline_interval_ms))
+        .context("starting the recorder")?;
+    crate::set_attribute(attributes::MIDDLEWARE, config.variant.name);
+    crate::set_attribute(attributes::BROKER, config.broker.name());
+    crate::set_attribute(attributes::PAYLOAD_BYTES, &config.payload_bytes.to_string());
+    crate::set_attribute("threads", &config.threads.to_string());
+    if let Some(s) = config.scenario {
+        crate::set_attribute(attributes::SCENARIO, s.name);
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("broker-io")
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let signals = Arc::new(Signals::default());
+    watch_signals(&rt, &signals)?;
+
+    let broker = match &config.broker {
+        BrokerChoice::Memory => Broker::memory(),
+        BrokerChoice::Redis { url } => rt
+            .block_on(Broker::redis(RedisConfig::new(url.clone())))
+            .with_context(|| format!("connecting to Redis at {url}"))?,
+    };
+    let results = match &config.broker {
+        BrokerChoice::Memory => {
+            let memory = MemoryResults::new();
+            memory.on_expired(|_| crate::mark(events::RESULT_EXPIRED));
+            ResultBackend::Memory(memory)
+        }
+        BrokerChoice::Redis { url } => ResultBackend::Redis(
+            rt.block_on(RedisResults::connect(url))
+                .with_context(|| format!("connecting the result backend to Redis at {url}"))?,
+        ),
+    };
+    let env = Env {
+        broker: broker.clone(),
+        rt: rt.handle().clone(),
+    };
+    let handoff: Handoff = config.variant.handoff;
+    let asyncio = Arc::new(AsyncIo::start(handoff).context("starting the event-loop thread")?);
+    let retries = Arc::new(Retries::new(
+        RetryDefaults {
+            max_retries: config.actor.max_retries,
+            min_backoff: config.actor.min_backoff,
+            max_backoff: config.actor.max_backoff,
+        },
+        config.variant.history,
+    ));
+    let chain = Chain::new(vec![
+        Arc::new(TimeLimit) as Arc<dyn Middleware>,
+        retries,
+        Arc::new(Results::new(results.clone(), config.result_ttl)),
+        asyncio.clone(),
+    ]);
+
+    if let Some(scenario) = config.scenario {
+        let params = Params {
+            payload_bytes: config.payload_bytes,
+            tasks: config.tasks,
+            sleep: config.sleep,
+            queue: config.actor.queue.clone(),
+        };
+        for message in scenario.messages(&params) {
+            rt.block_on(broker.enqueue(message, None))
+                .context("enqueueing the scenario's messages")?;
+        }
+    }
+
+    let worker = Worker::start(
+        env,
+        actor_table(&config.actor),
+        chain,
+        asyncio,
+        &WorkerConfig {
+            queues: config.queues.clone(),
+            threads: config.threads,
+            prefetch: None,
+        },
+    )
+    .context("starting the worker")?;
+    let stats = worker.stats();
+    let progress = Progress::new(config.quiet);
+    let started = Instant::now();
+    let mut snapshots_written = 0;
+    let stop = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let rss = sys::rss_bytes();
+        let elapsed = started.elapsed();
+        progress.update(elapsed, &stats, rss);
+        while signals.snapshot_requests.load(Ordering::Acquire) > snapshots_written {
+            snapshots_written += 1;
+            let path = config.out.join(format!("profile-{snapshots_written}.json"));
+            match recorder.snapshot().save(&path) {
+                Ok(()) => progress.println(&format!("wrote mid-run snapshot {}", path.display())),
+                Err(e) => progress.println(&format!("mid-run snapshot failed: {e}")),
+            }
+        }
+        if signals.stop.load(Ordering::Acquire) {
+            break StopReason::Signal;
+        }
+        if rss >= config.max_rss {
+            crate::mark(events::MAX_RSS);
+            break StopReason::MaxRss;
+        }
+        if elapsed >= config.duration {
+            break StopReason::Duration;
+        }
+        if let Some(s) = config.scenario {
+            let all_final = stats.finished() >= config.tasks as u64 && stats.in_progress.load(Ordering::Relaxed) == 0;
+            let results_gone = s.expect != Expect::RetainedUntilTtl || results.stored_count() == 0;
+            if all_final && results_gone {
+                break StopReason::Completed;
+            }
+        }
+    };
+    progress.finish();
+    worker.stop();
+    crate::set_attribute(attributes::STOP_REASON, stop.as_str());
+    let profile = recorder.snapshot();
+    drop(recorder);
+    let summary = outputs::write(&config.out, &profile).context("writing the run's outputs")?;
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(RunReport {
+        stop,
+        out: config.out.clone(),
+        elapsed: started.elapsed(),
+        attempts: stats.attempts.load(Ordering::Relaxed),
+        max_retry: stats.max_retry.load(Ordering::Relaxed),
+        summary,
+    })
+}
+
+/// The progress line: elapsed, attempts, retries, RSS and live bytes. Off
+/// when stderr is not a terminal or with `--quiet`.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        use std::io::IsTerminal as _;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn update(&self, _elapsed: Duration, stats: &WorkerStats, rss: u64) {
+        if let Some(bar) = &self.bar {
+            let (live, _) = crate::live();
+            bar.set_message(format!(
+                "attempts {}  retries {}  RSS {:.1} MiB  live {:.1} MiB",
+                stats.attempts.load(Ordering::Relaxed),
+                stats.max_retry.load(Ordering::Relaxed),
+                rss as f64 / 1048576.0,
+                live as f64 / 1048576.0
+            ));
+            bar.tick();
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Loads a finished run's profile (for tests and `--processes`).
+pub fn load_run(dir: &Path) -> anyhow::Result<Profile> {
+    Ok(crate::format::load(dir.join("profile.json"))?)
+}
