@@ -21,6 +21,7 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use indexmap::IndexMap;
+use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -48,8 +49,7 @@ pub const DEAD_LETTER_QUEUE_SUFFIX: &str = ".XQ";
 /// One actor invocation, as Dramatiq 2.0 stores it.
 ///
 /// Field order is the wire order; do not reorder.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Message {
     /// The queue this copy lives on (`default`, or `default.DQ` while delayed).
     pub queue_name: String,
@@ -166,6 +166,49 @@ impl Message {
     /// Removes `options.eta`, keeping the order of the other options.
     pub fn remove_eta(&mut self) -> Option<Value> {
         self.options.remove(OPTION_ETA)
+    }
+}
+
+/// A message is only ever a JSON object with exactly the seven fields
+/// (serde's derive would also take a seven-element array; Dramatiq does not).
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Message, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            queue_name: String,
+            actor_name: String,
+            args: Vec<Value>,
+            kwargs: JsonObject,
+            options: JsonObject,
+            message_id: String,
+            message_timestamp: u64,
+        }
+
+        struct ObjectOnly;
+
+        impl<'de> Visitor<'de> for ObjectOnly {
+            type Value = Fields;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object with the fields of a Dramatiq message")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<Fields, A::Error> {
+                Fields::deserialize(MapAccessDeserializer::new(access))
+            }
+        }
+
+        let fields = deserializer.deserialize_map(ObjectOnly)?;
+        Ok(Message {
+            queue_name: fields.queue_name,
+            actor_name: fields.actor_name,
+            args: fields.args,
+            kwargs: fields.kwargs,
+            options: fields.options,
+            message_id: fields.message_id,
+            message_timestamp: fields.message_timestamp,
+        })
     }
 }
 
@@ -420,7 +463,12 @@ mod tests {
 
     #[test]
     fn malformed_input_gives_a_one_line_reason() {
-        let cases: [(&[u8], MessageErrorKind, &str); 5] = [
+        let cases: [(&[u8], MessageErrorKind, &str); 6] = [
+            (
+                br#"["q","a",[],{},{},"m",1]"#,
+                MessageErrorKind::NotAMessage,
+                "invalid type: sequence, expected a JSON object",
+            ),
             (b"not json", MessageErrorKind::NotJson, "not JSON: expected"),
             (b"{\"queue_name\":", MessageErrorKind::NotJson, "not JSON: EOF"),
             (

@@ -112,7 +112,7 @@ fn python_float_repr(value: f64) -> String {
             let integer_len = exponent as usize + 1;
             if digits.len() <= integer_len {
                 out.push_str(&digits);
-                out.extend(std::iter::repeat_n('0', integer_len - digits.len()));
+                out.push_str(&"0".repeat(integer_len - digits.len()));
                 out.push_str(".0");
             } else {
                 out.push_str(&digits[..integer_len]);
@@ -121,7 +121,7 @@ fn python_float_repr(value: f64) -> String {
             }
         } else {
             out.push_str("0.");
-            out.extend(std::iter::repeat_n('0', (-exponent - 1) as usize));
+            out.push_str(&"0".repeat((-exponent - 1) as usize));
             out.push_str(&digits);
         }
     } else {
