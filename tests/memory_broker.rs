@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use leakprof::lab::broker::{Broker, Delivery};
+use leakprof::lab::broker::{Broker, Delivery, MemoryBroker};
 use leakprof::lab::message::{current_millis, JsonObject, Message};
 use serde_json::{json, Value};
 
@@ -252,4 +252,23 @@ async fn a_128_mib_argument_is_moved_through_the_broker_not_copied() {
         "the same allocation came out"
     );
     delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn dead_letters_are_dropped_after_their_ttl() {
+    let broker = Broker::from(MemoryBroker::with_dead_message_ttl(Duration::from_millis(
+        50,
+    )));
+    broker
+        .enqueue(message("failing", vec![]), None)
+        .await
+        .unwrap();
+    let mut consumer = broker.consumer("default", 1);
+    next(&mut consumer).await.nack().await.unwrap();
+    assert_eq!(broker.dead_letters("default").await.unwrap().len(), 1);
+    let deadline = Instant::now() + WAIT;
+    while !broker.dead_letters("default").await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "dead letter never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

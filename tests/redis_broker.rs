@@ -664,7 +664,7 @@ async fn a_busy_consumer_keeps_its_messages_while_it_heartbeats() {
         return;
     };
     let mut short = config(&redis);
-    short.heartbeat_timeout = Duration::from_millis(400);
+    short.heartbeat_timeout = Duration::from_millis(1_000);
     short.maintenance_chance = 0;
     let busy_broker = broker(short.clone()).await;
     busy_broker
@@ -680,7 +680,7 @@ async fn a_busy_consumer_keeps_its_messages_while_it_heartbeats() {
     watcher_config.maintenance_chance = 1_000_000;
     let watcher = broker(watcher_config).await;
     let mut other = watcher.consumer("default", 1);
-    let until = Instant::now() + Duration::from_millis(1_500);
+    let until = Instant::now() + Duration::from_millis(2_500);
     while Instant::now() < until {
         assert!(
             other
@@ -773,4 +773,41 @@ async fn a_cancelled_next_loses_no_message() {
     sent.sort();
     assert_eq!(received, sent);
     assert_eq!(broker.qsize("default").await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn maintenance_drops_dead_letters_older_than_their_ttl() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut connection = inspect(&redis).await;
+    let mut config = config(&redis);
+    config.dead_message_ttl = Duration::from_millis(50);
+    config.maintenance_chance = 1_000_000;
+    let broker = broker(config).await;
+    broker
+        .enqueue(message("failing", vec![]), None)
+        .await
+        .unwrap();
+    let mut consumer = broker.consumer("default", 1);
+    next(&mut consumer).await.nack().await.unwrap();
+    assert_eq!(
+        broker.dead_letters("default").await.unwrap().len(),
+        1,
+        "kept within its TTL"
+    );
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        // Every call maintains; `qsize` is a call like any other.
+        broker.qsize("default").await.unwrap();
+        let left: i64 = connection.zcard("dramatiq:default.XQ").await.unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dead letter never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bodies: bool = connection.exists("dramatiq:default.XQ.msgs").await.unwrap();
+    assert!(!bodies);
 }

@@ -170,12 +170,15 @@ impl RedisLink {
         if !is_transient(&error) {
             return Failure::Fatal(error);
         }
-        // Drop the broken connection so the next call makes a new one, unless
-        // another caller has already replaced it.
+        // Drop the broken connection so the next call makes a new one. If
+        // another caller has already replaced it, this error is old news from
+        // before the replacement: retry at once, outside any outage.
         if let Some(generation) = generation {
             let mut current = self.current.lock().await;
-            if current.as_ref().map(|(live, _)| *live) == Some(generation) {
-                *current = None;
+            match current.as_ref().map(|(live, _)| *live) {
+                Some(live) if live == generation => *current = None,
+                Some(_) => return Failure::Transient,
+                None => {}
             }
         }
         let mut outage = self.outage.lock().expect("outage lock");

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
-use redis::ErrorKind;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -469,9 +468,6 @@ impl RedisResults {
         loop {
             match self.link.query::<Option<Vec<u8>>>(&lindex).await {
                 Ok(value) => return Ok(value),
-                Err(Failure::Fatal(source)) if source.kind() == ErrorKind::TypeError => {
-                    return Ok(None)
-                }
                 Err(Failure::Fatal(source)) => return Err(self.rejected("get", source)),
                 Err(Failure::Transient) => self.link.pause(None).await,
             }
