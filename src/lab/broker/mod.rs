@@ -243,6 +243,31 @@ mod tests {
     use super::*;
     use crate::lab::message::JsonObject;
 
+    /// The worker spawns these on tokio's multi-threaded runtime.
+    #[allow(dead_code)]
+    fn futures_and_handles_are_send() {
+        fn send<T: Send>(_: &T) {}
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Broker>();
+        send_sync::<Delivery>();
+        send_sync::<Consumer>();
+        send_sync::<DeadLetter>();
+        let broker = Broker::memory();
+        let mut consumer = broker.consumer("default", 1);
+        send(&broker.enqueue(Message::new("q", "a", vec![], JsonObject::new()), None));
+        send(&consumer.next(Duration::ZERO));
+        send(&broker.qsize("q"));
+        send(&broker.purge("q"));
+        send(&broker.dead_letters("q"));
+        send(&consumer.requeue(Vec::new()));
+        send(&consumer.close());
+        send(&RedisBroker::connect(RedisConfig::new(
+            "redis://127.0.0.1/",
+        )));
+        let settle = |delivery: Delivery| send(&delivery.ack());
+        let _ = settle;
+    }
+
     #[test]
     fn enqueue_stamps_like_dramatiq() {
         let mut message = Message::new("default", "plain", vec![], JsonObject::new());
