@@ -1,5 +1,6 @@
 //! Wire compatibility with Python Dramatiq 2.0.0, against messages captured
 //! from it (tests/fixtures/dramatiq, see its README.md).
+#![cfg(feature = "cli")]
 
 use std::path::PathBuf;
 

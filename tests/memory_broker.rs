@@ -1,4 +1,5 @@
 //! The in-process broker: Dramatiq's queue semantics without a server.
+#![cfg(feature = "cli")]
 
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,7 @@
 //! otherwise prints a notice and passes. Nothing is installed by the test:
 //! `python3 -m venv /tmp/dq && /tmp/dq/bin/pip install 'dramatiq[redis]==2.0.0'`
 //! then `LEAKPROF_PYTHON=/tmp/dq/bin/python cargo test --test python_interop`.
+#![cfg(feature = "cli")]
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! The Redis broker against a real `redis-server` (started per test): Dramatiq
 //! 2.0's key layout, delay and dead-letter queues, malformed messages, dead
 //! workers, and messages written the way Python Dramatiq writes them.
+#![cfg(feature = "cli")]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! At-least-once delivery when Redis goes away: the consumer and enqueue wait
 //! the outage out on their own and no message is lost.
+#![cfg(feature = "cli")]
 
 mod support;
 
