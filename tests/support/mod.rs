@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests. Each test binary uses a part.
+#![allow(dead_code)]
+
+pub mod logs;
+pub mod redis;
