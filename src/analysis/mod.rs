@@ -40,8 +40,7 @@ use crate::format::Profile;
 /// Everything a partition report shows about one profile: the table, the
 /// run's summary and the leak analysis. Renderers format it; they compute
 /// nothing of their own.
-pub struct Report<'p> {
-    pub model: Model<'p>,
+pub struct Report {
     pub partition: Partition,
     pub summary: Summary,
     pub slope: Option<LeakSlope>,
@@ -50,23 +49,21 @@ pub struct Report<'p> {
     pub per_task: Vec<TaskGrowth>,
 }
 
-impl<'p> Report<'p> {
-    pub fn new(profile: &'p Profile, by: &'static Grouping) -> Report<'p> {
-        let model = Model::new(profile);
-        let partition = Partition::of(&model, by);
-        let task_scoped = TaskScopedLeaks::of(&model);
+impl Report {
+    pub fn new(model: &Model<'_>, by: &'static Grouping) -> Report {
+        let profile = model.profile;
         Report {
-            partition,
+            partition: Partition::of(model, by),
             summary: Summary::of(profile),
             slope: LeakSlope::of(profile, 0),
-            task_scoped,
+            task_scoped: TaskScopedLeaks::of(model),
             per_retry: leaks::per_retry(profile),
             per_task: leaks::per_task(profile),
-            model,
         }
     }
 
-    pub fn profile(&self) -> &'p Profile {
-        self.model.profile
+    /// Convenience for library users: model and report of a profile.
+    pub fn of(profile: &Profile, by: &'static Grouping) -> Report {
+        Report::new(&Model::new(profile), by)
     }
 }

@@ -1,0 +1,355 @@
+//! Flamegraphs of allocation stacks, through inferno.
+//!
+//! As in inferno, the stages meet through the folded format: [`folded`]
+//! turns the model into `frame;frame;frame value` lines (root first,
+//! allocator and leakprof frames trimmed), and the SVG is inferno's
+//! rendering of those lines. `--group-by` adds one synthetic root frame per
+//! task, retry or owner, so each group gets its own tower.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use inferno::flamegraph::color::{BasicPalette, Palette};
+
+use super::{run_label, Options, Render};
+use crate::analysis::check::human_bytes;
+use crate::analysis::Model;
+
+/// What a flamegraph's widths measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    Surviving,
+    Allocated,
+    Peak,
+    Blocks,
+}
+
+/// `--metric` values: name, one-line description, metric.
+pub const METRICS: &[(&str, &str, Metric)] = &[
+    (
+        "surviving",
+        "bytes still alive at snapshot",
+        Metric::Surviving,
+    ),
+    (
+        "allocated",
+        "bytes allocated in total while recording",
+        Metric::Allocated,
+    ),
+    ("peak", "bytes alive at the global peak", Metric::Peak),
+    ("blocks", "blocks still alive at snapshot", Metric::Blocks),
+];
+
+impl Metric {
+    pub fn from_name(name: &str) -> Option<Metric> {
+        METRICS.iter().find(|m| m.0 == name).map(|m| m.2)
+    }
+    pub fn name(self) -> &'static str {
+        METRICS.iter().find(|m| m.2 == self).map_or("?", |m| m.0)
+    }
+    fn title(self) -> &'static str {
+        match self {
+            Metric::Surviving => "Surviving memory",
+            Metric::Allocated => "Allocated memory",
+            Metric::Peak => "Memory at peak",
+            Metric::Blocks => "Surviving blocks",
+        }
+    }
+    fn unit(self) -> &'static str {
+        if self == Metric::Blocks {
+            "blocks"
+        } else {
+            "bytes"
+        }
+    }
+    /// Allocated and peak amounts are recorded per stack, not per tag.
+    fn per_tag(self) -> bool {
+        matches!(self, Metric::Surviving | Metric::Blocks)
+    }
+}
+
+/// The synthetic root frame of `--group-by`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlameGroup {
+    None,
+    Task,
+    Retry,
+    Owner,
+}
+
+/// `--group-by` values: name, one-line description, grouping.
+pub const FLAME_GROUPS: &[(&str, &str, FlameGroup)] = &[
+    ("none", "one flamegraph of all stacks", FlameGroup::None),
+    ("task", "one tower per task", FlameGroup::Task),
+    ("retry", "one tower per retry number", FlameGroup::Retry),
+    ("owner", "one tower per owner", FlameGroup::Owner),
+];
+
+impl FlameGroup {
+    pub fn from_name(name: &str) -> Option<FlameGroup> {
+        FLAME_GROUPS.iter().find(|m| m.0 == name).map(|m| m.2)
+    }
+    pub fn name(self) -> &'static str {
+        FLAME_GROUPS
+            .iter()
+            .find(|m| m.2 == self)
+            .map_or("?", |m| m.0)
+    }
+}
+
+/// Makes a name safe for the folded format: `;` separates frames and a
+/// space separates the value, so neither may appear inside a frame.
+pub fn sanitize_frame(name: &str) -> String {
+    name.replace(';', ",").replace([' ', '\t', '\n', '\r'], "_")
+}
+
+/// Folded lines of a model, sorted; the value is in the metric's unit.
+/// Lines with a zero value are left out.
+pub fn folded(model: &Model<'_>, metric: Metric, group: FlameGroup) -> io::Result<Vec<String>> {
+    let p = model.profile;
+    if group != FlameGroup::None && !metric.per_tag() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--group-by {} needs --metric surviving or blocks: {} amounts are recorded per stack, not per task or owner",
+                group.name(),
+                metric.name()
+            ),
+        ));
+    }
+    // (stack, group frame) -> value
+    let mut values: HashMap<(u32, &str), u64> = HashMap::new();
+    match metric {
+        Metric::Surviving | Metric::Blocks => {
+            for g in &p.live {
+                let key = match group {
+                    FlameGroup::None => "",
+                    FlameGroup::Task => model.task(g),
+                    FlameGroup::Retry => model.retry(g),
+                    FlameGroup::Owner => model.owner(g),
+                };
+                let v = if metric == Metric::Blocks {
+                    g.blocks
+                } else {
+                    g.bytes
+                };
+                *values.entry((g.stack, key)).or_default() += v;
+            }
+        }
+        Metric::Allocated | Metric::Peak => {
+            for s in &p.stack_stats {
+                let v = if metric == Metric::Allocated {
+                    s.allocated.bytes
+                } else {
+                    s.at_peak.bytes
+                };
+                *values.entry((s.stack, "")).or_default() += v;
+            }
+        }
+    }
+    let mut stack_text: HashMap<u32, String> = HashMap::new();
+    let mut lines = Vec::with_capacity(values.len());
+    for ((stack, key), v) in values {
+        if v == 0 {
+            continue;
+        }
+        let frames = stack_text
+            .entry(stack)
+            .or_insert_with(|| folded_stack(model, stack));
+        let mut line = String::with_capacity(frames.len() + key.len() + 24);
+        if !key.is_empty() {
+            line.push_str(&sanitize_frame(key));
+            line.push(';');
+        }
+        line.push_str(frames);
+        line.push(' ');
+        line.push_str(&v.to_string());
+        lines.push(line);
+    }
+    lines.sort_unstable();
+    Ok(lines)
+}
+
+fn folded_stack(model: &Model<'_>, stack: u32) -> String {
+    let mut out = String::new();
+    for f in model.shown_frames_root_first(stack) {
+        if !out.is_empty() {
+            out.push(';');
+        }
+        out.push_str(&sanitize_frame(model.function(f)));
+    }
+    if out.is_empty() {
+        out.push_str("[no frames]");
+    }
+    out
+}
+
+/// `--folded`: the folded lines themselves.
+pub struct Folded;
+
+impl Render for Folded {
+    fn render(&self, model: &Model<'_>, options: &Options, out: &mut dyn Write) -> io::Result<()> {
+        for line in folded(model, options.metric, options.group_by)? {
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The SVG flamegraph.
+pub struct Svg;
+
+impl Render for Svg {
+    fn render(&self, model: &Model<'_>, options: &Options, out: &mut dyn Write) -> io::Result<()> {
+        let lines = folded(model, options.metric, options.group_by)?;
+        let p = model.profile;
+        let title = options
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("{}: {}", options.metric.title(), run_label(p)));
+        let subtitle = format!(
+            "{} surviving in {} blocks, {} allocated, peak {}, RSS {}{}",
+            human_bytes(p.totals.live.bytes),
+            p.totals.live.blocks,
+            human_bytes(p.totals.allocated.bytes),
+            human_bytes(p.totals.peak.bytes),
+            human_bytes(p.totals.rss_bytes),
+            match options.group_by {
+                FlameGroup::None => String::new(),
+                g => format!(", grouped by {}", g.name()),
+            }
+        );
+        write_svg(
+            &lines,
+            &title,
+            &subtitle,
+            options.metric.unit(),
+            options.width,
+            out,
+        )
+    }
+}
+
+/// inferno's options for a memory flamegraph.
+fn inferno_options(
+    title: &str,
+    subtitle: &str,
+    unit: &str,
+    width: usize,
+) -> inferno::flamegraph::Options<'static> {
+    let mut o = inferno::flamegraph::Options::default();
+    o.title = title.to_string();
+    o.subtitle = Some(subtitle.to_string());
+    o.count_name = unit.to_string();
+    o.colors = Palette::Basic(BasicPalette::Mem);
+    // Colours from the function name, so the same input gives the same
+    // SVG (golden files) and a function keeps its colour across graphs.
+    o.hash = true;
+    o.deterministic = true;
+    o.image_width = Some(width);
+    o
+}
+
+/// Renders folded lines as an SVG. With no lines at all, writes a small
+/// valid SVG that says the profile holds nothing to draw (inferno itself
+/// would write an error picture and fail).
+pub fn write_svg(
+    lines: &[String],
+    title: &str,
+    subtitle: &str,
+    unit: &str,
+    width: usize,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    if lines.is_empty() {
+        return write_empty_svg(
+            title,
+            &format!("{subtitle}. Nothing to draw: no stack has any {unit} for this metric."),
+            width,
+            out,
+        );
+    }
+    let mut opts = inferno_options(title, subtitle, unit, width);
+    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out)
+}
+
+/// A differential flamegraph of B against A (inferno differential): frame
+/// widths from B, red where B grew, blue where it shrank.
+pub fn write_differential(
+    a: &[String],
+    b: &[String],
+    title: &str,
+    subtitle: &str,
+    unit: &str,
+    width: usize,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let before = a.join("\n");
+    let after = b.join("\n");
+    let mut diff = Vec::new();
+    inferno::differential::from_readers(
+        inferno::differential::Options::default(),
+        before.as_bytes(),
+        after.as_bytes(),
+        &mut diff,
+    )?;
+    let text = String::from_utf8(diff).map_err(io::Error::other)?;
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    // A stack that exists only in A has zero width in B; inferno draws
+    // nothing for a graph whose widths are all zero.
+    let has_width = lines
+        .iter()
+        .any(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"));
+    if !has_width {
+        return write_empty_svg(
+            title,
+            &format!(
+                "{subtitle}. Nothing to draw: the second profile has no {unit} for this metric."
+            ),
+            width,
+            out,
+        );
+    }
+    let mut opts = inferno_options(title, subtitle, unit, width);
+    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out)
+}
+
+fn write_empty_svg(
+    title: &str,
+    message: &str,
+    width: usize,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    write!(
+        out,
+        r##"<?xml version="1.0" standalone="no"?>
+<svg version="1.1" width="{width}" height="90" viewBox="0 0 {width} 90" xmlns="http://www.w3.org/2000/svg">
+<rect x="0" y="0" width="100%" height="100%" fill="#eeeeee"/>
+<text id="title" x="50%" y="28" text-anchor="middle" font-family="Verdana" font-size="17">{}</text>
+<text id="subtitle" x="50%" y="58" text-anchor="middle" font-family="Verdana" font-size="12">{}</text>
+</svg>
+"##,
+        xml_escape(title),
+        xml_escape(message)
+    )
+}
+
+/// Escapes text for an XML text node or attribute.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
