@@ -97,16 +97,18 @@ pub fn write_partition(
     let w_index = 6.max(shown.last().map_or(0, |r| digits(r.index as u64)));
     let w_count = 6.max(shown.iter().map(|r| digits(r.count)).max().unwrap_or(0));
     let w_size = 8.max(shown.iter().map(|r| digits(r.size)).max().unwrap_or(0));
-    let w_cum = 10.max(
+    let w_cum = 9.max(
         shown
             .iter()
             .map(|r| digits(r.cumulative))
             .max()
             .unwrap_or(0),
     );
+    // guppy's "Cumulative" heading overhangs its 9-wide column by one.
+    let w_cum_head = w_cum + 1;
     writeln!(
         out,
-        "{:>w_index$} {:>w_count$} {:>3} {:>w_size$} {:>3} {:>w_cum$} {:>3} Kind ({kind_header})",
+        "{:>w_index$} {:>w_count$} {:>3} {:>w_size$} {:>3} {:>w_cum_head$} {:>2} Kind ({kind_header})",
         "Index", "Count", "%", "Size", "%", "Cumulative", "%"
     )?;
     for r in shown {
