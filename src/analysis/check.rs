@@ -108,7 +108,7 @@ pub fn check(profile: &Profile, limits: &Limits) -> Verdict {
             .iter()
             .filter(|t| t.retry.is_some_and(|r| r < limits.warmup))
             .map(|t| t.live.bytes)
-            .sum();
+            .fold(0, u64::saturating_add);
         let surviving = profile.totals.live.bytes.saturating_sub(warm);
         if surviving > max {
             return Verdict::Fail(format!(
@@ -131,7 +131,7 @@ pub fn check(profile: &Profile, limits: &Limits) -> Verdict {
                 .iter()
                 .filter(|g| model.owner(g) == owner)
                 .map(|g| g.bytes)
-                .sum();
+                .fold(0, u64::saturating_add);
             if owned > *max {
                 return Verdict::Fail(format!(
                     "owner \"{owner}\" keeps {} alive, over the limit {}",

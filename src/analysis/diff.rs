@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::model::Model;
 use super::partition::grouping;
 use super::summary::{Behaviour, Summary};
+use super::{signed_change, Accumulate};
 use crate::format::{Amount, Profile};
 
 /// One line of the comparison table.
@@ -170,7 +171,7 @@ fn deltas(a: &Model<'_>, b: &Model<'_>, by: &str) -> Vec<Delta> {
         sums.entry((grouping.key)(a, g).to_string())
             .or_default()
             .0
-            .add(Amount {
+            .accumulate(Amount {
                 bytes: g.bytes,
                 blocks: g.blocks,
             });
@@ -179,7 +180,7 @@ fn deltas(a: &Model<'_>, b: &Model<'_>, by: &str) -> Vec<Delta> {
         sums.entry((grouping.key)(b, g).to_string())
             .or_default()
             .1
-            .add(Amount {
+            .accumulate(Amount {
                 bytes: g.bytes,
                 blocks: g.blocks,
             });
@@ -190,15 +191,15 @@ fn deltas(a: &Model<'_>, b: &Model<'_>, by: &str) -> Vec<Delta> {
             kind,
             a,
             b,
-            delta_bytes: b.bytes as i64 - a.bytes as i64,
-            delta_blocks: b.blocks as i64 - a.blocks as i64,
+            delta_bytes: signed_change(a.bytes, b.bytes),
+            delta_blocks: signed_change(a.blocks, b.blocks),
         })
         .filter(|d| d.delta_bytes != 0 || d.delta_blocks != 0)
         .collect();
     rows.sort_by(|x, y| {
         y.delta_bytes
-            .abs()
-            .cmp(&x.delta_bytes.abs())
+            .unsigned_abs()
+            .cmp(&x.delta_bytes.unsigned_abs())
             .then(x.kind.cmp(&y.kind))
     });
     rows

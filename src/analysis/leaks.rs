@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::model::Model;
 use super::partition::percent;
+use super::{signed_change, Accumulate};
 use crate::format::{events, Amount, LiveGroup, Profile, TagInfo};
 
 /// True when code stopped running under this tag before the snapshot:
@@ -70,12 +71,12 @@ impl TaskScopedLeaks {
             let entry = by_row
                 .entry((model.site(g), model.type_name(g)))
                 .or_default();
-            entry.0.add(a);
+            entry.0.accumulate(a);
             if !entry.1.contains(&task) {
                 entry.1.push(task);
             }
-            by_task.entry(task).or_default().add(a);
-            total.add(a);
+            by_task.entry(task).or_default().accumulate(a);
+            total.accumulate(a);
         }
         let mut rows: Vec<((&str, &str), (Amount, Vec<Option<u64>>))> =
             by_row.into_iter().collect();
@@ -141,8 +142,8 @@ pub fn per_retry(profile: &Profile) -> Vec<RetryGrowth> {
     for t in &profile.tags {
         if let Some(r) = t.retry {
             let e = by_retry.entry(r).or_default();
-            e.0.add(t.live);
-            e.1.add(t.allocated);
+            e.0.accumulate(t.live);
+            e.1.accumulate(t.allocated);
         }
     }
     let mut after_failure: BTreeMap<u32, u64> = BTreeMap::new();
@@ -158,7 +159,7 @@ pub fn per_retry(profile: &Profile) -> Vec<RetryGrowth> {
         .map(|(retry, (surviving, allocated))| {
             let live = after_failure.get(&retry).copied();
             let growth = match (live, previous) {
-                (Some(now), Some(before)) => Some(now as i64 - before as i64),
+                (Some(now), Some(before)) => Some(signed_change(before, now)),
                 _ => None,
             };
             if live.is_some() {
@@ -195,8 +196,8 @@ pub fn per_task(profile: &Profile) -> Vec<TaskGrowth> {
     for t in &profile.tags {
         if let Some(task) = t.task {
             let e = by_task.entry(task).or_default();
-            e.0.add(t.live);
-            e.1.add(t.allocated);
+            e.0.accumulate(t.live);
+            e.1.accumulate(t.allocated);
             e.2 = e.2.max(t.retry.unwrap_or(0));
         }
     }

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::Accumulate;
 use crate::format::{
     Amount, Dropped, Frame, Graph, LiveGroup, Meta, Mode, Module, Owner, Profile, RecordOptions,
     Stack, StackStats, TagInfo, TaskInfo, TimelinePoint, Totals, Via, FORMAT_NAME, VERSION_V1,
@@ -121,9 +122,9 @@ impl Merger {
                     id
                 });
                 let m = &mut self.tags[id as usize];
-                m.live.add(t.live);
-                m.allocated.add(t.allocated);
-                m.peak.add(t.peak);
+                m.live.accumulate(t.live);
+                m.allocated.accumulate(t.allocated);
+                m.peak.accumulate(t.peak);
                 m.first_ns = min_opt(m.first_ns, t.first_ns);
                 m.last_ns = m.last_ns.max(t.last_ns);
                 m.active |= t.active;
@@ -139,7 +140,7 @@ impl Merger {
                 g.via.map(|v| via_map[v as usize]),
                 g.unreachable,
             );
-            self.live.entry(key).or_default().add(Amount {
+            self.live.entry(key).or_default().accumulate(Amount {
                 bytes: g.bytes,
                 blocks: g.blocks,
             });
@@ -150,9 +151,9 @@ impl Merger {
                 stack: id,
                 ..StackStats::default()
             });
-            e.allocated.add(s.allocated);
-            e.at_peak.add(s.at_peak);
-            e.live.add(s.live);
+            e.allocated.accumulate(s.allocated);
+            e.at_peak.accumulate(s.at_peak);
+            e.live.accumulate(s.live);
         }
         for t in &p.tasks {
             match self.tasks.get_mut(&t.task) {
@@ -167,20 +168,26 @@ impl Merger {
             }
         }
         let t = &mut self.totals;
-        t.live.add(p.totals.live);
+        t.live.accumulate(p.totals.live);
         // Peaks of different processes need not coincide: their sum bounds
         // the merged peak from above.
-        t.peak.add(p.totals.peak);
-        t.peak_error_bytes += p.totals.peak_error_bytes;
+        t.peak.accumulate(p.totals.peak);
+        t.peak_error_bytes = t.peak_error_bytes.saturating_add(p.totals.peak_error_bytes);
         t.peak_ns = t.peak_ns.max(p.totals.peak_ns);
-        t.allocated.add(p.totals.allocated);
-        t.rss_bytes += p.totals.rss_bytes;
+        t.allocated.accumulate(p.totals.allocated);
+        t.rss_bytes = t.rss_bytes.saturating_add(p.totals.rss_bytes);
         let d = &mut self.dropped;
-        d.untracked_allocs += p.dropped.untracked_allocs;
-        d.untracked_bytes += p.dropped.untracked_bytes;
-        d.stacks_overflowed += p.dropped.stacks_overflowed;
-        d.truncated_stacks += p.dropped.truncated_stacks;
-        d.timeline_points += p.dropped.timeline_points;
+        d.untracked_allocs = d
+            .untracked_allocs
+            .saturating_add(p.dropped.untracked_allocs);
+        d.untracked_bytes = d.untracked_bytes.saturating_add(p.dropped.untracked_bytes);
+        d.stacks_overflowed = d
+            .stacks_overflowed
+            .saturating_add(p.dropped.stacks_overflowed);
+        d.truncated_stacks = d
+            .truncated_stacks
+            .saturating_add(p.dropped.truncated_stacks);
+        d.timeline_points = d.timeline_points.saturating_add(p.dropped.timeline_points);
     }
 
     fn add_graph(&mut self, p: &Profile) -> (Vec<u32>, Vec<u32>) {
@@ -191,9 +198,9 @@ impl Merger {
             thread_roots: g.thread_roots.clone(),
             ..Graph::default()
         });
-        merged.scanned.add(g.scanned);
-        merged.edges += g.edges;
-        merged.pause_ns += g.pause_ns;
+        merged.scanned.accumulate(g.scanned);
+        merged.edges = merged.edges.saturating_add(g.edges);
+        merged.pause_ns = merged.pause_ns.saturating_add(g.pause_ns);
         if merged.thread_roots != g.thread_roots {
             merged.thread_roots = "mixed".to_string();
         }
@@ -213,8 +220,8 @@ impl Merger {
                         merged.owners.len() as u32 - 1
                     });
                 let m = &mut merged.owners[id as usize];
-                m.objects += o.objects;
-                m.retained.add(o.retained);
+                m.objects = m.objects.saturating_add(o.objects);
+                m.retained.accumulate(o.retained);
                 id
             })
             .collect();
@@ -350,9 +357,9 @@ fn merge_timelines(profiles: &[Profile], start_ms: u64) -> Vec<TimelinePoint> {
         latest[i] = Some(pt);
         let (mut rss, mut live, mut blocks) = (0u64, 0u64, 0u64);
         for q in latest.iter().flatten() {
-            rss += q.rss_bytes;
-            live += q.live_bytes;
-            blocks += q.live_blocks;
+            rss = rss.saturating_add(q.rss_bytes);
+            live = live.saturating_add(q.live_bytes);
+            blocks = blocks.saturating_add(q.live_blocks);
         }
         out.push(TimelinePoint {
             t_ns: t,

@@ -35,7 +35,27 @@ pub use relative::relative_to;
 pub use slope::LeakSlope;
 pub use summary::{Behaviour, Summary};
 
-use crate::format::Profile;
+use crate::format::{Amount, Profile};
+
+/// Adding amounts without overflow. Figures come from a file, and a
+/// corrupt one may hold any number: the reporter saturates rather than
+/// panics (the format's own `Amount::add` is for the recorder, whose
+/// figures are real).
+pub trait Accumulate {
+    fn accumulate(&mut self, other: Amount);
+}
+
+impl Accumulate for Amount {
+    fn accumulate(&mut self, other: Amount) {
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        self.blocks = self.blocks.saturating_add(other.blocks);
+    }
+}
+
+/// `to - from` as a signed figure, clamped instead of overflowing.
+pub fn signed_change(from: u64, to: u64) -> i64 {
+    (to as i128 - from as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
 
 /// Everything a partition report shows about one profile: the table, the
 /// run's summary and the leak analysis. Renderers format it; they compute

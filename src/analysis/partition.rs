@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::model::Model;
+use super::Accumulate;
 use crate::format::{Amount, LiveGroup};
 
 /// A way of grouping live blocks: a name for `--by`, a line for `--help`,
@@ -124,7 +125,7 @@ impl Partition {
         let mut sums: HashMap<&str, Amount> = HashMap::new();
         for g in groups {
             let key = (by.key)(model, g);
-            sums.entry(key).or_default().add(Amount {
+            sums.entry(key).or_default().accumulate(Amount {
                 bytes: g.bytes,
                 blocks: g.blocks,
             });
@@ -148,14 +149,14 @@ impl Partition {
         });
         let mut total = Amount::default();
         for (_, a) in &sums {
-            total.add(*a);
+            total.accumulate(*a);
         }
         let mut cumulative = 0u64;
         let rows = sums
             .into_iter()
             .enumerate()
             .map(|(index, (kind, a))| {
-                cumulative += a.bytes;
+                cumulative = cumulative.saturating_add(a.bytes);
                 Row {
                     index,
                     count: a.blocks,

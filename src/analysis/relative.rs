@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use super::Accumulate;
 use crate::format::{Amount, Frame, Profile, TagInfo};
 
 use super::model::clean_function;
@@ -70,7 +71,7 @@ pub fn relative_to(current: &Profile, baseline: &Profile) -> Profile {
             base_stacks[g.stack as usize].as_str(),
             tag_key(&baseline.tags[g.tag as usize]),
         );
-        remaining.entry(key).or_default().add(Amount {
+        remaining.entry(key).or_default().accumulate(Amount {
             bytes: g.bytes,
             blocks: g.blocks,
         });
@@ -101,7 +102,7 @@ pub fn relative_to(current: &Profile, baseline: &Profile) -> Profile {
         base_allocated
             .entry(base_stacks[s.stack as usize].as_str())
             .or_default()
-            .add(s.allocated);
+            .accumulate(s.allocated);
     }
     for s in &mut out.stack_stats {
         if let Some(b) = base_allocated.get(cur_stacks[s.stack as usize].as_str()) {
@@ -144,9 +145,9 @@ pub(crate) fn recompute_live(p: &mut Profile) {
             bytes: g.bytes,
             blocks: g.blocks,
         };
-        total.add(a);
-        p.tags[g.tag as usize].live.add(a);
-        per_stack[g.stack as usize].add(a);
+        total.accumulate(a);
+        p.tags[g.tag as usize].live.accumulate(a);
+        per_stack[g.stack as usize].accumulate(a);
     }
     for s in &mut p.stack_stats {
         s.live = per_stack[s.stack as usize];

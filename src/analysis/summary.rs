@@ -98,7 +98,7 @@ impl Summary {
             )
         };
         let end_growth = match (tl.first(), tl.last()) {
-            (Some(a), Some(b)) => b.rss_bytes as i64 - a.rss_bytes as i64,
+            (Some(a), Some(b)) => super::signed_change(a.rss_bytes, b.rss_bytes),
             _ => 0,
         };
         let last_t = tl
@@ -120,7 +120,10 @@ impl Summary {
                 .max()
                 .unwrap_or(0) as u64
         } else {
-            tasks.iter().map(|t| t.retries as u64).sum()
+            tasks
+                .iter()
+                .map(|t| t.retries as u64)
+                .fold(0, u64::saturating_add)
         };
         let attr = |k: &str| profile.meta.attributes.get(k).cloned();
         Summary {

@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{Options, Render};
-use crate::analysis::Model;
+use crate::analysis::{Accumulate, Model};
 use crate::format::{Amount, Frame, Profile};
 
 /// Mirrors dhat-rs's `DhatJson` (heap mode), field for field.
@@ -101,7 +101,7 @@ fn build(model: &Model<'_>) -> DhatJson {
     // Surviving memory per stack, from the live groups (all tags).
     let mut live = vec![Amount::default(); p.stacks.len()];
     for g in &p.live {
-        live[g.stack as usize].add(Amount {
+        live[g.stack as usize].accumulate(Amount {
             bytes: g.bytes,
             blocks: g.blocks,
         });
@@ -142,9 +142,9 @@ fn build(model: &Model<'_>) -> DhatJson {
             order.push(fs);
             Point::default()
         });
-        point.total.add(allocated);
-        point.at_peak.add(at_peak);
-        point.live.add(live[stack as usize]);
+        point.total.accumulate(allocated);
+        point.at_peak.accumulate(at_peak);
+        point.live.accumulate(live[stack as usize]);
         // Claimed once, so a stack listed twice in stack_stats is not
         // counted twice at snapshot.
         live[stack as usize] = Amount::default();

@@ -133,7 +133,8 @@ pub fn folded(model: &Model<'_>, metric: Metric, group: FlameGroup) -> io::Resul
                 } else {
                     g.bytes
                 };
-                *values.entry((g.stack, key)).or_default() += v;
+                let e = values.entry((g.stack, key)).or_default();
+                *e = e.saturating_add(v);
             }
         }
         Metric::Allocated | Metric::Peak => {
@@ -143,7 +144,8 @@ pub fn folded(model: &Model<'_>, metric: Metric, group: FlameGroup) -> io::Resul
                 } else {
                     s.at_peak.bytes
                 };
-                *values.entry((s.stack, "")).or_default() += v;
+                let e = values.entry((s.stack, "")).or_default();
+                *e = e.saturating_add(v);
             }
         }
     }
@@ -269,8 +271,37 @@ pub fn write_svg(
             out,
         );
     }
+    let lines = fit_for_inferno(lines);
     let mut opts = inferno_options(title, subtitle, unit, width);
     inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out)
+}
+
+/// Largest sum of values handed to inferno, which adds them in a `usize`.
+const INFERNO_MAX_TOTAL: u128 = 1 << 62;
+
+/// Folded lines whose values inferno can sum: real profiles never come
+/// near the limit, but a corrupt file may claim any size, and then every
+/// value is divided by the same factor (widths keep their proportions).
+fn fit_for_inferno(lines: &[String]) -> std::borrow::Cow<'_, [String]> {
+    let value = |l: &str| {
+        l.rsplit_once(' ')
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let total: u128 = lines.iter().map(|l| value(l) as u128).sum();
+    if total <= INFERNO_MAX_TOTAL {
+        return std::borrow::Cow::Borrowed(lines);
+    }
+    let factor = total.div_ceil(INFERNO_MAX_TOTAL) as u64;
+    std::borrow::Cow::Owned(
+        lines
+            .iter()
+            .filter_map(|l| {
+                let (stack, _) = l.rsplit_once(' ')?;
+                Some(format!("{stack} {}", value(l) / factor))
+            })
+            .collect(),
+    )
 }
 
 /// A differential flamegraph of B against A (inferno differential): frame
@@ -284,8 +315,8 @@ pub fn write_differential(
     width: usize,
     out: &mut dyn Write,
 ) -> io::Result<()> {
-    let before = a.join("\n");
-    let after = b.join("\n");
+    let before = fit_for_inferno(a).join("\n");
+    let after = fit_for_inferno(b).join("\n");
     let mut diff = Vec::new();
     inferno::differential::from_readers(
         inferno::differential::Options::default(),

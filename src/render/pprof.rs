@@ -278,8 +278,8 @@ pub fn build(model: &Model<'_>) -> ProfileProto {
     let mut allocated: HashMap<u32, (u64, u64)> = HashMap::new();
     for s in &p.stack_stats {
         let e = allocated.entry(s.stack).or_default();
-        e.0 += s.allocated.bytes;
-        e.1 += s.allocated.blocks;
+        e.0 = e.0.saturating_add(s.allocated.bytes);
+        e.1 = e.1.saturating_add(s.allocated.blocks);
     }
     let (k_task, k_retry, k_owner) = (strings.id("task"), strings.id("retry"), strings.id("owner"));
     let mut sample = Vec::with_capacity(p.live.len() + allocated.len());

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{defaults, run_label, Options, Render};
 use crate::analysis::check::human_bytes;
 use crate::analysis::leaks::TaskScopedLeaks;
-use crate::analysis::{Model, Partition, Report};
+use crate::analysis::{signed_change, Model, Partition, Report};
 
 /// The JSON schema name and version written as `schema`.
 pub const JSON_SCHEMA: &str = "leakprof-report/1";
@@ -154,7 +154,7 @@ fn write_text(
     write_partition(&report.partition, top, report.partition.kind_header, out)?;
     writeln!(out)?;
     writeln!(out, "Run: {}", run_label(p))?;
-    let gap = s.rss_bytes as i64 - s.surviving_bytes as i64;
+    let gap = signed_change(s.surviving_bytes, s.rss_bytes);
     writeln!(
         out,
         "Surviving: {} in {} blocks; RSS at snapshot {} ({} {} live: allocator overhead, fragmentation and untracked memory)",
@@ -337,7 +337,7 @@ pub fn json_value(model: &Model<'_>, report: &Report, options: &Options) -> serd
         "dropped": p.dropped,
         "rss_bytes": p.totals.rss_bytes,
         "live_bytes": p.totals.live.bytes,
-        "rss_gap_bytes": p.totals.rss_bytes as i64 - p.totals.live.bytes as i64,
+        "rss_gap_bytes": signed_change(p.totals.live.bytes, p.totals.rss_bytes),
         "summary": s,
         "task_scoped_leaks": report.task_scoped,
         "per_retry": report.per_retry,
