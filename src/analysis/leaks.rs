@@ -7,14 +7,14 @@
 //! per-job "leaked types" report, grouped here by site and type. Tags that
 //! never recorded a time are left out, not guessed about.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::model::Model;
 use super::partition::percent;
 use super::{signed_change, Accumulate};
-use crate::format::{events, Amount, LiveGroup, Profile, TagInfo};
+use crate::format::{events, Amount, LiveGroup, Profile, TagInfo, TaskInfo};
 
 /// True when code stopped running under this tag before the snapshot:
 /// the tag belongs to a task or retry and recorded when it last ran.
@@ -62,7 +62,7 @@ impl TaskScopedLeaks {
             .map(|t| tag_has_ended(t, p.meta.snapshot_ns))
             .collect();
         let leaked = p.live.iter().filter(|g| ended[g.tag as usize]);
-        let mut by_row: HashMap<(&str, &str), (Amount, Vec<Option<u64>>)> = HashMap::new();
+        let mut by_row: HashMap<(&str, &str), (Amount, HashSet<Option<u64>>)> = HashMap::new();
         let mut by_task: BTreeMap<Option<u64>, Amount> = BTreeMap::new();
         let mut total = Amount::default();
         for g in leaked {
@@ -72,13 +72,11 @@ impl TaskScopedLeaks {
                 .entry((model.site(g), model.type_name(g)))
                 .or_default();
             entry.0.accumulate(a);
-            if !entry.1.contains(&task) {
-                entry.1.push(task);
-            }
+            entry.1.insert(task);
             by_task.entry(task).or_default().accumulate(a);
             total.accumulate(a);
         }
-        let mut rows: Vec<((&str, &str), (Amount, Vec<Option<u64>>))> =
+        let mut rows: Vec<((&str, &str), (Amount, HashSet<Option<u64>>))> =
             by_row.into_iter().collect();
         rows.sort_by(|a, b| b.1 .0.bytes.cmp(&a.1 .0.bytes).then(a.0.cmp(&b.0)));
         let rows = rows
@@ -94,11 +92,12 @@ impl TaskScopedLeaks {
                 tasks: tasks.len(),
             })
             .collect();
+        let names = task_names(p);
         let per_task = by_task
             .into_iter()
             .map(|(task, leaked)| TaskLeak {
                 task,
-                name: task.and_then(|t| task_name(p, t)),
+                name: task.and_then(|t| names.get(&t).cloned()),
                 leaked,
             })
             .collect();
@@ -110,9 +109,12 @@ impl TaskScopedLeaks {
     }
 }
 
-fn task_name(p: &Profile, task: u64) -> Option<String> {
-    let info = p.tasks.iter().find(|t| t.task == task)?;
-    info.name.clone().or_else(|| info.actor.clone())
+/// Display name of each described task: its name, else its actor.
+fn task_names(p: &Profile) -> HashMap<u64, String> {
+    p.tasks
+        .iter()
+        .filter_map(|t| Some((t.task, t.name.clone().or_else(|| t.actor.clone())?)))
+        .collect()
 }
 
 fn amount(g: &LiveGroup) -> Amount {
@@ -205,10 +207,11 @@ pub fn per_task(profile: &Profile) -> Vec<TaskGrowth> {
         let e = by_task.entry(info.task).or_default();
         e.2 = e.2.max(info.retries);
     }
+    let infos: HashMap<u64, &TaskInfo> = profile.tasks.iter().map(|t| (t.task, t)).collect();
     by_task
         .into_iter()
         .map(|(task, (surviving, allocated, retries))| {
-            let info = profile.tasks.iter().find(|t| t.task == task);
+            let info = infos.get(&task);
             TaskGrowth {
                 task,
                 name: info.and_then(|i| i.name.clone().or_else(|| i.actor.clone())),

@@ -149,41 +149,36 @@ pub fn folded(model: &Model<'_>, metric: Metric, group: FlameGroup) -> io::Resul
             }
         }
     }
-    let mut stack_text: HashMap<u32, String> = HashMap::new();
+    // Sanitised names per frame, not per stack: a stack's text is built
+    // straight into its line, so no second copy of every stack is kept.
+    let names: Vec<String> = (0..p.frames.len() as u32).map(|f| sanitize_frame(model.function(f))).collect();
     let mut lines = Vec::with_capacity(values.len());
     for ((stack, key), v) in values {
         if v == 0 {
             continue;
         }
-        let frames = stack_text
-            .entry(stack)
-            .or_insert_with(|| folded_stack(model, stack));
-        let mut line = String::with_capacity(frames.len() + key.len() + 24);
+        let mut line = String::new();
         if !key.is_empty() {
             line.push_str(&sanitize_frame(key));
             line.push(';');
         }
-        line.push_str(frames);
+        let before = line.len();
+        for f in model.shown_frames_root_first(stack) {
+            if line.len() > before {
+                line.push(';');
+            }
+            line.push_str(&names[f as usize]);
+        }
+        if line.len() == before {
+            line.push_str("[no frames]");
+        }
         line.push(' ');
         line.push_str(&v.to_string());
+        line.shrink_to_fit();
         lines.push(line);
     }
     lines.sort_unstable();
     Ok(lines)
-}
-
-fn folded_stack(model: &Model<'_>, stack: u32) -> String {
-    let mut out = String::new();
-    for f in model.shown_frames_root_first(stack) {
-        if !out.is_empty() {
-            out.push(';');
-        }
-        out.push_str(&sanitize_frame(model.function(f)));
-    }
-    if out.is_empty() {
-        out.push_str("[no frames]");
-    }
-    out
 }
 
 /// `--folded`: the folded lines themselves.
