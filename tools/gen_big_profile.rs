@@ -10,7 +10,8 @@
 //! the file the same on every run.
 
 use leakprof::format::{
-    events, Amount, Frame, LiveGroup, Module, Profile, Stack, StackStats, TagInfo, TaskInfo, TimelinePoint,
+    events, Amount, Frame, LiveGroup, Module, Profile, Stack, StackStats, TagInfo, TaskInfo,
+    TimelinePoint,
 };
 
 const STACKS: usize = 100_000;
@@ -34,12 +35,16 @@ impl Rng {
 }
 
 fn main() {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "big-profile.json".to_string());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "big-profile.json".to_string());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut p = Profile::empty("big-worker");
     p.meta.pid = 1;
     p.meta.start_unix_ms = 1_700_000_000_000;
-    p.meta.attributes.insert("scenario".into(), "synthetic".into());
+    p.meta
+        .attributes
+        .insert("scenario".into(), "synthetic".into());
     p.meta.attributes.insert("middleware".into(), "big".into());
     p.modules.push(Module {
         path: "/opt/big/bin/big-worker".into(),
@@ -61,11 +66,21 @@ fn main() {
         id
     };
     let alloc = frame(&mut p, "__rust_alloc".into(), None, None);
-    let raw_vec = frame(&mut p, "alloc::raw_vec::RawVec<T,A>::try_allocate_in".into(), None, None);
-    let ctors: Vec<u32> = ["<alloc::vec::Vec<u8>>::with_capacity", "<alloc::boxed::Box<big::jobs::Payload>>::new", "<alloc::sync::Arc<big::cache::Entry>>::new", "<alloc::string::String>::push_str"]
-        .iter()
-        .map(|f| frame(&mut p, f.to_string(), None, None))
-        .collect();
+    let raw_vec = frame(
+        &mut p,
+        "alloc::raw_vec::RawVec<T,A>::try_allocate_in".into(),
+        None,
+        None,
+    );
+    let ctors: Vec<u32> = [
+        "<alloc::vec::Vec<u8>>::with_capacity",
+        "<alloc::boxed::Box<big::jobs::Payload>>::new",
+        "<alloc::sync::Arc<big::cache::Entry>>::new",
+        "<alloc::string::String>::push_str",
+    ]
+    .iter()
+    .map(|f| frame(&mut p, f.to_string(), None, None))
+    .collect();
     let runtime: Vec<u32> = [
         "std::rt::lang_start_internal",
         "big::main",
@@ -77,11 +92,25 @@ fn main() {
     .iter()
     .map(|f| frame(&mut p, f.to_string(), None, None))
     .collect();
-    let modules = ["jobs", "cache", "codec", "broker", "middleware", "results", "retry", "storage"];
+    let modules = [
+        "jobs",
+        "cache",
+        "codec",
+        "broker",
+        "middleware",
+        "results",
+        "retry",
+        "storage",
+    ];
     let functions: Vec<u32> = (0..FUNCTIONS)
         .map(|i| {
             let m = modules[i % modules.len()];
-            frame(&mut p, format!("big::{m}::handler_{i:04}::{{{{closure}}}}"), Some(format!("src/{m}.rs")), Some(10 + (i as u32 % 900)))
+            frame(
+                &mut p,
+                format!("big::{m}::handler_{i:04}::{{{{closure}}}}"),
+                Some(format!("src/{m}.rs")),
+                Some(10 + (i as u32 % 900)),
+            )
         })
         .collect();
     // Distinct stacks: the stack index is spelled in three digits of base
@@ -97,7 +126,10 @@ fn main() {
         }
         frames.push(b);
         frames.extend(runtime.iter().rev());
-        p.stacks.push(Stack { frames, truncated: false });
+        p.stacks.push(Stack {
+            frames,
+            truncated: false,
+        });
     }
     for t in 0..TASKS {
         p.tasks.push(TaskInfo {
@@ -126,11 +158,18 @@ fn main() {
     let mut remaining = ALLOCATIONS;
     let tags = p.tags.len() as u64;
     for s in 0..STACKS {
-        let share = if s == STACKS - 1 { remaining } else { ALLOCATIONS / STACKS as u64 };
+        let share = if s == STACKS - 1 {
+            remaining
+        } else {
+            ALLOCATIONS / STACKS as u64
+        };
         remaining -= share;
         let size = 16 << rng.below(8);
         let mut left = share;
-        let mut stats = StackStats { stack: s as u32, ..StackStats::default() };
+        let mut stats = StackStats {
+            stack: s as u32,
+            ..StackStats::default()
+        };
         for k in 0..3 {
             let blocks = if k == 2 { left } else { left / 3 };
             left -= blocks;
@@ -138,8 +177,17 @@ fn main() {
                 continue;
             }
             let tag = rng.below(tags) as u32;
-            let a = Amount { bytes: blocks * size, blocks };
-            p.live.push(LiveGroup { stack: s as u32, tag, blocks, bytes: blocks * size, ..LiveGroup::default() });
+            let a = Amount {
+                bytes: blocks * size,
+                blocks,
+            };
+            p.live.push(LiveGroup {
+                stack: s as u32,
+                tag,
+                blocks,
+                bytes: blocks * size,
+                ..LiveGroup::default()
+            });
             let t = &mut p.tags[tag as usize];
             t.live.add(a);
             t.allocated.add(a);
@@ -161,7 +209,11 @@ fn main() {
         for r in 0..RETRIES {
             let t_ns = t * 10_000_000 + r as u64 * 1_000_000;
             live += p.totals.live.bytes / (TASKS * RETRIES as u64);
-            for (dt, event) in [(0, events::BEFORE_ALLOCATION), (100_000, events::AFTER_ALLOCATION), (600_000, events::AFTER_FAILURE)] {
+            for (dt, event) in [
+                (0, events::BEFORE_ALLOCATION),
+                (100_000, events::AFTER_ALLOCATION),
+                (600_000, events::AFTER_FAILURE),
+            ] {
                 p.timeline.push(TimelinePoint {
                     t_ns: t_ns + dt,
                     rss_bytes: live + (64 << 20),

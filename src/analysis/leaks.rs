@@ -24,6 +24,9 @@ pub fn tag_has_ended(tag: &TagInfo, snapshot_ns: u64) -> bool {
         && tag.last_ns.is_some_and(|t| t <= snapshot_ns)
 }
 
+/// The memory of one (site, type) cell and the tasks that left it.
+type LeakCell = (Amount, HashSet<Option<u64>>);
+
 /// One (site, type) row of the task-scoped leak report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LeakRow {
@@ -62,7 +65,7 @@ impl TaskScopedLeaks {
             .map(|t| tag_has_ended(t, p.meta.snapshot_ns))
             .collect();
         let leaked = p.live.iter().filter(|g| ended[g.tag as usize]);
-        let mut by_row: HashMap<(&str, &str), (Amount, HashSet<Option<u64>>)> = HashMap::new();
+        let mut by_row: HashMap<(&str, &str), LeakCell> = HashMap::new();
         let mut by_task: BTreeMap<Option<u64>, Amount> = BTreeMap::new();
         let mut total = Amount::default();
         for g in leaked {
@@ -76,8 +79,7 @@ impl TaskScopedLeaks {
             by_task.entry(task).or_default().accumulate(a);
             total.accumulate(a);
         }
-        let mut rows: Vec<((&str, &str), (Amount, HashSet<Option<u64>>))> =
-            by_row.into_iter().collect();
+        let mut rows: Vec<((&str, &str), LeakCell)> = by_row.into_iter().collect();
         rows.sort_by(|a, b| b.1 .0.bytes.cmp(&a.1 .0.bytes).then(a.0.cmp(&b.0)));
         let rows = rows
             .into_iter()

@@ -33,17 +33,23 @@ pub fn merge(profiles: &[Profile]) -> Option<Profile> {
     Some(m.finish(profiles, first))
 }
 
+/// A frame as it reads (function, file, line, inlined) and its module.
+type FrameKey = (String, Option<String>, Option<u32>, bool, Option<u32>);
+
+/// A live group's identity: stack, tag, owner, via, unreachable.
+type GroupKey = (u32, u32, Option<u32>, Option<u32>, bool);
+
 #[derive(Default)]
 struct Merger {
     modules: Vec<Module>,
     module_ids: HashMap<(String, Option<String>), u32>,
     frames: Vec<Frame>,
-    frame_ids: HashMap<(String, Option<String>, Option<u32>, bool, Option<u32>), u32>,
+    frame_ids: HashMap<FrameKey, u32>,
     stacks: Vec<Stack>,
     stack_ids: HashMap<Vec<u32>, u32>,
     tags: Vec<TagInfo>,
     tag_ids: HashMap<TagKey, u32>,
-    live: BTreeMap<(u32, u32, Option<u32>, Option<u32>, bool), Amount>,
+    live: BTreeMap<GroupKey, Amount>,
     stack_stats: BTreeMap<u32, StackStats>,
     tasks: BTreeMap<u64, TaskInfo>,
     totals: Totals,

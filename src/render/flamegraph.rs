@@ -151,7 +151,9 @@ pub fn folded(model: &Model<'_>, metric: Metric, group: FlameGroup) -> io::Resul
     }
     // Sanitised names per frame, not per stack: a stack's text is built
     // straight into its line, so no second copy of every stack is kept.
-    let names: Vec<String> = (0..p.frames.len() as u32).map(|f| sanitize_frame(model.function(f))).collect();
+    let names: Vec<String> = (0..p.frames.len() as u32)
+        .map(|f| sanitize_frame(model.function(f)))
+        .collect();
     let mut lines = Vec::with_capacity(values.len());
     for ((stack, key), v) in values {
         if v == 0 {

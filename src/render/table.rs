@@ -280,8 +280,8 @@ fn write_growth(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "Per task:")?;
         writeln!(
             out,
-            "{:>6} {:>7} {:>12} {:>12} {:>12}  {}",
-            "Task", "Retries", "Surviving", "Allocated", "Per attempt", "Outcome / name"
+            "{:>6} {:>7} {:>12} {:>12} {:>12}  Outcome / name",
+            "Task", "Retries", "Surviving", "Allocated", "Per attempt"
         )?;
         for t in report.per_task.iter().take(TEXT_GROWTH_ROWS) {
             let label = [t.outcome.as_deref(), t.name.as_deref()]
