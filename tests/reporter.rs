@@ -778,3 +778,102 @@ fn dhat_export_has_one_program_point_per_frame_list() {
     assert_eq!(eb, p.totals.live.bytes);
     assert_eq!(tb, p.totals.allocated.bytes);
 }
+
+/// A version-2 profile: the heap graph names owners and referring paths.
+fn with_graph() -> Profile {
+    use leakprof::format::{Graph, Owner, Via, VERSION_V2};
+    let mut p = exception_run(true);
+    p.version = VERSION_V2;
+    p.graph = Some(Graph {
+        thread_roots: "quiescent".into(),
+        owners: vec![
+            Owner {
+                name: "error value".into(),
+                kind: "labelled".into(),
+                type_name: Some("TaskError".into()),
+                objects: RETRIES as u64,
+                ..Owner::default()
+            },
+            Owner {
+                name: "site: leakprof::lab::broker::Broker::enqueue".into(),
+                kind: "site".into(),
+                objects: 1,
+                ..Owner::default()
+            },
+        ],
+        vias: vec![Via {
+            holder: "TaskError".into(),
+            offset: Some(8),
+        }],
+        ..Graph::default()
+    });
+    // The payloads are held by the error values, at offset 8.
+    for g in &mut p.live {
+        if g.bytes % PAYLOAD == 0 {
+            g.owner = Some(0);
+            g.via = Some(0);
+        }
+    }
+    p
+}
+
+#[test]
+fn heap_graph_owners_and_vias_take_precedence() {
+    let p = with_graph();
+    let bytes = serde_json::to_vec(&p).unwrap();
+    leakprof::format::load_bytes(std::path::Path::new("v2.json"), &bytes).unwrap();
+    let model = Model::new(&p);
+    let owners = Partition::of(&model, grouping("owner").unwrap());
+    assert_eq!(owners.rows[0].kind, "error value");
+    assert_eq!(
+        owners.rows[0].size,
+        RETRIES as u64 * (PAYLOAD + ERROR_VALUE)
+    );
+    let vias = Partition::of(&model, grouping("via").unwrap());
+    assert_eq!(
+        rows(&vias)[0],
+        (
+            "TaskError +8".to_string(),
+            RETRIES as u64,
+            RETRIES as u64 * PAYLOAD
+        )
+    );
+    let merged = merge(&[p.clone(), p.clone()]).unwrap();
+    assert_eq!(merged.version, 2);
+    let g = merged.graph.as_ref().unwrap();
+    assert_eq!(
+        (g.owners.len(), g.owners[0].objects),
+        (2, 2 * RETRIES as u64)
+    );
+    let m = Model::new(&merged);
+    assert_eq!(
+        Partition::of(&m, grouping("owner").unwrap()).rows[0].size,
+        2 * owners.rows[0].size
+    );
+    // Without a graph, `--by via` says so instead of guessing.
+    let v1 = Partition::of(&Model::new(&exception_run(true)), grouping("via").unwrap());
+    assert_eq!(v1.rows[0].kind, "unknown (no heap graph)");
+}
+
+#[test]
+fn a_profile_without_timeline_has_no_slope_and_unknown_behaviour() {
+    let mut p = exception_run(true);
+    p.timeline.clear();
+    let s = Summary::of(&p);
+    assert_eq!(s.behaviour, Behaviour::Unknown);
+    assert_eq!(s.leak_per_retry_bytes, None);
+    assert_eq!(s.min_rss_bytes, p.totals.rss_bytes);
+    let v: serde_json::Value =
+        serde_json::from_slice(&render("json", Command::Report, &p, &Options::default())).unwrap();
+    assert!(v["leak_per_retry_bytes"].is_null());
+}
+
+#[test]
+fn per_job_leaked_types_report_for_trace_memory() {
+    let mut out = Vec::new();
+    leakprof::render::table::write_task_scoped_leaks(&exception_run(true), 10, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("Kind (site [type])"));
+    assert!(text.contains("allocate_payload (exception.rs:42) [Vec<u8>]"));
+    assert!(text.contains("Per task: task 1: 384.2 KiB"));
+}

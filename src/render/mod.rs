@@ -117,7 +117,7 @@ pub const RENDERERS: &[Renderer] = &[
     Renderer {
         name: "timeline-svg",
         description: "memory timeline chart: RSS and live bytes over time, failures marked (plotters)",
-        commands: &[Command::Timeline],
+        commands: &[Command::Timeline, Command::Export],
         extension: "svg",
         binary: false,
         new: || Box::new(timeline::Svg),

@@ -207,6 +207,19 @@ fn signed_bytes(v: f64) -> String {
     }
 }
 
+/// MRQ's per-job "leaked types" report: the task-scoped leaks of a
+/// profile as a partition by site and type, with the per-task split. This
+/// is what `leakprof run --trace-memory` prints after each job, from a
+/// snapshot taken once the job has ended.
+pub fn write_task_scoped_leaks(
+    profile: &crate::format::Profile,
+    top: usize,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let leaks = TaskScopedLeaks::of(&Model::new(profile));
+    write_task_scoped(&leaks, top, out)
+}
+
 fn write_task_scoped(leaks: &TaskScopedLeaks, top: usize, out: &mut dyn Write) -> io::Result<()> {
     writeln!(out)?;
     writeln!(
