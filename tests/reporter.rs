@@ -877,3 +877,52 @@ fn per_job_leaked_types_report_for_trace_memory() {
     assert!(text.contains("allocate_payload (exception.rs:42) [Vec<u8>]"));
     assert!(text.contains("Per task: task 1: 384.2 KiB"));
 }
+
+#[test]
+fn pruning_invisible_frames_draws_the_same_flamegraph() {
+    // 3,000 stacks over shared prefixes, most far narrower than inferno's
+    // minimum width, a few wide: the pruned lines must draw byte for byte
+    // the SVG that all lines draw.
+    use leakprof::render::flamegraph::{visible_folded, write_svg};
+    let mut b = Builder::new("many-stacks");
+    let root = b.frame("app::main", None, None);
+    let mids: Vec<u32> = (0..30)
+        .map(|i| b.frame(&format!("app::mid_{i}"), None, None))
+        .collect();
+    let leaves: Vec<u32> = (0..100)
+        .map(|i| b.frame(&format!("app::leaf_{i}"), None, None))
+        .collect();
+    let mut x = 7u64;
+    for i in 0..3000usize {
+        let s = b.stack(&[leaves[i % 100], mids[(i / 100) % 30], mids[i % 7], root]);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let size = if i % 500 == 0 { 1 << 20 } else { 1 + (x >> 58) };
+        let tag = if i % 3 == 0 {
+            0
+        } else {
+            b.tag(TagInfo {
+                task: Some(i as u64 % 40),
+                ..TagInfo::default()
+            })
+        };
+        b.alloc(s, tag, 1, size, 1);
+    }
+    let p = b.finish();
+    let m = Model::new(&p);
+    for group in [FlameGroup::None, FlameGroup::Task] {
+        let all = folded(&m, Metric::Surviving, group).unwrap();
+        let visible = visible_folded(&m, Metric::Surviving, group).unwrap();
+        assert!(
+            visible.len() * 4 < all.len(),
+            "{} of {} lines kept",
+            visible.len(),
+            all.len()
+        );
+        let (mut a, mut v) = (Vec::new(), Vec::new());
+        write_svg(&all, "t", "s", "bytes", 1200, &mut a).unwrap();
+        write_svg(&visible, "t", "s", "bytes", 1200, &mut v).unwrap();
+        assert!(a == v, "{group:?}: pruned lines draw another SVG");
+    }
+}
