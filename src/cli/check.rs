@@ -52,6 +52,13 @@ pub fn execute(global: Global, args: Args) -> Outcome {
             args.max_owned.len()
         );
     }
+    if args.max_leak_per_retry.is_none() && args.max_surviving.is_none() && args.owner.is_empty() {
+        // A check without limits would pass everything: almost certainly
+        // a mistake in a CI script.
+        anyhow::bail!(
+            "no limit given: use --max-leak-per-retry, --max-surviving or --owner with --max-owned"
+        );
+    }
     let profile = load_profile_arg(&args.profile)?;
     let mut limits = Limits::new().warmup(args.warmup);
     limits.max_leak_per_retry = args.max_leak_per_retry;
