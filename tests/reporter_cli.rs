@@ -259,6 +259,9 @@ fn check_exits_1_with_a_one_line_reason_on_a_violated_limit() {
         "lots",
     ]);
     assert_eq!(bad_size.status.code(), Some(2));
+    let no_limit = leakprof(&["check", &fx.path("exception-original")]);
+    assert_eq!(no_limit.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_limit.stderr).contains("no limit given"));
 }
 
 #[test]
