@@ -2,4 +2,7 @@
 #![allow(dead_code)]
 
 pub mod logs;
+mod profiles;
 pub mod redis;
+
+pub use profiles::*;

@@ -1,0 +1,359 @@
+//! Partition reports: the guppy table as text, JSON and CSV.
+//!
+//! The text form copies guppy's layout (header line, the Index / Count / % /
+//! Size / % / Cumulative / % / Kind columns, "<K more rows>") so a reader
+//! who knows heapy reads it at once; the leak analysis follows it. The JSON
+//! form is the documented, stable schema of docs/REPORT.md: keys are only
+//! ever added to it.
+
+use std::io::{self, Write};
+
+use serde_json::json;
+
+use super::{defaults, run_label, Options, Render};
+use crate::analysis::check::human_bytes;
+use crate::analysis::leaks::TaskScopedLeaks;
+use crate::analysis::{signed_change, Model, Partition, Report};
+
+/// The JSON schema name and version written as `schema`.
+pub const JSON_SCHEMA: &str = "leakprof-report/1";
+
+/// Per-retry and per-task lines the text report shows before eliding.
+const TEXT_GROWTH_ROWS: usize = 20;
+
+pub struct Text;
+pub struct Json;
+pub struct Csv;
+
+impl Render for Text {
+    fn render(&self, model: &Model<'_>, options: &Options, out: &mut dyn Write) -> io::Result<()> {
+        let report = Report::new(model, options.by);
+        write_text(model, &report, options, out)
+    }
+}
+
+impl Render for Json {
+    fn render(&self, model: &Model<'_>, options: &Options, out: &mut dyn Write) -> io::Result<()> {
+        let report = Report::new(model, options.by);
+        let value = json_value(model, &report, options);
+        serde_json::to_writer_pretty(&mut *out, &value)?;
+        out.write_all(b"\n")
+    }
+}
+
+impl Render for Csv {
+    fn render(&self, model: &Model<'_>, options: &Options, out: &mut dyn Write) -> io::Result<()> {
+        let partition = Partition::of(model, options.by);
+        writeln!(
+            out,
+            "index,count,count_pct,size,size_pct,cumulative,cumulative_pct,kind"
+        )?;
+        for r in partition
+            .rows
+            .iter()
+            .take(options.top.unwrap_or(usize::MAX))
+        {
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{}",
+                r.index,
+                r.count,
+                r.count_pct,
+                r.size,
+                r.size_pct,
+                r.cumulative,
+                r.cumulative_pct,
+                csv_field(&r.kind)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Quotes a CSV field when it holds a comma, quote or line break.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes a partition as guppy prints it, with at most `top` rows.
+pub fn write_partition(
+    partition: &Partition,
+    top: usize,
+    kind_header: &str,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "Partition of a set of {} allocations. Total size = {} bytes.",
+        partition.total.blocks, partition.total.bytes
+    )?;
+    let shown = &partition.rows[..top.min(partition.rows.len())];
+    // guppy's column widths, widened when a figure does not fit.
+    let digits = |n: u64| n.to_string().len();
+    let w_index = 6.max(shown.last().map_or(0, |r| digits(r.index as u64)));
+    let w_count = 6.max(shown.iter().map(|r| digits(r.count)).max().unwrap_or(0));
+    let w_size = 8.max(shown.iter().map(|r| digits(r.size)).max().unwrap_or(0));
+    let w_cum = 9.max(
+        shown
+            .iter()
+            .map(|r| digits(r.cumulative))
+            .max()
+            .unwrap_or(0),
+    );
+    // guppy's "Cumulative" heading overhangs its 9-wide column by one.
+    let w_cum_head = w_cum + 1;
+    writeln!(
+        out,
+        "{:>w_index$} {:>w_count$} {:>3} {:>w_size$} {:>3} {:>w_cum_head$} {:>2} Kind ({kind_header})",
+        "Index", "Count", "%", "Size", "%", "Cumulative", "%"
+    )?;
+    for r in shown {
+        writeln!(
+            out,
+            "{:>w_index$} {:>w_count$} {:>3} {:>w_size$} {:>3} {:>w_cum$} {:>3} {}",
+            r.index,
+            r.count,
+            r.count_pct.round() as u64,
+            r.size,
+            r.size_pct.round() as u64,
+            r.cumulative,
+            r.cumulative_pct.round() as u64,
+            r.kind
+        )?;
+    }
+    let more = partition.rows.len() - shown.len();
+    if more > 0 {
+        writeln!(
+            out,
+            "<{more} more rows. Use --top {} to view them.>",
+            partition.rows.len()
+        )?;
+    }
+    Ok(())
+}
+
+fn write_text(
+    model: &Model<'_>,
+    report: &Report,
+    options: &Options,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let p = model.profile;
+    let s = &report.summary;
+    if let Some(base) = p.meta.attributes.get("relative_to") {
+        writeln!(
+            out,
+            "Relative to {base}: only memory that is new since that profile."
+        )?;
+    }
+    let top = options.top.unwrap_or(defaults::TEXT_ROWS);
+    write_partition(&report.partition, top, report.partition.kind_header, out)?;
+    writeln!(out)?;
+    writeln!(out, "Run: {}", run_label(p))?;
+    let gap = signed_change(s.surviving_bytes, s.rss_bytes);
+    writeln!(
+        out,
+        "Surviving: {} in {} blocks; RSS at snapshot {} ({} {} live: allocator overhead, fragmentation and untracked memory)",
+        human_bytes(s.surviving_bytes),
+        s.surviving_blocks,
+        human_bytes(s.rss_bytes),
+        human_bytes(gap.unsigned_abs()),
+        if gap >= 0 { "above" } else { "below" }
+    )?;
+    if s.timeline_points > 0 {
+        writeln!(
+            out,
+            "RSS over {:.2} s: min {}, max {}, mean {}, growth {}",
+            s.duration_s,
+            human_bytes(s.min_rss_bytes),
+            human_bytes(s.max_rss_bytes),
+            human_bytes(s.mean_rss_bytes),
+            human_bytes(s.growth_bytes)
+        )?;
+    }
+    match &report.slope {
+        Some(slope) => writeln!(
+            out,
+            "Leak per retry: {} (r² {:.3}, fitted over {} \"after failure\" points, retries {}..={})",
+            signed_bytes(slope.bytes_per_retry),
+            slope.r2,
+            slope.points,
+            slope.first_retry,
+            slope.last_retry
+        )?,
+        None => writeln!(out, "Leak per retry: not measured (fewer than two retries with an \"after failure\" point)")?,
+    }
+    writeln!(out, "Behaviour: {}", s.behaviour.describe())?;
+    writeln!(out, "Retries: {} over {} tasks", s.retries, s.tasks)?;
+    let d = &p.dropped;
+    writeln!(
+        out,
+        "Dropped events: {} ({} allocations untracked, {} bytes; {} timeline samples lost; {} stacks overflowed, {} truncated)",
+        s.dropped_events, d.untracked_allocs, d.untracked_bytes, d.timeline_points, d.stacks_overflowed, d.truncated_stacks
+    )?;
+    write_task_scoped(&report.task_scoped, top, out)?;
+    write_growth(report, out)
+}
+
+fn signed_bytes(v: f64) -> String {
+    if v < 0.0 {
+        format!("-{}", human_bytes((-v).round() as u64))
+    } else {
+        human_bytes(v.round() as u64)
+    }
+}
+
+/// MRQ's per-job "leaked types" report: the task-scoped leaks of a
+/// profile as a partition by site and type, with the per-task split. This
+/// is what `leakprof run --trace-memory` prints after each job, from a
+/// snapshot taken once the job has ended.
+pub fn write_task_scoped_leaks(
+    profile: &crate::format::Profile,
+    top: usize,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let leaks = TaskScopedLeaks::of(&Model::new(profile));
+    write_task_scoped(&leaks, top, out)
+}
+
+fn write_task_scoped(leaks: &TaskScopedLeaks, top: usize, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Task-scoped leaks: blocks still alive after the task or retry that allocated them ended"
+    )?;
+    if leaks.rows.is_empty() {
+        return writeln!(out, "none");
+    }
+    let sums = leaks
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                format!("{} [{}]", r.site, r.type_name),
+                crate::format::Amount {
+                    bytes: r.size,
+                    blocks: r.count,
+                },
+            )
+        })
+        .collect();
+    let partition = Partition::from_sums("site-type", "site [type]", sums);
+    write_partition(&partition, top, partition.kind_header, out)?;
+    let tasks: Vec<String> = leaks
+        .per_task
+        .iter()
+        .take(TEXT_GROWTH_ROWS)
+        .map(|t| match t.task {
+            Some(id) => format!("task {id}: {}", human_bytes(t.leaked.bytes)),
+            None => format!("no task: {}", human_bytes(t.leaked.bytes)),
+        })
+        .collect();
+    let more = leaks.per_task.len().saturating_sub(TEXT_GROWTH_ROWS);
+    write!(out, "Per task: {}", tasks.join(", "))?;
+    if more > 0 {
+        write!(out, " <{more} more tasks>")?;
+    }
+    writeln!(out)
+}
+
+fn write_growth(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+    if !report.per_retry.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Per retry:")?;
+        writeln!(
+            out,
+            "{:>6} {:>12} {:>12} {:>18} {:>12}",
+            "Retry", "Surviving", "Allocated", "Live after failure", "Growth"
+        )?;
+        let rows = &report.per_retry;
+        for r in rows.iter().take(TEXT_GROWTH_ROWS) {
+            writeln!(
+                out,
+                "{:>6} {:>12} {:>12} {:>18} {:>12}",
+                r.retry,
+                human_bytes(r.surviving.bytes),
+                human_bytes(r.allocated.bytes),
+                r.live_after_failure_bytes
+                    .map_or("-".to_string(), human_bytes),
+                r.growth_bytes
+                    .map_or("-".to_string(), |g| signed_bytes(g as f64))
+            )?;
+        }
+        if rows.len() > TEXT_GROWTH_ROWS {
+            writeln!(out, "<{} more retries>", rows.len() - TEXT_GROWTH_ROWS)?;
+        }
+    }
+    if !report.per_task.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Per task:")?;
+        writeln!(
+            out,
+            "{:>6} {:>7} {:>12} {:>12} {:>12}  Outcome / name",
+            "Task", "Retries", "Surviving", "Allocated", "Per attempt"
+        )?;
+        for t in report.per_task.iter().take(TEXT_GROWTH_ROWS) {
+            let label = [t.outcome.as_deref(), t.name.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" / ");
+            writeln!(
+                out,
+                "{:>6} {:>7} {:>12} {:>12} {:>12}  {}",
+                t.task,
+                t.retries,
+                human_bytes(t.surviving.bytes),
+                human_bytes(t.allocated.bytes),
+                human_bytes(t.surviving_per_attempt_bytes),
+                label
+            )?;
+        }
+        if report.per_task.len() > TEXT_GROWTH_ROWS {
+            writeln!(
+                out,
+                "<{} more tasks>",
+                report.per_task.len() - TEXT_GROWTH_ROWS
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The JSON report (docs/REPORT.md).
+pub fn json_value(model: &Model<'_>, report: &Report, options: &Options) -> serde_json::Value {
+    let p = model.profile;
+    let s = &report.summary;
+    let rows = &report.partition.rows;
+    let shown = options.top.unwrap_or(rows.len()).min(rows.len());
+    json!({
+        "schema": JSON_SCHEMA,
+        "program": p.meta.program,
+        "attributes": p.meta.attributes,
+        "by": report.partition.by,
+        "total_surviving_bytes": p.totals.live.bytes,
+        "total_surviving_blocks": p.totals.live.blocks,
+        "partition_bytes": report.partition.total.bytes,
+        "partition_blocks": report.partition.total.blocks,
+        "rows": &rows[..shown],
+        "more_rows": rows.len() - shown,
+        "retries": s.retries,
+        "failures": s.failures,
+        "leak_per_retry_bytes": s.leak_per_retry_bytes,
+        "leak_per_retry_r2": s.leak_per_retry_r2,
+        "behaviour": s.behaviour,
+        "dropped_events": s.dropped_events,
+        "dropped": p.dropped,
+        "rss_bytes": p.totals.rss_bytes,
+        "live_bytes": p.totals.live.bytes,
+        "rss_gap_bytes": signed_change(p.totals.live.bytes, p.totals.rss_bytes),
+        "summary": s,
+        "task_scoped_leaks": report.task_scoped,
+        "per_retry": report.per_retry,
+        "per_task": report.per_task,
+    })
+}

@@ -1,0 +1,928 @@
+//! Reporter tests on hand-built profiles: given these allocations, when
+//! analysed and rendered, then these rows, figures and files.
+//!
+//! Golden files live in tests/golden/; `BLESS=1 cargo test --test reporter`
+//! rewrites them, so a review diff shows exactly what changed in the output.
+
+mod support;
+
+use std::path::PathBuf;
+
+use leakprof::analysis::check::{check, Limits, Verdict};
+use leakprof::analysis::{
+    grouping, merge, relative_to, Behaviour, Comparison, LeakSlope, Model, Partition, Report,
+    Summary,
+};
+use leakprof::format::{Profile, TagInfo};
+use leakprof::render::flamegraph::{folded, FlameGroup, Metric};
+use leakprof::render::{self, Command, Options};
+use support::*;
+
+fn golden(name: &str, actual: &[u8]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with BLESS=1 to create it)", path.display()));
+    if expected != actual {
+        let shown = String::from_utf8_lossy(actual);
+        panic!(
+            "{} differs from the output (run with BLESS=1 to accept). Output:\n{}",
+            path.display(),
+            &shown[..shown.len().min(4000)]
+        );
+    }
+}
+
+fn render(name: &str, command: Command, profile: &Profile, options: &Options) -> Vec<u8> {
+    let r = render::find(command, name).unwrap_or_else(|| panic!("renderer {name}"));
+    render::render_to_vec(r, &Model::new(profile), options).unwrap()
+}
+
+fn rows(p: &Partition) -> Vec<(String, u64, u64)> {
+    p.rows
+        .iter()
+        .map(|r| (r.kind.clone(), r.count, r.size))
+        .collect()
+}
+
+#[test]
+fn partition_by_owner_names_the_error_value_and_falls_back_to_sites() {
+    let p = exception_run(true);
+    let model = Model::new(&p);
+    let part = Partition::of(&model, grouping("owner").unwrap());
+    let n = RETRIES as u64;
+    assert_eq!(
+        rows(&part),
+        vec![
+            (
+                "site: leakprof::lab::scenarios::exception::allocate_payload".to_string(),
+                n,
+                n * PAYLOAD
+            ),
+            (
+                "site: leakprof::lab::broker::Broker::enqueue".to_string(),
+                1,
+                BROKER
+            ),
+            ("error value".to_string(), n, n * ERROR_VALUE),
+            ("site: <[u8; 8] as app::Odd name>::make".to_string(), 1, 16),
+        ]
+    );
+    assert_eq!(part.total.bytes, p.totals.live.bytes);
+    let last = part.rows.last().unwrap();
+    assert_eq!(last.cumulative, part.total.bytes);
+    assert_eq!(last.cumulative_pct, 100.0);
+}
+
+#[test]
+fn types_come_from_constructor_frames_or_owner_scopes_else_unknown() {
+    let p = exception_run(true);
+    let part = Partition::of(&Model::new(&p), grouping("type").unwrap());
+    let kinds: Vec<String> = part.rows.iter().map(|r| r.kind.clone()).collect();
+    // The payload's Vec<u8> from `<Vec<u8>>::with_capacity`; the error's
+    // Box<TaskError> from `<Box<TaskError>>::new`; nothing says the broker
+    // buffer's type, so it is unknown (two stacks).
+    assert_eq!(kinds, vec!["Vec<u8>", "unknown", "Box<TaskError>"]);
+}
+
+#[test]
+fn task_and_retry_partitions_split_by_tag() {
+    let p = exception_run(true);
+    let model = Model::new(&p);
+    let by_retry = Partition::of(&model, grouping("retry").unwrap());
+    assert_eq!(by_retry.rows.len(), RETRIES as usize + 1);
+    assert!(by_retry
+        .rows
+        .iter()
+        .any(|r| r.kind == "retry 0" && r.size == PAYLOAD + ERROR_VALUE));
+    assert!(by_retry
+        .rows
+        .iter()
+        .any(|r| r.kind == "untagged" && r.size == BROKER + 16));
+    let by_task = Partition::of(&model, grouping("task").unwrap());
+    assert_eq!(
+        rows(&by_task)[0],
+        (
+            "task 1".to_string(),
+            2 * RETRIES as u64,
+            RETRIES as u64 * (PAYLOAD + ERROR_VALUE)
+        )
+    );
+}
+
+#[test]
+fn leak_slope_is_payload_plus_error_value_per_retry() {
+    let p = exception_run(true);
+    let s = LeakSlope::of(&p, 0).unwrap();
+    assert!(
+        (s.bytes_per_retry - (PAYLOAD + ERROR_VALUE) as f64).abs() < 1e-6,
+        "{s:?}"
+    );
+    assert!((s.r2 - 1.0).abs() < 1e-9);
+    assert_eq!((s.points, s.first_retry, s.last_retry), (3, 0, 2));
+    let fixed = LeakSlope::of(&exception_run(false), 0).unwrap();
+    assert_eq!(fixed.bytes_per_retry, 0.0);
+    // Warm-up past all but one failure leaves nothing to fit.
+    assert!(LeakSlope::of(&p, 2).is_none());
+}
+
+#[test]
+fn task_scoped_leaks_are_the_blocks_of_ended_retries_by_site_and_type() {
+    let p = exception_run(true);
+    let r = Report::of(&p, grouping("owner").unwrap());
+    let t = &r.task_scoped;
+    // Retries 0..3 ended: their payloads; every error value (their scopes
+    // ended). The running retry's payload is not a leak yet, and untagged
+    // memory never is.
+    let ended = RETRIES as u64 - 1;
+    assert_eq!(
+        t.total.bytes,
+        ended * PAYLOAD + RETRIES as u64 * ERROR_VALUE
+    );
+    assert_eq!(
+        t.rows[0].site,
+        "leakprof::lab::scenarios::exception::allocate_payload (exception.rs:42)"
+    );
+    assert_eq!(
+        (
+            t.rows[0].type_name.as_str(),
+            t.rows[0].count,
+            t.rows[0].tasks
+        ),
+        ("Vec<u8>", ended, 1)
+    );
+    assert_eq!(t.rows[1].type_name, "Box<TaskError>");
+    let fixed = Report::of(&exception_run(false), grouping("owner").unwrap());
+    assert_eq!(fixed.task_scoped.total.bytes, 0);
+}
+
+#[test]
+fn summary_has_the_seed_figures_and_decides_behaviour() {
+    let leak = Summary::of(&exception_run(true));
+    let fixed = Summary::of(&exception_run(false));
+    assert_eq!(leak.min_rss_bytes, BROKER + 16 + 2 * MIB);
+    assert_eq!(leak.growth_bytes, leak.max_rss_bytes - leak.min_rss_bytes);
+    assert_eq!(leak.retries, RETRIES as u64 - 1);
+    assert_eq!(leak.failures, RETRIES as u64 - 1);
+    assert_eq!(leak.behaviour, Behaviour::ContinuousAccumulation);
+    assert_eq!(fixed.behaviour, Behaviour::Stable);
+    assert_eq!(leak.duration_s, 0.41);
+    let json = serde_json::to_value(&leak).unwrap();
+    for key in [
+        "min_rss_bytes",
+        "max_rss_bytes",
+        "mean_rss_bytes",
+        "growth_bytes",
+        "surviving_bytes",
+        "duration_s",
+        "retries",
+        "leak_per_retry_bytes",
+        "leak_per_retry_r2",
+    ] {
+        assert!(json.get(key).is_some(), "summary.json lacks {key}");
+    }
+}
+
+#[test]
+fn relative_to_a_baseline_shows_only_new_memory() {
+    let now = exception_run(true);
+    let mut before = exception_run(true);
+    // The baseline was taken after retry 0: drop later retries' groups.
+    before
+        .live
+        .retain(|g| before.tags[g.tag as usize].retry.map_or(true, |r| r == 0));
+    let rel = relative_to(&now, &before);
+    let untagged_or_first = rel
+        .live
+        .iter()
+        .any(|g| rel.tags[g.tag as usize].retry.map_or(true, |r| r == 0));
+    assert!(!untagged_or_first, "baseline memory must be subtracted");
+    assert_eq!(
+        rel.totals.live.bytes,
+        (RETRIES as u64 - 1) * (PAYLOAD + ERROR_VALUE)
+    );
+    let same = relative_to(&now, &now);
+    assert_eq!(same.totals.live.bytes, 0);
+    assert!(same.live.is_empty());
+}
+
+#[test]
+fn merge_sums_by_symbolized_stack_and_tag_and_keeps_totals() {
+    let a = exception_run(true);
+    let mut b = exception_run(true);
+    // Another process: the same code at other addresses, frames in another order.
+    b.meta.pid = 7;
+    b.meta.start_unix_ms += 1000;
+    for f in &mut b.frames {
+        f.address += 0x1000;
+    }
+    b.frames.reverse();
+    let n = b.frames.len() as u32;
+    for s in &mut b.stacks {
+        for f in &mut s.frames {
+            *f = n - 1 - *f;
+        }
+    }
+    let m = merge(&[a.clone(), b]).unwrap();
+    assert_eq!(m.stacks.len(), a.stacks.len());
+    assert_eq!(m.frames.len(), a.frames.len());
+    assert_eq!(m.tags.len(), a.tags.len());
+    assert_eq!(m.totals.live.bytes, 2 * a.totals.live.bytes);
+    assert_eq!(
+        m.live.iter().map(|g| g.bytes).sum::<u64>(),
+        2 * a.totals.live.bytes
+    );
+    // Timelines aligned on wall-clock time: the second starts 1 s later.
+    assert_eq!(m.timeline.len(), 2 * a.timeline.len());
+    assert_eq!(
+        m.timeline.last().unwrap().t_ns,
+        1_000_000_000 + a.timeline.last().unwrap().t_ns
+    );
+    assert_eq!(
+        m.timeline.last().unwrap().rss_bytes,
+        2 * a.timeline.last().unwrap().rss_bytes
+    );
+    // It is a valid profile.
+    let bytes = serde_json::to_vec(&m).unwrap();
+    leakprof::format::load_bytes(std::path::Path::new("merged.json"), &bytes).unwrap();
+}
+
+#[test]
+fn checks_give_a_one_line_verdict() {
+    let leak = exception_run(true);
+    let fixed = exception_run(false);
+    let per_retry = Limits::new().max_leak_per_retry(64 * KIB);
+    assert!(check(&fixed, &per_retry).is_pass());
+    let v = check(&leak, &per_retry);
+    assert!(matches!(v, Verdict::Fail(_)));
+    assert!(
+        v.reason()
+            .starts_with("leak per retry 128.1 KiB exceeds the limit 64.0 KiB"),
+        "{}",
+        v.reason()
+    );
+    assert!(!v.reason().contains('\n'));
+    assert!(matches!(
+        check(&leak, &per_retry.clone().warmup(2)),
+        Verdict::Inconclusive(_)
+    ));
+    let owned = Limits::new().max_owned("error value", 100);
+    assert!(check(&leak, &owned)
+        .reason()
+        .contains("owner \"error value\" keeps 256 B alive"));
+    assert!(check(&fixed, &Limits::new().max_surviving(PAYLOAD + BROKER + 16)).is_pass());
+    assert!(!check(&fixed, &Limits::new().max_surviving(PAYLOAD)).is_pass());
+    leakprof::analysis::assert_no_leak(&fixed, &per_retry);
+    let panicked =
+        std::panic::catch_unwind(|| leakprof::analysis::assert_no_leak(&leak, &per_retry));
+    assert!(panicked.is_err());
+}
+
+#[test]
+fn comparison_reads_like_the_seed_table() {
+    let c = Comparison::of(
+        &exception_run(true),
+        &exception_run(false),
+        "original",
+        "fixed",
+    );
+    let names: Vec<&str> = c.metrics.iter().map(|m| m.name).collect();
+    assert_eq!(
+        &names[..4],
+        ["Min Memory", "Max Memory", "Mean Memory", "Memory Growth"]
+    );
+    assert_eq!(c.metrics[0].improvement, "-");
+    assert!(
+        c.metrics[3].improvement.ends_with("reduction"),
+        "{:?}",
+        c.metrics[3]
+    );
+    assert_eq!(
+        c.behaviours(),
+        (Behaviour::ContinuousAccumulation, Behaviour::Stable)
+    );
+    assert_eq!(
+        c.owners[0].kind,
+        "site: leakprof::lab::scenarios::exception::allocate_payload"
+    );
+    assert_eq!(c.owners[0].delta_bytes, -(3 * PAYLOAD as i64));
+}
+
+#[test]
+fn folded_stacks_trim_the_allocator_and_sanitise_symbols() {
+    let p = exception_run(true);
+    let lines = folded(&Model::new(&p), Metric::Surviving, FlameGroup::None).unwrap();
+    assert!(lines.iter().all(|l| !l.contains("__rust_alloc")));
+    let odd = lines.iter().find(|l| l.contains("Odd")).unwrap();
+    // `;` and spaces inside a symbol would break the folded format.
+    assert_eq!(
+        odd,
+        "tokio::runtime::task::harness::Harness<T,S>::poll;<[u8,_8]_as_app::Odd_name>::make 16"
+    );
+    for l in &lines {
+        let (stack, value) = l.rsplit_once(' ').unwrap();
+        assert!(!stack.contains(' '));
+        value.parse::<u64>().unwrap();
+    }
+    let grouped = folded(&Model::new(&p), Metric::Surviving, FlameGroup::Retry).unwrap();
+    assert!(grouped.iter().any(|l| l.starts_with("retry_2;")));
+    assert!(folded(&Model::new(&p), Metric::Allocated, FlameGroup::Task).is_err());
+}
+
+#[test]
+fn golden_outputs_of_the_exception_scenario() {
+    let leak = exception_run(true);
+    let fixed = exception_run(false);
+    let o = Options::default();
+    golden(
+        "exception-original.report.txt",
+        &render("text", Command::Report, &leak, &o),
+    );
+    golden(
+        "exception-original.report.json",
+        &render("json", Command::Report, &leak, &o),
+    );
+    golden(
+        "exception-original.by-site.csv",
+        &render(
+            "csv",
+            Command::Report,
+            &leak,
+            &o.clone().by(grouping("site").unwrap()),
+        ),
+    );
+    golden(
+        "exception-fixed.report.txt",
+        &render("text", Command::Report, &fixed, &o),
+    );
+    golden(
+        "exception-original.folded",
+        &render("folded", Command::Flamegraph, &leak, &o),
+    );
+    golden(
+        "exception-original.svg",
+        &render("svg", Command::Flamegraph, &leak, &o),
+    );
+    golden(
+        "exception-original.timeline.csv",
+        &render("timeline-csv", Command::Export, &leak, &o),
+    );
+    golden(
+        "exception-original.timeline.svg",
+        &render("timeline-svg", Command::Timeline, &leak, &o),
+    );
+    golden(
+        "exception-original.dhat.json",
+        &render("dhat", Command::Export, &leak, &o),
+    );
+    let c = Comparison::of(&leak, &fixed, "original", "fixed");
+    let mut diff = Vec::new();
+    leakprof::render::comparison::write_text(&c, 10, &mut diff).unwrap();
+    golden("exception.diff.txt", &diff);
+}
+
+#[test]
+fn text_report_has_guppys_header_columns_and_more_rows_line() {
+    let p = exception_run(true);
+    let text = String::from_utf8(render(
+        "text",
+        Command::Report,
+        &p,
+        &Options::default().top(Some(2)),
+    ))
+    .unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        format!(
+            "Partition of a set of {} allocations. Total size = {} bytes.",
+            p.totals.live.blocks, p.totals.live.bytes
+        )
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        " Index  Count   %     Size   % Cumulative  % Kind (owner)"
+    );
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("     0      4  40   524288  99    524288  99 site: "));
+    lines.next();
+    assert_eq!(
+        lines.next().unwrap(),
+        "<2 more rows. Use --top 4 to view them.>"
+    );
+}
+
+#[test]
+fn json_report_keeps_its_documented_keys() {
+    let p = exception_run(true);
+    let v: serde_json::Value =
+        serde_json::from_slice(&render("json", Command::Report, &p, &Options::default())).unwrap();
+    assert_eq!(v["schema"], "leakprof-report/1");
+    assert_eq!(v["total_surviving_bytes"], p.totals.live.bytes);
+    assert_eq!(v["total_surviving_blocks"], p.totals.live.blocks);
+    assert_eq!(v["rss_bytes"], p.totals.rss_bytes);
+    assert_eq!(v["dropped_events"], 0);
+    assert_eq!(v["retries"], 3);
+    assert_eq!(v["leak_per_retry_bytes"], (PAYLOAD + ERROR_VALUE) as f64);
+    assert_eq!(v["leak_per_retry_r2"], 1.0);
+    let row = &v["rows"][0];
+    for key in [
+        "index",
+        "count",
+        "count_pct",
+        "size",
+        "size_pct",
+        "cumulative",
+        "cumulative_pct",
+        "kind",
+    ] {
+        assert!(row.get(key).is_some(), "row lacks {key}");
+    }
+    assert_eq!(v["rows"].as_array().unwrap().len(), 4);
+}
+
+/// Parses an SVG with quick-xml; returns every text node.
+fn svg_texts(svg: &[u8]) -> Vec<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(svg);
+    let mut texts = Vec::new();
+    let mut buf = Vec::new();
+    let mut depth = 0i32;
+    let mut saw_svg = false;
+    loop {
+        match reader
+            .read_event_into(&mut buf)
+            .unwrap_or_else(|e| panic!("malformed SVG at {}: {e}", reader.buffer_position()))
+        {
+            Event::Start(e) => {
+                saw_svg |= e.name().as_ref() == b"svg";
+                depth += 1;
+            }
+            Event::End(_) => depth -= 1,
+            Event::Empty(e) => saw_svg |= e.name().as_ref() == b"svg",
+            Event::Text(t) => texts.push(t.unescape().unwrap().into_owned()),
+            Event::CData(t) => texts.push(String::from_utf8_lossy(&t).into_owned()),
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    assert_eq!(depth, 0, "unbalanced elements");
+    assert!(saw_svg, "no <svg> element");
+    texts
+}
+
+#[test]
+fn flamegraph_svg_is_well_formed_with_frames_and_titles() {
+    let p = exception_run(true);
+    let svg = render("svg", Command::Flamegraph, &p, &Options::default());
+    let texts = svg_texts(&svg).join("\n");
+    assert!(texts.contains("Surviving memory: scenario exception, middleware original"));
+    assert!(texts.contains("516.3 KiB surviving in 10 blocks"));
+    assert!(texts.contains("leakprof::lab::scenarios::exception::allocate_payload"));
+    assert!(!texts.contains("__rust_alloc"));
+    let grouped = render(
+        "svg",
+        Command::Flamegraph,
+        &p,
+        &Options::default().group_by(FlameGroup::Owner),
+    );
+    assert!(svg_texts(&grouped).join("\n").contains("error_value"));
+}
+
+#[test]
+fn flamegraph_of_an_empty_profile_is_a_valid_svg_that_says_so() {
+    let p = Profile::empty("idle");
+    let svg = render("svg", Command::Flamegraph, &p, &Options::default());
+    let texts = svg_texts(&svg).join("\n");
+    assert!(texts.contains("Nothing to draw"), "{texts}");
+}
+
+#[test]
+fn differential_flamegraph_is_well_formed() {
+    let (a, b) = (exception_run(true), exception_run(false));
+    let fa = folded(&Model::new(&a), Metric::Surviving, FlameGroup::None).unwrap();
+    let fb = folded(&Model::new(&b), Metric::Surviving, FlameGroup::None).unwrap();
+    let mut out = Vec::new();
+    leakprof::render::flamegraph::write_differential(
+        &fa,
+        &fb,
+        "Differential",
+        "fixed vs original",
+        "bytes",
+        1200,
+        &mut out,
+    )
+    .unwrap();
+    let texts = svg_texts(&out).join("\n");
+    assert!(texts.contains("Differential"));
+    assert!(texts.contains("allocate_payload"));
+}
+
+#[test]
+fn timeline_chart_is_well_formed_with_labels_and_overlays() {
+    use leakprof::render::timeline::{plot_svg, Run};
+    let csv = render(
+        "timeline-csv",
+        Command::Export,
+        &exception_run(true),
+        &Options::default(),
+    );
+    let original = Run::parse_csv(std::str::from_utf8(&csv).unwrap(), "original").unwrap();
+    assert_eq!(original.samples.len(), exception_run(true).timeline.len());
+    let fixed = Run::of_profile(&exception_run(false), "fixed");
+    let mut svg = Vec::new();
+    plot_svg(&[original, fixed], "Memory usage", 1000, &mut svg).unwrap();
+    let texts = svg_texts(&svg).join("\n");
+    for expected in [
+        "Memory usage",
+        "time (s)",
+        "memory (MiB)",
+        "original: RSS",
+        "fixed: RSS",
+        "original: retry (after failure)",
+    ] {
+        assert!(texts.contains(expected), "missing {expected:?} in {texts}");
+    }
+    assert!(Run::parse_csv("a,b\n1,2\n", "x")
+        .unwrap_err()
+        .contains("not a leakprof timeline CSV"));
+    assert!(Run::parse_csv("time_s,rss_mib,live_mib\n1,x,2\n", "x")
+        .unwrap_err()
+        .starts_with("line 2: rss_mib"));
+}
+
+#[test]
+fn untagged_memory_is_counted_in_totals_but_never_as_a_task_scoped_leak() {
+    let mut b = Builder::new("untagged");
+    let f = b.frame("app::cache::fill", Some("src/cache.rs"), Some(9));
+    let s = b.stack(&[f]);
+    let ended = b.tag(TagInfo {
+        task: Some(3),
+        first_ns: Some(1),
+        last_ns: Some(2),
+        ..TagInfo::default()
+    });
+    b.alloc(s, 0, 5, 100, 5);
+    b.alloc(s, ended, 2, 10, 2);
+    b.p.meta.snapshot_ns = 10;
+    let p = b.finish();
+    let r = Report::of(&p, grouping("site").unwrap());
+    assert_eq!(r.partition.total.bytes, 520);
+    assert_eq!(r.task_scoped.total.bytes, 20);
+    assert_eq!(r.task_scoped.per_task[0].task, Some(3));
+}
+
+/// A protobuf wire-format reader written for this test, so the pprof
+/// export is checked by a decoder that is not its encoder.
+mod wire {
+    #[derive(Debug, Clone)]
+    pub enum Value<'a> {
+        Varint(u64),
+        Bytes(&'a [u8]),
+    }
+
+    pub fn varint(buf: &[u8], pos: &mut usize) -> u64 {
+        let mut v = 0u64;
+        let mut shift = 0;
+        loop {
+            let b = buf[*pos];
+            *pos += 1;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+
+    pub fn fields(buf: &[u8]) -> Vec<(u64, Value<'_>)> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < buf.len() {
+            let key = varint(buf, &mut pos);
+            let (field, wire) = (key >> 3, key & 7);
+            let v = match wire {
+                0 => Value::Varint(varint(buf, &mut pos)),
+                2 => {
+                    let len = varint(buf, &mut pos) as usize;
+                    let v = Value::Bytes(&buf[pos..pos + len]);
+                    pos += len;
+                    v
+                }
+                1 => {
+                    pos += 8;
+                    continue;
+                }
+                5 => {
+                    pos += 4;
+                    continue;
+                }
+                w => panic!("unexpected wire type {w}"),
+            };
+            out.push((field, v));
+        }
+        out
+    }
+
+    /// Repeated scalar fields may be packed (one length-delimited run).
+    pub fn repeated_varints(fields: &[(u64, Value<'_>)], field: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (f, v) in fields {
+            if *f != field {
+                continue;
+            }
+            match v {
+                Value::Varint(x) => out.push(*x),
+                Value::Bytes(b) => {
+                    let mut pos = 0;
+                    while pos < b.len() {
+                        out.push(varint(b, &mut pos));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn varint_field(fields: &[(u64, Value<'_>)], field: u64) -> u64 {
+        fields
+            .iter()
+            .find_map(|(f, v)| match v {
+                Value::Varint(x) if *f == field => Some(*x),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn messages<'a>(fields: &[(u64, Value<'a>)], field: u64) -> Vec<&'a [u8]> {
+        fields
+            .iter()
+            .filter_map(|(f, v)| match v {
+                Value::Bytes(b) if *f == field => Some(*b),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn pprof_export_decodes_with_an_independent_reader() {
+    use std::io::Read;
+    let p = exception_run(true);
+    let gz = render("pprof", Command::Export, &p, &Options::default());
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let top = wire::fields(&raw);
+    let strings: Vec<String> = wire::messages(&top, 6)
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        strings[0], "",
+        "string table must start with the empty string"
+    );
+    let types: Vec<(String, String)> = wire::messages(&top, 1)
+        .iter()
+        .map(|m| {
+            let f = wire::fields(m);
+            (
+                strings[wire::varint_field(&f, 1) as usize].clone(),
+                strings[wire::varint_field(&f, 2) as usize].clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("inuse_space", "bytes"),
+        ("inuse_objects", "count"),
+        ("alloc_space", "bytes"),
+        ("alloc_objects", "count"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(types, expected);
+    let mut sums = [0u64; 4];
+    let samples = wire::messages(&top, 2);
+    let locations = wire::messages(&top, 4);
+    let functions = wire::messages(&top, 5);
+    for s in &samples {
+        let f = wire::fields(s);
+        let values = wire::repeated_varints(&f, 2);
+        assert_eq!(values.len(), 4);
+        for (i, v) in values.iter().enumerate() {
+            sums[i] += v;
+        }
+        for loc in wire::repeated_varints(&f, 1) {
+            assert!(
+                loc >= 1 && loc as usize <= locations.len(),
+                "location id {loc} out of range"
+            );
+        }
+    }
+    assert_eq!(
+        sums,
+        [
+            p.totals.live.bytes,
+            p.totals.live.blocks,
+            p.totals.allocated.bytes,
+            p.totals.allocated.blocks
+        ]
+    );
+    // Every location's lines name functions that exist; the payload site is there.
+    let names: Vec<String> = functions
+        .iter()
+        .map(|m| strings[wire::varint_field(&wire::fields(m), 2) as usize].clone())
+        .collect();
+    assert!(names
+        .iter()
+        .any(|n| n == "leakprof::lab::scenarios::exception::allocate_payload"));
+    assert!(!names.iter().any(|n| n == "__rust_alloc"));
+    let mappings = wire::messages(&top, 3);
+    assert_eq!(mappings.len(), 1);
+    assert_eq!(
+        strings[wire::varint_field(&wire::fields(mappings[0]), 5) as usize],
+        "/opt/lab/bin/lab-worker"
+    );
+    assert_eq!(
+        strings[wire::varint_field(&top, 14) as usize],
+        "inuse_space"
+    );
+}
+
+#[test]
+fn dhat_export_has_one_program_point_per_frame_list() {
+    let p = exception_run(true);
+    let v: serde_json::Value =
+        serde_json::from_slice(&render("dhat", Command::Export, &p, &Options::default())).unwrap();
+    assert_eq!(v["dhatFileVersion"], 2);
+    assert_eq!(v["ftbl"][0], "[root]");
+    let pps = v["pps"].as_array().unwrap();
+    let mut lists: Vec<String> = pps.iter().map(|pp| pp["fs"].to_string()).collect();
+    let n = lists.len();
+    lists.sort();
+    lists.dedup();
+    assert_eq!(lists.len(), n, "duplicate frame lists");
+    let eb: u64 = pps.iter().map(|pp| pp["eb"].as_u64().unwrap()).sum();
+    let tb: u64 = pps.iter().map(|pp| pp["tb"].as_u64().unwrap()).sum();
+    assert_eq!(eb, p.totals.live.bytes);
+    assert_eq!(tb, p.totals.allocated.bytes);
+}
+
+/// A version-2 profile: the heap graph names owners and referring paths.
+fn with_graph() -> Profile {
+    use leakprof::format::{Graph, Owner, Via, VERSION_V2};
+    let mut p = exception_run(true);
+    p.version = VERSION_V2;
+    p.graph = Some(Graph {
+        thread_roots: "quiescent".into(),
+        owners: vec![
+            Owner {
+                name: "error value".into(),
+                kind: "labelled".into(),
+                type_name: Some("TaskError".into()),
+                objects: RETRIES as u64,
+                ..Owner::default()
+            },
+            Owner {
+                name: "site: leakprof::lab::broker::Broker::enqueue".into(),
+                kind: "site".into(),
+                objects: 1,
+                ..Owner::default()
+            },
+        ],
+        vias: vec![Via {
+            holder: "TaskError".into(),
+            offset: Some(8),
+        }],
+        ..Graph::default()
+    });
+    // The payloads are held by the error values, at offset 8.
+    for g in &mut p.live {
+        if g.bytes % PAYLOAD == 0 {
+            g.owner = Some(0);
+            g.via = Some(0);
+        }
+    }
+    p
+}
+
+#[test]
+fn heap_graph_owners_and_vias_take_precedence() {
+    let p = with_graph();
+    let bytes = serde_json::to_vec(&p).unwrap();
+    leakprof::format::load_bytes(std::path::Path::new("v2.json"), &bytes).unwrap();
+    let model = Model::new(&p);
+    let owners = Partition::of(&model, grouping("owner").unwrap());
+    assert_eq!(owners.rows[0].kind, "error value");
+    assert_eq!(
+        owners.rows[0].size,
+        RETRIES as u64 * (PAYLOAD + ERROR_VALUE)
+    );
+    let vias = Partition::of(&model, grouping("via").unwrap());
+    assert_eq!(
+        rows(&vias)[0],
+        (
+            "TaskError +8".to_string(),
+            RETRIES as u64,
+            RETRIES as u64 * PAYLOAD
+        )
+    );
+    let merged = merge(&[p.clone(), p.clone()]).unwrap();
+    assert_eq!(merged.version, 2);
+    let g = merged.graph.as_ref().unwrap();
+    assert_eq!(
+        (g.owners.len(), g.owners[0].objects),
+        (2, 2 * RETRIES as u64)
+    );
+    let m = Model::new(&merged);
+    assert_eq!(
+        Partition::of(&m, grouping("owner").unwrap()).rows[0].size,
+        2 * owners.rows[0].size
+    );
+    // Without a graph, `--by via` says so instead of guessing.
+    let v1 = Partition::of(&Model::new(&exception_run(true)), grouping("via").unwrap());
+    assert_eq!(v1.rows[0].kind, "unknown (no heap graph)");
+}
+
+#[test]
+fn a_profile_without_timeline_has_no_slope_and_unknown_behaviour() {
+    let mut p = exception_run(true);
+    p.timeline.clear();
+    let s = Summary::of(&p);
+    assert_eq!(s.behaviour, Behaviour::Unknown);
+    assert_eq!(s.leak_per_retry_bytes, None);
+    assert_eq!(s.min_rss_bytes, p.totals.rss_bytes);
+    let v: serde_json::Value =
+        serde_json::from_slice(&render("json", Command::Report, &p, &Options::default())).unwrap();
+    assert!(v["leak_per_retry_bytes"].is_null());
+}
+
+#[test]
+fn per_job_leaked_types_report_for_trace_memory() {
+    let mut out = Vec::new();
+    leakprof::render::table::write_task_scoped_leaks(&exception_run(true), 10, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("Kind (site [type])"));
+    assert!(text.contains("allocate_payload (exception.rs:42) [Vec<u8>]"));
+    assert!(text.contains("Per task: task 1: 384.2 KiB"));
+}
+
+#[test]
+fn pruning_invisible_frames_draws_the_same_flamegraph() {
+    // 3,000 stacks over shared prefixes, most far narrower than inferno's
+    // minimum width, a few wide: the pruned lines must draw byte for byte
+    // the SVG that all lines draw.
+    use leakprof::render::flamegraph::{visible_folded, write_svg};
+    let mut b = Builder::new("many-stacks");
+    let root = b.frame("app::main", None, None);
+    let mids: Vec<u32> = (0..30)
+        .map(|i| b.frame(&format!("app::mid_{i}"), None, None))
+        .collect();
+    let leaves: Vec<u32> = (0..100)
+        .map(|i| b.frame(&format!("app::leaf_{i}"), None, None))
+        .collect();
+    let mut x = 7u64;
+    for i in 0..3000usize {
+        let s = b.stack(&[leaves[i % 100], mids[(i / 100) % 30], mids[i % 7], root]);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let size = if i % 500 == 0 { 1 << 20 } else { 1 + (x >> 58) };
+        let tag = if i % 3 == 0 {
+            0
+        } else {
+            b.tag(TagInfo {
+                task: Some(i as u64 % 40),
+                ..TagInfo::default()
+            })
+        };
+        b.alloc(s, tag, 1, size, 1);
+    }
+    let p = b.finish();
+    let m = Model::new(&p);
+    for group in [FlameGroup::None, FlameGroup::Task] {
+        let all = folded(&m, Metric::Surviving, group).unwrap();
+        let visible = visible_folded(&m, Metric::Surviving, group).unwrap();
+        assert!(
+            visible.len() * 4 < all.len(),
+            "{} of {} lines kept",
+            visible.len(),
+            all.len()
+        );
+        let (mut a, mut v) = (Vec::new(), Vec::new());
+        write_svg(&all, "t", "s", "bytes", 1200, &mut a).unwrap();
+        write_svg(&visible, "t", "s", "bytes", 1200, &mut v).unwrap();
+        assert!(a == v, "{group:?}: pruned lines draw another SVG");
+    }
+}
