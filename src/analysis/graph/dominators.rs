@@ -113,63 +113,102 @@ impl Dominators {
 pub(crate) fn semi_nca(g: &Flowgraph<'_>) -> Dominators {
     let total = g.vertex_count();
 
-    // Preorder numbering by an iterative DFS; the stack holds (vertex, next
-    // edge cursor), so it never exceeds the depth of the DFS tree.
+    // Preorder numbering by an iterative DFS; the stack holds one frame per
+    // vertex on the current DFS path, so it never exceeds the tree's depth.
+    struct Frame {
+        vertex: u32,
+        cursor: u32,
+        end: u32,
+        /// A leaked vertex, whose edges into live memory are cut.
+        leaked: bool,
+    }
+    let frame = |v: u32| {
+        let (cursor, end) = g.span(v);
+        let leaked = v < g.real_count() && g.live.is_some_and(|live| !live.contains(v));
+        Frame {
+            vertex: v,
+            cursor,
+            end,
+            leaked,
+        }
+    };
+    // `seen` is the visited test: a bit per vertex stays in cache where the
+    // `pre` array would not, and the test runs once per edge.
+    let mut seen = NodeSet::new(total);
     let mut pre = vec![NONE; total];
     let mut preorder: Vec<u32> = Vec::with_capacity(total);
     let mut parent: Vec<u32> = Vec::with_capacity(total);
-    let mut stack: Vec<(u32, u32)> = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    seen.insert(g.root);
     pre[g.root as usize] = 0;
     preorder.push(g.root);
     parent.push(0);
-    stack.push((g.root, g.span(g.root).0));
+    stack.push(frame(g.root));
     while let Some(top) = stack.last_mut() {
-        let (v, cursor) = *top;
-        if cursor < g.span(v).1 {
-            top.1 += 1;
-            let w = g.target(v, cursor);
-            if pre[w as usize] == NONE && !g.is_cut(v, w) {
-                pre[w as usize] = preorder.len() as u32;
-                parent.push(pre[v as usize]);
-                preorder.push(w);
-                stack.push((w, g.span(w).0));
-            }
-        } else {
+        if top.cursor == top.end {
             stack.pop();
+            continue;
+        }
+        let (v, w) = (top.vertex, g.target(top.vertex, top.cursor));
+        top.cursor += 1;
+        if !(top.leaked && g.is_cut(v, w)) && seen.insert(w) {
+            pre[w as usize] = preorder.len() as u32;
+            parent.push(pre[v as usize]);
+            preorder.push(w);
+            let f = frame(w);
+            // Touch the rows of w's unvisited successors now: the loads are
+            // independent, so they overlap, and the DFS finds them cached.
+            let mut touch = 0u32;
+            for c in f.cursor..f.end {
+                let x = g.target(w, c);
+                if x < g.real_count() && !seen.contains(x) {
+                    touch = touch.wrapping_add(g.real_row[x as usize]);
+                }
+            }
+            std::hint::black_box(touch);
+            stack.push(f);
         }
     }
     drop(stack);
     let m = preorder.len();
 
-    // Predecessors in preorder numbering, bucketed by target: count, turn
-    // the counts into bucket ends, then fill each bucket from its end.
-    let mut pred_start = vec![0u32; m + 1];
-    for &v in &preorder {
+    // Predecessors in preorder numbering, bucketed by target in preorder.
+    // `cursor` is indexed by vertex id, so the per-edge work touches one
+    // random slot to count and two to fill: in-degrees, then bucket ends
+    // laid out in preorder, then each bucket filled from its end. Edges are
+    // read in vertex order, sequentially.
+    let mut cursor = vec![0u32; total];
+    for v in (0..total as u32).filter(|&v| seen.contains(v)) {
         for w in g.successors(v) {
-            pred_start[pre[w as usize] as usize] += 1;
+            cursor[w as usize] += 1;
         }
     }
+    drop(seen);
     let mut acc = 0u32;
-    for slot in pred_start.iter_mut() {
-        acc += *slot;
-        *slot = acc;
+    for &v in &preorder {
+        acc += cursor[v as usize];
+        cursor[v as usize] = acc;
     }
     let mut preds = vec![0u32; acc as usize];
-    for (i, &v) in preorder.iter().enumerate() {
+    for v in (0..total as u32).filter(|&v| pre[v as usize] != NONE) {
+        let pv = pre[v as usize];
         for w in g.successors(v) {
-            let bucket = &mut pred_start[pre[w as usize] as usize];
-            *bucket -= 1;
-            preds[*bucket as usize] = i as u32;
+            let slot = &mut cursor[w as usize];
+            *slot -= 1;
+            preds[*slot as usize] = pv;
         }
     }
-    pred_start[m] = acc;
-    drop(pre);
+    let mut pred_start: Vec<u32> = preorder.iter().map(|&v| cursor[v as usize]).collect();
+    pred_start.push(acc);
+    drop((cursor, pre));
 
-    // Pass 1: semidominators. `best[v]` is the smallest semidominator on the
-    // compressed forest path from v up to (not including) its forest root.
+    // Pass 1: semidominators. `forest[v]` is (ancestor, best): v's pointer
+    // in the path-compressed link forest, and the smallest semidominator on
+    // the forest path from v up to (not including) its forest root. The two
+    // live side by side because eval reads them together, and on a graph
+    // larger than the cache every separate array costs a miss.
     let mut semi: Vec<u32> = (0..m as u32).collect();
-    let mut best = semi.clone();
-    let mut ancestor = parent.clone();
+    let mut forest: Vec<(u32, u32)> = parent.iter().copied().zip(0..m as u32).collect();
     let mut path: Vec<u32> = Vec::new();
     for w in (1..m as u32).rev() {
         let mut s = w;
@@ -180,14 +219,14 @@ pub(crate) fn semi_nca(g: &Flowgraph<'_>) -> Dominators {
             let candidate = if v <= w {
                 v
             } else {
-                eval(v, w, &mut ancestor, &mut best, &mut path)
+                eval(v, w, &mut forest, &mut path)
             };
             s = s.min(candidate);
         }
         semi[w as usize] = s;
-        best[w as usize] = s;
+        forest[w as usize].1 = s;
     }
-    drop((best, ancestor, preds, pred_start, path));
+    drop((forest, preds, pred_start, path));
 
     // Pass 2: idom(w) = the nearest ancestor of parent(w) in the dominator
     // tree built so far whose number is at most semi(w). `parent` becomes
@@ -209,23 +248,26 @@ pub(crate) fn semi_nca(g: &Flowgraph<'_>) -> Dominators {
 /// the way. Iterative form of the textbook recursive `compress`: a vertex is
 /// linked when its number is above `w`, and its forest root is the first
 /// vertex on the `ancestor` chain that is not.
-fn eval(v: u32, w: u32, ancestor: &mut [u32], best: &mut [u32], path: &mut Vec<u32>) -> u32 {
+fn eval(v: u32, w: u32, forest: &mut [(u32, u32)], path: &mut Vec<u32>) -> u32 {
     // Collect the vertices whose ancestor is itself linked: their pointers
     // can be shortened to the forest root.
     let mut u = v;
-    while ancestor[u as usize] > w {
+    loop {
+        let ancestor = forest[u as usize].0;
+        if ancestor <= w {
+            break;
+        }
         path.push(u);
-        u = ancestor[u as usize];
+        u = ancestor;
     }
     // `u` is the last linked vertex; its ancestor is the root. Top-down,
     // each vertex takes its (already compressed) ancestor's best and jumps
     // to that ancestor's ancestor, which is the root.
     while let Some(x) = path.pop() {
-        let a = ancestor[x as usize] as usize;
-        if best[a] < best[x as usize] {
-            best[x as usize] = best[a];
-        }
-        ancestor[x as usize] = ancestor[a];
+        let (up, up_best) = forest[forest[x as usize].0 as usize];
+        let entry = &mut forest[x as usize];
+        entry.0 = up;
+        entry.1 = entry.1.min(up_best);
     }
-    best[v as usize]
+    forest[v as usize].1
 }

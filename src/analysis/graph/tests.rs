@@ -494,9 +494,10 @@ fn deep_chains_do_not_overflow_the_stack() {
     );
 }
 
-/// Timing of the whole analysis on random heap-shaped graphs. Run with
+/// Timing of the whole analysis on random graphs, uniform and heap-shaped.
+/// Run with
 /// `cargo test --release --no-default-features --lib graph::tests::bench -- --ignored --nocapture`;
-/// `LEAKPROF_BENCH_NODES=10000000` for the 10M figure.
+/// `LEAKPROF_BENCH_NODES=10000000` for the 10M figures.
 #[test]
 #[ignore = "timing bench: run in release"]
 fn bench_retention() {
@@ -504,5 +505,8 @@ fn bench_retention() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    oracle::bench(nodes, 5);
+    if std::env::var_os("LEAKPROF_BENCH_HEAP_ONLY").is_none() {
+        oracle::bench(nodes, oracle::Shape::Uniform);
+    }
+    oracle::bench(nodes, oracle::Shape::HeapLike);
 }
