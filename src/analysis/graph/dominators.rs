@@ -14,9 +14,14 @@
 //!    `parent(w)` in the partial dominator tree whose number is at most
 //!    `semi(w)`, found by climbing from `parent(w)`.
 //!
-//! Time is O(E log V) for the first pass and O(V * depth-climbed) for the
-//! second, which is linear on heap-shaped graphs; memory is 6 `u32` per
-//! vertex plus one per edge, all freed on return except the result.
+//! Time is O(E log V) for the first pass (simple path compression) and
+//! O(V * depth climbed) for the second, near-linear on heap-shaped graphs.
+//! On graphs larger than the cache the passes are bound by memory latency,
+//! so the layout avoids random accesses where it can: a visited bitset for
+//! the DFS, rows of the next vertices touched ahead, predecessor cursors
+//! indexed by vertex id, and each vertex's link-forest pointer stored next to
+//! its best semidominator. Memory: at most 6 `u32` per vertex plus one per
+//! edge, all freed on return except the result (2 `u32` per vertex).
 
 use super::heap::NONE;
 use super::node_set::NodeSet;

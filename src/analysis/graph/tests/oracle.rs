@@ -386,8 +386,8 @@ pub fn check(g: &HeapGraph, r: &Retention) {
             s.retained.add(r.retained(v as u32));
         }
     }
-    for v in 0..n {
-        if let Attribution::Owned(o) = expected_attr[v].unwrap() {
+    for (v, attr) in expected_attr.iter().enumerate() {
+        if let Attribution::Owned(o) = attr.unwrap() {
             let s = expected_labels.get_mut(&label(o).unwrap()).unwrap();
             s.owned.add(Amount {
                 bytes: g.size(v as u32),
@@ -515,28 +515,43 @@ pub fn bench(nodes: usize, shape: Shape) {
         });
         reached = doms.preorder.len();
     });
+    // Peak memory of one analysis beyond what is already resident (the
+    // graph): reset the high-water mark, run once, read it back.
+    let status_kib = |key: &str| -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default()
+            .to_string();
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let resident = status_kib("VmRSS:");
+    let r = Retention::compute(&g);
+    let peak_extra = status_kib("VmHWM:").saturating_sub(resident) * 1024;
+    drop(r);
     let mut r = None;
-    let computed = best_of(3, || r = Some(Retention::compute(&g)));
+    let computed = best_of(3, || {
+        r = None;
+        r = Some(Retention::compute(&g));
+    });
     let r = r.unwrap();
     let t = Instant::now();
     let kept = r.subgraph(&SubgraphOptions::default(), &[]);
     let selected = t.elapsed();
 
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
     println!(
         "{shape:?}: nodes {n}, edges {}, cycles {}, labels {}\n\
          generate {generated:.2?}; build: edges grouped by source {built:.2?}, in random order {built_shuffled:.2?}\n\
          semi-NCA alone over the {reached} root-reachable vertices: {dominators_only}\n\
          Retention::compute: {computed}\n\
          subgraph (1000 largest) {selected:.2?}: {} nodes\n\
-         graph {:.1} MiB ({:.1} B per node), retention {:.1} MiB ({:.1} B/node); {hwm}",
+         graph {:.1} MiB ({:.1} B per node), retention kept {:.1} MiB ({:.1} B per node), \
+         peak while computing {:.1} MiB ({:.1} B per node) above the graph",
         g.edge_count(),
         r.cycles().len(),
         r.labels().len(),
@@ -545,6 +560,8 @@ pub fn bench(nodes: usize, shape: Shape) {
         g.memory_bytes() as f64 / n as f64,
         r.memory_bytes() as f64 / (1 << 20) as f64,
         r.memory_bytes() as f64 / n as f64,
+        peak_extra as f64 / (1 << 20) as f64,
+        peak_extra as f64 / n as f64,
     );
 }
 
