@@ -54,10 +54,10 @@
 //!
 //! Kept: 28 bytes per node (BFS parent and offset, attribution, immediate
 //! dominator, retained bytes and blocks) plus a bit for reachability and 8
-//! bytes per cycle member. While computing, the dominator pass adds about
-//! 24 bytes per vertex and 4 per edge (its predecessor lists), freed before
-//! the retained sizes are summed; see `tests/oracle.rs`'s bench for measured
-//! peaks.
+//! bytes per cycle member. The peak while computing is about 36 bytes per
+//! node plus 4 per edge on top of the graph, reached in the dominator pass
+//! (its predecessor lists and link forest); every temporary is freed before
+//! `compute` returns.
 //!
 //! # Cost
 //!
@@ -359,25 +359,17 @@ impl Retention {
         debug_assert_eq!(m, vertex_count - cycles.iter().filter(|c| !c.entry).count());
 
         // Retained sizes: children come after their idom in preorder, so a
-        // reverse sweep adds every subtree into its parent.
-        let mut bytes_pre: Vec<u64> = preorder
-            .iter()
-            .map(|&v| {
-                if (v as usize) < n {
-                    sizes[v as usize]
-                } else {
-                    0
-                }
-            })
+        // reverse sweep adds every subtree into its parent. Summed straight
+        // into the kept per-vertex arrays, to keep the peak low.
+        let mut retained_bytes: Vec<u64> = (0..vertex_count)
+            .map(|v| if v < n { sizes[v] } else { 0 })
             .collect();
-        let mut blocks_pre: Vec<u32> = preorder
-            .iter()
-            .map(|&v| ((v as usize) < n) as u32)
-            .collect();
+        let mut retained_blocks: Vec<u32> = (0..vertex_count).map(|v| (v < n) as u32).collect();
         for i in (1..m).rev() {
-            let d = idom_pre[i] as usize;
-            bytes_pre[d] += bytes_pre[i];
-            blocks_pre[d] += blocks_pre[i];
+            let v = preorder[i] as usize;
+            let d = preorder[idom_pre[i] as usize] as usize;
+            retained_bytes[d] += retained_bytes[v];
+            retained_blocks[d] += retained_blocks[v];
         }
 
         // Attribution (rules 1 to 4), in preorder so a block's idom is final.
@@ -398,25 +390,17 @@ impl Retention {
             }
         }
 
+        let idom = doms.idom_by_vertex(vertex_count);
+        drop(doms);
         let label_summaries = summarize_labels(
             labels,
             sizes,
             &attribution,
-            preorder,
-            idom_pre,
-            &bytes_pre,
-            &blocks_pre,
+            &idom,
+            super_root,
+            &retained_bytes,
+            &retained_blocks,
         );
-
-        let mut retained_bytes = vec![0u64; vertex_count];
-        let mut retained_blocks = vec![0u32; vertex_count];
-        for (i, &v) in preorder.iter().enumerate() {
-            retained_bytes[v as usize] = bytes_pre[i];
-            retained_blocks[v as usize] = blocks_pre[i];
-        }
-        drop((bytes_pre, blocks_pre));
-        let idom = doms.idom_by_vertex(vertex_count);
-        drop(doms);
 
         let mut retention = Retention {
             nodes: n as u32,
@@ -667,10 +651,10 @@ fn summarize_labels(
     labels: &[u32],
     sizes: &[u64],
     attribution: &[u32],
-    preorder: &[u32],
-    idom_pre: &[u32],
-    bytes_pre: &[u64],
-    blocks_pre: &[u32],
+    idom: &[u32],
+    super_root: u32,
+    retained_bytes: &[u64],
+    retained_blocks: &[u32],
 ) -> Vec<LabelSummary> {
     let n = labels.len();
     let Some(max_label) = labels.iter().copied().filter(|&l| l != NONE).max() else {
@@ -695,36 +679,38 @@ fn summarize_labels(
         }
     }
 
-    // Children of each vertex in the dominator tree, in preorder numbers.
-    let m = preorder.len();
-    let mut child_start = vec![0u32; m + 1];
-    for &d in &idom_pre[1..] {
-        child_start[d as usize + 1] += 1;
+    // Children of each vertex in the dominator tree (CSR by vertex id):
+    // count, turn counts into bucket ends, fill each bucket from its end.
+    let total = idom.len();
+    let is_child = |v: usize| v as u32 != super_root && idom[v] != NONE;
+    let mut child_start = vec![0u32; total + 1];
+    for v in (0..total).filter(|&v| is_child(v)) {
+        child_start[idom[v] as usize] += 1;
     }
-    for i in 0..m {
-        child_start[i + 1] += child_start[i];
+    let mut acc = 0u32;
+    for slot in child_start.iter_mut() {
+        acc += *slot;
+        *slot = acc;
     }
-    let mut children = vec![0u32; m.saturating_sub(1)];
-    let mut fill: Vec<u32> = child_start[..m].to_vec();
-    for (i, &d) in idom_pre.iter().enumerate().skip(1) {
-        children[fill[d as usize] as usize] = i as u32;
-        fill[d as usize] += 1;
+    let mut children = vec![0u32; acc as usize];
+    for v in (0..total).filter(|&v| is_child(v)) {
+        let slot = &mut child_start[idom[v] as usize];
+        *slot -= 1;
+        children[*slot as usize] = v as u32;
     }
-    drop(fill);
 
-    let label_of = |i: u32| -> u32 {
-        let v = preorder[i as usize] as usize;
-        if v < n {
-            labels[v]
+    let label_of = |v: u32| -> u32 {
+        if (v as usize) < n {
+            labels[v as usize]
         } else {
             NONE
         }
     };
     let mut on_path = vec![0u32; label_count];
-    let mut stack: Vec<(u32, u32)> = vec![(0, child_start[0])];
+    let mut stack: Vec<(u32, u32)> = vec![(super_root, child_start[super_root as usize])];
     while let Some(top) = stack.last_mut() {
-        let (i, cursor) = *top;
-        if cursor < child_start[i as usize + 1] {
+        let (v, cursor) = *top;
+        if cursor < child_start[v as usize + 1] {
             top.1 += 1;
             let child = children[cursor as usize];
             let l = label_of(child);
@@ -733,8 +719,8 @@ fn summarize_labels(
                     let s = &mut summaries[l as usize];
                     s.objects += 1;
                     s.retained.add(Amount {
-                        bytes: bytes_pre[child as usize],
-                        blocks: blocks_pre[child as usize] as u64,
+                        bytes: retained_bytes[child as usize],
+                        blocks: retained_blocks[child as usize] as u64,
                     });
                 }
                 on_path[l as usize] += 1;
@@ -742,7 +728,7 @@ fn summarize_labels(
             stack.push((child, child_start[child as usize]));
         } else {
             stack.pop();
-            let l = label_of(i);
+            let l = label_of(v);
             if l != NONE {
                 on_path[l as usize] -= 1;
             }

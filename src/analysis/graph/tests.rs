@@ -497,7 +497,8 @@ fn deep_chains_do_not_overflow_the_stack() {
 /// Timing of the whole analysis on random graphs, uniform and heap-shaped.
 /// Run with
 /// `cargo test --release --no-default-features --lib graph::tests::bench -- --ignored --nocapture`;
-/// `LEAKPROF_BENCH_NODES=10000000` for the 10M figures.
+/// `LEAKPROF_BENCH_NODES=10000000` for the 10M figures, and
+/// `MALLOC_MMAP_THRESHOLD_=131072` for a meaningful peak-memory figure.
 #[test]
 #[ignore = "timing bench: run in release"]
 fn bench_retention() {

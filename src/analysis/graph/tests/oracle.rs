@@ -516,7 +516,9 @@ pub fn bench(nodes: usize, shape: Shape) {
         reached = doms.preorder.len();
     });
     // Peak memory of one analysis beyond what is already resident (the
-    // graph): reset the high-water mark, run once, read it back.
+    // graph): reset the high-water mark, run once, read it back. Meaningful
+    // only when freed arrays leave the process, so run the bench with
+    // MALLOC_MMAP_THRESHOLD_=131072 (glibc otherwise keeps them resident).
     let status_kib = |key: &str| -> u64 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let line = status
