@@ -84,8 +84,9 @@ pub struct CycleId(pub u32);
 pub enum Dominator {
     /// Every path to the block goes through this block.
     Node(NodeId),
-    /// No single block dominates it: a root refers to it, or several roots'
-    /// paths reach it, or it is an unreferenced leaked block.
+    /// No single block or cycle dominates it: a root refers to it directly,
+    /// paths from several roots reach it, it is an unreferenced leaked
+    /// block, or leaked memory from several entries reaches it.
     Roots,
     /// The block is a member of this entry cycle, or is reachable only from
     /// this cycle but from several of its members.
