@@ -14,9 +14,12 @@
 //! - [`diff`]: the COMPARISON table of two runs and per-owner/site deltas.
 //! - [`merge`]: several processes' profiles summed into one.
 //! - [`check`]: limits for CI and tests, with a one-line verdict.
+//! - [`graph`]: heap-graph algorithms (reachability, unreachable cycles,
+//!   dominators, owners, retained sizes, retainer chains).
 
 pub mod check;
 pub mod diff;
+pub mod graph;
 pub mod leaks;
 pub mod merge;
 pub mod model;
