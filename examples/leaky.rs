@@ -30,7 +30,9 @@ fn churn_and_free() {
 }
 
 fn main() {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "leaky.json".into());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "leaky.json".into());
     let recorder = leakprof::Recorder::start(leakprof::Options::default().timeline_interval_ms(0))
         .expect("leakprof::LeakAlloc is installed");
     leak_big_blocks();

@@ -50,6 +50,7 @@ pub mod lab;
 #[cfg(feature = "cli")]
 pub mod render;
 
+pub use analysis::check::{assert_no_leak, check, Limits, Verdict};
 pub use format::Profile;
 pub use record::owner;
 pub use record::{

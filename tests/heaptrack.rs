@@ -59,7 +59,11 @@ fn leaked_bytes_agree_with_heaptrack_within_one_percent() {
         .arg(&profile_path)
         .output()
         .expect("run heaptrack");
-    assert!(out.status.success(), "heaptrack failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "heaptrack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recorded = ["zst", "gz"]
         .iter()
         .map(|ext| trace.with_extension(ext))
@@ -82,15 +86,23 @@ fn leaked_bytes_agree_with_heaptrack_within_one_percent() {
         .live
         .iter()
         .filter(|g| {
-            profile.stacks[g.stack as usize]
-                .frames
-                .iter()
-                .any(|&f| functions.iter().any(|name| profile.frames[f as usize].function.contains(name)))
+            profile.stacks[g.stack as usize].frames.iter().any(|&f| {
+                functions
+                    .iter()
+                    .any(|name| profile.frames[f as usize].function.contains(name))
+            })
         })
         .map(|g| g.bytes)
         .sum();
     println!("heaptrack: {heaptrack_bytes} bytes leaked; leakprof: {leakprof_bytes} bytes live");
-    assert!(leakprof_bytes >= 100 << 20, "the program leaks at least 100 MiB");
+    assert!(
+        leakprof_bytes >= 100 << 20,
+        "the program leaks at least 100 MiB"
+    );
     let diff = (leakprof_bytes as f64 - heaptrack_bytes as f64).abs() / heaptrack_bytes as f64;
-    assert!(diff <= 0.01, "leakprof {leakprof_bytes} vs heaptrack {heaptrack_bytes}: {:.3}% apart", diff * 100.0);
+    assert!(
+        diff <= 0.01,
+        "leakprof {leakprof_bytes} vs heaptrack {heaptrack_bytes}: {:.3}% apart",
+        diff * 100.0
+    );
 }

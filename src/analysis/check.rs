@@ -1,9 +1,9 @@
 //! Leak limits for CI and for tests: like memray's pytest limits and dhat's
 //! heap assertions, but for a worker's retries.
 //!
-//! ```
+//! ```no_run
 //! use leakprof::analysis::check::{assert_no_leak, Limits};
-//! # let profile = leakprof::format::Profile::empty("doc");
+//! let profile = leakprof::format::load("leakprof-out/exception-fixed/profile.json").unwrap();
 //! let limits = Limits::new().max_leak_per_retry(1 << 20).max_surviving(64 << 20).warmup(2);
 //! assert_no_leak(&profile, &limits); // panics with a one-line reason
 //! ```

@@ -37,13 +37,18 @@ pub struct Args {
 }
 
 pub fn execute(global: Global, args: Args) -> Outcome {
-    let scenario = scenarios::find(&args.scenario)
-        .ok_or_else(|| anyhow::anyhow!("unknown scenario {:?} (see `leakprof list`)", args.scenario))?;
+    let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
+        anyhow::anyhow!("unknown scenario {:?} (see `leakprof list`)", args.scenario)
+    })?;
     let BrokerChoice::Redis { url } = args.broker.choice() else {
-        anyhow::bail!("enqueue needs --broker redis: the in-memory broker lives only as long as one process");
+        anyhow::bail!(
+            "enqueue needs --broker redis: the in-memory broker lives only as long as one process"
+        );
     };
     let params = Params {
-        payload_bytes: args.size.map_or(scenario.defaults.payload_mib << 20, |s| s.0) as usize,
+        payload_bytes: args
+            .size
+            .map_or(scenario.defaults.payload_mib << 20, |s| s.0) as usize,
         tasks: args.tasks.unwrap_or(scenario.defaults.tasks).max(1),
         sleep: args.sleep.0,
         queue: args.broker.queue.clone(),

@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-
 use crate::format::Profile;
 
 /// The profile file a PROFILE|DIR argument names: the path itself, or
@@ -25,5 +23,5 @@ pub fn load_profile_arg(arg: &Path) -> anyhow::Result<Profile> {
             arg.display()
         );
     }
-    crate::format::load(&path).with_context(|| "cannot use this profile".to_string())
+    Ok(crate::format::load(&path)?)
 }

@@ -17,9 +17,13 @@ pub fn execute(_global: Global, _args: Args) -> Outcome {
     let width = SCENARIOS.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for s in SCENARIOS {
         let expect = match s.expect {
-            Expect::LeaksPerRetry(n) => format!("original leaks {n} payload(s) per retry; fixed is flat"),
+            Expect::LeaksPerRetry(n) => {
+                format!("original leaks {n} payload(s) per retry; fixed is flat")
+            }
             Expect::Flat => "no growth in either variant".to_string(),
-            Expect::RetainedUntilTtl => "results retained until --result-ttl in both variants".to_string(),
+            Expect::RetainedUntilTtl => {
+                "results retained until --result-ttl in both variants".to_string()
+            }
         };
         println!("  {:width$}  {}", s.name, s.description);
         println!(

@@ -4,7 +4,7 @@
 
 mod input;
 mod lab_args;
-mod units;
+pub mod units;
 
 mod check;
 mod diff;

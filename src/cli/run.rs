@@ -54,13 +54,19 @@ pub struct Args {
 }
 
 pub fn execute(global: Global, args: Args) -> Outcome {
-    let scenario = scenarios::find(&args.scenario)
-        .ok_or_else(|| anyhow::anyhow!("unknown scenario {:?} (see `leakprof list`)", args.scenario))?;
+    let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
+        anyhow::anyhow!("unknown scenario {:?} (see `leakprof list`)", args.scenario)
+    })?;
     let variant = args.actor.variant();
     if args.processes > 1 && args.broker.broker != super::lab_args::BrokerKind::Redis {
-        anyhow::bail!("--processes {} needs --broker redis: processes cannot share the in-memory broker", args.processes);
+        anyhow::bail!(
+            "--processes {} needs --broker redis: processes cannot share the in-memory broker",
+            args.processes
+        );
     }
-    let payload_bytes = args.size.map_or(scenario.defaults.payload_mib << 20, |s| s.0);
+    let payload_bytes = args
+        .size
+        .map_or(scenario.defaults.payload_mib << 20, |s| s.0);
     if payload_bytes == 0 {
         anyhow::bail!("--size must be more than 0");
     }
@@ -72,13 +78,21 @@ pub fn execute(global: Global, args: Args) -> Outcome {
         variant,
         broker: args.broker.choice(),
         actor: args.actor.settings(&args.broker.queue),
-        payload_bytes: usize::try_from(payload_bytes).map_err(|_| anyhow::anyhow!("--size is too large"))?,
+        payload_bytes: usize::try_from(payload_bytes)
+            .map_err(|_| anyhow::anyhow!("--size is too large"))?,
         tasks: args.tasks.unwrap_or(scenario.defaults.tasks).max(1),
-        threads: args.guard.threads.unwrap_or(scenario.defaults.threads).max(1),
+        threads: args
+            .guard
+            .threads
+            .unwrap_or(scenario.defaults.threads)
+            .max(1),
         sleep: args.sleep.0,
         result_ttl: args.actor.result_ttl.0,
         duration: args.duration.0,
-        max_rss: args.guard.max_rss.map_or_else(run::default_max_rss, |s| s.0),
+        max_rss: args
+            .guard
+            .max_rss
+            .map_or_else(run::default_max_rss, |s| s.0),
         out,
         queues: vec![args.broker.queue.clone()],
         timeline_interval_ms: args.guard.timeline_interval.0.as_millis() as u64,

@@ -173,9 +173,15 @@ mod human_tests {
     #[test]
     fn human_values_print_as_typed() {
         assert_eq!(HumanDuration(Duration::from_secs(30)).to_string(), "30s");
-        assert_eq!(HumanDuration(Duration::from_millis(100)).to_string(), "100ms");
+        assert_eq!(
+            HumanDuration(Duration::from_millis(100)).to_string(),
+            "100ms"
+        );
         assert_eq!(HumanDuration(Duration::from_secs(600)).to_string(), "10m");
-        assert_eq!("20ms".parse::<HumanDuration>(), Ok(HumanDuration(Duration::from_millis(20))));
+        assert_eq!(
+            "20ms".parse::<HumanDuration>(),
+            Ok(HumanDuration(Duration::from_millis(20)))
+        );
         assert_eq!("128".parse::<HumanSize>(), Ok(HumanSize(128 << 20)));
         assert_eq!(HumanSize(12 << 30).to_string(), "12GiB");
     }

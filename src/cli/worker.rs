@@ -35,11 +35,9 @@ pub struct Args {
 
 pub fn execute(global: Global, args: Args) -> Outcome {
     let variant = args.actor.variant();
-    let out = args
-        .guard
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(defaults::OUT_ROOT).join(format!("worker-{}", std::process::id())));
+    let out = args.guard.out.clone().unwrap_or_else(|| {
+        PathBuf::from(defaults::OUT_ROOT).join(format!("worker-{}", std::process::id()))
+    });
     let config = RunConfig {
         scenario: None,
         variant,
@@ -51,7 +49,10 @@ pub fn execute(global: Global, args: Args) -> Outcome {
         sleep: Duration::ZERO,
         result_ttl: args.actor.result_ttl.0,
         duration: args.duration.map_or(Duration::MAX, |d| d.0),
-        max_rss: args.guard.max_rss.map_or_else(run::default_max_rss, |s| s.0),
+        max_rss: args
+            .guard
+            .max_rss
+            .map_or_else(run::default_max_rss, |s| s.0),
         out,
         queues: args.queues.clone(),
         timeline_interval_ms: args.guard.timeline_interval.0.as_millis() as u64,

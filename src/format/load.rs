@@ -10,11 +10,10 @@ use super::{Profile, FORMAT_NAME, SUPPORTED_VERSIONS, VERSION_V1};
 /// Why a file could not be loaded as a profile.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("reading profile {path}: {source}")]
+    #[error("reading profile {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("profile {path} is empty")]
     Empty { path: PathBuf },
@@ -47,9 +46,9 @@ pub enum LoadError {
 /// Reads and validates a profile file.
 pub fn load(path: impl AsRef<Path>) -> Result<Profile, LoadError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+    let bytes = std::fs::read(path).map_err(|error| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     load_bytes(path, &bytes)
 }

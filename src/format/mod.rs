@@ -422,17 +422,15 @@ pub struct Node {
 /// Errors from saving a profile.
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
-    #[error("writing profile {path}: {source}")]
+    #[error("writing profile {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("encoding profile {path}: {source}")]
+    #[error("encoding profile {path}: {error}")]
     Encode {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -471,13 +469,13 @@ impl Profile {
     /// file in place.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), SaveError> {
         let path = path.as_ref();
-        let bytes = serde_json::to_vec(self).map_err(|source| SaveError::Encode {
+        let bytes = serde_json::to_vec(self).map_err(|error| SaveError::Encode {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
-        write_atomically(path, &bytes).map_err(|source| SaveError::Io {
+        write_atomically(path, &bytes).map_err(|error| SaveError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 

@@ -39,7 +39,10 @@ impl Call {
         self.arg(i).and_then(Value::as_u64).ok_or_else(|| {
             super::error::TaskError::new(
                 "TypeError",
-                format!("{}: argument {i} ({what}) must be a non-negative integer", self.message.actor_name),
+                format!(
+                    "{}: argument {i} ({what}) must be a non-negative integer",
+                    self.message.actor_name
+                ),
             )
         })
     }
@@ -111,7 +114,11 @@ impl Actors {
 
     /// The queues the actors consume from, sorted, without duplicates.
     pub fn queues(&self) -> Vec<String> {
-        let mut q: Vec<String> = self.by_name.values().map(|a| a.options.queue.clone()).collect();
+        let mut q: Vec<String> = self
+            .by_name
+            .values()
+            .map(|a| a.options.queue.clone())
+            .collect();
         q.sort();
         q.dedup();
         q

@@ -29,7 +29,9 @@ impl Payload {
     /// Allocates and fills a payload without marking the timeline.
     pub fn filled_quietly(len: usize) -> Payload {
         // ASCII, so a payload can also travel as a JSON string.
-        Payload { bytes: vec![b'x'; len] }
+        Payload {
+            bytes: vec![b'x'; len],
+        }
     }
 
     /// Wraps bytes that already exist (e.g. a message argument).
@@ -58,16 +60,31 @@ impl fmt::Debug for Payload {
 
 /// A local variable kept by a traceback frame.
 pub enum Local {
-    Text { name: &'static str, value: String },
+    Text {
+        name: &'static str,
+        value: String,
+    },
     /// Data shared with the frame that held it.
-    Data { name: &'static str, value: Arc<Payload> },
+    Data {
+        name: &'static str,
+        value: Arc<Payload>,
+    },
     /// Chunks an async stream had buffered.
-    Chunks { name: &'static str, value: Vec<Vec<u8>> },
+    Chunks {
+        name: &'static str,
+        value: Vec<Vec<u8>>,
+    },
     /// The future the error came out of (the `original` executor's strong
     /// back-pointer: the reference cycle).
-    Future { name: &'static str, value: Arc<FutureState> },
+    Future {
+        name: &'static str,
+        value: Arc<FutureState>,
+    },
     /// The same back-pointer, weak (the `fixed` executor).
-    WeakFuture { name: &'static str, value: Weak<FutureState> },
+    WeakFuture {
+        name: &'static str,
+        value: Weak<FutureState>,
+    },
 }
 
 impl Local {
@@ -76,7 +93,11 @@ impl Local {
             Local::Text { name, value } => format!("{name} = {value:?}"),
             Local::Data { name, value } => format!("{name} = <{} bytes>", value.len()),
             Local::Chunks { name, value } => {
-                format!("{name} = <{} chunks, {} bytes>", value.len(), value.iter().map(Vec::len).sum::<usize>())
+                format!(
+                    "{name} = <{} chunks, {} bytes>",
+                    value.len(),
+                    value.iter().map(Vec::len).sum::<usize>()
+                )
             }
             Local::Future { name, .. } => format!("{name} = <Future>"),
             Local::WeakFuture { name, .. } => format!("{name} = <weak Future>"),
@@ -130,7 +151,10 @@ impl TaskError {
     }
 
     pub fn caused_by(mut self, cause: TaskError) -> TaskError {
-        self.cause = Some(crate::owner::scope_typed::<TaskError, _>("error value", || Box::new(cause)));
+        self.cause = Some(crate::owner::scope_typed::<TaskError, _>(
+            "error value",
+            || Box::new(cause),
+        ));
         self
     }
 
@@ -156,7 +180,12 @@ impl TaskError {
         let tb: usize = self
             .traceback
             .lock()
-            .map(|tb| tb.iter().flat_map(|f| f.locals.iter()).map(Local::data_bytes).sum())
+            .map(|tb| {
+                tb.iter()
+                    .flat_map(|f| f.locals.iter())
+                    .map(Local::data_bytes)
+                    .sum()
+            })
             .unwrap_or(0);
         own + tb + self.cause.as_ref().map_or(0, |c| c.data_bytes())
     }
@@ -167,7 +196,9 @@ impl TaskError {
         let mut out = String::new();
         if let Some(cause) = &self.cause {
             out.push_str(&cause.format_traceback(limit));
-            out.push_str("\nThe above exception was the direct cause of the following exception:\n\n");
+            out.push_str(
+                "\nThe above exception was the direct cause of the following exception:\n\n",
+            );
         }
         out.push_str("Traceback (most recent call last):\n");
         if let Ok(tb) = self.traceback.lock() {

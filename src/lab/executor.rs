@@ -90,12 +90,18 @@ impl FutureState {
 
     /// `Future.result()`: a copy of the outcome; the state keeps its own.
     fn result(&self) -> Option<Outcome> {
-        self.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Takes the outcome out of the container.
     fn take(&self) -> Option<Outcome> {
-        self.outcome.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -116,7 +122,10 @@ impl EventLoopThread {
         let thread = std::thread::Builder::new()
             .name("event-loop".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = handle_tx.send(Err(e));
@@ -146,13 +155,17 @@ impl EventLoopThread {
     pub fn run_coroutine(&self, coro: ActorFuture, tag: Tag, deadline: Option<Instant>) -> Outcome {
         if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
             let e = TaskError::new("RuntimeError", "Event loop is not running.");
-            return Err(owner::scope_typed::<TaskError, _>("error value", || Arc::new(e)));
+            return Err(owner::scope_typed::<TaskError, _>("error value", || {
+                Arc::new(e)
+            }));
         }
         let future = owner::typed::<FutureState, _>(|| Arc::new(FutureState::new()));
         let done = future.clone();
         let task = self.handle.spawn(
             async move {
-                let outcome = coro.await.map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e)));
+                let outcome = coro
+                    .await
+                    .map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e)));
                 done.complete(outcome);
             }
             .tagged(tag),
@@ -164,13 +177,19 @@ impl EventLoopThread {
             if task.is_finished() && future.result().is_none() {
                 // The coroutine panicked: report it as the actor's failure.
                 let e = TaskError::new("ActorPanicked", "the actor's coroutine panicked");
-                future.complete(Err(owner::scope_typed::<TaskError, _>("error value", || Arc::new(e))));
+                future.complete(Err(owner::scope_typed::<TaskError, _>(
+                    "error value",
+                    || Arc::new(e),
+                )));
                 break;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 task.abort();
                 let e = TaskError::new("TimeLimitExceeded", "the actor ran past its time limit");
-                future.complete(Err(owner::scope_typed::<TaskError, _>("error value", || Arc::new(e))));
+                future.complete(Err(owner::scope_typed::<TaskError, _>(
+                    "error value",
+                    || Arc::new(e),
+                )));
                 break;
             }
         }
@@ -208,7 +227,8 @@ impl EventLoopThread {
 
     /// Stops the loop and joins its thread.
     pub fn stop(&self) {
-        self.stopped.store(true, std::sync::atomic::Ordering::Release);
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Some(tx) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = tx.send(());
         }
@@ -234,7 +254,10 @@ mod tests {
 
     #[test]
     fn original_keeps_the_error_alive_through_a_cycle_and_fixed_does_not() {
-        for (handoff, leaks) in [(Handoff::KeepInFuture, true), (Handoff::TakeAndClear, false)] {
+        for (handoff, leaks) in [
+            (Handoff::KeepInFuture, true),
+            (Handoff::TakeAndClear, false),
+        ] {
             let lp = EventLoopThread::start(handoff).unwrap();
             let outcome = lp.run_coroutine(failing(), Tag::task(1), None);
             let err = outcome.unwrap_err();
@@ -255,7 +278,11 @@ mod tests {
             Ok(Value::Null)
         });
         let t0 = Instant::now();
-        let r = lp.run_coroutine(slow, Tag::NONE, Some(Instant::now() + Duration::from_millis(150)));
+        let r = lp.run_coroutine(
+            slow,
+            Tag::NONE,
+            Some(Instant::now() + Duration::from_millis(150)),
+        );
         assert_eq!(r.unwrap_err().kind, "TimeLimitExceeded");
         assert!(t0.elapsed() < Duration::from_secs(2));
     }

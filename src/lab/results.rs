@@ -149,6 +149,15 @@ impl ResultBackend {
         }
     }
 
+    /// Results this process holds in memory (0 for Redis, which holds
+    /// them itself).
+    pub fn held_in_process(&self) -> usize {
+        match self {
+            ResultBackend::Memory(results) => results.len(),
+            ResultBackend::Redis(_) => 0,
+        }
+    }
+
     /// The stored JSON under `key`, if any and not expired.
     pub async fn get(&self, key: &str) -> Result<Option<Arc<Vec<u8>>>, ResultsError> {
         match self {

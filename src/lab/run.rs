@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use super::actor::{Actor, ActorOptions, Actors};
 use super::broker::{Broker, RedisConfig};
 use super::executor::Handoff;
-use super::middleware::{AsyncIo, Chain, Env, Middleware, Results, RetryDefaults, Retries, TimeLimit};
+use super::middleware::{AsyncIo, Chain, Env, Middleware, Results, Retries, TimeLimit};
 use super::outputs;
 use super::results::{MemoryResults, RedisResults, ResultBackend};
 use super::scenarios::{self, Expect, Params, Scenario};
@@ -35,9 +35,12 @@ pub mod defaults {
     /// The seed's runs lasted about 30 s.
     pub const DURATION: Duration = Duration::from_secs(30);
     pub const SLEEP: Duration = Duration::from_secs(30);
-    pub const RESULT_TTL: Duration = Duration::from_millis(super::super::actor::defaults::RESULT_TTL_MS);
-    pub const TIME_LIMIT: Duration = Duration::from_millis(super::super::actor::defaults::TIME_LIMIT_MS);
-    pub const TIMELINE_INTERVAL: Duration = Duration::from_millis(crate::record::defaults::TIMELINE_INTERVAL_MS);
+    pub const RESULT_TTL: Duration =
+        Duration::from_millis(super::super::actor::defaults::RESULT_TTL_MS);
+    pub const TIME_LIMIT: Duration =
+        Duration::from_millis(super::super::actor::defaults::TIME_LIMIT_MS);
+    pub const TIMELINE_INTERVAL: Duration =
+        Duration::from_millis(crate::record::defaults::TIMELINE_INTERVAL_MS);
     pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
     pub const OUT_ROOT: &str = "leakprof-out";
     pub const QUEUE: &str = super::super::actor::defaults::QUEUE;
@@ -203,8 +206,9 @@ fn watch_signals(rt: &tokio::runtime::Runtime, signals: &Arc<Signals>) -> anyhow
 pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("creating output directory {}", config.out.display()))?;
-    let recorder = Recorder::start(Options::default().timeline_interval_ms(config.timeline_interval_ms))
-        .context("starting the recorder")?;
+    let recorder =
+        Recorder::start(Options::default().timeline_interval_ms(config.timeline_interval_ms))
+            .context("starting the recorder")?;
     crate::set_attribute(attributes::MIDDLEWARE, config.variant.name);
     crate::set_attribute(attributes::BROKER, config.broker.name());
     crate::set_attribute(attributes::PAYLOAD_BYTES, &config.payload_bytes.to_string());
@@ -245,20 +249,16 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     };
     let handoff: Handoff = config.variant.handoff;
     let asyncio = Arc::new(AsyncIo::start(handoff).context("starting the event-loop thread")?);
-    let retries = Arc::new(Retries::new(
-        RetryDefaults {
-            max_retries: config.actor.max_retries,
-            min_backoff: config.actor.min_backoff,
-            max_backoff: config.actor.max_backoff,
-        },
-        config.variant.history,
-    ));
+    let retries = Arc::new(Retries::new(config.variant.history));
     let chain = Chain::new(vec![
         Arc::new(TimeLimit) as Arc<dyn Middleware>,
         retries,
         Arc::new(Results::new(results.clone(), config.result_ttl)),
         asyncio.clone(),
     ]);
+    // Kept until after the final snapshot: what the middleware holds (a
+    // retry history, say) is part of what the profile must show.
+    let middleware = chain.clone();
 
     if let Some(scenario) = config.scenario {
         let params = Params {
@@ -313,8 +313,10 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
             break StopReason::Duration;
         }
         if let Some(s) = config.scenario {
-            let all_final = stats.finished() >= config.tasks as u64 && stats.in_progress.load(Ordering::Relaxed) == 0;
-            let results_gone = s.expect != Expect::RetainedUntilTtl || results.stored_count() == 0;
+            let all_final = stats.finished() >= config.tasks as u64
+                && stats.in_progress.load(Ordering::Relaxed) == 0;
+            let results_gone =
+                s.expect != Expect::RetainedUntilTtl || results.held_in_process() == 0;
             if all_final && results_gone {
                 break StopReason::Completed;
             }
@@ -322,9 +324,11 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     };
     progress.finish();
     worker.stop();
+    recorder.stop_timeline();
     crate::set_attribute(attributes::STOP_REASON, stop.as_str());
     let profile = recorder.snapshot();
     drop(recorder);
+    drop(middleware);
     let summary = outputs::write(&config.out, &profile).context("writing the run's outputs")?;
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(RunReport {

@@ -57,11 +57,28 @@ pub struct Scenario {
     pub args: fn(&Params, usize) -> Vec<Value>,
 }
 
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("name", &self.name)
+            .field("actor", &self.actor)
+            .field("expect", &self.expect)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Scenario {
     /// The scenario's messages, ready to enqueue.
     pub fn messages(&self, params: &Params) -> Vec<Message> {
         (0..params.tasks.max(1))
-            .map(|i| Message::new(params.queue.clone(), self.actor, (self.args)(params, i), JsonObject::new()))
+            .map(|i| {
+                Message::new(
+                    params.queue.clone(),
+                    self.actor,
+                    (self.args)(params, i),
+                    JsonObject::new(),
+                )
+            })
             .collect()
     }
 }
@@ -77,13 +94,17 @@ fn size_and_index(p: &Params, i: usize) -> Vec<Value> {
 }
 
 fn size_and_sleep(p: &Params, _i: usize) -> Vec<Value> {
-    vec![Value::from(p.payload_bytes as u64), Value::from(p.sleep.as_millis() as u64)]
+    vec![
+        Value::from(p.payload_bytes as u64),
+        Value::from(p.sleep.as_millis() as u64),
+    ]
 }
 
 /// The payload travels as the message's argument: a JSON string of
 /// `payload_bytes` characters.
 fn payload_argument(p: &Params, _i: usize) -> Vec<Value> {
-    let text = String::from_utf8(Payload::filled_quietly(p.payload_bytes).into_bytes()).unwrap_or_default();
+    let text = String::from_utf8(Payload::filled_quietly(p.payload_bytes).into_bytes())
+        .unwrap_or_default();
     vec![Value::String(text)]
 }
 
@@ -223,7 +244,8 @@ fn exception_task(call: Call) -> ActorFuture {
 fn nested_task(call: Call) -> ActorFuture {
     Box::pin(async move {
         let size = payload_size(&call)?;
-        let inner = TaskError::new("InnerException", "inner failure").with_payload(Payload::filled(size));
+        let inner =
+            TaskError::new("InnerException", "inner failure").with_payload(Payload::filled(size));
         let outer_data = Payload::filled(size);
         Err(TaskError::new("OuterException", "outer failure")
             .with_payload(outer_data)
@@ -235,7 +257,8 @@ fn large_result_task(call: Call) -> ActorFuture {
     Box::pin(async move {
         let data = Payload::filled(payload_size(&call)?);
         // The payload is ASCII, so it becomes the JSON string result as is.
-        let text = String::from_utf8(data.into_bytes()).map_err(|_| TaskError::new("ValueError", "payload is not text"))?;
+        let text = String::from_utf8(data.into_bytes())
+            .map_err(|_| TaskError::new("ValueError", "payload is not text"))?;
         Ok(Value::String(text))
     })
 }
@@ -340,8 +363,17 @@ fn stream_task(call: Call) -> ActorFuture {
             buffer.push(chunk);
             if buffered >= threshold {
                 crate::mark(crate::format::events::AFTER_ALLOCATION);
-                return Err(TaskError::new("BufferOverflowError", format!("buffer reached {buffered} bytes"))
-                    .through("process_stream", vec![Local::Chunks { name: "buffer", value: buffer }]));
+                return Err(TaskError::new(
+                    "BufferOverflowError",
+                    format!("buffer reached {buffered} bytes"),
+                )
+                .through(
+                    "process_stream",
+                    vec![Local::Chunks {
+                        name: "buffer",
+                        value: buffer,
+                    }],
+                ));
             }
         }
         Ok(Value::Null)
@@ -375,8 +407,15 @@ impl Drop for LargeResource {
 fn context_manager_task(call: Call) -> ActorFuture {
     Box::pin(async move {
         let mut resource = LargeResource::acquire(payload_size(&call)?).await;
-        let data = resource.data.take().unwrap_or_else(|| Payload::filled_quietly(0));
-        Err(TaskError::new("ProcessingError", "processing failed inside the resource guard").with_payload(data))
+        let data = resource
+            .data
+            .take()
+            .unwrap_or_else(|| Payload::filled_quietly(0));
+        Err(TaskError::new(
+            "ProcessingError",
+            "processing failed inside the resource guard",
+        )
+        .with_payload(data))
     })
 }
 
@@ -384,9 +423,17 @@ fn retry_args_task(call: Call) -> ActorFuture {
     Box::pin(async move {
         let len = match call.arg(0) {
             Some(Value::String(s)) => s.len(),
-            _ => return Err(TaskError::new("TypeError", "retry_args_task takes one string argument")),
+            _ => {
+                return Err(TaskError::new(
+                    "TypeError",
+                    "retry_args_task takes one string argument",
+                ))
+            }
         };
-        Err(TaskError::new("UpstreamError", format!("upstream rejected a batch of {len} bytes")))
+        Err(TaskError::new(
+            "UpstreamError",
+            format!("upstream rejected a batch of {len} bytes"),
+        ))
     })
 }
 

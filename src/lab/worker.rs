@@ -117,7 +117,13 @@ pub struct Worker {
 impl Worker {
     /// Boots the worker: starts one consumer per queue and the worker
     /// threads.
-    pub fn start(env: Env, actors: Actors, chain: Chain, asyncio: Arc<AsyncIo>, config: &WorkerConfig) -> std::io::Result<Worker> {
+    pub fn start(
+        env: Env,
+        actors: Actors,
+        chain: Chain,
+        asyncio: Arc<AsyncIo>,
+        config: &WorkerConfig,
+    ) -> std::io::Result<Worker> {
         let threads = config.threads.max(1);
         let shared = Arc::new(Shared {
             env,
@@ -207,7 +213,10 @@ async fn consume(shared: Arc<Shared>, mut consumer: super::broker::Consumer) {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::error!("Consumer of {} failed: {e}; retrying.", consumer.queue_name());
+                tracing::error!(
+                    "Consumer of {} failed: {e}; retrying.",
+                    consumer.queue_name()
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -247,7 +256,10 @@ fn work(shared: &Shared) {
 fn process(shared: &Shared, mut delivery: Delivery) {
     let stats = &shared.stats;
     // Take the message out of the delivery (no copy of large arguments).
-    let message = Arc::new(std::mem::replace(delivery.message_mut(), Message::placeholder()));
+    let message = Arc::new(std::mem::replace(
+        delivery.message_mut(),
+        Message::placeholder(),
+    ));
     let task = shared.tasks.id_for(&message);
     let retries = message.retries().unwrap_or(0);
     stats.max_retry.fetch_max(retries, Ordering::Relaxed);
@@ -274,7 +286,8 @@ fn process(shared: &Shared, mut delivery: Delivery) {
             retries: tag.retry_number().unwrap_or(0),
         };
         let outcome: Outcome = match actor.function {
-            ActorFn::Sync(f) => f(&call).map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e))),
+            ActorFn::Sync(f) => f(&call)
+                .map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e))),
             ActorFn::Async(f) => shared.asyncio.run_coroutine(f(call), tag, ctx.deadline()),
         };
         if let Err(e) = &outcome {

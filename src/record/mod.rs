@@ -192,6 +192,13 @@ impl Recorder {
         snapshot::take()
     }
 
+    /// Stops the timeline sampler (allocations are still recorded), so the
+    /// timeline ends where the program's work ended and not, say, during
+    /// the final snapshot's symbolization.
+    pub fn stop_timeline(&self) {
+        hooks::guarded(timeline::stop_sampler);
+    }
+
     /// Stops recording and returns the final profile.
     pub fn stop(mut self) -> Profile {
         let profile = snapshot::take();

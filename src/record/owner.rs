@@ -21,7 +21,12 @@ pub fn scope<R>(label: &'static str, f: impl FnOnce() -> R) -> R {
 
 /// Like [`scope`], also recording the object's type name.
 pub fn scope_typed<T, R>(label: &'static str, f: impl FnOnce() -> R) -> R {
-    with_tag(current_tag().label(label).type_name(std::any::type_name::<T>()), f)
+    with_tag(
+        current_tag()
+            .label(label)
+            .type_name(std::any::type_name::<T>()),
+        f,
+    )
 }
 
 /// Runs `f` with its allocations carrying `T`'s type name but no owner

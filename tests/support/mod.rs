@@ -5,4 +5,5 @@ pub mod logs;
 mod profiles;
 pub mod redis;
 
+#[allow(unused_imports)]
 pub use profiles::*;

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 pub use asyncio::AsyncIo;
 pub use results::Results;
-pub use retries::{HistoryPolicy, RetryDefaults, RetryRecord, Retries};
+pub use retries::{HistoryPolicy, Retries, RetryRecord};
 pub use time_limit::TimeLimit;
 
 use super::actor::Actor;
@@ -38,7 +38,11 @@ pub struct Env {
 
 impl Env {
     /// Enqueues from a worker thread.
-    pub fn enqueue(&self, message: Message, delay: Option<Duration>) -> Result<Enqueued, BrokerError> {
+    pub fn enqueue(
+        &self,
+        message: Message,
+        delay: Option<Duration>,
+    ) -> Result<Enqueued, BrokerError> {
         self.rt.block_on(self.broker.enqueue(message, delay))
     }
 }
@@ -56,7 +60,12 @@ pub struct MessageCtx<'a> {
 }
 
 impl<'a> MessageCtx<'a> {
-    pub fn new(env: &'a Env, message: &'a Arc<Message>, actor: &'a Actor, task: u64) -> MessageCtx<'a> {
+    pub fn new(
+        env: &'a Env,
+        message: &'a Arc<Message>,
+        actor: &'a Actor,
+        task: u64,
+    ) -> MessageCtx<'a> {
         MessageCtx {
             env,
             message,

@@ -33,21 +33,37 @@ impl Middleware for Results {
 
     fn after_process_message(&self, ctx: &MessageCtx, outcome: &Outcome) {
         let wanted = ctx.actor.options.store_results
-            || ctx.message.options.get("store_results").and_then(|v| v.as_bool()) == Some(true);
+            || ctx
+                .message
+                .options
+                .get("store_results")
+                .and_then(|v| v.as_bool())
+                == Some(true);
         if !wanted {
             return;
         }
         let encoded = match outcome {
-            Outcome::Success(value) => owner::scope_typed::<Vec<u8>, _>("result slot", || encode_result(value)),
+            Outcome::Success(value) => {
+                owner::scope_typed::<Vec<u8>, _>("result slot", || encode_result(value))
+            }
             // Errors are stored only when no retry follows.
             Outcome::Failure(e) if ctx.failed() => {
-                owner::scope_typed::<Vec<u8>, _>("result slot", || encode_exception(e.kind, &e.message))
+                owner::scope_typed::<Vec<u8>, _>("result slot", || {
+                    encode_exception(e.kind, &e.message)
+                })
             }
             Outcome::Failure(_) => return,
         };
         let key = self.backend.key_for(ctx.message);
-        if let Err(e) = ctx.env.rt.block_on(self.backend.store(&key, encoded, self.ttl)) {
-            tracing::error!("Could not store the result of message {}: {e}", ctx.message.message_id);
+        if let Err(e) = ctx
+            .env
+            .rt
+            .block_on(self.backend.store(&key, encoded, self.ttl))
+        {
+            tracing::error!(
+                "Could not store the result of message {}: {e}",
+                ctx.message.message_id
+            );
         }
     }
 }

@@ -31,14 +31,6 @@ pub enum HistoryPolicy {
     PruneFired,
 }
 
-/// Middleware-level defaults (actor and message options override them).
-#[derive(Clone, Debug)]
-pub struct RetryDefaults {
-    pub max_retries: u64,
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
-}
-
 type SendRetry = Box<dyn Fn(&Env) -> Result<Enqueued, BrokerError> + Send + Sync>;
 
 /// One planned retry.
@@ -51,16 +43,17 @@ pub struct RetryRecord {
     send: Option<SendRetry>,
 }
 
+/// Retries reads `max_retries`, `min_backoff` and `max_backoff` from the
+/// message's options, else from the actor's (which carry Dramatiq's
+/// defaults unless set).
 pub struct Retries {
-    defaults: RetryDefaults,
     policy: HistoryPolicy,
     history: Mutex<Vec<RetryRecord>>,
 }
 
 impl Retries {
-    pub fn new(defaults: RetryDefaults, policy: HistoryPolicy) -> Retries {
+    pub fn new(policy: HistoryPolicy) -> Retries {
         Retries {
-            defaults,
             policy,
             history: Mutex::new(Vec::new()),
         }
@@ -83,15 +76,22 @@ impl Middleware for Retries {
     }
 
     fn after_process_message(&self, ctx: &MessageCtx, outcome: &Outcome) {
-        let Outcome::Failure(error) = outcome else { return };
+        let Outcome::Failure(error) = outcome else {
+            return;
+        };
         let message = ctx.message;
         if ctx.actor.options.throws.contains(&error.kind) {
-            tracing::info!("Aborting message {} ({} is in throws).", message.message_id, error.kind);
+            tracing::info!(
+                "Aborting message {} ({} is in throws).",
+                message.message_id,
+                error.kind
+            );
             ctx.fail();
             return;
         }
         let retries = message.retries().unwrap_or(0);
-        let max_retries = Self::option_u64(message, "max_retries").unwrap_or(ctx.actor.options.max_retries);
+        let max_retries =
+            Self::option_u64(message, "max_retries").unwrap_or(ctx.actor.options.max_retries);
         if retries >= max_retries {
             tracing::warn!("Retries exceeded for message {}.", message.message_id);
             ctx.fail();
@@ -104,7 +104,12 @@ impl Middleware for Retries {
             .map(Duration::from_millis)
             .unwrap_or(ctx.actor.options.max_backoff)
             .min(MAX_DELAY);
-        let delay = compute_backoff(retries.min(u32::MAX as u64) as u32, min_backoff, max_backoff, true);
+        let delay = compute_backoff(
+            retries.min(u32::MAX as u64) as u32,
+            min_backoff,
+            max_backoff,
+            true,
+        );
 
         // The retry copy: same message id, updated options.
         let mut retry = (**message).clone();
@@ -117,10 +122,17 @@ impl Middleware for Retries {
         let send: SendRetry = owner::scope_typed::<SendRetry, _>("retry closure", || {
             Box::new(move |env: &Env| env.enqueue((*captured).clone(), Some(delay)))
         });
-        tracing::info!("Retrying message {} in {} milliseconds.", message.message_id, delay.as_millis());
+        tracing::info!(
+            "Retrying message {} in {} milliseconds.",
+            message.message_id,
+            delay.as_millis()
+        );
         if let Err(e) = send(ctx.env) {
             // Never lose the message: dead-letter it rather than ack it.
-            tracing::error!("Could not enqueue the retry of message {}: {e}; dead-lettering it.", message.message_id);
+            tracing::error!(
+                "Could not enqueue the retry of message {}: {e}; dead-lettering it.",
+                message.message_id
+            );
             ctx.fail();
         }
         let record = RetryRecord {
@@ -133,6 +145,9 @@ impl Middleware for Retries {
             },
         };
         drop(retry);
-        self.history.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
     }
 }

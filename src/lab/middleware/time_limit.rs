@@ -29,7 +29,10 @@ impl Middleware for TimeLimit {
 
     fn after_process_message(&self, ctx: &MessageCtx, _outcome: &Outcome) {
         if ctx.deadline().is_some_and(|d| Instant::now() > d) {
-            tracing::warn!("Time limit exceeded while processing message {}.", ctx.message.message_id);
+            tracing::warn!(
+                "Time limit exceeded while processing message {}.",
+                ctx.message.message_id
+            );
         }
     }
 }
