@@ -55,5 +55,6 @@ pub use format::Profile;
 pub use record::owner;
 pub use record::{
     current_tag, describe_task, is_recording, live, mark, set_attribute, with_tag, FutureExt,
-    LeakAlloc, Options, Recorder, StartError, Tag, Tagged, TaskDescription,
+    GraphOptions, GraphUnavailable, LeakAlloc, Options, Recorder, StartError, Tag, Tagged,
+    TaskDescription,
 };

@@ -326,7 +326,14 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     worker.stop();
     recorder.stop_timeline();
     crate::set_attribute(attributes::STOP_REASON, stop.as_str());
-    let profile = recorder.snapshot();
+    // The final snapshot carries the heap graph: who holds what survived.
+    let profile = match recorder.snapshot_with_graph(&crate::GraphOptions::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            progress.println(&format!("leakprof: {e}; writing the profile without it"));
+            recorder.snapshot()
+        }
+    };
     drop(recorder);
     drop(middleware);
     let summary = outputs::write(&config.out, &profile).context("writing the run's outputs")?;

@@ -12,7 +12,7 @@
 use std::sync::Once;
 
 use super::hooks::{CAPTURE_LOCK, LIVE};
-use super::{snapshot, symbols, timeline};
+use super::{owner, scan, snapshot, symbols, timeline};
 
 static INSTALL: Once = Once::new();
 
@@ -25,8 +25,10 @@ pub(crate) fn install() {
     });
 }
 
-fn cell_locks() -> [&'static super::sys::RawLock; 4] {
+fn cell_locks() -> [&'static super::sys::RawLock; 6] {
     [
+        scan::scanning_lock(),
+        owner::registry_lock(),
         snapshot::session_lock(),
         timeline::timeline_lock(),
         timeline::sampler_lock(),

@@ -360,7 +360,6 @@ impl LiveTable {
     ///
     /// # Safety
     /// The caller must hold every shard lock for the whole call.
-    #[allow(dead_code)] // the heap-graph scan's entry point (in progress)
     pub(crate) unsafe fn for_each_locked(&self, mut f: impl FnMut(&Block)) {
         for shard in &self.shards {
             // SAFETY: the caller holds this shard's lock.
@@ -373,19 +372,6 @@ impl LiveTable {
                 }
             }
         }
-    }
-
-    /// Looks a block up while the caller holds every lock.
-    ///
-    /// # Safety
-    /// The caller must hold every shard lock.
-    #[allow(dead_code)] // the heap-graph scan's entry point (in progress)
-    pub(crate) unsafe fn get_locked(&self, addr: usize) -> Option<Block> {
-        let shard = &self.shards[shard_of(addr)];
-        // SAFETY: the caller holds this shard's lock.
-        let t = unsafe { &*shard.inner.get() };
-        // SAFETY: `find` returns an index < cap.
-        t.find(addr).map(|i| unsafe { *t.slot(i) })
     }
 
     pub(crate) fn mapped_bytes(&self) -> usize {

@@ -15,9 +15,12 @@
 
 mod alloc;
 mod fork;
+mod heapgraph;
 pub(crate) mod hooks;
 mod live;
+mod mmapvec;
 pub mod owner;
+mod scan;
 mod snapshot;
 mod stacks;
 mod symbols;
@@ -33,6 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub use alloc::LeakAlloc;
+pub use heapgraph::GraphOptions;
 pub use tags::Tag;
 
 use crate::format::Profile;
@@ -104,6 +108,11 @@ impl Options {
         self
     }
 }
+
+/// Why a heap graph could not be taken (the reason, in one line).
+#[derive(Debug, thiserror::Error)]
+#[error("no heap graph: {0}")]
+pub struct GraphUnavailable(pub String);
 
 /// Why recording could not start.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +199,28 @@ impl Recorder {
     /// table shard is locked only while it is copied).
     pub fn snapshot(&self) -> Profile {
         snapshot::take()
+    }
+
+    /// A profile with a heap graph (format version 2): who holds the
+    /// memory. This is leakprof's one stop-the-world pause: every other
+    /// thread is stopped with a signal and allocation waits while the live
+    /// heap is scanned for pointers (about 0.3 s per GiB of live heap on a
+    /// 2-core VM; see docs/BENCHMARKS.md). Unavailable in sampling mode,
+    /// where most blocks are not recorded.
+    ///
+    /// The calling thread's stack is a root too, read conservatively: a
+    /// stale pointer left in one of its live frames keeps its target
+    /// "reachable". Call it from a thread that does not itself handle the
+    /// objects under study (a monitoring thread, the main loop) for the
+    /// sharpest answer; `leakprof run` does.
+    #[inline(never)]
+    pub fn snapshot_with_graph(&self, options: &GraphOptions) -> Result<Profile, GraphUnavailable> {
+        // The caller's registers go into this frame, where the scan of this
+        // thread's stack starts.
+        let mut registers = [0usize; 8];
+        scan::spill_registers(&mut registers);
+        let from = std::hint::black_box(&registers) as *const _ as usize;
+        snapshot::take_with_graph(options, from).map_err(|e| GraphUnavailable(e.to_string()))
     }
 
     /// Stops the timeline sampler (allocations are still recorded), so the

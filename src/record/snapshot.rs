@@ -9,10 +9,13 @@ use std::sync::atomic::Ordering;
 
 use super::hooks::{self, AT_PEAK, AT_PEAK_LEN, AT_PEAK_LIVE, CONFIG, LIVE, STACKS, TAGS, THREADS};
 use super::sys::{self, LockCell, RawLock};
+use super::heapgraph::{self, GraphOptions};
+use super::live::Block;
+use super::scan::{self, ScanError, ScanResult};
 use super::{symbols, timeline, Options, TaskDescription};
 use crate::format::{
     Amount, Dropped, LiveGroup, Meta, Mode, Profile, RecordOptions, StackStats, TagInfo, TaskInfo,
-    Totals, FORMAT_NAME, VERSION_V1,
+    Totals, FORMAT_NAME, VERSION_V1, VERSION_V2,
 };
 
 /// Facts about the current recording that are not on the allocation path.
@@ -69,23 +72,39 @@ pub(crate) fn describe_task(task: u64, d: TaskDescription) {
 
 /// Takes a profile of the current recording.
 pub(crate) fn take() -> Profile {
-    hooks::guarded(take_guarded)
+    hooks::guarded(|| build(None, &GraphOptions::default()))
 }
 
-fn take_guarded() -> Profile {
+/// Takes a profile with a heap graph (version 2): a stop-the-world scan,
+/// then owners, cycles and retainer chains.
+pub(crate) fn take_with_graph(options: &GraphOptions, own_stack_from: usize) -> Result<Profile, ScanError> {
+    hooks::guarded(|| {
+        let scan = scan::scan(own_stack_from)?;
+        Ok(build(Some(scan), options))
+    })
+}
+
+fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let snapshot_ns = hooks::now_ns();
     let unit = CONFIG.block_unit.load(Ordering::Relaxed).max(1);
     let mean = CONFIG.sample_mean.load(Ordering::Relaxed);
 
-    // Live blocks, aggregated by (stack, tag), by stack and by tag.
-    let mut blocks = Vec::new();
-    LIVE.copy_into(&mut blocks);
+    // Live blocks, aggregated by (stack, tag), by stack and by tag: the
+    // scan's copy when there is one, so groups and graph agree.
+    let mut copied = Vec::new();
+    let blocks: &[Block] = match &scan {
+        Some(s) => s.blocks.as_slice(),
+        None => {
+            LIVE.copy_into(&mut copied);
+            &copied
+        }
+    };
     let n_stacks = STACKS.id_limit() as usize;
     let n_tags = TAGS.id_limit() as usize;
     let mut stack_live = vec![Amount::default(); n_stacks];
     let mut tag_live = vec![Amount::default(); n_tags];
     let mut groups: HashMap<(u32, u32), Amount> = HashMap::new();
-    for b in &blocks {
+    for b in blocks {
         let (bytes, units) = hooks::weight_of(b.size);
         let a = Amount {
             bytes,
@@ -99,7 +118,6 @@ fn take_guarded() -> Profile {
         }
         groups.entry((b.stack, b.tag)).or_default().add(a);
     }
-    drop(blocks);
     let in_blocks = |a: Amount| Amount {
         bytes: a.bytes,
         blocks: (a.blocks + unit / 2) / unit,
@@ -160,19 +178,33 @@ fn take_guarded() -> Profile {
     let tasks = task_table(&tags, described);
     let sym = symbols::symbolize(n_stacks as u32);
 
-    let mut live: Vec<LiveGroup> = groups
-        .into_iter()
-        .map(|((stack, tag), a)| {
-            let a = in_blocks(a);
-            LiveGroup {
-                stack,
-                tag,
-                blocks: a.blocks,
-                bytes: a.bytes,
-                ..LiveGroup::default()
-            }
-        })
-        .collect();
+    let mut graph = None;
+    let mut live: Vec<LiveGroup> = match &scan {
+        Some(scan) => {
+            let tag_of = |id: u32| TAGS.get(id).unwrap_or_default();
+            let names = heapgraph::Names {
+                stacks: &sym.stacks,
+                frames: &sym.frames,
+                tag: &tag_of,
+            };
+            let converted = heapgraph::convert(scan, &names, graph_options, hooks::weight_of);
+            graph = Some(converted.graph);
+            converted.live
+        }
+        None => groups
+            .into_iter()
+            .map(|((stack, tag), a)| {
+                let a = in_blocks(a);
+                LiveGroup {
+                    stack,
+                    tag,
+                    blocks: a.blocks,
+                    bytes: a.bytes,
+                    ..LiveGroup::default()
+                }
+            })
+            .collect(),
+    };
     live.sort_by(|a, b| {
         b.bytes
             .cmp(&a.bytes)
@@ -194,9 +226,10 @@ fn take_guarded() -> Profile {
     let threads = THREADS.active_count() as u64;
     let truncated_stacks = sym.stacks.iter().filter(|s| s.truncated).count() as u64;
 
+    drop(copied);
     Profile {
         format: FORMAT_NAME.to_string(),
-        version: VERSION_V1,
+        version: if graph.is_some() { VERSION_V2 } else { VERSION_V1 },
         meta: Meta {
             program: std::env::current_exe()
                 .map(|p| p.display().to_string())
@@ -241,7 +274,7 @@ fn take_guarded() -> Profile {
             timeline_points: timeline_dropped,
             tags_overflowed: TAGS.overflowed.load(Ordering::Relaxed),
         },
-        graph: None,
+        graph,
     }
 }
 
