@@ -14,6 +14,7 @@
 //! - [`diff`]: the COMPARISON table of two runs and per-owner/site deltas.
 //! - [`merge`]: several processes' profiles summed into one.
 //! - [`check`]: limits for CI and tests, with a one-line verdict.
+//! - [`retainers`]: retainer chains from a version-2 profile's subgraph.
 //! - [`graph`]: heap-graph algorithms (reachability, unreachable cycles,
 //!   dominators, owners, retained sizes, retainer chains).
 
@@ -25,6 +26,7 @@ pub mod merge;
 pub mod model;
 pub mod partition;
 pub mod relative;
+pub mod retainers;
 pub mod slope;
 pub mod summary;
 

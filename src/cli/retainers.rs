@@ -1,11 +1,66 @@
-//! `leakprof retainers` (not built yet).
+//! `leakprof retainers`: who keeps an object alive, hop by hop.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use super::input::load_profile_arg;
 use super::{Global, Outcome};
+use crate::analysis::retainers::{chains, Selection};
+use crate::format::write_atomically;
+use crate::render::retainers;
 
-/// Not built yet.
+/// Show the shortest chain from a root (or from the unreachable cycle that
+/// leaks it) to an object: objgraph's back-reference chains.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  leakprof retainers leakprof-out/exception-original
+  leakprof retainers leakprof-out/retry-args-original --largest 3
+  leakprof retainers leakprof-out/exception-original --type TaskError --graph chains.svg
+  leakprof retainers profile.json --site load_cache
 
-pub fn execute(_global: Global, _args: Args) -> Outcome {
-    anyhow::bail!("`leakprof retainers` is not built yet")
+Needs a profile with a heap graph (format version 2): `leakprof run` writes one;
+in your own program use `Recorder::snapshot_with_graph`.")]
+pub struct Args {
+    /// A profile or a `leakprof run` output directory.
+    pub profile: PathBuf,
+    /// The N objects retaining the most memory (the default, N = 5).
+    #[arg(long, conflicts_with_all = ["site", "type_pattern"])]
+    pub largest: Option<usize>,
+    /// Objects allocated where the stack mentions this text.
+    #[arg(long, conflicts_with = "type_pattern")]
+    pub site: Option<String>,
+    /// Objects whose type or owner mentions this text.
+    #[arg(long = "type", value_name = "PATTERN")]
+    pub type_pattern: Option<String>,
+    /// Also draw the chains as an SVG.
+    #[arg(long, value_name = "SVG")]
+    pub graph: Option<PathBuf>,
+    /// Write the text here instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+pub fn execute(_global: Global, args: Args) -> Outcome {
+    let profile = load_profile_arg(&args.profile)?;
+    let selection = match (&args.site, &args.type_pattern) {
+        (Some(s), _) => Selection::Site(s.clone()),
+        (None, Some(t)) => Selection::Type(t.clone()),
+        (None, None) => Selection::Largest(args.largest.unwrap_or(5)),
+    };
+    let found =
+        chains(&profile, &selection).with_context(|| format!("{}", args.profile.display()))?;
+    let text = retainers::text(&found);
+    match &args.output {
+        Some(path) => write_atomically(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    if let Some(path) = &args.graph {
+        let title = format!("Retainer chains: {}", crate::render::run_label(&profile));
+        write_atomically(path, retainers::svg(&found, &title).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

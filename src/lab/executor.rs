@@ -107,7 +107,8 @@ impl FutureState {
 
 /// The event-loop thread.
 pub struct EventLoopThread {
-    handle: tokio::runtime::Handle,
+    /// `None` once stopped, so nothing of the loop outlives it.
+    handle: Mutex<Option<tokio::runtime::Handle>>,
     handoff: Handoff,
     stopped: std::sync::atomic::AtomicBool,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -141,7 +142,7 @@ impl EventLoopThread {
             .recv()
             .map_err(|_| std::io::Error::other("the event-loop thread died while starting"))??;
         Ok(EventLoopThread {
-            handle,
+            handle: Mutex::new(Some(handle)),
             handoff,
             stopped: std::sync::atomic::AtomicBool::new(false),
             stop: Mutex::new(Some(stop_tx)),
@@ -161,7 +162,18 @@ impl EventLoopThread {
         }
         let future = owner::typed::<FutureState, _>(|| Arc::new(FutureState::new()));
         let done = future.clone();
-        let task = self.handle.spawn(
+        let Some(handle) = self
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            let e = TaskError::new("RuntimeError", "Event loop is not running.");
+            return Err(owner::scope_typed::<TaskError, _>("error value", || {
+                Arc::new(e)
+            }));
+        };
+        let task = handle.spawn(
             async move {
                 let outcome = coro
                     .await
@@ -235,6 +247,7 @@ impl EventLoopThread {
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
         }
+        self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

@@ -40,8 +40,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakAlloc<A> {
         // SAFETY: forwarded contract.
         let p = unsafe { self.inner.alloc(layout) };
         match STATE.load(Ordering::Relaxed) {
-            RECORDING if !p.is_null() && !hooks::skip_unsampled(layout.size()) => {
-                hooks::on_alloc(p as usize, layout.size())
+            RECORDING if !p.is_null() => {
+                // SAFETY: the block is fresh and not handed out yet.
+                unsafe { hooks::zero_fill(p, layout.size(), layout.size()) };
+                if !hooks::skip_unsampled(layout.size()) {
+                    hooks::on_alloc(p as usize, layout.size())
+                }
             }
             UNSEEN => hooks::note_installed(),
             _ => {}
@@ -111,6 +115,10 @@ fn realloc_recorded<A: GlobalAlloc>(
             hooks::restore(b);
         }
         return q;
+    }
+    if new_size > layout.size() {
+        // SAFETY: the grown tail is fresh memory not handed out yet.
+        unsafe { hooks::zero_fill(q.add(layout.size()), new_size - layout.size(), new_size) };
     }
     if let Some(b) = old {
         let _ = hooks::LOCAL.try_with(|l| {

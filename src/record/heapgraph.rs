@@ -10,12 +10,13 @@
 use std::collections::HashMap;
 
 use super::live::Block;
-use crate::analysis::model;
 use super::scan::{RootSource, ScanResult};
 use super::tags::Tag;
 use crate::analysis::graph::{
-    Attribution, HeapGraphBuilder, LabelId, Retainer, Retention, RootKind, SubgraphOptions, OFFSET_UNKNOWN,
+    Attribution, HeapGraphBuilder, LabelId, Retainer, Retention, RootKind, SubgraphOptions,
+    OFFSET_UNKNOWN,
 };
+use crate::analysis::model;
 use crate::format::{Amount, Cycle, Graph, LiveGroup, Node, Owner, Stack, Via};
 
 /// How the heap graph is summarised into the profile.
@@ -60,9 +61,11 @@ impl Names<'_> {
 
     fn stack_mentions(&self, stack: u32, text: &str) -> bool {
         self.stacks.get(stack as usize).is_some_and(|s| {
-            s.frames
-                .iter()
-                .any(|&f| self.frames.get(f as usize).is_some_and(|fr| fr.function.contains(text)))
+            s.frames.iter().any(|&f| {
+                self.frames
+                    .get(f as usize)
+                    .is_some_and(|fr| fr.function.contains(text))
+            })
         })
     }
 }
@@ -77,7 +80,12 @@ struct NodeInfo {
     type_name: Option<&'static str>,
 }
 
-pub(crate) fn convert(scan: &ScanResult, names: &Names, options: &GraphOptions, weight: impl Fn(usize) -> (u64, u64)) -> Converted {
+pub(crate) fn convert(
+    scan: &ScanResult,
+    names: &Names,
+    options: &GraphOptions,
+    weight: impl Fn(usize) -> (u64, u64),
+) -> Converted {
     let blocks: &[Block] = scan.blocks.as_slice();
     let mut infos: Vec<NodeInfo> = blocks
         .iter()
@@ -127,7 +135,10 @@ pub(crate) fn convert(scan: &ScanResult, names: &Names, options: &GraphOptions, 
             LabelId(label_names.len() as u32 - 1)
         })
     };
-    let mut b = HeapGraphBuilder::with_capacity(infos.len(), scan.edges.len() + scan.registered_edges.len());
+    let mut b = HeapGraphBuilder::with_capacity(
+        infos.len(),
+        scan.edges.len() + scan.registered_edges.len(),
+    );
     for info in &infos {
         let label = info.label.map(&mut label_of);
         b.add_node(info.size, label);
@@ -145,12 +156,18 @@ pub(crate) fn convert(scan: &ScanResult, names: &Names, options: &GraphOptions, 
             RootSource::Stack => RootKind::Stack,
             RootSource::Tls => RootKind::Tls,
             RootSource::Static => RootKind::Static,
-            RootSource::Registered(k) => RootKind::Registered(label_of(scan.registered[k as usize].label)),
+            RootSource::Registered(k) => {
+                RootKind::Registered(label_of(scan.registered[k as usize].label))
+            }
         };
         b.add_root(r.node, kind, None);
     }
     for (k, &n) in &static_node {
-        b.add_root(n, RootKind::Registered(label_of(scan.registered[*k as usize].label)), None);
+        b.add_root(
+            n,
+            RootKind::Registered(label_of(scan.registered[*k as usize].label)),
+            None,
+        );
     }
     let graph = match b.build() {
         Ok(g) => g,
@@ -230,15 +247,20 @@ pub(crate) fn convert(scan: &ScanResult, names: &Names, options: &GraphOptions, 
     let mut node_via: Vec<u32> = Vec::with_capacity(n as usize);
     for v in 0..n {
         let (holder, offset) = match retention.retainer(v) {
-            Retainer::Root(i) => (root_name(&graph.roots()[i as usize].kind, &label_names), None),
+            Retainer::Root(i) => (
+                root_name(&graph.roots()[i as usize].kind, &label_names),
+                None,
+            ),
             Retainer::Pointer { holder, offset } => (describe_holder(holder), Some(offset as u64)),
             Retainer::Cycle(c) => (format!("unreachable cycle #{}", c.0), None),
             Retainer::Unreferenced => ("unreferenced".to_string(), None),
         };
-        let idx = *via_index.entry((holder.clone(), offset)).or_insert_with(|| {
-            vias.push(Via { holder, offset });
-            vias.len() as u32 - 1
-        });
+        let idx = *via_index
+            .entry((holder.clone(), offset))
+            .or_insert_with(|| {
+                vias.push(Via { holder, offset });
+                vias.len() as u32 - 1
+            });
         node_via.push(idx);
     }
 
@@ -247,9 +269,18 @@ pub(crate) fn convert(scan: &ScanResult, names: &Names, options: &GraphOptions, 
     for (v, blk) in blocks.iter().enumerate() {
         let (bytes, units) = weight(blk.size);
         groups
-            .entry((blk.stack, blk.tag, node_owner[v], node_via[v], !retention.is_reachable(v as u32)))
+            .entry((
+                blk.stack,
+                blk.tag,
+                node_owner[v],
+                node_via[v],
+                !retention.is_reachable(v as u32),
+            ))
             .or_default()
-            .add(Amount { bytes, blocks: units });
+            .add(Amount {
+                bytes,
+                blocks: units,
+            });
     }
     let live: Vec<LiveGroup> = groups
         .into_iter()
@@ -282,14 +313,24 @@ pub(crate) fn convert(scan: &ScanResult, names: &Names, options: &GraphOptions, 
             .collect()
     };
     let kept = retention.subgraph(&SubgraphOptions::default(), &extra);
-    let stored: HashMap<u32, u32> = kept.iter().enumerate().map(|(i, &v)| (v, i as u32)).collect();
+    let stored: HashMap<u32, u32> = kept
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v, i as u32))
+        .collect();
     let nodes: Vec<Node> = kept
         .iter()
         .map(|&v| {
             let info = &infos[v as usize];
             let (parent, parent_offset, root) = match retention.retainer(v) {
-                Retainer::Pointer { holder, offset } => (stored.get(&holder).copied(), Some(offset as u64), None),
-                Retainer::Root(i) => (None, None, Some(root_name(&graph.roots()[i as usize].kind, &label_names))),
+                Retainer::Pointer { holder, offset } => {
+                    (stored.get(&holder).copied(), Some(offset as u64), None)
+                }
+                Retainer::Root(i) => (
+                    None,
+                    None,
+                    Some(root_name(&graph.roots()[i as usize].kind, &label_names)),
+                ),
                 _ => (None, None, None),
             };
             Node {
@@ -336,7 +377,10 @@ pub(crate) fn convert(scan: &ScanResult, names: &Names, options: &GraphOptions, 
                 "signals: {} thread(s) stopped{}{}",
                 scan.threads_stopped,
                 if scan.threads_missed > 0 {
-                    format!(", {} did not stop in time (their stacks are not roots)", scan.threads_missed)
+                    format!(
+                        ", {} did not stop in time (their stacks are not roots)",
+                        scan.threads_missed
+                    )
                 } else {
                     String::new()
                 },
@@ -360,6 +404,9 @@ fn root_name(kind: &RootKind, labels: &[&'static str]) -> String {
         RootKind::Stack => "root: stack".to_string(),
         RootKind::Static => "root: static".to_string(),
         RootKind::Tls => "root: tls".to_string(),
-        RootKind::Registered(l) => format!("registered: {}", labels.get(l.0 as usize).copied().unwrap_or("?")),
+        RootKind::Registered(l) => format!(
+            "registered: {}",
+            labels.get(l.0 as usize).copied().unwrap_or("?")
+        ),
     }
 }

@@ -45,6 +45,10 @@ pub(crate) struct Config {
     /// number of blocks).
     pub(crate) block_unit: AtomicU64,
     pub(crate) seed: AtomicU64,
+    /// New blocks up to this size (and the grown tail of reallocated ones)
+    /// are zeroed, so a heap-graph scan never mistakes a stale pointer left
+    /// in recycled memory for a reference. 0 turns it off.
+    pub(crate) zero_fill_max: AtomicU64,
 }
 
 pub(crate) static CONFIG: Config = Config {
@@ -52,7 +56,22 @@ pub(crate) static CONFIG: Config = Config {
     sample_mean: AtomicU64::new(0),
     block_unit: AtomicU64::new(1),
     seed: AtomicU64::new(0),
+    zero_fill_max: AtomicU64::new(0),
 };
+
+/// Zeroes `len` bytes at `addr` of a fresh (or freshly grown) block when
+/// `block_size` is within the zero-fill limit. Inlined into the allocator.
+///
+/// # Safety
+/// `[addr, addr + len)` must be memory the caller just obtained from the
+/// inner allocator and has not handed out yet.
+#[inline(always)]
+pub(crate) unsafe fn zero_fill(addr: *mut u8, len: usize, block_size: usize) {
+    if block_size as u64 <= CONFIG.zero_fill_max.load(Ordering::Relaxed) && len > 0 {
+        // SAFETY: forwarded from the caller.
+        unsafe { std::ptr::write_bytes(addr, 0, len) };
+    }
+}
 
 /// Blocks passed through untracked (table memory refused, or no thread
 /// state available).

@@ -118,7 +118,11 @@ mod tests {
             assert!(v.push(i * 3));
         }
         assert_eq!(v.len(), 100_000);
-        assert!(v.as_slice().iter().enumerate().all(|(i, &x)| x == i as u64 * 3));
+        assert!(v
+            .as_slice()
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == i as u64 * 3));
         v.as_mut_slice().reverse();
         assert_eq!(v.as_slice()[0], 299_997);
     }

@@ -49,6 +49,8 @@ pub mod defaults {
     pub const TIMELINE_INTERVAL_MS: u64 = 100;
     /// Typical production sampling interval (as tcmalloc and jemalloc use).
     pub const SAMPLE_MEAN_BYTES: u64 = 512 * 1024;
+    /// Largest new block zeroed in full mode (see `Options::zero_new_blocks`).
+    pub const ZERO_NEW_BLOCKS: u64 = 16 * 1024;
 }
 
 /// How to record. Build with the methods; unknown future settings keep
@@ -70,6 +72,11 @@ pub struct Options {
     pub timeline_interval: Option<Duration>,
     /// Seed for the sampling generator (0: from the clock).
     pub seed: u64,
+    /// In full mode, new blocks up to this size (and the grown part of
+    /// reallocated ones) are zeroed before the program gets them, so heap
+    /// graphs do not mistake stale pointers left in recycled memory for
+    /// references. 0 turns it off.
+    pub zero_new_blocks: u64,
 }
 
 impl Default for Options {
@@ -79,6 +86,7 @@ impl Default for Options {
             max_frames: defaults::MAX_FRAMES,
             timeline_interval: Some(Duration::from_millis(defaults::TIMELINE_INTERVAL_MS)),
             seed: 0,
+            zero_new_blocks: defaults::ZERO_NEW_BLOCKS,
         }
     }
 }
@@ -99,6 +107,12 @@ impl Options {
     /// Timeline period in ms (0 turns the timeline sampler off).
     pub fn timeline_interval_ms(mut self, ms: u64) -> Options {
         self.timeline_interval = (ms > 0).then(|| Duration::from_millis(ms));
+        self
+    }
+
+    /// Zeroes new blocks up to `bytes` (0 turns it off); see the field.
+    pub fn zero_new_blocks(mut self, bytes: u64) -> Options {
+        self.zero_new_blocks = bytes;
         self
     }
 
@@ -179,6 +193,15 @@ impl Recorder {
             cfg.block_unit
                 .store(if mean == 0 { 1 } else { 1024 }, Ordering::Relaxed);
             cfg.seed.store(options.seed, Ordering::Relaxed);
+            // Sampled mode builds no graph, so it needs no zeroing.
+            cfg.zero_fill_max.store(
+                if mean == 0 {
+                    options.zero_new_blocks
+                } else {
+                    0
+                },
+                Ordering::Relaxed,
+            );
             hooks::reset_counters();
             START_NS.store(sys::now_ns(), Ordering::Relaxed);
             snapshot::begin_session(&options);
@@ -242,6 +265,7 @@ impl Recorder {
             self.stopped = true;
             timeline::stop_sampler();
             hooks::STATE.store(hooks::IDLE, Ordering::Release);
+            hooks::CONFIG.zero_fill_max.store(0, Ordering::Relaxed);
             RUNNING.store(false, Ordering::Release);
         }
     }

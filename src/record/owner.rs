@@ -40,7 +40,12 @@ pub fn scope<R>(label: &'static str, f: impl FnOnce() -> R) -> R {
 
 /// Like [`scope`], also recording the object's type name.
 pub fn scope_typed<T, R>(label: &'static str, f: impl FnOnce() -> R) -> R {
-    with_tag(current_tag().label(label).type_name(std::any::type_name::<T>()), f)
+    with_tag(
+        current_tag()
+            .label(label)
+            .type_name(std::any::type_name::<T>()),
+        f,
+    )
 }
 
 /// Runs `f` with its allocations carrying `T`'s type name but no owner
@@ -125,8 +130,12 @@ pub fn register<T: ?Sized + Sync>(label: &'static str, object: &'static T) -> Re
 
 /// Registers a shared heap object as an owner while it lives (held
 /// weakly: the registration never keeps it alive).
-pub fn register_arc<T: Send + Sync + 'static>(label: &'static str, object: &Arc<T>) -> Registration {
-    let weak: Weak<dyn Any + Send + Sync> = hooks::guarded(|| Arc::downgrade(object) as Weak<dyn Any + Send + Sync>);
+pub fn register_arc<T: Send + Sync + 'static>(
+    label: &'static str,
+    object: &Arc<T>,
+) -> Registration {
+    let weak: Weak<dyn Any + Send + Sync> =
+        hooks::guarded(|| Arc::downgrade(object) as Weak<dyn Any + Send + Sync>);
     add(label, std::any::type_name::<T>(), Target::Heap(weak))
 }
 
@@ -164,11 +173,15 @@ pub(crate) fn lock_registry() -> RegistryGuard {
 impl RegistryGuard {
     /// Registered heap objects still alive: (address inside the object,
     /// label, type name).
-    pub(crate) fn heap_objects(&self) -> impl Iterator<Item = (usize, &'static str, Option<&'static str>)> + '_ {
+    pub(crate) fn heap_objects(
+        &self,
+    ) -> impl Iterator<Item = (usize, &'static str, Option<&'static str>)> + '_ {
         self.0.iter().filter_map(|e| match &e.target {
-            Target::Heap(w) if w.strong_count() > 0 => {
-                Some((Weak::as_ptr(w) as *const u8 as usize, e.label, Some(e.type_name)))
-            }
+            Target::Heap(w) if w.strong_count() > 0 => Some((
+                Weak::as_ptr(w) as *const u8 as usize,
+                e.label,
+                Some(e.type_name),
+            )),
             _ => None,
         })
     }

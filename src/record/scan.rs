@@ -43,6 +43,21 @@ use super::sys;
 
 /// The signal that stops threads (Boehm's choice on Linux).
 const STOP_SIGNAL: libc::c_int = libc::SIGPWR;
+/// A stack or register word counts as a reference to a block only if it
+/// points into the block's first bytes ([`ROOT_INTERIOR_LIMIT`]), unless
+/// the block was allocated by a container known to keep interior pointers
+/// (hashbrown's tables, whose handle points at the control bytes in the
+/// middle of the allocation). Live frames are full of stale words (unused
+/// slots, dead temporaries); a stale address that now falls deep inside a
+/// large, recycled block would otherwise keep it "reachable". Rust values
+/// on a stack refer to their heap buffers by the start (Vec, Box, Arc,
+/// String); a slice into the middle of a buffer is always accompanied by
+/// its owner.
+const ROOT_INTERIOR_LIMIT: usize = 4096;
+
+/// Allocation sites whose blocks are referred to by interior pointers.
+const INTERIOR_POINTER_SITES: &[&str] = &["hashbrown::raw::", "<hashbrown::raw::"];
+
 /// How long to wait for every thread to stop.
 const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
 /// Threads whose stop we can record.
@@ -126,10 +141,18 @@ struct Mapping {
     end: usize,
 }
 
+/// General-purpose registers saved per stopped thread.
+const SAVED_REGISTERS: usize = 32;
+
 struct StopSlot {
     tid: AtomicU32,
+    /// The interrupted stack pointer: the scan reads the stack from here,
+    /// not from the signal frame (whose floating-point and vector state
+    /// holds stale values of caller-saved registers).
     sp: AtomicUsize,
     tp: AtomicUsize,
+    /// The general-purpose registers at the interruption.
+    registers: [AtomicUsize; SAVED_REGISTERS],
 }
 
 /// State shared with the stop-signal handler: only atomics (the handler
@@ -152,6 +175,7 @@ static STOP: Stop = Stop {
             tid: AtomicU32::new(0),
             sp: AtomicUsize::new(0),
             tp: AtomicUsize::new(0),
+            registers: [const { AtomicUsize::new(0) }; SAVED_REGISTERS],
         }
     }; MAX_THREADS],
 };
@@ -180,21 +204,27 @@ fn install_handler() {
     });
 }
 
-/// The stop-signal handler: record where this thread's stack and TLS are,
-/// tell the scanner, wait for the scan to end. Async-signal-safe: atomics,
-/// `gettid` and futex calls only; errno is preserved.
-extern "C" fn on_stop_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+/// The stop-signal handler: record where this thread's stack and TLS are
+/// and its registers at the interruption, tell the scanner, wait for the
+/// scan to end. Async-signal-safe: atomics, `gettid` and futex calls only;
+/// errno is preserved.
+extern "C" fn on_stop_signal(
+    _sig: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
     if !STOP.active.load(Ordering::Acquire) {
         return; // a stray signal outside a scan
     }
     // SAFETY: __errno_location returns this thread's errno slot.
     let errno = unsafe { *libc::__errno_location() };
-    let marker = 0usize;
-    let sp = std::hint::black_box(&marker) as *const usize as usize;
     let epoch = STOP.epoch.load(Ordering::Acquire);
     let i = STOP.next_slot.fetch_add(1, Ordering::AcqRel);
     if let Some(slot) = STOP.slots.get(i) {
         slot.tid.store(sys::gettid() as u32, Ordering::Relaxed);
+        // SAFETY: with SA_SIGINFO the kernel passes the interrupted
+        // context as the third argument; it is valid during the handler.
+        let sp = unsafe { interrupted_registers(ctx, &slot.registers) };
         slot.sp.store(sp, Ordering::Relaxed);
         slot.tp.store(thread_pointer(), Ordering::Relaxed);
     }
@@ -205,6 +235,97 @@ extern "C" fn on_stop_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ct
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
+}
+
+/// Copies the interrupted general-purpose registers into `out` and returns
+/// the interrupted stack pointer.
+///
+/// # Safety
+/// `ctx` must be the `ucontext_t` the kernel passed to a SA_SIGINFO handler.
+unsafe fn interrupted_registers(
+    ctx: *mut libc::c_void,
+    out: &[AtomicUsize; SAVED_REGISTERS],
+) -> usize {
+    // SAFETY: forwarded from the caller.
+    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (slot, &r) in out.iter().zip(uc.uc_mcontext.gregs.iter()) {
+            slot.store(r as usize, Ordering::Relaxed);
+        }
+        uc.uc_mcontext.gregs[libc::REG_RSP as usize] as usize
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        for (slot, &r) in out.iter().zip(uc.uc_mcontext.regs.iter()) {
+            slot.store(r as usize, Ordering::Relaxed);
+        }
+        uc.uc_mcontext.sp as usize
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (uc, out);
+        let marker = 0usize;
+        std::hint::black_box(&marker) as *const usize as usize
+    }
+}
+
+/// True when the thread was stopped blocked in a system call: then its
+/// caller-saved registers hold nothing live (the calling convention
+/// discards them across the call), only stale values, and only the
+/// callee-saved ones are roots.
+fn stopped_in_syscall(slot: &StopSlot, mappings: &[Mapping]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let rip = slot.registers[libc::REG_RIP as usize].load(Ordering::Relaxed);
+        let at = rip.wrapping_sub(2);
+        // The interrupted instruction follows a 2-byte `syscall` (0f 05).
+        if at % 2 != 0 && at % 8 == 7 {
+            return false; // straddles a word boundary: not worth it
+        }
+        match mapping_of(mappings, at & !7) {
+            Some(m) if (at & !7) + 8 <= m.end => {
+                // SAFETY: the aligned word containing both bytes lies in a
+                // readable mapping (code is readable).
+                let word = unsafe { load_word(at & !7) };
+                let shift = (at & 7) * 8;
+                ((word >> shift) & 0xffff) as u16 == u16::from_le_bytes([0x0f, 0x05])
+            }
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (slot, mappings);
+        false
+    }
+}
+
+/// Whether saved register `k` (an index into the saved general-purpose
+/// registers) is callee-saved in the platform's calling convention.
+fn is_callee_saved(k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        [
+            libc::REG_RBX,
+            libc::REG_RBP,
+            libc::REG_R12,
+            libc::REG_R13,
+            libc::REG_R14,
+            libc::REG_R15,
+        ]
+        .iter()
+        .any(|&r| r as usize == k)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        (19..=29).contains(&k)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = k;
+        true
+    }
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: u64) {
@@ -312,6 +433,9 @@ pub(crate) fn spill_registers(out: &mut [usize; 8]) {
 
 /// What `prepare` gathers while allocation is still allowed.
 struct Prepared {
+    /// By stack id: blocks from this stack are referred to by interior
+    /// pointers (see [`ROOT_INTERIOR_LIMIT`]).
+    interior_sites: Vec<bool>,
     mappings: Vec<Mapping>,
     tids: Vec<i32>,
     segments: Vec<Mapping>,
@@ -366,7 +490,11 @@ fn writable_segments() -> (Vec<Mapping>, usize) {
         segments: Vec<Mapping>,
         tls: usize,
     }
-    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: libc::size_t, data: *mut libc::c_void) -> libc::c_int {
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
         // SAFETY: `data` is our Acc; the loader's info is valid for the call.
         unsafe {
             let acc = &mut *data.cast::<Acc>();
@@ -415,7 +543,11 @@ fn prepare() -> Prepared {
             },
         ));
     }
+    let n_stacks = hooks::STACKS.id_limit();
     Prepared {
+        interior_sites: super::symbols::stacks_matching(n_stacks, |f| {
+            INTERIOR_POINTER_SITES.iter().any(|p| f.starts_with(p))
+        }),
         mappings: read_mappings(),
         tids: list_threads(),
         segments,
@@ -437,6 +569,7 @@ struct Heap<'a> {
     starts: &'a [usize],
     lo: usize,
     hi: usize,
+    interior_sites: &'a [bool],
 }
 
 impl Heap<'_> {
@@ -449,6 +582,20 @@ impl Heap<'_> {
         let i = self.starts.partition_point(|&s| s <= addr).checked_sub(1)?;
         let b = &self.blocks[i];
         (addr < b.addr + b.size.max(1)).then_some(i as u32)
+    }
+
+    /// Like [`Heap::find`], for a word on a stack or in a register: see
+    /// [`ROOT_INTERIOR_LIMIT`].
+    #[inline(always)]
+    fn find_from_root(&self, addr: usize) -> Option<u32> {
+        let i = self.find(addr)?;
+        let b = &self.blocks[i as usize];
+        let interior_ok = self
+            .interior_sites
+            .get(b.stack as usize)
+            .copied()
+            .unwrap_or(false);
+        (addr - b.addr < ROOT_INTERIOR_LIMIT || interior_ok).then_some(i)
     }
 }
 
@@ -466,6 +613,23 @@ unsafe fn scan_range(heap: &Heap, start: usize, end: usize, mut hit: impl FnMut(
         let w = unsafe { load_word(p) };
         if let Some(j) = heap.find(w) {
             hit(p - start, j);
+        }
+        p += 8;
+    }
+}
+
+/// Scans a stack range: like [`scan_range`] with the stricter root rule.
+///
+/// # Safety
+/// The range must be mapped and readable for the whole call.
+#[inline(always)]
+unsafe fn scan_stack(heap: &Heap, start: usize, end: usize, mut hit: impl FnMut(u32)) {
+    let mut p = (start + 7) & !7;
+    while p + 8 <= end {
+        // SAFETY: p is aligned and inside the readable [start, end).
+        let w = unsafe { load_word(p) };
+        if let Some(j) = heap.find_from_root(w) {
+            hit(j);
         }
         p += 8;
     }
@@ -504,7 +668,8 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
             threads_missed: 0,
             incomplete: false,
         };
-        let mut starts: MmapVec<usize> = MmapVec::with_capacity(prepared.blocks_hint + prepared.blocks_hint / 4 + 1024);
+        let mut starts: MmapVec<usize> =
+            MmapVec::with_capacity(prepared.blocks_hint + prepared.blocks_hint / 4 + 1024);
         let registered_blocks: Vec<(usize, RegisteredRoot)> = registry
             .heap_objects()
             .map(|(addr, label, type_name)| {
@@ -539,7 +704,10 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
                 }
             })
         };
-        result.blocks.as_mut_slice().sort_unstable_by_key(|b| b.addr);
+        result
+            .blocks
+            .as_mut_slice()
+            .sort_unstable_by_key(|b| b.addr);
         for b in result.blocks.as_slice() {
             if !starts.push(b.addr) {
                 result.incomplete = true;
@@ -551,6 +719,7 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
             starts: starts.as_slice(),
             lo: blocks.first().map_or(0, |b| b.addr),
             hi: blocks.last().map_or(0, |b| b.addr + b.size.max(1)),
+            interior_sites: &prepared.interior_sites,
         };
         let mut incomplete = result.incomplete;
         let mut scanned = 0u64;
@@ -571,19 +740,31 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
         let mut root = |node: u32, source: RootSource, roots: &mut MmapVec<RootRef>| {
             incomplete |= !roots.push(RootRef { node, source });
         };
+        let mut roots_early = MmapVec::new();
         // Stacks and TLS of the stopped threads, then our own (from the
         // caller's frame up).
         let own_sp = own_stack_from;
         let stopped_slots = STOP.next_slot.load(Ordering::Acquire).min(MAX_THREADS);
+        for slot in &STOP.slots[..stopped_slots] {
+            let in_syscall = stopped_in_syscall(slot, &prepared.mappings);
+            for (k, r) in slot.registers.iter().enumerate() {
+                if in_syscall && !is_callee_saved(k) {
+                    continue;
+                }
+                if let Some(j) = heap.find_from_root(r.load(Ordering::Relaxed)) {
+                    root(j, RootSource::Stack, &mut roots_early);
+                }
+            }
+        }
         let threads = STOP.slots[..stopped_slots]
             .iter()
             .map(|s| (s.sp.load(Ordering::Relaxed), s.tp.load(Ordering::Relaxed)))
             .chain(std::iter::once((own_sp, thread_pointer())));
-        let mut roots = MmapVec::new();
+        let mut roots = roots_early;
         for (sp, tp) in threads {
             if let Some(m) = mapping_of(&prepared.mappings, sp) {
                 // SAFETY: [sp, m.end) lies inside a readable mapping.
-                unsafe { scan_range(&heap, sp, m.end, |_, j| root(j, RootSource::Stack, &mut roots)) };
+                unsafe { scan_stack(&heap, sp, m.end, |j| root(j, RootSource::Stack, &mut roots)) };
                 scanned += (m.end - sp) as u64;
             }
             if tp != 0 {
@@ -591,11 +772,27 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
                     let lo = tp.saturating_sub(prepared.tls_size + 4096).max(m.start);
                     let hi = (tp + 4096).min(m.end);
                     // SAFETY: clipped to the readable mapping containing tp.
-                    unsafe { scan_range(&heap, lo, hi, |_, j| root(j, RootSource::Tls, &mut roots)) };
+                    unsafe { scan_stack(&heap, lo, hi, |j| root(j, RootSource::Tls, &mut roots)) };
                 }
             }
         }
-        for seg in &prepared.segments {
+        // The stop slots (saved registers of stopped threads, already
+        // scanned under the stricter rule above) are static data too: skip
+        // them, or registers deliberately ignored would count after all.
+        let stop_lo = &STOP as *const Stop as usize;
+        let stop_hi = stop_lo + std::mem::size_of::<Stop>();
+        let pieces = prepared.segments.iter().flat_map(|seg| {
+            let below = Mapping {
+                start: seg.start,
+                end: seg.end.min(stop_lo),
+            };
+            let above = Mapping {
+                start: seg.start.max(stop_hi),
+                end: seg.end,
+            };
+            [below, above].into_iter().filter(|m| m.start < m.end)
+        });
+        for seg in pieces {
             // Only the parts inside readable mappings.
             let mut addr = seg.start;
             while addr < seg.end {
@@ -603,7 +800,11 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
                     Some(m) => {
                         let end = m.end.min(seg.end);
                         // SAFETY: [addr, end) is inside a readable mapping.
-                        unsafe { scan_range(&heap, addr, end, |_, j| root(j, RootSource::Static, &mut roots)) };
+                        unsafe {
+                            scan_range(&heap, addr, end, |_, j| {
+                                root(j, RootSource::Static, &mut roots)
+                            })
+                        };
                         scanned += (end - addr) as u64;
                         addr = end;
                     }

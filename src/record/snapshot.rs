@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
-use super::hooks::{self, AT_PEAK, AT_PEAK_LEN, AT_PEAK_LIVE, CONFIG, LIVE, STACKS, TAGS, THREADS};
-use super::sys::{self, LockCell, RawLock};
 use super::heapgraph::{self, GraphOptions};
+use super::hooks::{self, AT_PEAK, AT_PEAK_LEN, AT_PEAK_LIVE, CONFIG, LIVE, STACKS, TAGS, THREADS};
 use super::live::Block;
 use super::scan::{self, ScanError, ScanResult};
+use super::sys::{self, LockCell, RawLock};
 use super::{symbols, timeline, Options, TaskDescription};
 use crate::format::{
     Amount, Dropped, LiveGroup, Meta, Mode, Profile, RecordOptions, StackStats, TagInfo, TaskInfo,
@@ -77,7 +77,10 @@ pub(crate) fn take() -> Profile {
 
 /// Takes a profile with a heap graph (version 2): a stop-the-world scan,
 /// then owners, cycles and retainer chains.
-pub(crate) fn take_with_graph(options: &GraphOptions, own_stack_from: usize) -> Result<Profile, ScanError> {
+pub(crate) fn take_with_graph(
+    options: &GraphOptions,
+    own_stack_from: usize,
+) -> Result<Profile, ScanError> {
     hooks::guarded(|| {
         let scan = scan::scan(own_stack_from)?;
         Ok(build(Some(scan), options))
@@ -229,7 +232,11 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     drop(copied);
     Profile {
         format: FORMAT_NAME.to_string(),
-        version: if graph.is_some() { VERSION_V2 } else { VERSION_V1 },
+        version: if graph.is_some() {
+            VERSION_V2
+        } else {
+            VERSION_V1
+        },
         meta: Meta {
             program: std::env::current_exe()
                 .map(|p| p.display().to_string())

@@ -29,10 +29,13 @@ const SLOTS: usize = 1 << 22;
 const MAX_STACKS: usize = SLOTS / 2;
 /// Words reserved for frames of all stacks together.
 const FRAME_WORDS: usize = 1 << 26;
-/// Spins a reader waits for a racing insert to publish its id before it
-/// treats the slot as foreign (bounded so a thread that died mid-insert,
-/// e.g. in a forked child, cannot hang anyone).
-const PUBLISH_SPINS: u32 = 1 << 14;
+/// How long a reader waits for a racing insert to publish its id: a short
+/// spin, then yields. Bounded, so a publisher that vanished mid-insert (in
+/// a forked child) cannot hang anyone: the reader then abandons the slot
+/// (marks it so later readers skip it at once) and interns elsewhere; a
+/// duplicate id for one stack is harmless.
+const PUBLISH_SPINS: u32 = 64;
+const PUBLISH_YIELDS: u32 = 2000;
 
 #[repr(C)]
 struct Slot {
@@ -330,14 +333,7 @@ impl StackTable {
     }
 
     fn wait_published(&self, slot: &Slot) -> Option<u32> {
-        for _ in 0..PUBLISH_SPINS {
-            match slot.id.load(Ordering::Acquire) {
-                0 => std::hint::spin_loop(),
-                u32::MAX => return None,
-                id => return Some(id),
-            }
-        }
-        None
+        wait_for_id(&slot.id)
     }
 
     fn frames_equal(&self, id: u32, frames: &[usize], truncated: bool) -> bool {
@@ -380,6 +376,28 @@ impl StackTable {
     /// One past the highest id handed out.
     pub(crate) fn id_limit(&self) -> u32 {
         self.next_id.load(Ordering::Acquire).min(MAX_STACKS as u32)
+    }
+}
+
+/// Waits (spin, then yield) for a slot's id to be published; see
+/// [`PUBLISH_YIELDS`]. Shared by the stack and tag tables.
+pub(crate) fn wait_for_id(id: &AtomicU32) -> Option<u32> {
+    for i in 0..PUBLISH_SPINS + PUBLISH_YIELDS {
+        match id.load(Ordering::Acquire) {
+            0 if i < PUBLISH_SPINS => std::hint::spin_loop(),
+            // SAFETY: sched_yield has no preconditions.
+            0 => unsafe {
+                libc::sched_yield();
+            },
+            u32::MAX => return None,
+            found => return Some(found),
+        }
+    }
+    // Abandon the slot (a later publish still overwrites the mark).
+    let _ = id.compare_exchange(0, u32::MAX, Ordering::AcqRel, Ordering::Acquire);
+    match id.load(Ordering::Acquire) {
+        0 | u32::MAX => None,
+        found => Some(found),
     }
 }
 

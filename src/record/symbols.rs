@@ -93,6 +93,26 @@ pub(crate) fn symbolize(n_stacks: u32) -> Symbolized {
     }
 }
 
+/// For each stack id below `n_stacks`: does any of its frames' function
+/// names satisfy `pred`? Uses (and fills) the symbol cache. Caller holds the
+/// re-entrancy guard.
+pub(crate) fn stacks_matching(n_stacks: u32, pred: impl Fn(&str) -> bool) -> Vec<bool> {
+    let mut guard = CACHE.lock();
+    let cache = guard.get_or_insert_with(HashMap::new);
+    (0..n_stacks)
+        .map(|id| match STACKS.get(id) {
+            None => false,
+            Some((pcs, _)) => pcs.iter().any(|&pc| {
+                cache
+                    .entry(pc)
+                    .or_insert_with(|| resolve(pc))
+                    .iter()
+                    .any(|r| pred(&r.function))
+            }),
+        })
+        .collect()
+}
+
 /// Resolves one return address (looking up `pc - 1`, inside the call
 /// instruction) into its frames, innermost first.
 fn resolve(pc: u64) -> Vec<Resolved> {

@@ -116,7 +116,6 @@ pub(crate) const UNTAGGED: u32 = 0;
 
 const SLOTS: usize = 1 << 21;
 const MAX_TAGS: usize = SLOTS / 2;
-const PUBLISH_SPINS: u32 = 1 << 14;
 
 #[repr(C)]
 struct Slot {
@@ -242,16 +241,9 @@ impl TagTable {
                 i = (i + 1) & mask;
                 continue;
             }
-            for _ in 0..PUBLISH_SPINS {
-                match slot.id.load(Ordering::Acquire) {
-                    0 => std::hint::spin_loop(),
-                    u32::MAX => break,
-                    id => {
-                        if self.get(id).as_ref() == Some(tag) {
-                            return id;
-                        }
-                        break;
-                    }
+            if let Some(id) = super::stacks::wait_for_id(&slot.id) {
+                if self.get(id).as_ref() == Some(tag) {
+                    return id;
                 }
             }
             i = (i + 1) & mask;

@@ -15,6 +15,7 @@ pub mod comparison;
 pub mod dhat;
 pub mod flamegraph;
 pub mod pprof;
+pub mod retainers;
 pub mod table;
 pub mod timeline;
 
