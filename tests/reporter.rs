@@ -254,6 +254,66 @@ fn merge_sums_by_symbolized_stack_and_tag_and_keeps_totals() {
 }
 
 #[test]
+fn merge_keeps_apart_tasks_that_share_a_number_in_different_processes() {
+    // Both worker processes number their first message 1: different
+    // messages, so two tasks in the merge, each with its own tags and
+    // timeline points.
+    let a = exception_run(true);
+    let mut b = exception_run(true);
+    b.meta.start_unix_ms += 1000;
+    b.tasks[0].external_id = Some("msg-0002".into());
+    let m = merge(&[a.clone(), b]).unwrap();
+    let mut ids: Vec<(u64, &str)> = m
+        .tasks
+        .iter()
+        .map(|t| (t.task, t.external_id.as_deref().unwrap()))
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids[0], (1, "msg-0001"));
+    assert_eq!(ids[1].1, "msg-0002");
+    let second = ids[1].0;
+    assert_ne!(second, 1);
+    let tagged = |task: u64| m.tags.iter().filter(|t| t.task == Some(task)).count();
+    assert_eq!(tagged(1), tagged(second));
+    let marked = |task: u64| m.timeline.iter().filter(|p| p.task == Some(task)).count();
+    assert_eq!(marked(1), marked(second));
+    // Tags without a task are shared; each task brings its own.
+    assert_eq!(m.tags.len(), a.tags.len() + tagged(second));
+    let bytes = serde_json::to_vec(&m).unwrap();
+    leakprof::format::load_bytes(std::path::Path::new("merged.json"), &bytes).unwrap();
+}
+
+#[test]
+fn merge_joins_a_message_retried_in_another_process_into_one_task() {
+    // Process b saw msg-0001 first as its task 2 and dead-lettered it last.
+    let a = exception_run(true);
+    let mut b = exception_run(true);
+    b.meta.start_unix_ms += 1000;
+    b.tasks[0].task = 2;
+    b.tasks[0].retries += 1;
+    b.tasks[0].last_ns = b.tasks[0].last_ns.map(|t| t + 1);
+    b.tasks[0].outcome = Some("dead-lettered".into());
+    for t in &mut b.tags {
+        if t.task == Some(1) {
+            t.task = Some(2);
+        }
+    }
+    for p in &mut b.timeline {
+        if p.task == Some(1) {
+            p.task = Some(2);
+        }
+    }
+    let m = merge(&[a.clone(), b]).unwrap();
+    assert_eq!(m.tasks.len(), 1, "{:?}", m.tasks);
+    assert_eq!(m.tasks[0].task, 1);
+    assert_eq!(m.tasks[0].retries, a.tasks[0].retries + 1);
+    assert_eq!(m.tasks[0].outcome.as_deref(), Some("dead-lettered"));
+    assert_eq!(m.tags.len(), a.tags.len());
+    assert!(m.timeline.iter().all(|p| p.task.map_or(true, |t| t == 1)));
+}
+
+#[test]
 fn checks_give_a_one_line_verdict() {
     let leak = exception_run(true);
     let fixed = exception_run(false);

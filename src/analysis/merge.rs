@@ -4,6 +4,12 @@
 //! code at different addresses, so nothing is matched by index or address:
 //! frames by what they read (function, file, line), modules by path and
 //! build id, stacks by their frames, tags by (task, retry, label, type).
+//! Tasks are matched by their external id (a Dramatiq message id) when they
+//! have one: every process numbers its tasks from 1, so the same number in
+//! two processes is usually two different messages, and the same message
+//! retried in another process is one task. A task whose number is already
+//! taken by another message gets a fresh number, in its tags and timeline
+//! points too.
 //! The heap graphs' owners and vias are merged by name; per-object graph
 //! data (nodes, cycles) is process-specific and is dropped.
 //!
@@ -52,6 +58,10 @@ struct Merger {
     live: BTreeMap<GroupKey, Amount>,
     stack_stats: BTreeMap<u32, StackStats>,
     tasks: BTreeMap<u64, TaskInfo>,
+    /// Merged task number of each external id seen.
+    task_ids: HashMap<String, u64>,
+    /// Per input profile: its task numbers that were renumbered.
+    renumbered: Vec<HashMap<u64, u64>>,
     totals: Totals,
     dropped: Dropped,
     graph: Option<Graph>,
@@ -108,10 +118,22 @@ impl Merger {
             self.tags.push(TagInfo::default());
             self.tag_ids.insert(tag_key(&TagInfo::default()), 0);
         }
+        let renumbered = self.number_tasks(p);
         let tag_map: Vec<u32> = p
             .tags
             .iter()
             .map(|t| {
+                let renamed;
+                let t = match t.task.and_then(|task| renumbered.get(&task)) {
+                    Some(&task) => {
+                        renamed = TagInfo {
+                            task: Some(task),
+                            ..t.clone()
+                        };
+                        &renamed
+                    }
+                    None => t,
+                };
                 let tags = &mut self.tags;
                 let id = *self.tag_ids.entry(tag_key(t)).or_insert_with(|| {
                     let id = tags.len() as u32;
@@ -162,17 +184,23 @@ impl Merger {
             e.live.accumulate(s.live);
         }
         for t in &p.tasks {
-            match self.tasks.get_mut(&t.task) {
+            let task = renumbered.get(&t.task).copied().unwrap_or(t.task);
+            match self.tasks.get_mut(&task) {
                 Some(m) => {
                     m.retries = m.retries.max(t.retries);
                     m.first_ns = min_opt(m.first_ns, t.first_ns);
+                    // The outcome of the latest attempt is the task's.
+                    if t.last_ns > m.last_ns && t.outcome.is_some() {
+                        m.outcome.clone_from(&t.outcome);
+                    }
                     m.last_ns = m.last_ns.max(t.last_ns);
                 }
                 None => {
-                    self.tasks.insert(t.task, t.clone());
+                    self.tasks.insert(task, TaskInfo { task, ..t.clone() });
                 }
             }
         }
+        self.renumbered.push(renumbered);
         let t = &mut self.totals;
         t.live.accumulate(p.totals.live);
         // Peaks of different processes need not coincide: their sum bounds
@@ -194,6 +222,43 @@ impl Merger {
             .truncated_stacks
             .saturating_add(p.dropped.truncated_stacks);
         d.timeline_points = d.timeline_points.saturating_add(p.dropped.timeline_points);
+    }
+
+    /// Decides the merged number of each of `p`'s tasks (see the module
+    /// docs) and returns those that change.
+    fn number_tasks(&mut self, p: &Profile) -> HashMap<u64, u64> {
+        let taken_by_tags = |tags: &[TagInfo]| tags.iter().filter_map(|t| t.task).max();
+        let mut fresh = [
+            self.tasks.keys().next_back().copied(),
+            taken_by_tags(&self.tags),
+            p.tasks.iter().map(|t| t.task).max(),
+            taken_by_tags(&p.tags),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        let mut renumbered = HashMap::new();
+        for t in &p.tasks {
+            let Some(external) = &t.external_id else {
+                continue;
+            };
+            let task = match self.task_ids.get(external) {
+                Some(&task) => task,
+                // Numbers kept or given earlier are in `self.tasks`; fresh
+                // ones are above every number of `p`.
+                None if self.tasks.contains_key(&t.task) => {
+                    fresh += 1;
+                    fresh
+                }
+                None => t.task,
+            };
+            self.task_ids.insert(external.clone(), task);
+            if task != t.task {
+                renumbered.insert(t.task, task);
+            }
+        }
+        renumbered
     }
 
     fn add_graph(&mut self, p: &Profile) -> (Vec<u32>, Vec<u32>) {
@@ -327,7 +392,7 @@ impl Merger {
             stack_stats: self.stack_stats.into_values().collect(),
             tasks: self.tasks.into_values().collect(),
             totals: self.totals,
-            timeline: merge_timelines(profiles, start),
+            timeline: merge_timelines(profiles, &self.renumbered, start),
             dropped: self.dropped,
             graph: self.graph,
         }
@@ -343,7 +408,11 @@ fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 }
 
 /// Sums timelines aligned on wall-clock time; see the module docs.
-fn merge_timelines(profiles: &[Profile], start_ms: u64) -> Vec<TimelinePoint> {
+fn merge_timelines(
+    profiles: &[Profile],
+    renumbered: &[HashMap<u64, u64>],
+    start_ms: u64,
+) -> Vec<TimelinePoint> {
     // (time, process, point index), in time order.
     let mut order: Vec<(u64, usize, usize)> = Vec::new();
     for (i, p) in profiles.iter().enumerate() {
@@ -372,7 +441,9 @@ fn merge_timelines(profiles: &[Profile], start_ms: u64) -> Vec<TimelinePoint> {
             rss_bytes: rss,
             live_bytes: live,
             live_blocks: blocks,
-            task: pt.task,
+            task: pt
+                .task
+                .map(|task| renumbered[i].get(&task).copied().unwrap_or(task)),
             retry: pt.retry,
             event: pt.event.clone(),
         });

@@ -10,8 +10,8 @@ use clap::builder::PossibleValuesParser;
 use super::lab_args::BrokerArgs;
 use super::units::{HumanDuration, HumanSize};
 use super::{Global, Outcome};
-use crate::lab::broker::{Broker, RedisConfig};
-use crate::lab::run::{defaults, BrokerChoice};
+use crate::lab::broker::Broker;
+use crate::lab::run::defaults;
 use crate::lab::scenarios::{self, Params};
 
 /// Send a scenario's messages to a broker.
@@ -40,7 +40,7 @@ pub fn execute(global: Global, args: Args) -> Outcome {
     let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
         anyhow::anyhow!("unknown scenario {:?} (see `leakprof list`)", args.scenario)
     })?;
-    let BrokerChoice::Redis { url } = args.broker.choice() else {
+    let Some(redis) = args.broker.choice().redis_config() else {
         anyhow::bail!(
             "enqueue needs --broker redis: the in-memory broker lives only as long as one process"
         );
@@ -57,8 +57,9 @@ pub fn execute(global: Global, args: Args) -> Outcome {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    let url = redis.url.clone();
     let broker = rt
-        .block_on(Broker::redis(RedisConfig::new(url.clone())))
+        .block_on(Broker::redis(redis))
         .with_context(|| format!("connecting to Redis at {url}"))?;
     for message in scenario.messages(&params) {
         let id = message.message_id.clone();

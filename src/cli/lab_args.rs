@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::builder::PossibleValuesParser;
 
 use super::units::{HumanDuration, HumanSize};
+use crate::lab::broker::defaults as broker_defaults;
 use crate::lab::run::{defaults, ActorSettings, BrokerChoice};
 use crate::lab::variants;
 
@@ -27,6 +28,15 @@ pub struct BrokerArgs {
     /// Queue the scenario's actors use.
     #[arg(long, default_value = defaults::QUEUE)]
     pub queue: String,
+    /// Redis: a worker silent this long is dead, and the next maintenance
+    /// gives its unacked messages back to their queues.
+    #[arg(long, default_value_t = HumanDuration(broker_defaults::HEARTBEAT_TIMEOUT))]
+    pub heartbeat_timeout: HumanDuration,
+    /// Redis: calls out of 1,000,000 that run maintenance first (requeue
+    /// dead workers' messages, drop expired dead letters).
+    #[arg(long, default_value_t = broker_defaults::MAINTENANCE_CHANCE,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub maintenance_chance: u32,
 }
 
 impl BrokerArgs {
@@ -35,6 +45,8 @@ impl BrokerArgs {
             BrokerKind::Memory => BrokerChoice::Memory,
             BrokerKind::Redis => BrokerChoice::Redis {
                 url: self.redis_url.clone(),
+                heartbeat_timeout: self.heartbeat_timeout.0,
+                maintenance_chance: self.maintenance_chance,
             },
         }
     }

@@ -80,6 +80,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    init_logging(cli.quiet);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -87,6 +88,21 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Log lines of the lab (a malformed message dead-lettered, a consumer
+/// failing, a message for an unknown actor, ...) go to stderr: warnings and
+/// errors by default, errors only with `--quiet`, whatever `RUST_LOG` asks
+/// for when it is set.
+fn init_logging(quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 fn run(cli: Cli) -> Outcome {

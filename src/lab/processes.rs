@@ -11,14 +11,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::broker::{Broker, RedisConfig};
+use super::broker::Broker;
 use super::outputs;
 use super::run::{BrokerChoice, RunConfig, RunReport, StopReason};
 use super::scenarios::Params;
 use crate::cli::units::HumanDuration;
 
 pub fn run(config: &RunConfig, processes: usize) -> anyhow::Result<RunReport> {
-    let BrokerChoice::Redis { url } = &config.broker else {
+    let BrokerChoice::Redis {
+        url,
+        heartbeat_timeout,
+        maintenance_chance,
+    } = &config.broker
+    else {
         anyhow::bail!("--processes needs --broker redis");
     };
     let scenario = config.scenario.context("--processes runs a scenario")?;
@@ -29,7 +34,12 @@ pub fn run(config: &RunConfig, processes: usize) -> anyhow::Result<RunReport> {
         .build()
         .context("starting the tokio runtime")?;
     let broker = rt
-        .block_on(Broker::redis(RedisConfig::new(url.clone())))
+        .block_on(Broker::redis(
+            config
+                .broker
+                .redis_config()
+                .context("--processes needs --broker redis")?,
+        ))
         .with_context(|| format!("connecting to Redis at {url}"))?;
     let params = Params {
         payload_bytes: config.payload_bytes,
@@ -52,6 +62,11 @@ pub fn run(config: &RunConfig, processes: usize) -> anyhow::Result<RunReport> {
             .arg("--quiet")
             .arg("worker")
             .args(["--broker", "redis", "--redis-url", url])
+            .args([
+                "--heartbeat-timeout",
+                &HumanDuration(*heartbeat_timeout).to_string(),
+            ])
+            .args(["--maintenance-chance", &maintenance_chance.to_string()])
             .args([
                 "--queues",
                 &config.actor.queue,

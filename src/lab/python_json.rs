@@ -28,6 +28,10 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     value
         .serialize(&mut serializer)
         .expect("serializing JSON into memory cannot fail");
+    // Exactly the encoded bytes: a stored result is retained for its TTL,
+    // and the spare capacity left by doubling (up to as much again) would be
+    // retained with it.
+    out.shrink_to_fit();
     out
 }
 

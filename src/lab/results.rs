@@ -335,13 +335,13 @@ async fn expire_results(shared: Weak<MemoryShared>, rescheduled: Arc<Notify>) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let expired = release_due(&shared);
-            if !expired.is_empty() {
+            // One at a time: each hook runs once its result is gone and
+            // before the next is released, so a hook that measures memory
+            // (the lab's `result expired` mark) sees each release alone.
+            while let Some(event) = release_next_due(&shared) {
                 let hooks: Vec<ExpiryHook> = lock(&shared.hooks).clone();
-                for event in &expired {
-                    for hook in &hooks {
-                        hook(event);
-                    }
+                for hook in &hooks {
+                    hook(&event);
                 }
             }
             let store = lock(&shared.store);
@@ -362,16 +362,16 @@ async fn expire_results(shared: Weak<MemoryShared>, rescheduled: Arc<Notify>) {
     }
 }
 
-/// Removes every entry past its deadline; the values are dropped after the
-/// lock is released.
-fn release_due(shared: &MemoryShared) -> Vec<Expired> {
+/// Removes the earliest entry past its deadline, if any; its value is
+/// dropped after the lock is released (and before this returns).
+fn release_next_due(shared: &MemoryShared) -> Option<Expired> {
     let now = Instant::now();
-    let mut released = Vec::new();
-    {
+    let (key, stored) = {
         let mut store = lock(&shared.store);
-        while let Some(Reverse((deadline, generation, _))) = store.deadlines.peek() {
+        loop {
+            let Reverse((deadline, generation, _)) = store.deadlines.peek()?;
             if *deadline > now {
-                break;
+                return None;
             }
             let generation = *generation;
             let Reverse((_, _, key)) = store.deadlines.pop().expect("peeked");
@@ -381,18 +381,15 @@ fn release_due(shared: &MemoryShared) -> Vec<Expired> {
                 .is_some_and(|stored| stored.generation == generation);
             if current {
                 let stored = store.entries.remove(&key).expect("checked above");
-                released.push((key, stored));
+                break (key, stored);
             }
         }
-    }
-    released
-        .into_iter()
-        .map(|(key, stored)| Expired {
-            key,
-            bytes: stored.value.len(),
-            stored_for: stored.stored_at.elapsed(),
-        })
-        .collect()
+    };
+    Some(Expired {
+        key,
+        bytes: stored.value.len(),
+        stored_for: stored.stored_at.elapsed(),
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

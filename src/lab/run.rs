@@ -50,7 +50,14 @@ pub mod defaults {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BrokerChoice {
     Memory,
-    Redis { url: String },
+    Redis {
+        url: String,
+        /// A worker silent this long is dead (its unacked messages are
+        /// requeued by the next maintenance).
+        heartbeat_timeout: Duration,
+        /// Calls out of 1,000,000 that run maintenance first.
+        maintenance_chance: u32,
+    },
 }
 
 impl BrokerChoice {
@@ -58,6 +65,23 @@ impl BrokerChoice {
         match self {
             BrokerChoice::Memory => "memory",
             BrokerChoice::Redis { .. } => "redis",
+        }
+    }
+
+    /// The Redis broker's settings; `None` for the memory broker.
+    pub fn redis_config(&self) -> Option<RedisConfig> {
+        match self {
+            BrokerChoice::Memory => None,
+            BrokerChoice::Redis {
+                url,
+                heartbeat_timeout,
+                maintenance_chance,
+            } => {
+                let mut config = RedisConfig::new(url.clone());
+                config.heartbeat_timeout = *heartbeat_timeout;
+                config.maintenance_chance = *maintenance_chance;
+                Some(config)
+            }
         }
     }
 }
@@ -226,11 +250,13 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     let signals = Arc::new(Signals::default());
     watch_signals(&rt, &signals)?;
 
-    let broker = match &config.broker {
-        BrokerChoice::Memory => Broker::memory(),
-        BrokerChoice::Redis { url } => rt
-            .block_on(Broker::redis(RedisConfig::new(url.clone())))
-            .with_context(|| format!("connecting to Redis at {url}"))?,
+    let broker = match config.broker.redis_config() {
+        None => Broker::memory(),
+        Some(redis) => {
+            let url = redis.url.clone();
+            rt.block_on(Broker::redis(redis))
+                .with_context(|| format!("connecting to Redis at {url}"))?
+        }
     };
     let results = match &config.broker {
         BrokerChoice::Memory => {
@@ -238,7 +264,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
             memory.on_expired(|_| crate::mark(events::RESULT_EXPIRED));
             ResultBackend::Memory(memory)
         }
-        BrokerChoice::Redis { url } => ResultBackend::Redis(
+        BrokerChoice::Redis { url, .. } => ResultBackend::Redis(
             rt.block_on(RedisResults::connect(url))
                 .with_context(|| format!("connecting the result backend to Redis at {url}"))?,
         ),
