@@ -43,16 +43,18 @@ use super::sys;
 
 /// The signal that stops threads (Boehm's choice on Linux).
 const STOP_SIGNAL: libc::c_int = libc::SIGPWR;
-/// A stack or register word counts as a reference to a block only if it
-/// points into the block's first bytes ([`ROOT_INTERIOR_LIMIT`]), unless
+/// A word (on a stack, in a register, in TLS or in a heap block) counts as
+/// a reference to a block only if it points into the block's first bytes
+/// ([`ROOT_INTERIOR_LIMIT`]), unless
 /// the block was allocated by a container known to keep interior pointers
 /// (hashbrown's tables, whose handle points at the control bytes in the
 /// middle of the allocation). Live frames are full of stale words (unused
 /// slots, dead temporaries); a stale address that now falls deep inside a
-/// large, recycled block would otherwise keep it "reachable". Rust values
-/// on a stack refer to their heap buffers by the start (Vec, Box, Arc,
-/// String); a slice into the middle of a buffer is always accompanied by
-/// its owner.
+/// large, recycled block would otherwise keep it "reachable"; containers'
+/// spare capacity holds stale words the same way. Rust values refer to
+/// their heap buffers by the start (Vec, Box, Arc, String; `bytes::Bytes`
+/// keeps its buffer's start, tagged, or a shared header); a slice into the
+/// middle of a buffer is always accompanied by its owner.
 const ROOT_INTERIOR_LIMIT: usize = 4096;
 
 /// Allocation sites whose blocks are referred to by interior pointers.
@@ -618,6 +620,26 @@ unsafe fn scan_range(heap: &Heap, start: usize, end: usize, mut hit: impl FnMut(
     }
 }
 
+/// Scans a block's words for pointers into other blocks, with the same
+/// interior rule as roots (see [`ROOT_INTERIOR_LIMIT`]): the stale words
+/// in a container's spare capacity (popped from a `VecDeque`, truncated
+/// from a `Vec`) are the heap's own source of false references.
+///
+/// # Safety
+/// The range must be a live block, readable for the whole call.
+#[inline(always)]
+unsafe fn scan_block(heap: &Heap, start: usize, end: usize, mut hit: impl FnMut(usize, u32)) {
+    let mut p = (start + 7) & !7;
+    while p + 8 <= end {
+        // SAFETY: p is aligned and inside the readable block.
+        let w = unsafe { load_word(p) };
+        if let Some(j) = heap.find_from_root(w) {
+            hit(p - start, j);
+        }
+        p += 8;
+    }
+}
+
 /// Scans a stack range: like [`scan_range`] with the stricter root rule.
 ///
 /// # Safety
@@ -727,7 +749,7 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
             // SAFETY: the block is live (in the table, whose locks we hold),
             // so its `size` bytes are allocated and readable.
             unsafe {
-                scan_range(&heap, b.addr, b.addr + b.size, |off, j| {
+                scan_block(&heap, b.addr, b.addr + b.size, |off, j| {
                     incomplete |= !result.edges.push(Edge {
                         from: i as u32,
                         to: j,
