@@ -261,7 +261,17 @@ pub fn is_allocator_frame(function: &str) -> bool {
 /// True for frames of the standard library (skipped when looking for the
 /// allocation site).
 pub fn is_library_frame(function: &str) -> bool {
-    starts_with_any(function, LIBRARY_FRAMES)
+    if starts_with_any(function, LIBRARY_FRAMES) {
+        return true;
+    }
+    // `<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem`: an
+    // implementation of a standard-library trait is library code too.
+    if let Some(rest) = function.strip_prefix('<') {
+        if let Some((_, trait_path)) = rest.split_once(" as ") {
+            return starts_with_any(trait_path, LIBRARY_FRAMES);
+        }
+    }
+    false
 }
 
 fn stack_facts(profile: &Profile, functions: &[String], frames: &[u32]) -> StackFacts {

@@ -116,7 +116,7 @@ pub(crate) fn convert(
         if r.block.is_none() {
             static_node.insert(k as u32, infos.len() as u32);
             infos.push(NodeInfo {
-                address: 0,
+                address: r.addr as u64,
                 size: r.size,
                 stack: 0,
                 tag: 0,
@@ -203,6 +203,29 @@ pub(crate) fn convert(
             retained: s.retained,
         });
     }
+    // For blocks no labelled object dominates: the labelled object that
+    // reaches them in the fewest hops, if any (one BFS from every labelled
+    // block at once). A block kept by a labelled container *and* by
+    // something else (often a stale word in a stack frame, which a
+    // conservative scan cannot tell from a live one) is attributed to the
+    // container rather than to nobody.
+    const NO_LABEL: u32 = u32::MAX;
+    let mut nearest_labelled = vec![NO_LABEL; n as usize];
+    let mut queue = std::collections::VecDeque::new();
+    for v in 0..n {
+        if graph.label(v).is_some() {
+            nearest_labelled[v as usize] = v;
+            queue.push_back(v);
+        }
+    }
+    while let Some(u) = queue.pop_front() {
+        for &t in graph.targets(u) {
+            if nearest_labelled[t as usize] == NO_LABEL {
+                nearest_labelled[t as usize] = nearest_labelled[u as usize];
+                queue.push_back(t);
+            }
+        }
+    }
     let mut owner_of_site: HashMap<String, u32> = HashMap::new();
     let mut holders_seen: HashMap<u32, ()> = HashMap::new();
     let mut node_owner: Vec<u32> = Vec::with_capacity(n as usize);
@@ -210,6 +233,10 @@ pub(crate) fn convert(
         let o = match retention.attribution(v) {
             Attribution::Owned(l) => graph
                 .label(l)
+                .and_then(|id| owner_of_label.get(&id.0).copied())
+                .unwrap_or(0),
+            Attribution::Unowned { .. } if nearest_labelled[v as usize] != NO_LABEL => graph
+                .label(nearest_labelled[v as usize])
                 .and_then(|id| owner_of_label.get(&id.0).copied())
                 .unwrap_or(0),
             Attribution::Unowned { holder } => {
@@ -297,7 +324,18 @@ pub(crate) fn convert(
 
     // The stored subgraph: the largest retained objects, objects of the
     // requested types, and everything needed for their chains.
-    let extra: Vec<u32> = if options.keep_types.is_empty() {
+    // Where leaks start (unreferenced blocks, entry-cycle members) are kept
+    // too, so `retainers --site/--type` finds leaked objects of any size.
+    let mut extra: Vec<u32> = (0..n)
+        .filter(|&v| {
+            matches!(
+                retention.retainer(v),
+                Retainer::Unreferenced | Retainer::Cycle(_)
+            )
+        })
+        .take(10_000)
+        .collect();
+    extra.extend(if options.keep_types.is_empty() {
         Vec::new()
     } else {
         (0..n)
@@ -311,7 +349,7 @@ pub(crate) fn convert(
             })
             .take(10_000)
             .collect()
-    };
+    });
     let kept = retention.subgraph(&SubgraphOptions::default(), &extra);
     let stored: HashMap<u32, u32> = kept
         .iter()

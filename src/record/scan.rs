@@ -93,6 +93,8 @@ pub(crate) struct RootRef {
 /// pointers become edges of a pseudo node) or a heap block.
 #[derive(Clone, Debug)]
 pub(crate) struct RegisteredRoot {
+    /// Address of the static area (0 for a heap object: its block says).
+    pub(crate) addr: usize,
     pub(crate) label: &'static str,
     pub(crate) type_name: Option<&'static str>,
     /// Index of the block it is, for a heap object.
@@ -538,6 +540,7 @@ fn prepare() -> Prepared {
                 end: r.addr + r.len,
             },
             RegisteredRoot {
+                addr: r.addr,
                 label: r.label,
                 type_name: r.type_name,
                 block: None,
@@ -698,6 +701,7 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
                 (
                     addr,
                     RegisteredRoot {
+                        addr: 0,
                         label,
                         type_name,
                         block: None,
@@ -759,6 +763,39 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
             };
             scanned += b.size as u64;
         }
+        // Registered static containers are scanned as their own labelled
+        // roots below: excluded here, or the plain static root would hide
+        // the label (two roots, no single owner).
+        let stop_lo = &STOP as *const Stop as usize;
+        let stop_area = Mapping {
+            start: stop_lo,
+            end: stop_lo + std::mem::size_of::<Stop>(),
+        };
+        let excluded = std::iter::once(stop_area).chain(prepared.statics.iter().map(|(m, _)| *m));
+        let mut pieces: MmapVec<Mapping> = MmapVec::new();
+        for seg in &prepared.segments {
+            incomplete |= !pieces.push(*seg);
+        }
+        for ex in excluded {
+            let mut cut: MmapVec<Mapping> = MmapVec::with_capacity(pieces.len() + 1);
+            for &m in pieces.as_slice() {
+                for part in [
+                    Mapping {
+                        start: m.start,
+                        end: m.end.min(ex.start),
+                    },
+                    Mapping {
+                        start: m.start.max(ex.end),
+                        end: m.end,
+                    },
+                ] {
+                    if part.start < part.end {
+                        incomplete |= !cut.push(part);
+                    }
+                }
+            }
+            pieces = cut;
+        }
         let mut root = |node: u32, source: RootSource, roots: &mut MmapVec<RootRef>| {
             incomplete |= !roots.push(RootRef { node, source });
         };
@@ -801,20 +838,7 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
         // The stop slots (saved registers of stopped threads, already
         // scanned under the stricter rule above) are static data too: skip
         // them, or registers deliberately ignored would count after all.
-        let stop_lo = &STOP as *const Stop as usize;
-        let stop_hi = stop_lo + std::mem::size_of::<Stop>();
-        let pieces = prepared.segments.iter().flat_map(|seg| {
-            let below = Mapping {
-                start: seg.start,
-                end: seg.end.min(stop_lo),
-            };
-            let above = Mapping {
-                start: seg.start.max(stop_hi),
-                end: seg.end,
-            };
-            [below, above].into_iter().filter(|m| m.start < m.end)
-        });
-        for seg in pieces {
+        for &seg in pieces.as_slice() {
             // Only the parts inside readable mappings.
             let mut addr = seg.start;
             while addr < seg.end {
