@@ -238,12 +238,14 @@ impl Recorder {
     /// sharpest answer; `leakprof run` does.
     #[inline(never)]
     pub fn snapshot_with_graph(&self, options: &GraphOptions) -> Result<Profile, GraphUnavailable> {
-        // The caller's registers go into this frame, where the scan of this
-        // thread's stack starts.
+        // This thread's stack is scanned from the caller's frame up (plus the
+        // registers it saved on entry here): leakprof's own frames below
+        // it reuse stack memory the caller's earlier calls left stale.
         let mut registers = [0usize; 8];
         scan::spill_registers(&mut registers);
-        let from = std::hint::black_box(&registers) as *const _ as usize;
-        snapshot::take_with_graph(options, from).map_err(|e| GraphUnavailable(e.to_string()))
+        let from = scan::frame_pointer().saturating_sub(scan::SAVED_REGISTERS_BELOW_FP);
+        snapshot::take_with_graph(options, from, registers)
+            .map_err(|e| GraphUnavailable(e.to_string()))
     }
 
     /// Stops the timeline sampler (allocations are still recorded), so the

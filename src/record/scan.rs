@@ -409,6 +409,35 @@ unsafe fn load_word(addr: usize) -> usize {
     value
 }
 
+/// Bytes below an entry point's frame pointer where its prologue saved the
+/// caller's callee-saved registers (five on x86-64; ten on aarch64).
+#[cfg(target_arch = "x86_64")]
+pub(crate) const SAVED_REGISTERS_BELOW_FP: usize = 48;
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) const SAVED_REGISTERS_BELOW_FP: usize = 96;
+
+/// The calling function's frame pointer.
+#[inline(always)]
+pub(crate) fn frame_pointer() -> usize {
+    let fp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads a register.
+    unsafe {
+        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads a register.
+    unsafe {
+        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let marker = 0usize;
+        fp = std::hint::black_box(&marker) as *const usize as usize;
+    }
+    fp
+}
+
 /// Spills the callee-saved registers of the calling thread onto its stack
 /// (into `out`), so pointers only held in registers are seen by the scan of
 /// its own stack.
@@ -437,6 +466,12 @@ pub(crate) fn spill_registers(out: &mut [usize; 8]) {
 
 /// What `prepare` gathers while allocation is still allowed.
 struct Prepared {
+    /// Known stack ends by kernel thread id (threads that allocated while
+    /// recording registered theirs).
+    stack_ends: Vec<(u32, usize)>,
+    /// Size of glibc's `struct pthread` (the thread descriptor at the thread
+    /// pointer, holding pthread-specific data pointers).
+    thread_descriptor: usize,
     /// By stack id: blocks from this stack are referred to by interior
     /// pointers (see [`ROOT_INTERIOR_LIMIT`]).
     interior_sites: Vec<bool>,
@@ -466,17 +501,10 @@ fn read_mappings() -> Vec<Mapping> {
             })
         })
         .collect();
+    // Not merged: the kernel already shows one entry per mapping (and may
+    // itself join a stack with a neighbouring heap; see `stack_end`).
     out.sort_by_key(|m| m.start);
-    // Merge adjacent readable mappings (a thread's TLS, TCB and stack may
-    // be split by permissions or guard pages only at their ends).
-    let mut merged: Vec<Mapping> = Vec::with_capacity(out.len());
-    for m in out {
-        match merged.last_mut() {
-            Some(last) if last.end == m.start => last.end = m.end,
-            _ => merged.push(m),
-        }
-    }
-    merged
+    out
 }
 
 fn list_threads() -> Vec<i32> {
@@ -549,7 +577,19 @@ fn prepare() -> Prepared {
         ));
     }
     let n_stacks = hooks::STACKS.id_limit();
+    let stack_ends = hooks::THREADS
+        .each()
+        .map(|t| {
+            (
+                t.tid.load(Ordering::Relaxed) as u32,
+                t.stack_end.load(Ordering::Relaxed),
+            )
+        })
+        .filter(|&(tid, end)| tid != 0 && end != 0)
+        .collect();
     Prepared {
+        stack_ends,
+        thread_descriptor: thread_descriptor_size(),
         interior_sites: super::symbols::stacks_matching(n_stacks, |f| {
             INTERIOR_POINTER_SITES.iter().any(|p| f.starts_with(p))
         }),
@@ -559,6 +599,22 @@ fn prepare() -> Prepared {
         tls_size,
         statics,
         blocks_hint: hooks::live_now().1 as usize,
+    }
+}
+
+/// glibc exports the size of its thread descriptor for debuggers
+/// (`_thread_db_sizeof_pthread`); 2304 bytes (glibc 2.3x on x86-64) when
+/// it cannot be found.
+fn thread_descriptor_size() -> usize {
+    // SAFETY: dlsym on the default namespace with a NUL-terminated name; the
+    // symbol, when present, is a `const unsigned int` in libc.
+    unsafe {
+        let p = libc::dlsym(libc::RTLD_DEFAULT, c"_thread_db_sizeof_pthread".as_ptr());
+        if p.is_null() {
+            2304
+        } else {
+            (*(p as *const u32)).clamp(512, 16384) as usize
+        }
     }
 }
 
@@ -663,10 +719,15 @@ unsafe fn scan_stack(heap: &Heap, start: usize, end: usize, mut hit: impl FnMut(
 /// Takes a heap-graph scan. See the module docs.
 ///
 /// `own_stack_from` is where the calling thread's stack is scanned from:
-/// the frame of the public entry point, which spilled the caller's
-/// registers there. leakprof's own frames below it are not scanned (they
-/// hold addresses of blocks the scan itself just looked at).
-pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
+/// just below the public entry point's frame pointer (its saved registers)
+/// and up through the caller's frames; `own_registers` are the registers
+/// the entry point spilled. leakprof's own frames below are not scanned:
+/// they occupy stack memory the caller's earlier calls left full of stale
+/// addresses.
+pub(crate) fn scan(
+    own_stack_from: usize,
+    own_registers: [usize; 8],
+) -> Result<ScanResult, ScanError> {
     if !hooks::recording() {
         return Err(ScanError::NotRecording);
     }
@@ -804,6 +865,11 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
         // caller's frame up).
         let own_sp = own_stack_from;
         let stopped_slots = STOP.next_slot.load(Ordering::Acquire).min(MAX_THREADS);
+        for &r in &own_registers {
+            if let Some(j) = heap.find_from_root(r) {
+                root(j, RootSource::Stack, &mut roots_early);
+            }
+        }
         for slot in &STOP.slots[..stopped_slots] {
             let in_syscall = stopped_in_syscall(slot, &prepared.mappings);
             for (k, r) in slot.registers.iter().enumerate() {
@@ -815,21 +881,40 @@ pub(crate) fn scan(own_stack_from: usize) -> Result<ScanResult, ScanError> {
                 }
             }
         }
+        let my_tid = me as u32;
         let threads = STOP.slots[..stopped_slots]
             .iter()
-            .map(|s| (s.sp.load(Ordering::Relaxed), s.tp.load(Ordering::Relaxed)))
-            .chain(std::iter::once((own_sp, thread_pointer())));
+            .map(|s| {
+                (
+                    s.tid.load(Ordering::Relaxed),
+                    s.sp.load(Ordering::Relaxed),
+                    s.tp.load(Ordering::Relaxed),
+                )
+            })
+            .chain(std::iter::once((my_tid, own_sp, thread_pointer())));
         let mut roots = roots_early;
-        for (sp, tp) in threads {
+        for (tid, sp, tp) in threads {
             if let Some(m) = mapping_of(&prepared.mappings, sp) {
-                // SAFETY: [sp, m.end) lies inside a readable mapping.
-                unsafe { scan_stack(&heap, sp, m.end, |j| root(j, RootSource::Stack, &mut roots)) };
-                scanned += (m.end - sp) as u64;
+                // The thread's own idea of its stack end when we know it (a
+                // mapping entry may have been joined with a neighbour).
+                let known = prepared
+                    .stack_ends
+                    .iter()
+                    .find(|&&(t, end)| t == tid && end > sp && end <= m.end)
+                    .map(|&(_, end)| end);
+                let end = known.unwrap_or(m.end);
+                // SAFETY: [sp, end) lies inside a readable mapping.
+                unsafe { scan_stack(&heap, sp, end, |j| root(j, RootSource::Stack, &mut roots)) };
+                scanned += (end - sp) as u64;
             }
             if tp != 0 {
                 if let Some(m) = mapping_of(&prepared.mappings, tp) {
-                    let lo = tp.saturating_sub(prepared.tls_size + 4096).max(m.start);
-                    let hi = (tp + 4096).min(m.end);
+                    // Exactly the static TLS blocks below the thread pointer
+                    // and glibc's thread descriptor above it: the main
+                    // thread's live in the heap, whose neighbouring chunks
+                    // (free ones included) must not be read as roots.
+                    let lo = tp.saturating_sub(prepared.tls_size + 64).max(m.start);
+                    let hi = (tp + prepared.thread_descriptor).min(m.end);
                     // SAFETY: clipped to the readable mapping containing tp.
                     unsafe { scan_stack(&heap, lo, hi, |j| root(j, RootSource::Tls, &mut roots)) };
                 }

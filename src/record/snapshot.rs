@@ -80,9 +80,10 @@ pub(crate) fn take() -> Profile {
 pub(crate) fn take_with_graph(
     options: &GraphOptions,
     own_stack_from: usize,
+    own_registers: [usize; 8],
 ) -> Result<Profile, ScanError> {
     hooks::guarded(|| {
-        let scan = scan::scan(own_stack_from)?;
+        let scan = scan::scan(own_stack_from, own_registers)?;
         Ok(build(Some(scan), options))
     })
 }
