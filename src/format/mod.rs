@@ -319,6 +319,9 @@ pub struct Dropped {
     /// were recorded untagged.
     #[serde(default)]
     pub tags_overflowed: u64,
+    /// Task descriptions not kept because the task table was full.
+    #[serde(default)]
+    pub tasks: u64,
 }
 
 /// The heap graph of a version-2 profile: who holds the memory.

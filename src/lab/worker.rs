@@ -63,19 +63,22 @@ impl WorkerStats {
 
 /// Message ids (UUID strings) to the recorder's numeric task ids; retries
 /// of a message keep its task id.
+/// Only messages not yet final are kept: a task that succeeded or was
+/// dead-lettered gives its entry back, so a long-running worker's table
+/// stays as small as its work in progress.
 #[derive(Default)]
 pub struct TaskIds {
     ids: Mutex<HashMap<String, u64>>,
+    next: AtomicU64,
 }
 
 impl TaskIds {
     fn id_for(&self, message: &Message) -> u64 {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        let next = ids.len() as u64 + 1;
         let mut fresh = false;
         let id = *ids.entry(message.message_id.clone()).or_insert_with(|| {
             fresh = true;
-            next
+            self.next.fetch_add(1, Ordering::Relaxed) + 1
         });
         drop(ids);
         if fresh {
@@ -89,6 +92,14 @@ impl TaskIds {
             );
         }
         id
+    }
+
+    /// The message reached a final state.
+    fn finish(&self, message_id: &str) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(message_id);
     }
 }
 
@@ -261,6 +272,7 @@ fn process(shared: &Shared, mut delivery: Delivery) {
         Message::placeholder(),
     ));
     let task = shared.tasks.id_for(&message);
+    let message_id = message.message_id.clone();
     let retries = message.retries().unwrap_or(0);
     stats.max_retry.fetch_max(retries, Ordering::Relaxed);
     stats.attempts.fetch_add(1, Ordering::Relaxed);
@@ -326,4 +338,7 @@ fn process(shared: &Shared, mut delivery: Delivery) {
     counter.fetch_add(1, Ordering::Relaxed);
     crate::with_tag(tag, || crate::mark(event));
     crate::describe_task(task, TaskDescription::new().outcome(outcome));
+    if failed || !errored {
+        shared.tasks.finish(&message_id);
+    }
 }

@@ -24,6 +24,7 @@ struct Session {
     options: Option<Options>,
     attributes: BTreeMap<String, String>,
     tasks: BTreeMap<u64, TaskDescription>,
+    tasks_dropped: u64,
 }
 
 static SESSION: LockCell<Session> = LockCell::new(Session {
@@ -31,6 +32,7 @@ static SESSION: LockCell<Session> = LockCell::new(Session {
     options: None,
     attributes: BTreeMap::new(),
     tasks: BTreeMap::new(),
+    tasks_dropped: 0,
 });
 
 pub(crate) fn session_lock() -> &'static RawLock {
@@ -43,6 +45,7 @@ pub(crate) fn begin_session(options: &Options) {
     s.options = Some(options.clone());
     s.attributes.clear();
     s.tasks.clear();
+    s.tasks_dropped = 0;
     drop(s);
     timeline::clear();
 }
@@ -54,9 +57,21 @@ pub(crate) fn set_attribute(key: &str, value: &str) {
         .insert(key.to_string(), value.to_string());
 }
 
+/// Tasks the task table keeps; descriptions of further tasks are counted
+/// as dropped (a worker that runs for months must not grow without bound).
+const MAX_TASKS: usize = 100_000;
+
+/// Caller holds the guard: the strings are copied into recorder-owned
+/// (untracked) memory and the caller's (recorded) ones are freed, so the
+/// task table never shows up as the program's own surviving memory.
 pub(crate) fn describe_task(task: u64, d: TaskDescription) {
     let mut s = SESSION.lock();
+    if !s.tasks.contains_key(&task) && s.tasks.len() >= MAX_TASKS {
+        s.tasks_dropped += 1;
+        return;
+    }
     let e = s.tasks.entry(task).or_default();
+    let own = |v: Option<String>| v.map(|x| x.as_str().to_owned());
     for (slot, v) in [
         (&mut e.name, d.name),
         (&mut e.external_id, d.external_id),
@@ -65,7 +80,7 @@ pub(crate) fn describe_task(task: u64, d: TaskDescription) {
         (&mut e.outcome, d.outcome),
     ] {
         if v.is_some() {
-            *slot = v;
+            *slot = own(v);
         }
     }
 }
@@ -165,6 +180,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let options = session.options.clone().unwrap_or_default();
     let attributes = session.attributes.clone();
     let described = session.tasks.clone();
+    let tasks_dropped = session.tasks_dropped;
     let start_unix_ms = session.start_unix_ms;
     drop(session);
 
@@ -281,6 +297,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
             truncated_stacks,
             timeline_points: timeline_dropped,
             tags_overflowed: TAGS.overflowed.load(Ordering::Relaxed),
+            tasks: tasks_dropped,
         },
         graph,
     }

@@ -8,6 +8,7 @@
 //! `retry-args` scenario's leak. The `fixed` variant drops a closure as soon
 //! as it has fired and keeps only the record's facts.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,8 +40,16 @@ pub struct RetryRecord {
     /// The `retries` value the retry carries.
     pub retries: u64,
     pub delay: Duration,
-    /// The closure that sends it; `None` once pruned.
-    send: Option<SendRetry>,
+    /// The closure that sent it (kept: the `original` variant's leak).
+    send: SendRetry,
+}
+
+impl RetryRecord {
+    /// Sends the retry again (the history's reason to keep closures:
+    /// replaying a retry by hand).
+    pub fn resend(&self, env: &Env) -> Result<Enqueued, BrokerError> {
+        (self.send)(env)
+    }
 }
 
 /// Retries reads `max_retries`, `min_backoff` and `max_backoff` from the
@@ -49,6 +58,7 @@ pub struct RetryRecord {
 pub struct Retries {
     policy: HistoryPolicy,
     history: Mutex<Vec<RetryRecord>>,
+    pruned: AtomicU64,
 }
 
 impl Retries {
@@ -56,13 +66,15 @@ impl Retries {
         Retries {
             policy,
             history: Mutex::new(Vec::new()),
+            pruned: AtomicU64::new(0),
         }
     }
 
-    /// Records in the history, and how many still hold their closure.
-    pub fn history_len(&self) -> (usize, usize) {
+    /// Records kept in the history (each holding its fired closure) and
+    /// retries pruned once fired.
+    pub fn history_len(&self) -> (usize, u64) {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        (h.len(), h.iter().filter(|r| r.send.is_some()).count())
+        (h.len(), self.pruned.load(Ordering::Relaxed))
     }
 
     fn option_u64(message: &Message, key: &str) -> Option<u64> {
@@ -135,19 +147,24 @@ impl Middleware for Retries {
             );
             ctx.fail();
         }
-        let record = RetryRecord {
-            message_id: message.message_id.clone(),
-            retries: retries + 1,
-            delay,
-            send: match self.policy {
-                HistoryPolicy::KeepFired => Some(send),
-                HistoryPolicy::PruneFired => None,
-            },
-        };
         drop(retry);
-        self.history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(record);
+        match self.policy {
+            HistoryPolicy::KeepFired => {
+                let record = RetryRecord {
+                    message_id: message.message_id.clone(),
+                    retries: retries + 1,
+                    delay,
+                    send,
+                };
+                self.history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(record);
+            }
+            // Fired: nothing of it is kept but the count.
+            HistoryPolicy::PruneFired => {
+                self.pruned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
