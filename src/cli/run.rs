@@ -19,6 +19,7 @@ use crate::lab::scenarios;
   leakprof run --scenario nested --size 32 --duration 10s
   leakprof run --scenario large-results --result-ttl 5s --duration 20s
   leakprof run --scenario retry-args --broker redis --redis-url redis://127.0.0.1:6379/0
+  leakprof run --scenario exception --retries 3 --trace-memory --trace-memory-type TaskError
 
 Writes into the output directory: profile.json, memory.csv, memory.svg,
 flamegraph.svg and summary.json. SIGUSR1 writes a mid-run snapshot
@@ -42,9 +43,17 @@ pub struct Args {
     /// Worker processes (more than one needs --broker redis).
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
-    /// Print the per-job leak report (MRQ's --trace_memory) as jobs finish.
+    /// After each job, print what it left behind: its blocks still alive,
+    /// by type, site and owner (MRQ's --trace_memory). Use with --threads 1.
     #[arg(long)]
     pub trace_memory: bool,
+    /// Also draw the retainer chains of the job's objects whose type (or
+    /// owner) mentions PATTERN, one SVG per job (implies --trace-memory).
+    #[arg(long, value_name = "PATTERN")]
+    pub trace_memory_type: Option<String>,
+    /// Where those SVGs go (default OUT/trace-memory).
+    #[arg(long, value_name = "DIR")]
+    pub trace_memory_output_dir: Option<PathBuf>,
     #[command(flatten)]
     pub broker: BrokerArgs,
     #[command(flatten)]
@@ -96,7 +105,9 @@ pub fn execute(global: Global, args: Args) -> Outcome {
         out,
         queues: vec![args.broker.queue.clone()],
         timeline_interval_ms: args.guard.timeline_interval.0.as_millis() as u64,
-        trace_memory: args.trace_memory,
+        trace_memory: args.trace_memory || args.trace_memory_type.is_some(),
+        trace_memory_type: args.trace_memory_type.clone(),
+        trace_memory_output_dir: args.trace_memory_output_dir.clone(),
         quiet: global.quiet,
     };
     let report = if args.processes > 1 {

@@ -57,6 +57,8 @@ pub fn execute(global: Global, args: Args) -> Outcome {
         queues: args.queues.clone(),
         timeline_interval_ms: args.guard.timeline_interval.0.as_millis() as u64,
         trace_memory: false,
+        trace_memory_type: None,
+        trace_memory_output_dir: None,
         quiet: global.quiet,
     };
     let report = run::run(&config)?;

@@ -32,5 +32,6 @@ mod redis_link;
 pub mod results;
 pub mod run;
 pub mod scenarios;
+pub mod trace;
 pub mod variants;
 pub mod worker;

@@ -17,6 +17,7 @@ use super::middleware::{AsyncIo, Chain, Env, Middleware, Results, Retries, TimeL
 use super::outputs;
 use super::results::{MemoryResults, RedisResults, ResultBackend};
 use super::scenarios::{self, Expect, Params, Scenario};
+use super::trace::Tracer;
 use super::variants::Variant;
 use super::worker::{Worker, WorkerConfig, WorkerStats};
 use crate::format::{attributes, events, Profile};
@@ -114,7 +115,12 @@ pub struct RunConfig {
     pub out: PathBuf,
     pub queues: Vec<String>,
     pub timeline_interval_ms: u64,
+    /// Print what each job left behind (`--trace-memory`).
     pub trace_memory: bool,
+    /// Also draw retainer chains of this type per job into
+    /// `trace_memory_output_dir` (`--trace-memory-type`).
+    pub trace_memory_type: Option<String>,
+    pub trace_memory_output_dir: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -299,6 +305,15 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
         }
     }
 
+    let tracer = (config.trace_memory || config.trace_memory_type.is_some()).then(|| {
+        Tracer::new(
+            config.trace_memory_type.clone(),
+            config
+                .trace_memory_output_dir
+                .clone()
+                .or_else(|| Some(config.out.join("trace-memory"))),
+        )
+    });
     let worker = Worker::start(
         env,
         actor_table(&config.actor),
@@ -308,6 +323,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
             queues: config.queues.clone(),
             threads: config.threads,
             prefetch: None,
+            after_job: tracer.as_ref().map(|t| t.hook.clone()),
         },
     )
     .context("starting the worker")?;
@@ -316,7 +332,18 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let mut snapshots_written = 0;
     let stop = loop {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(if tracer.is_some() { 5 } else { 50 }));
+        if let Some(t) = &tracer {
+            let snapshot = |keep: &[String]| {
+                let options = crate::GraphOptions {
+                    keep_types: keep.to_vec(),
+                };
+                recorder
+                    .snapshot_with_graph(&options)
+                    .unwrap_or_else(|_| recorder.snapshot())
+            };
+            t.drain(snapshot, |text| progress.println(text.trim_end()));
+        }
         let rss = sys::rss_bytes();
         let elapsed = started.elapsed();
         progress.update(elapsed, &stats, rss);
@@ -349,6 +376,8 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
         }
     };
     progress.finish();
+    // Workers waiting on a trace report are released when the tracer goes.
+    drop(tracer);
     worker.stop();
     recorder.stop_timeline();
     crate::set_attribute(attributes::STOP_REASON, stop.as_str());

@@ -23,18 +23,22 @@ use super::error::TaskError;
 use super::executor::Outcome;
 use super::message::Message;
 use super::middleware::{AsyncIo, Chain, Env, MessageCtx, Outcome as Ending};
+use super::trace::{AfterJob, JobDone};
 use crate::format::events;
 use crate::{owner, Tag, TaskDescription};
 
 /// How long a consumer waits for a message before checking for shutdown.
 const FETCH_WAIT: Duration = Duration::from_millis(100);
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     pub queues: Vec<String>,
     pub threads: usize,
     /// Messages fetched ahead per queue (Dramatiq: twice the threads).
     pub prefetch: Option<usize>,
+    /// Called on the worker thread after each job, outside the job's own
+    /// frames (`--trace-memory`).
+    pub after_job: Option<AfterJob>,
 }
 
 /// Counters the run loop and progress bar read.
@@ -109,6 +113,7 @@ struct WorkQueue {
 }
 
 struct Shared {
+    after_job: Option<AfterJob>,
     env: Env,
     actors: Actors,
     chain: Chain,
@@ -137,6 +142,7 @@ impl Worker {
     ) -> std::io::Result<Worker> {
         let threads = config.threads.max(1);
         let shared = Arc::new(Shared {
+            after_job: config.after_job.clone(),
             env,
             actors,
             chain,
@@ -258,13 +264,17 @@ fn work(shared: &Shared) {
             }
         };
         shared.stats.in_progress.fetch_add(1, Ordering::Relaxed);
-        process(shared, delivery);
+        let job = process(shared, delivery);
+        if let Some(hook) = &shared.after_job {
+            hook(job);
+        }
         shared.stats.in_progress.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Dramatiq's `process_message`, then the settle.
-fn process(shared: &Shared, mut delivery: Delivery) {
+#[inline(never)]
+fn process(shared: &Shared, mut delivery: Delivery) -> JobDone {
     let stats = &shared.stats;
     // Take the message out of the delivery (no copy of large arguments).
     let message = Arc::new(std::mem::replace(
@@ -273,6 +283,7 @@ fn process(shared: &Shared, mut delivery: Delivery) {
     ));
     let task = shared.tasks.id_for(&message);
     let message_id = message.message_id.clone();
+    let actor_name = message.actor_name.clone();
     let retries = message.retries().unwrap_or(0);
     stats.max_retry.fetch_max(retries, Ordering::Relaxed);
     stats.attempts.fetch_add(1, Ordering::Relaxed);
@@ -340,5 +351,12 @@ fn process(shared: &Shared, mut delivery: Delivery) {
     crate::describe_task(task, TaskDescription::new().outcome(outcome));
     if failed || !errored {
         shared.tasks.finish(&message_id);
+    }
+    JobDone {
+        task,
+        retry: tag.retry_number().unwrap_or(0),
+        actor: actor_name,
+        message_id,
+        outcome,
     }
 }

@@ -735,10 +735,11 @@ fn peak_and_per_stack_at_peak() {
     let _ = stats_from;
     let (a_peak, a_live) = stat("peak_phase_a");
     let (b_peak, b_live) = stat("peak_phase_b");
-    assert_eq!(a_live.bytes, 0);
+    assert!(a_live.bytes < 4096, "phase A was freed: {}", a_live.bytes);
     assert!(a_peak.bytes >= 7 << 20, "phase A at peak: {}", a_peak.bytes);
     assert_eq!(b_peak.bytes, 0, "phase B came after the peak");
-    assert_eq!(b_live.bytes, 2 << 20);
+    // Two 1 MiB buffers, plus the small Vec that holds them.
+    assert!((2 << 20..(2 << 20) + 4096).contains(&b_live.bytes), "{}", b_live.bytes);
     drop(b);
 }
 
