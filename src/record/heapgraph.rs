@@ -394,8 +394,7 @@ pub(crate) fn convert(
             id: c.id.0,
             members: c.members,
             retained: c.retained,
-            nodes: retention
-                .cycle_members(c.id)
+            nodes: cycle_order(&graph, retention.cycle_members(c.id))
                 .iter()
                 .filter_map(|m| stored.get(m).copied())
                 .collect(),
@@ -435,6 +434,28 @@ pub(crate) fn convert(
         },
         live,
     }
+}
+
+/// The members of a cycle in reference order where possible (each one
+/// pointing at the next), so a cycle reads "FutureState -> TaskError ->
+/// ...": a walk from the first member along edges to members not yet
+/// visited, falling back to the remaining members in id order.
+fn cycle_order(graph: &crate::analysis::graph::HeapGraph, members: &[u32]) -> Vec<u32> {
+    let set: std::collections::HashSet<u32> = members.iter().copied().collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut order = Vec::with_capacity(members.len());
+    let mut cur = members.iter().copied().min();
+    while let Some(v) = cur {
+        seen.insert(v);
+        order.push(v);
+        cur = graph
+            .targets(v)
+            .iter()
+            .copied()
+            .find(|t| set.contains(t) && !seen.contains(t))
+            .or_else(|| members.iter().copied().filter(|m| !seen.contains(m)).min());
+    }
+    order
 }
 
 fn root_name(kind: &RootKind, labels: &[&'static str]) -> String {

@@ -739,7 +739,11 @@ fn peak_and_per_stack_at_peak() {
     assert!(a_peak.bytes >= 7 << 20, "phase A at peak: {}", a_peak.bytes);
     assert_eq!(b_peak.bytes, 0, "phase B came after the peak");
     // Two 1 MiB buffers, plus the small Vec that holds them.
-    assert!((2 << 20..(2 << 20) + 4096).contains(&b_live.bytes), "{}", b_live.bytes);
+    assert!(
+        (2 << 20..(2 << 20) + 4096).contains(&b_live.bytes),
+        "{}",
+        b_live.bytes
+    );
     drop(b);
 }
 
