@@ -132,7 +132,7 @@ pub fn report_job(profile: &Profile, job: &JobDone) -> String {
         total.blocks
     );
     let mut sorted: Vec<_> = rows.into_iter().collect();
-    sorted.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
+    sorted.sort_by_key(|r| std::cmp::Reverse(r.1.bytes));
     for ((type_name, site, owner), a) in sorted.iter().take(10) {
         let _ = writeln!(
             out,
