@@ -7,7 +7,7 @@
 //! Runs after the world has resumed, off the allocation path, with the
 //! re-entrancy guard set.
 
-use std::collections::HashMap;
+use super::fxhash::FxHashMap;
 
 use super::live::Block;
 use super::scan::{RootSource, ScanResult};
@@ -111,7 +111,7 @@ pub(crate) fn convert(
         }
     }
     // Registered static containers become pseudo nodes after the blocks.
-    let mut static_node: HashMap<u32, u32> = HashMap::new();
+    let mut static_node: FxHashMap<u32, u32> = FxHashMap::default();
     for (k, r) in scan.registered.iter().enumerate() {
         if r.block.is_none() {
             static_node.insert(k as u32, infos.len() as u32);
@@ -127,7 +127,7 @@ pub(crate) fn convert(
     }
 
     // Labels, dense.
-    let mut label_ids: HashMap<&'static str, LabelId> = HashMap::new();
+    let mut label_ids: FxHashMap<&'static str, LabelId> = FxHashMap::default();
     let mut label_names: Vec<&'static str> = Vec::new();
     let mut label_of = |l: &'static str| -> LabelId {
         *label_ids.entry(l).or_insert_with(|| {
@@ -186,7 +186,7 @@ pub(crate) fn convert(
 
     // Owners: one per label, then one per site of unowned top-most holders.
     let mut owners: Vec<Owner> = Vec::new();
-    let mut owner_of_label: HashMap<u32, u32> = HashMap::new();
+    let mut owner_of_label: FxHashMap<u32, u32> = FxHashMap::default();
     for s in retention.labels() {
         let name = label_names[s.label.0 as usize];
         let type_name = infos
@@ -226,8 +226,8 @@ pub(crate) fn convert(
             }
         }
     }
-    let mut owner_of_site: HashMap<String, u32> = HashMap::new();
-    let mut holders_seen: HashMap<u32, ()> = HashMap::new();
+    let mut owner_of_site: FxHashMap<String, u32> = FxHashMap::default();
+    let mut holders_seen: FxHashMap<u32, ()> = FxHashMap::default();
     let mut node_owner: Vec<u32> = Vec::with_capacity(n as usize);
     for v in 0..n {
         let o = match retention.attribution(v) {
@@ -260,39 +260,58 @@ pub(crate) fn convert(
         node_owner.push(o);
     }
 
-    // Vias: what refers to each block, and where.
-    let describe_holder = |h: u32| -> String {
-        let info = &infos[h as usize];
-        match (info.label, info.type_name) {
-            (Some(l), _) => l.to_string(),
-            (None, Some(t)) => t.to_string(),
-            (None, None) => format!("site: {}", names.site(info.stack)),
-        }
-    };
+    // Vias: what refers to each block, and where. A holder is described by
+    // its label, else its type, else its site: the text is made once per
+    // distinct (label, type, stack), not per block.
+    enum HolderKey {
+        Object(Option<&'static str>, Option<&'static str>, u32),
+        Text(String),
+    }
+    let mut text_of: FxHashMap<(Option<&'static str>, Option<&'static str>, u32), String> =
+        FxHashMap::default();
     let mut vias: Vec<Via> = Vec::new();
-    let mut via_index: HashMap<(String, Option<u64>), u32> = HashMap::new();
+    let mut via_index: FxHashMap<(String, Option<u64>), u32> = FxHashMap::default();
     let mut node_via: Vec<u32> = Vec::with_capacity(n as usize);
     for v in 0..n {
-        let (holder, offset) = match retention.retainer(v) {
+        let (key, offset) = match retention.retainer(v) {
             Retainer::Root(i) => (
-                root_name(&graph.roots()[i as usize].kind, &label_names),
+                HolderKey::Text(root_name(&graph.roots()[i as usize].kind, &label_names)),
                 None,
             ),
-            Retainer::Pointer { holder, offset } => (describe_holder(holder), Some(offset as u64)),
-            Retainer::Cycle(c) => (format!("unreachable cycle #{}", c.0), None),
-            Retainer::Unreferenced => ("unreferenced".to_string(), None),
+            Retainer::Pointer { holder, offset } => {
+                let info = &infos[holder as usize];
+                (
+                    HolderKey::Object(info.label, info.type_name, info.stack),
+                    Some(offset as u64),
+                )
+            }
+            Retainer::Cycle(c) => (HolderKey::Text(format!("unreachable cycle #{}", c.0)), None),
+            Retainer::Unreferenced => (HolderKey::Text("unreferenced".to_string()), None),
         };
-        let idx = *via_index
-            .entry((holder.clone(), offset))
-            .or_insert_with(|| {
-                vias.push(Via { holder, offset });
-                vias.len() as u32 - 1
+        let text = match key {
+            HolderKey::Text(t) => t,
+            HolderKey::Object(label, type_name, stack) => text_of
+                .entry((label, type_name, stack))
+                .or_insert_with(|| match (label, type_name) {
+                    (Some(l), _) => l.to_string(),
+                    (None, Some(t)) => t.to_string(),
+                    (None, None) => format!("site: {}", names.site(stack)),
+                })
+                .clone(),
+        };
+        let next = vias.len() as u32;
+        let idx = *via_index.entry((text.clone(), offset)).or_insert_with(|| {
+            vias.push(Via {
+                holder: text,
+                offset,
             });
+            next
+        });
         node_via.push(idx);
     }
 
     // Live groups by (stack, tag, owner, via, reachability); blocks only.
-    let mut groups: HashMap<(u32, u32, u32, u32, bool), Amount> = HashMap::new();
+    let mut groups: FxHashMap<(u32, u32, u32, u32, bool), Amount> = FxHashMap::default();
     for (v, blk) in blocks.iter().enumerate() {
         let (bytes, units) = weight(blk.size);
         groups
@@ -351,7 +370,7 @@ pub(crate) fn convert(
             .collect()
     });
     let kept = retention.subgraph(&SubgraphOptions::default(), &extra);
-    let stored: HashMap<u32, u32> = kept
+    let stored: FxHashMap<u32, u32> = kept
         .iter()
         .enumerate()
         .map(|(i, &v)| (v, i as u32))

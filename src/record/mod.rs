@@ -15,6 +15,7 @@
 
 mod alloc;
 mod fork;
+mod fxhash;
 mod heapgraph;
 pub(crate) mod hooks;
 mod live;

@@ -4,7 +4,9 @@
 //! allocations are not recorded). It never stops other threads: each live
 //! table shard is locked only while it is copied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use super::fxhash::FxHashMap;
 use std::sync::atomic::Ordering;
 
 use super::heapgraph::{self, GraphOptions};
@@ -122,7 +124,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let n_tags = TAGS.id_limit() as usize;
     let mut stack_live = vec![Amount::default(); n_stacks];
     let mut tag_live = vec![Amount::default(); n_tags];
-    let mut groups: HashMap<(u32, u32), Amount> = HashMap::new();
+    let mut groups: FxHashMap<(u32, u32), Amount> = FxHashMap::default();
     for b in blocks {
         let (bytes, units) = hooks::weight_of(b.size);
         let a = Amount {
@@ -305,7 +307,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
 
 fn tag_table(n_tags: usize, tag_live: &[Amount], unit: u64) -> Vec<TagInfo> {
     // Allocations not yet flushed from threads' pending tag counters.
-    let mut pending: HashMap<u32, Amount> = HashMap::new();
+    let mut pending: FxHashMap<u32, Amount> = FxHashMap::default();
     for ts in THREADS.each() {
         let a = Amount {
             bytes: ts.tag_alloc_bytes.get(),

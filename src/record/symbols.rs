@@ -9,7 +9,7 @@
 //! recorder's own frames and the allocator shims above the program's code
 //! are trimmed from the top of each stack.
 
-use std::collections::HashMap;
+use super::fxhash::FxHashMap;
 
 use super::hooks::STACKS;
 use super::sys::{LockCell, RawLock};
@@ -23,7 +23,7 @@ struct Resolved {
     inlined: bool,
 }
 
-static CACHE: LockCell<Option<HashMap<u64, Vec<Resolved>>>> = LockCell::new(None);
+static CACHE: LockCell<Option<FxHashMap<u64, Vec<Resolved>>>> = LockCell::new(None);
 
 pub(crate) fn cache_lock() -> &'static RawLock {
     CACHE.raw()
@@ -40,9 +40,9 @@ pub(crate) struct Symbolized {
 pub(crate) fn symbolize(n_stacks: u32) -> Symbolized {
     let modules = loaded_modules();
     let mut guard = CACHE.lock();
-    let cache = guard.get_or_insert_with(HashMap::new);
+    let cache = guard.get_or_insert_with(FxHashMap::default);
     let mut frames: Vec<Frame> = Vec::new();
-    let mut frame_ids: HashMap<(u64, usize), u32> = HashMap::new();
+    let mut frame_ids: FxHashMap<(u64, usize), u32> = FxHashMap::default();
     let mut stacks = Vec::with_capacity(n_stacks as usize);
     for id in 0..n_stacks {
         let Some((pcs, truncated)) = STACKS.get(id) else {
@@ -98,7 +98,7 @@ pub(crate) fn symbolize(n_stacks: u32) -> Symbolized {
 /// re-entrancy guard.
 pub(crate) fn stacks_matching(n_stacks: u32, pred: impl Fn(&str) -> bool) -> Vec<bool> {
     let mut guard = CACHE.lock();
-    let cache = guard.get_or_insert_with(HashMap::new);
+    let cache = guard.get_or_insert_with(FxHashMap::default);
     (0..n_stacks)
         .map(|id| match STACKS.get(id) {
             None => false,
