@@ -2,24 +2,13 @@
 //! and profiles itself through the library API; leakprof must name each
 //! one's owner, find its cycles and print its retainer chains.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Command;
 
-use leakprof::format::Profile;
+use support::example;
 
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building example {name}");
-    }
-    path
-}
+use leakprof::format::Profile;
 
 fn owned(p: &Profile, owner: &str) -> (u64, u64) {
     let g = p.graph.as_ref().unwrap();

@@ -5,22 +5,11 @@
 //! heaptrack must be installed (`.ci/run` installs it). Without it the test
 //! is skipped, except with `CI=true`, where it fails.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Command;
 
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building example {name}");
-    }
-    path
-}
+use support::example;
 
 fn have(tool: &str) -> bool {
     Command::new("sh")

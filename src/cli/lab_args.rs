@@ -7,6 +7,7 @@ use clap::builder::PossibleValuesParser;
 use super::units::{HumanDuration, HumanSize};
 use crate::lab::broker::defaults as broker_defaults;
 use crate::lab::run::{defaults, ActorSettings, BrokerChoice};
+use crate::lab::scenarios::{Params, Scenario};
 use crate::lab::variants;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -106,4 +107,45 @@ pub struct GuardArgs {
     /// Timeline sampling period.
     #[arg(long, default_value_t = HumanDuration(defaults::TIMELINE_INTERVAL))]
     pub timeline_interval: HumanDuration,
+}
+
+/// Which scenario, and the sizes of its messages (`run`, `enqueue`).
+#[derive(Debug, clap::Args)]
+pub struct ScenarioArgs {
+    /// Scenario (see `leakprof list`).
+    #[arg(long, value_parser = PossibleValuesParser::new(crate::lab::scenarios::names()))]
+    pub scenario: String,
+    /// Payload size (bare numbers are MiB; scenario default).
+    #[arg(long)]
+    pub size: Option<HumanSize>,
+    /// Messages to send (scenario default).
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Sleep length of the sleep scenarios.
+    #[arg(long, default_value_t = HumanDuration(defaults::SLEEP))]
+    pub sleep: HumanDuration,
+}
+
+impl ScenarioArgs {
+    /// The scenario and its message parameters, flag defaults filled in
+    /// from the scenario's own.
+    pub fn resolve(&self, queue: &str) -> anyhow::Result<(&'static Scenario, Params)> {
+        let scenario = crate::lab::scenarios::find(&self.scenario).ok_or_else(|| {
+            anyhow::anyhow!("unknown scenario {:?} (see `leakprof list`)", self.scenario)
+        })?;
+        let bytes = self
+            .size
+            .map_or(scenario.defaults.payload_mib << 20, |s| s.0);
+        if bytes == 0 {
+            anyhow::bail!("--size must be more than 0");
+        }
+        let params = Params {
+            payload_bytes: usize::try_from(bytes)
+                .map_err(|_| anyhow::anyhow!("--size is too large"))?,
+            tasks: self.tasks.unwrap_or(scenario.defaults.tasks).max(1),
+            sleep: self.sleep.0,
+            queue: queue.to_string(),
+        };
+        Ok((scenario, params))
+    }
 }

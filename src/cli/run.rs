@@ -3,13 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::builder::PossibleValuesParser;
-
-use super::lab_args::{ActorArgs, BrokerArgs, GuardArgs};
-use super::units::{HumanDuration, HumanSize};
+use super::lab_args::{ActorArgs, BrokerArgs, GuardArgs, ScenarioArgs};
+use super::units::HumanDuration;
 use super::{Global, Outcome};
 use crate::lab::run::{self, defaults, RunConfig};
-use crate::lab::scenarios;
 
 /// Run a seed scenario on the Dramatiq-faithful worker and profile it.
 #[derive(Debug, clap::Args)]
@@ -25,18 +22,8 @@ Writes into the output directory: profile.json, memory.csv, memory.svg,
 flamegraph.svg and summary.json. SIGUSR1 writes a mid-run snapshot
 (profile-<n>.json); SIGINT/SIGTERM stop cleanly.")]
 pub struct Args {
-    /// Scenario to run (see `leakprof list`).
-    #[arg(long, value_parser = PossibleValuesParser::new(scenarios::names()))]
-    pub scenario: String,
-    /// Payload size (bare numbers are MiB; scenario default).
-    #[arg(long)]
-    pub size: Option<HumanSize>,
-    /// Messages to send (scenario default).
-    #[arg(long)]
-    pub tasks: Option<usize>,
-    /// Sleep length of the sleep scenarios.
-    #[arg(long, default_value_t = HumanDuration(defaults::SLEEP))]
-    pub sleep: HumanDuration,
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
     /// Stop after this long.
     #[arg(long, default_value_t = HumanDuration(defaults::DURATION))]
     pub duration: HumanDuration,
@@ -63,21 +50,13 @@ pub struct Args {
 }
 
 pub fn execute(global: Global, args: Args) -> Outcome {
-    let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
-        anyhow::anyhow!("unknown scenario {:?} (see `leakprof list`)", args.scenario)
-    })?;
+    let (scenario, params) = args.scenario.resolve(&args.broker.queue)?;
     let variant = args.actor.variant();
     if args.processes > 1 && args.broker.broker != super::lab_args::BrokerKind::Redis {
         anyhow::bail!(
             "--processes {} needs --broker redis: processes cannot share the in-memory broker",
             args.processes
         );
-    }
-    let payload_bytes = args
-        .size
-        .map_or(scenario.defaults.payload_mib << 20, |s| s.0);
-    if payload_bytes == 0 {
-        anyhow::bail!("--size must be more than 0");
     }
     let out = args.guard.out.clone().unwrap_or_else(|| {
         PathBuf::from(defaults::OUT_ROOT).join(format!("{}-{}", scenario.name, variant.name))
@@ -87,15 +66,14 @@ pub fn execute(global: Global, args: Args) -> Outcome {
         variant,
         broker: args.broker.choice(),
         actor: args.actor.settings(&args.broker.queue),
-        payload_bytes: usize::try_from(payload_bytes)
-            .map_err(|_| anyhow::anyhow!("--size is too large"))?,
-        tasks: args.tasks.unwrap_or(scenario.defaults.tasks).max(1),
+        payload_bytes: params.payload_bytes,
+        tasks: params.tasks,
         threads: args
             .guard
             .threads
             .unwrap_or(scenario.defaults.threads)
             .max(1),
-        sleep: args.sleep.0,
+        sleep: params.sleep,
         result_ttl: args.actor.result_ttl.0,
         duration: args.duration.0,
         max_rss: args

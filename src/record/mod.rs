@@ -18,6 +18,7 @@ mod fork;
 mod fxhash;
 mod heapgraph;
 pub(crate) mod hooks;
+mod intern;
 mod live;
 mod mmapvec;
 pub mod owner;

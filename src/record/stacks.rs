@@ -14,6 +14,7 @@
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use super::intern::{self, Slot};
 use super::sys;
 
 /// Largest depth a caller may configure.
@@ -29,21 +30,6 @@ const SLOTS: usize = 1 << 22;
 const MAX_STACKS: usize = SLOTS / 2;
 /// Words reserved for frames of all stacks together.
 const FRAME_WORDS: usize = 1 << 26;
-/// How long a reader waits for a racing insert to publish its id: a short
-/// spin, then yields. Bounded, so a publisher that vanished mid-insert (in
-/// a forked child) cannot hang anyone: the reader then abandons the slot
-/// (marks it so later readers skip it at once) and interns elsewhere; a
-/// duplicate id for one stack is harmless.
-const PUBLISH_SPINS: u32 = 64;
-const PUBLISH_YIELDS: u32 = 2000;
-
-#[repr(C)]
-struct Slot {
-    hash: AtomicU64,
-    /// 0 until the inserting thread has written the frames.
-    id: AtomicU32,
-    _pad: u32,
-}
 
 #[repr(C)]
 struct Record {
@@ -267,37 +253,20 @@ impl StackTable {
         if slots.is_null() {
             return UNKNOWN_STACK;
         }
-        let mask = SLOTS - 1;
-        let mut i = h as usize & mask;
-        for _probe in 0..SLOTS {
-            // SAFETY: i <= mask < SLOTS, inside the mapping.
-            let slot = unsafe { &*slots.add(i) };
-            let cur = slot.hash.load(Ordering::Acquire);
-            if cur == 0 {
-                match slot
-                    .hash
-                    .compare_exchange(0, h, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => return self.publish(slot, frames, truncated),
-                    Err(now) if now != h => {
-                        i = (i + 1) & mask;
-                        continue;
-                    }
-                    Err(_) => {} // someone else is inserting the same hash: compare below
-                }
-            } else if cur != h {
-                i = (i + 1) & mask;
-                continue;
-            }
-            if let Some(id) = self.wait_published(slot) {
-                if self.frames_equal(id, frames, truncated) {
-                    return id;
-                }
-            }
-            i = (i + 1) & mask;
-        }
-        self.overflowed.fetch_add(1, Ordering::Relaxed);
-        UNKNOWN_STACK
+        // SAFETY: `slots` maps SLOTS slots for the life of the process.
+        let found = unsafe {
+            intern::probe(
+                slots,
+                SLOTS - 1,
+                h,
+                |id| self.frames_equal(id, frames, truncated),
+                |slot| self.publish(slot, frames, truncated),
+            )
+        };
+        found.unwrap_or_else(|| {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            UNKNOWN_STACK
+        })
     }
 
     #[cold]
@@ -330,10 +299,6 @@ impl StackTable {
         );
         slot.id.store(id, Ordering::Release);
         id
-    }
-
-    fn wait_published(&self, slot: &Slot) -> Option<u32> {
-        wait_for_id(&slot.id)
     }
 
     fn frames_equal(&self, id: u32, frames: &[usize], truncated: bool) -> bool {
@@ -376,28 +341,6 @@ impl StackTable {
     /// One past the highest id handed out.
     pub(crate) fn id_limit(&self) -> u32 {
         self.next_id.load(Ordering::Acquire).min(MAX_STACKS as u32)
-    }
-}
-
-/// Waits (spin, then yield) for a slot's id to be published; see
-/// [`PUBLISH_YIELDS`]. Shared by the stack and tag tables.
-pub(crate) fn wait_for_id(id: &AtomicU32) -> Option<u32> {
-    for i in 0..PUBLISH_SPINS + PUBLISH_YIELDS {
-        match id.load(Ordering::Acquire) {
-            0 if i < PUBLISH_SPINS => std::hint::spin_loop(),
-            // SAFETY: sched_yield has no preconditions.
-            0 => unsafe {
-                libc::sched_yield();
-            },
-            u32::MAX => return None,
-            found => return Some(found),
-        }
-    }
-    // Abandon the slot (a later publish still overwrites the mark).
-    let _ = id.compare_exchange(0, u32::MAX, Ordering::AcqRel, Ordering::Acquire);
-    match id.load(Ordering::Acquire) {
-        0 | u32::MAX => None,
-        found => Some(found),
     }
 }
 

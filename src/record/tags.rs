@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
+use super::intern::{self, Slot};
 use super::sys;
 
 /// What the program is doing: a task, its retry number, and optionally an
@@ -117,13 +118,6 @@ pub(crate) const UNTAGGED: u32 = 0;
 const SLOTS: usize = 1 << 21;
 const MAX_TAGS: usize = SLOTS / 2;
 
-#[repr(C)]
-struct Slot {
-    hash: AtomicU64,
-    id: AtomicU32,
-    _pad: u32,
-}
-
 /// One interned tag with its counters. Counters are written by the threads
 /// that run under the tag (which flush their per-thread pending deltas
 /// here) and by frees of its blocks on other threads.
@@ -219,37 +213,20 @@ impl TagTable {
             return UNTAGGED;
         }
         let h = tag.hash();
-        let mask = SLOTS - 1;
-        let mut i = h as usize & mask;
-        for _ in 0..SLOTS {
-            // SAFETY: i <= mask, inside the mapping.
-            let slot = unsafe { &*slots.add(i) };
-            let cur = slot.hash.load(Ordering::Acquire);
-            if cur == 0 {
-                match slot
-                    .hash
-                    .compare_exchange(0, h, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => return self.publish(slot, tag),
-                    Err(now) if now != h => {
-                        i = (i + 1) & mask;
-                        continue;
-                    }
-                    Err(_) => {}
-                }
-            } else if cur != h {
-                i = (i + 1) & mask;
-                continue;
-            }
-            if let Some(id) = super::stacks::wait_for_id(&slot.id) {
-                if self.get(id).as_ref() == Some(tag) {
-                    return id;
-                }
-            }
-            i = (i + 1) & mask;
-        }
-        self.overflowed.fetch_add(1, Ordering::Relaxed);
-        UNTAGGED
+        // SAFETY: `slots` maps SLOTS slots for the life of the process.
+        let found = unsafe {
+            intern::probe(
+                slots,
+                SLOTS - 1,
+                h,
+                |id| self.get(id).as_ref() == Some(tag),
+                |slot| self.publish(slot, tag),
+            )
+        };
+        found.unwrap_or_else(|| {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            UNTAGGED
+        })
     }
 
     fn publish(&self, slot: &Slot, tag: &Tag) -> u32 {
