@@ -74,7 +74,8 @@ pub enum RetainersError {
     NoGraph,
 }
 
-/// Builds the chains of the selected objects.
+/// Builds the chains of the selected objects, those retaining the most
+/// first.
 pub fn chains(profile: &Profile, selection: &Selection) -> Result<Vec<Chain>, RetainersError> {
     let graph = profile.graph.as_ref().ok_or(RetainersError::NoGraph)?;
     let model = Model::new(profile);
@@ -141,6 +142,14 @@ pub fn chains(profile: &Profile, selection: &Selection) -> Result<Vec<Chain>, Re
             })
             .collect(),
     };
+    // Largest retained first, whatever the selection.
+    picked.sort_by(|&a, &b| {
+        nodes[b as usize]
+            .retained
+            .bytes
+            .cmp(&nodes[a as usize].retained.bytes)
+            .then(a.cmp(&b))
+    });
     picked.dedup();
     let mut out = Vec::with_capacity(picked.len());
     for target in picked {

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use super::input::load_profile_arg;
 use super::{Global, Outcome};
-use crate::analysis::retainers::{chains, Selection};
+use crate::analysis::retainers::{chains, Selection, Start};
 use crate::format::write_atomically;
 use crate::render::retainers;
 
@@ -18,6 +18,7 @@ use crate::render::retainers;
   leakprof retainers leakprof-out/exception-original
   leakprof retainers leakprof-out/retry-args-original --largest 3
   leakprof retainers leakprof-out/exception-original --type TaskError --graph chains.svg
+  leakprof retainers leakprof-out/exception-original --type TaskError --unreachable --largest 1
   leakprof retainers profile.json --site load_cache
 
 Needs a profile with a heap graph (format version 2): `leakprof run` writes one;
@@ -25,15 +26,20 @@ in your own program use `Recorder::snapshot_with_graph`.")]
 pub struct Args {
     /// A profile or a `leakprof run` output directory.
     pub profile: PathBuf,
-    /// The N objects retaining the most memory (the default, N = 5).
-    #[arg(long, conflicts_with_all = ["site", "type_pattern"])]
-    pub largest: Option<usize>,
+    /// Show the N objects retaining the most memory (among those --site or
+    /// --type select, if given).
+    #[arg(long, default_value_t = 5)]
+    pub largest: usize,
     /// Objects allocated where the stack mentions this text.
     #[arg(long, conflicts_with = "type_pattern")]
     pub site: Option<String>,
     /// Objects whose type or owner mentions this text.
     #[arg(long = "type", value_name = "PATTERN")]
     pub type_pattern: Option<String>,
+    /// Only objects no root reaches (true leaks: chains start at their
+    /// cycle or at nothing).
+    #[arg(long)]
+    pub unreachable: bool,
     /// Also draw the chains as an SVG.
     #[arg(long, value_name = "SVG")]
     pub graph: Option<PathBuf>,
@@ -47,10 +53,14 @@ pub fn execute(_global: Global, args: Args) -> Outcome {
     let selection = match (&args.site, &args.type_pattern) {
         (Some(s), _) => Selection::Site(s.clone()),
         (None, Some(t)) => Selection::Type(t.clone()),
-        (None, None) => Selection::Largest(args.largest.unwrap_or(5)),
+        (None, None) => Selection::Largest(args.largest),
     };
-    let found =
+    let mut found =
         chains(&profile, &selection).with_context(|| format!("{}", args.profile.display()))?;
+    if args.unreachable {
+        found.retain(|c| !matches!(c.start, Start::Root(_) | Start::Truncated));
+    }
+    found.truncate(args.largest);
     let text = retainers::text(&found);
     match &args.output {
         Some(path) => write_atomically(path, text.as_bytes())
