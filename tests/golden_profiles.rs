@@ -1,0 +1,48 @@
+//! The example profiles in `profiles/` load with this build and say what
+//! they were made to show.
+
+use std::path::Path;
+
+use leakprof::format::{load, Profile, VERSION_V2};
+
+fn profile(name: &str) -> Profile {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("profiles")
+        .join(name);
+    load(&path).unwrap_or_else(|e| panic!("{e} (regenerate it: see profiles/README.md)"))
+}
+
+fn owned(p: &Profile, owner: &str) -> u64 {
+    let g = p.graph.as_ref().expect("a heap graph");
+    p.live
+        .iter()
+        .filter(|x| x.owner.map(|o| g.owners[o as usize].name.as_str()) == Some(owner))
+        .map(|x| x.bytes)
+        .sum()
+}
+
+#[test]
+fn exception_profiles_show_the_leak_and_the_fix() {
+    let original = profile("exception-original.json");
+    let fixed = profile("exception-fixed.json");
+    assert_eq!(original.version, VERSION_V2);
+    // Six attempts of 1 MiB each, all kept by error values.
+    assert!(owned(&original, "error value") >= 6 << 20);
+    assert_eq!(owned(&fixed, "error value"), 0);
+    let slope = leakprof::analysis::LeakSlope::of(&original, 0).expect("a slope");
+    assert!((slope.bytes_per_retry - (1 << 20) as f64).abs() < 0.05 * (1 << 20) as f64);
+}
+
+#[test]
+fn leaky_service_profile_names_its_four_leaks() {
+    let p = profile("leaky-service.json");
+    for owner in [
+        "completion hooks",
+        "subscription",
+        "session cache",
+        "site: leaky_service::render_receipt",
+    ] {
+        assert!(owned(&p, owner) > 0, "{owner}");
+    }
+    assert_eq!(p.graph.as_ref().unwrap().cycles.len(), 200);
+}
