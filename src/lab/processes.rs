@@ -13,8 +13,7 @@ use anyhow::Context as _;
 
 use super::broker::Broker;
 use super::outputs;
-use super::run::{BrokerChoice, RunConfig, RunReport, StopReason};
-use super::scenarios::Params;
+use super::run::{enqueue_scenario, BrokerChoice, RunConfig, RunReport, StopReason};
 use crate::cli::units::HumanDuration;
 
 pub fn run(config: &RunConfig, processes: usize) -> anyhow::Result<RunReport> {
@@ -41,16 +40,7 @@ pub fn run(config: &RunConfig, processes: usize) -> anyhow::Result<RunReport> {
                 .context("--processes needs --broker redis")?,
         ))
         .with_context(|| format!("connecting to Redis at {url}"))?;
-    let params = Params {
-        payload_bytes: config.payload_bytes,
-        tasks: config.tasks,
-        sleep: config.sleep,
-        queue: config.actor.queue.clone(),
-    };
-    for message in scenario.messages(&params) {
-        rt.block_on(broker.enqueue(message, None))
-            .context("enqueueing")?;
-    }
+    enqueue_scenario(&rt, &broker, scenario, config)?;
 
     let exe = std::env::current_exe().context("finding the leakprof executable")?;
     let dirs: Vec<PathBuf> = (0..processes)

@@ -203,6 +203,26 @@ pub fn actor_table(settings: &ActorSettings) -> Actors {
     actors
 }
 
+/// Puts the scenario's messages, sized by `config`, on the broker.
+pub(crate) fn enqueue_scenario(
+    rt: &tokio::runtime::Runtime,
+    broker: &Broker,
+    scenario: &Scenario,
+    config: &RunConfig,
+) -> anyhow::Result<()> {
+    let params = Params {
+        payload_bytes: config.payload_bytes,
+        tasks: config.tasks,
+        sleep: config.sleep,
+        queue: config.actor.queue.clone(),
+    };
+    for message in scenario.messages(&params) {
+        rt.block_on(broker.enqueue(message, None))
+            .context("enqueueing the scenario's messages")?;
+    }
+    Ok(())
+}
+
 /// Signals the run reacts to.
 #[derive(Default)]
 struct Signals {
@@ -293,16 +313,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     let middleware = chain.clone();
 
     if let Some(scenario) = config.scenario {
-        let params = Params {
-            payload_bytes: config.payload_bytes,
-            tasks: config.tasks,
-            sleep: config.sleep,
-            queue: config.actor.queue.clone(),
-        };
-        for message in scenario.messages(&params) {
-            rt.block_on(broker.enqueue(message, None))
-                .context("enqueueing the scenario's messages")?;
-        }
+        enqueue_scenario(&rt, &broker, scenario, config)?;
     }
 
     let tracer = (config.trace_memory || config.trace_memory_type.is_some()).then(|| {
