@@ -58,11 +58,32 @@ pub(crate) fn copy() -> (Vec<TimelinePoint>, u64) {
     (t.points.clone(), t.dropped)
 }
 
+/// How long a live reading may take before it is read again: longer means
+/// the thread was preempted mid-reading.
+const MAX_READING_NS: u64 = 200_000;
+
+/// Live bytes and blocks, with a time no earlier than the reading and at
+/// most `MAX_READING_NS` after it (unless every try was preempted). A thread
+/// preempted between reading and timestamp would otherwise date an old
+/// reading late, after a free it does not show.
+fn live_reading() -> (u64, u64, u64) {
+    let mut tries = 0;
+    loop {
+        let start = hooks::now_ns();
+        let (bytes, blocks) = hooks::live_now();
+        let end = hooks::now_ns();
+        tries += 1;
+        if end.saturating_sub(start) <= MAX_READING_NS || tries == 4 {
+            return (end, bytes, blocks);
+        }
+    }
+}
+
 fn point(tag_id: u32, event: Option<&str>) -> TimelinePoint {
-    let (live_bytes, live_blocks) = hooks::live_now();
+    let (t_ns, live_bytes, live_blocks) = live_reading();
     let tag = TAGS.get(tag_id);
     TimelinePoint {
-        t_ns: hooks::now_ns(),
+        t_ns,
         rss_bytes: sys::rss_bytes(),
         live_bytes,
         live_blocks,
