@@ -333,8 +333,12 @@ pub struct Graph {
     pub scanned: Amount,
     pub edges: u64,
     pub pause_ns: u64,
-    /// How other threads' stacks were captured ("signals" or "quiescent").
+    /// How other threads' stacks were captured ("signals" or "quiescent"),
+    /// in words.
     pub thread_roots: String,
+    /// How the world stood still for the scan (absent in older profiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopStats>,
     /// Owners: labelled objects grouped by label, and site groups for memory
     /// with no labelled holder. `LiveGroup::owner` indexes this.
     pub owners: Vec<Owner>,
@@ -347,6 +351,31 @@ pub struct Graph {
     /// Objects kept for offline retainer chains.
     #[serde(default)]
     pub nodes: Vec<Node>,
+}
+
+/// How a heap-graph scan stopped the other threads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StopStats {
+    /// The stop signal, by name (`SIGPWR`, `SIGRTMIN+3`).
+    pub signal: String,
+    /// Threads stopped: their stacks and registers are roots.
+    pub stopped: u64,
+    /// Threads signalled that did not stop in time: they ran during the
+    /// scan and their stacks are not roots (what only they refer to may be
+    /// reported unreachable).
+    pub missed: u64,
+    /// Of the missed, threads that block the stop signal.
+    pub blocking_signal: u64,
+    /// Of the missed, threads that stayed inside the inner allocator's
+    /// realloc; their block was read from its old copy.
+    pub stuck_in_realloc: u64,
+    /// Blocks a realloc held outside the live table at the stop (nodes all
+    /// the same).
+    pub in_flight: u64,
+    /// Rounds of listing and stopping threads (over 1 when threads were
+    /// created while the world was stopping).
+    pub rounds: u64,
 }
 
 /// One owner: a label with the memory it keeps alive.

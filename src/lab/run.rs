@@ -348,6 +348,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
             let snapshot = |keep: &[String]| {
                 let options = crate::GraphOptions {
                     keep_types: keep.to_vec(),
+                    ..Default::default()
                 };
                 recorder
                     .snapshot_with_graph(&options)

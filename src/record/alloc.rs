@@ -88,10 +88,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LeakAlloc<A> {
     }
 }
 
-/// A realloc while recording: the old block leaves the table first (the
-/// inner realloc may free it), then the result is recorded as a new
-/// allocation from the caller's stack; if the inner realloc fails, the old
-/// block is put back untouched.
+/// A realloc while recording: see [`hooks::realloc`], which keeps the old
+/// block visible (in this thread's in-flight record) until the new one is
+/// in the live table.
 #[inline(never)]
 fn realloc_recorded<A: GlobalAlloc>(
     inner: &A,
@@ -99,34 +98,10 @@ fn realloc_recorded<A: GlobalAlloc>(
     layout: Layout,
     new_size: usize,
 ) -> *mut u8 {
-    let skip = hooks::LOCAL
-        .try_with(|l| l.holds_locks.get())
-        .unwrap_or(true);
-    let old = if skip {
-        None
-    } else {
-        hooks::detach(ptr as usize)
-    };
-    // SAFETY: the caller of GlobalAlloc::realloc guarantees ptr/layout/new_size
-    // satisfy the inner allocator's contract; we pass them unchanged.
-    let q = unsafe { inner.realloc(ptr, layout, new_size) };
-    if q.is_null() {
-        if let Some(b) = old {
-            hooks::restore(b);
-        }
-        return q;
-    }
-    if new_size > layout.size() {
-        // SAFETY: the grown tail is fresh memory not handed out yet.
-        unsafe { hooks::zero_fill(q.add(layout.size()), new_size - layout.size(), new_size) };
-    }
-    if let Some(b) = old {
-        let _ = hooks::LOCAL.try_with(|l| {
-            let was = l.guard.replace(true);
-            hooks::settle_free(l, &b);
-            l.guard.set(was);
-        });
-    }
-    hooks::on_alloc(q as usize, new_size);
-    q
+    hooks::realloc(ptr as usize, layout.size(), new_size, || {
+        // SAFETY: the caller of GlobalAlloc::realloc guarantees
+        // ptr/layout/new_size satisfy the inner allocator's contract; we pass
+        // them unchanged.
+        unsafe { inner.realloc(ptr, layout, new_size) }
+    })
 }

@@ -11,7 +11,8 @@
 
 use std::sync::Once;
 
-use super::hooks::{CAPTURE_LOCK, LIVE};
+use super::hooks::{CAPTURE_LOCK, LIVE, THREADS};
+use super::threads::FlightPhase;
 use super::{owner, scan, snapshot, symbols, timeline};
 
 static INSTALL: Once = Once::new();
@@ -64,4 +65,8 @@ extern "C" fn in_child() {
         }
     }
     timeline::forget_sampler_in_child();
+    // Reallocs in flight on threads that do not exist here never finish.
+    for ts in THREADS.each() {
+        ts.flight.set_phase(FlightPhase::Idle);
+    }
 }

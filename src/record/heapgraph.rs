@@ -10,21 +10,67 @@
 use super::fxhash::FxHashMap;
 
 use super::live::Block;
-use super::scan::{RootSource, ScanResult};
+use super::scan::{RootSource, ScanResult, StopReport};
 use super::tags::Tag;
 use crate::analysis::graph::{
     Attribution, HeapGraphBuilder, LabelId, Retainer, Retention, RootKind, SubgraphOptions,
     OFFSET_UNKNOWN,
 };
 use crate::analysis::model;
-use crate::format::{Amount, Cycle, Graph, LiveGroup, Node, Owner, Stack, Via};
+use crate::format::{Amount, Cycle, Graph, LiveGroup, Node, Owner, Stack, StopStats, Via};
 
-/// How the heap graph is summarised into the profile.
-#[derive(Clone, Debug, Default)]
+/// How the heap graph is taken and summarised into the profile.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct GraphOptions {
     /// Also keep (with their retainer chains) every object whose type or
     /// allocation site contains one of these texts.
     pub keep_types: Vec<String>,
+    /// The signal that stops threads during the scan (default `SIGPWR`, as
+    /// the Boehm collector uses). A program that handles `SIGPWR` itself
+    /// (Boehm, Mono) picks another, e.g. `libc::SIGRTMIN() + 3`; the scan
+    /// refuses a signal the program handles.
+    pub stop_signal: i32,
+    /// How long every thread gets to stop before the scan goes on without
+    /// it (its stack is then not a root, and the profile says so).
+    pub stop_timeout: std::time::Duration,
+}
+
+impl Default for GraphOptions {
+    fn default() -> GraphOptions {
+        GraphOptions {
+            keep_types: Vec::new(),
+            stop_signal: libc::SIGPWR,
+            stop_timeout: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+impl GraphOptions {
+    /// Keeps objects whose type, label or site contains `text`.
+    pub fn keep_type(mut self, text: impl Into<String>) -> GraphOptions {
+        self.keep_types.push(text.into());
+        self
+    }
+
+    /// Stops threads with `signal` instead of `SIGPWR`.
+    pub fn stop_signal(mut self, signal: i32) -> GraphOptions {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// Waits at most `timeout` for every thread to stop.
+    pub fn stop_timeout(mut self, timeout: std::time::Duration) -> GraphOptions {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn stop_config(&self) -> super::stop::StopConfig {
+        super::stop::StopConfig {
+            signal: self.stop_signal,
+            timeout_ns: self.stop_timeout.as_nanos().min(u64::MAX as u128) as u64,
+        }
+    }
 }
 
 /// The graph section plus the live groups split by owner, via and
@@ -227,6 +273,8 @@ pub(crate) fn convert(
         }
     }
     let mut owner_of_site: FxHashMap<String, u32> = FxHashMap::default();
+    // The site text is made once per holder stack, not once per block.
+    let mut owner_of_stack: FxHashMap<u32, u32> = FxHashMap::default();
     let mut holders_seen: FxHashMap<u32, ()> = FxHashMap::default();
     let mut node_owner: Vec<u32> = Vec::with_capacity(n as usize);
     for v in 0..n {
@@ -240,14 +288,17 @@ pub(crate) fn convert(
                 .and_then(|id| owner_of_label.get(&id.0).copied())
                 .unwrap_or(0),
             Attribution::Unowned { holder } => {
-                let site = format!("site: {}", names.site(infos[holder as usize].stack));
-                let idx = *owner_of_site.entry(site.clone()).or_insert_with(|| {
-                    owners.push(Owner {
-                        name: site,
-                        kind: "site".to_string(),
-                        ..Owner::default()
-                    });
-                    owners.len() as u32 - 1
+                let stack = infos[holder as usize].stack;
+                let idx = *owner_of_stack.entry(stack).or_insert_with(|| {
+                    let site = format!("site: {}", names.site(stack));
+                    *owner_of_site.entry(site.clone()).or_insert_with(|| {
+                        owners.push(Owner {
+                            name: site,
+                            kind: "site".to_string(),
+                            ..Owner::default()
+                        });
+                        owners.len() as u32 - 1
+                    })
                 });
                 if holders_seen.insert(holder, ()).is_none() {
                     let ow = &mut owners[idx as usize];
@@ -429,23 +480,16 @@ pub(crate) fn convert(
             },
             edges: graph.edge_count() as u64,
             pause_ns: scan.pause_ns,
-            thread_roots: format!(
-                "signals: {} thread(s) stopped{}{}",
-                scan.threads_stopped,
-                if scan.threads_missed > 0 {
-                    format!(
-                        ", {} did not stop in time (their stacks are not roots)",
-                        scan.threads_missed
-                    )
-                } else {
-                    String::new()
-                },
-                if scan.incomplete {
-                    "; scratch memory ran out, some pointers are missing"
-                } else {
-                    ""
-                }
-            ),
+            thread_roots: thread_roots_text(&scan.stop, scan.incomplete),
+            stop: Some(StopStats {
+                signal: super::stop::signal_name(scan.stop.signal),
+                stopped: scan.stop.stopped as u64,
+                missed: scan.stop.missed as u64,
+                blocking_signal: scan.stop.blocking as u64,
+                stuck_in_realloc: scan.stop.stuck_in_realloc as u64,
+                in_flight: scan.stop.in_flight as u64,
+                rounds: scan.stop.rounds as u64,
+            }),
             owners,
             vias,
             cycles,
@@ -453,6 +497,29 @@ pub(crate) fn convert(
         },
         live,
     }
+}
+
+/// The stop, in words: "signals: 5 thread(s) stopped, 1 did not stop in
+/// time (1 blocks the signal) ...".
+fn thread_roots_text(stop: &StopReport, incomplete: bool) -> String {
+    let mut text = format!("signals: {} thread(s) stopped", stop.stopped);
+    if stop.missed > 0 {
+        text += &format!(
+            ", {} did not stop in time (their stacks are not roots",
+            stop.missed
+        );
+        if stop.blocking > 0 {
+            text += &format!("; {} block the stop signal", stop.blocking);
+        }
+        if stop.stuck_in_realloc > 0 {
+            text += &format!("; {} stayed inside realloc", stop.stuck_in_realloc);
+        }
+        text += ")";
+    }
+    if incomplete {
+        text += "; scratch memory ran out, some pointers are missing";
+    }
+    text
 }
 
 /// The members of a cycle in reference order where possible (each one

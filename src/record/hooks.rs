@@ -15,10 +15,11 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use super::live::{Block, LiveTable};
+use super::race::{self, RacePoint};
 use super::stacks::{self, Captured, StackTable};
 use super::sys::{self, RawLock};
 use super::tags::{TagTable, UNTAGGED};
-use super::threads::{Registry, ThreadState};
+use super::threads::{FlightPhase, InFlight, Registry, ThreadState};
 
 /// `STATE` values. `UNSEEN` until the allocator is first used, so
 /// `Recorder::start` can tell whether `LeakAlloc` is installed.
@@ -239,6 +240,24 @@ fn register(l: &Local) -> Option<&'static ThreadState> {
     Some(ts)
 }
 
+/// The calling thread's in-flight record (see `ThreadState::flight`), for
+/// the stop-signal handler: async-signal-safe (reads the thread-local
+/// pointer; never registers the thread). None for threads without a state
+/// of their own.
+pub(crate) fn current_flight() -> Option<&'static InFlight> {
+    LOCAL
+        .try_with(|l| {
+            let p = l.state.get();
+            // SAFETY: non-null states live in the never-unmapped registry.
+            (!p.is_null())
+                .then(|| unsafe { &*p })
+                .filter(|ts| !THREADS.is_orphan(ts))
+                .map(|ts| &ts.flight)
+        })
+        .ok()
+        .flatten()
+}
+
 /// Sampled mode's fast path, inlined into `LeakAlloc::alloc`: true when
 /// this allocation falls between two sample points and needs no recording
 /// at all (one thread-local subtraction).
@@ -283,14 +302,43 @@ pub(crate) fn on_alloc(addr: usize, size: usize) {
         ok
     });
     if tracked != Ok(true) {
-        UNTRACKED_ALLOCS.fetch_add(1, Ordering::Relaxed);
-        UNTRACKED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+        note_untracked(size);
     }
 }
 
 /// Returns false when the block could not be recorded.
 #[inline(always)]
 fn record_alloc(l: &Local, addr: usize, size: usize) -> bool {
+    let Some(ts) = thread_state(l) else {
+        return false;
+    };
+    match prepare(l, ts, size) {
+        Some(p) => commit(
+            ts,
+            &p,
+            Block::new(addr, size, p.stack, p.tag, p.birth_ms),
+            None,
+        ),
+        None => true,
+    }
+}
+
+/// What a new block will be recorded as: decided (sampling) and captured
+/// (stack) before it is recorded, so a `realloc` can do it before calling
+/// the inner allocator.
+#[derive(Clone, Copy)]
+struct Pending {
+    stack: u32,
+    tag: u32,
+    birth_ms: u32,
+    w_bytes: u64,
+    w_blocks: u64,
+}
+
+/// The sampling decision and the stack of an allocation of `size` bytes
+/// on this thread; `None` when sampling passes it by.
+#[inline(always)]
+fn prepare(l: &Local, ts: &ThreadState, size: usize) -> Option<Pending> {
     let mean = CONFIG.sample_mean.load(Ordering::Relaxed);
     let (w_bytes, w_blocks) = if mean == 0 {
         (size as u64, 1)
@@ -304,13 +352,10 @@ fn record_alloc(l: &Local, addr: usize, size: usize) -> bool {
         let left = countdown - size as i64;
         if left > 0 {
             l.countdown.set(left);
-            return true;
+            return None;
         }
         l.countdown.set(next_gap(l, mean));
         sample_weight(size, mean)
-    };
-    let Some(ts) = thread_state(l) else {
-        return false;
     };
     let mut captured = Captured::new();
     stacks::capture(
@@ -318,21 +363,40 @@ fn record_alloc(l: &Local, addr: usize, size: usize) -> bool {
         ts.stack_end.load(Ordering::Relaxed),
         &mut captured,
     );
-    let stack = STACKS.intern_captured(&captured);
-    let tag = l.tag.get();
-    let birth_ms = (COARSE_NS.load(Ordering::Relaxed) / 1_000_000) as u32;
-    let block = Block::new(addr, size, stack, tag, birth_ms);
-    if !LIVE.insert(block) {
+    Some(Pending {
+        stack: STACKS.intern_captured(&captured),
+        tag: l.tag.get(),
+        birth_ms: (COARSE_NS.load(Ordering::Relaxed) / 1_000_000) as u32,
+        w_bytes,
+        w_blocks,
+    })
+}
+
+/// Enters a prepared block in the live table (ending `flight` in the same
+/// step when given) and accounts for it. False if the table refused it.
+#[inline(always)]
+fn commit(ts: &ThreadState, p: &Pending, block: Block, flight: Option<&InFlight>) -> bool {
+    let inserted = match flight {
+        Some(f) => LIVE.insert_landing(block, f),
+        None => LIVE.insert(block),
+    };
+    if !inserted {
         return false;
     }
-    if mean != 0 {
+    note_sampled(block.addr);
+    account(ts, &block, p.w_bytes as i64, p.w_blocks as i64);
+    true
+}
+
+/// Sampled mode: counts a recorded block in the address filter.
+#[inline(always)]
+fn note_sampled(addr: usize) {
+    if CONFIG.sample_mean.load(Ordering::Relaxed) != 0 {
         let f = &SAMPLED[filter_index(addr)];
         if f.load(Ordering::Relaxed) != u8::MAX {
             f.fetch_add(1, Ordering::Relaxed);
         }
     }
-    account(ts, &block, w_bytes as i64, w_blocks as i64);
-    true
 }
 
 /// Recorded before the inner allocator gets `addr` back.
@@ -345,39 +409,189 @@ pub(crate) fn on_free(addr: usize) {
             return;
         }
         let was = l.guard.replace(true);
-        if let Some(block) = detach(addr) {
+        if let Some(block) = detach(addr, None) {
             settle_free(l, &block);
         }
         l.guard.set(was);
     });
 }
 
-/// Takes a block out of the live table (free, or the old half of a
-/// realloc) without accounting for it yet.
+/// Takes a block out of the live table (a free, or the old half of a
+/// realloc, which keeps it in its thread's `flight`) without accounting
+/// for it yet.
 #[inline]
-pub(crate) fn detach(addr: usize) -> Option<Block> {
-    if CONFIG.sample_mean.load(Ordering::Relaxed) != 0 {
-        let f = &SAMPLED[filter_index(addr)];
-        let n = f.load(Ordering::Relaxed);
-        if n == 0 {
-            return None;
-        }
-        let block = LIVE.remove(addr)?;
-        if n != u8::MAX {
-            f.fetch_sub(1, Ordering::Relaxed);
-        }
-        return Some(block);
+fn detach(addr: usize, flight: Option<&InFlight>) -> Option<Block> {
+    let sampled = CONFIG.sample_mean.load(Ordering::Relaxed) != 0;
+    let f = &SAMPLED[filter_index(addr)];
+    let n = f.load(Ordering::Relaxed);
+    if sampled && n == 0 {
+        return None;
     }
-    LIVE.remove(addr)
+    let block = match flight {
+        Some(flight) => LIVE.remove_into_flight(addr, flight),
+        None => LIVE.remove(addr),
+    }?;
+    if sampled && n != u8::MAX {
+        f.fetch_sub(1, Ordering::Relaxed);
+    }
+    Some(block)
+}
+
+/// A `realloc` while recording. `inner` is the inner allocator's realloc
+/// of the block at `addr` (`old_size` bytes) to `new_size` bytes.
+///
+/// The old block never disappears from view: it moves from the live table
+/// into this thread's in-flight record (`ThreadState::flight`) and stays
+/// there, through the inner allocator's call, until its successor is in
+/// the table, so snapshots and heap-graph scans see every block exactly
+/// once. The successor's stack is captured *before* the inner call, so the
+/// record is complete wherever the world stops; a stop that arrives while
+/// the inner allocator runs (phase `Inner`, when the old block may be half
+/// freed) is deferred to the moment it returns (`stop::resume_deferred`).
+/// If the inner realloc fails, the old block goes back untouched.
+#[inline(never)]
+pub(crate) fn realloc<F: FnOnce() -> *mut u8>(
+    addr: usize,
+    old_size: usize,
+    new_size: usize,
+    inner: F,
+) -> *mut u8 {
+    let mut inner = Some(inner);
+    let done = LOCAL.try_with(|l| {
+        let f = inner.take()?;
+        Some(realloc_on(l, addr, old_size, new_size, f))
+    });
+    match (done, inner.take()) {
+        (Ok(Some(q)), _) => q,
+        (_, Some(f)) => f(),
+        (_, None) => std::ptr::null_mut(),
+    }
+}
+
+fn realloc_on(
+    l: &Local,
+    addr: usize,
+    old_size: usize,
+    new_size: usize,
+    inner: impl FnOnce() -> *mut u8,
+) -> *mut u8 {
+    if l.holds_locks.get() {
+        // leakprof's own scratch memory while it holds the live table's
+        // locks: never recorded.
+        return inner();
+    }
+    let was = l.guard.replace(true);
+    let own_state = match was {
+        false => thread_state(l).filter(|ts| !THREADS.is_orphan(ts)),
+        true => None,
+    };
+    let q = match own_state {
+        Some(ts) => realloc_in_flight(l, ts, addr, old_size, new_size, inner),
+        None => realloc_without_flight(l, was, addr, old_size, new_size, inner),
+    };
+    l.guard.set(was);
+    q
+}
+
+/// A thread with a state of its own: the old block is never out of view.
+fn realloc_in_flight(
+    l: &Local,
+    ts: &ThreadState,
+    addr: usize,
+    old_size: usize,
+    new_size: usize,
+    inner: impl FnOnce() -> *mut u8,
+) -> *mut u8 {
+    let pending = prepare(l, ts, new_size);
+    let flight = &ts.flight;
+    let old = detach(addr, Some(flight));
+    let flying = old.is_some().then_some(flight);
+    race::hit(RacePoint::ReallocDetached);
+    if let Some(f) = flying {
+        f.set_phase(FlightPhase::Inner);
+    }
+    race::hit(RacePoint::ReallocInner);
+    let q = inner();
+    if q.is_null() {
+        if let Some(b) = old {
+            restore(b, flying);
+        }
+        return q;
+    }
+    zero_grown_tail(q, old_size, new_size);
+    let new = pending.map(|p| Block::new(q as usize, new_size, p.stack, p.tag, p.birth_ms));
+    if let Some(f) = flying {
+        match &new {
+            Some(b) => f.moved(b),
+            None => f.set_phase(FlightPhase::Idle), // sampled out
+        }
+        super::stop::resume_deferred();
+    }
+    race::hit(RacePoint::ReallocMoved);
+    if let Some(b) = old {
+        settle_free(l, &b);
+    }
+    if let (Some(p), Some(b)) = (pending, new) {
+        if !commit(ts, &p, b, flying) {
+            note_untracked(new_size);
+        }
+    }
+    q
+}
+
+/// leakprof's own code (the guard was set) and threads without a state of
+/// their own (the shared orphan slot, rare): the old block leaves the table
+/// before the inner call and the new one enters it after, with no in-flight
+/// record, so a stop in between does not see it.
+fn realloc_without_flight(
+    l: &Local,
+    guarded: bool,
+    addr: usize,
+    old_size: usize,
+    new_size: usize,
+    inner: impl FnOnce() -> *mut u8,
+) -> *mut u8 {
+    let old = detach(addr, None);
+    let q = inner();
+    if q.is_null() {
+        if let Some(b) = old {
+            restore(b, None);
+        }
+        return q;
+    }
+    zero_grown_tail(q, old_size, new_size);
+    if let Some(b) = old {
+        settle_free(l, &b);
+    }
+    if !guarded && !record_alloc(l, q as usize, new_size) {
+        note_untracked(new_size);
+    }
+    q
+}
+
+#[inline(always)]
+fn zero_grown_tail(q: *mut u8, old_size: usize, new_size: usize) {
+    if new_size > old_size {
+        // SAFETY: the grown tail of a block the inner allocator just
+        // returned is fresh memory not handed out yet.
+        unsafe { zero_fill(q.add(old_size), new_size - old_size, new_size) };
+    }
+}
+
+#[cold]
+fn note_untracked(size: usize) {
+    UNTRACKED_ALLOCS.fetch_add(1, Ordering::Relaxed);
+    UNTRACKED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
 }
 
 /// Puts back a block detached by a realloc that failed.
-pub(crate) fn restore(block: Block) {
-    if LIVE.insert(block) && CONFIG.sample_mean.load(Ordering::Relaxed) != 0 {
-        let f = &SAMPLED[filter_index(block.addr)];
-        if f.load(Ordering::Relaxed) != u8::MAX {
-            f.fetch_add(1, Ordering::Relaxed);
-        }
+fn restore(block: Block, flight: Option<&InFlight>) {
+    let inserted = match flight {
+        Some(f) => LIVE.insert_landing(block, f),
+        None => LIVE.insert(block),
+    };
+    if inserted {
+        note_sampled(block.addr);
     }
 }
 

@@ -15,9 +15,10 @@
 //! insert fails and the caller counts the block as dropped.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::sys::{self, RawLock};
+use super::threads::{FlightPhase, InFlight};
 
 /// Number of shards; a power of two.
 pub(crate) const SHARDS: usize = 256;
@@ -40,6 +41,40 @@ pub(crate) struct Block {
     /// Low 32 bits of the address hash (set by the table): deletion
     /// re-homes neighbours without rehashing them.
     hash: u32,
+}
+
+/// A [`Block`] in four atomic words: readable by another thread while its
+/// one writer may be changing it (see `threads::InFlight`).
+#[derive(Default)]
+pub(crate) struct PackedBlock([AtomicU64; 4]);
+
+impl PackedBlock {
+    pub(crate) const fn new() -> PackedBlock {
+        PackedBlock([const { AtomicU64::new(0) }; 4])
+    }
+
+    #[inline]
+    pub(crate) fn store(&self, b: &Block) {
+        let w = &self.0;
+        w[0].store(b.addr as u64, Ordering::Relaxed);
+        w[1].store(b.size as u64, Ordering::Relaxed);
+        w[2].store(b.stack as u64 | (b.tag as u64) << 32, Ordering::Relaxed);
+        w[3].store(b.birth_ms as u64 | (b.hash as u64) << 32, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn load(&self) -> Block {
+        let w = &self.0;
+        let (st, bh) = (w[2].load(Ordering::Relaxed), w[3].load(Ordering::Relaxed));
+        Block {
+            addr: w[0].load(Ordering::Relaxed) as usize,
+            size: w[1].load(Ordering::Relaxed) as usize,
+            stack: st as u32,
+            tag: (st >> 32) as u32,
+            birth_ms: bh as u32,
+            hash: (bh >> 32) as u32,
+        }
+    }
 }
 
 impl Block {
@@ -285,34 +320,76 @@ impl LiveTable {
         b
     }
 
-    /// Copies every live block into `out`, one shard at a time: each shard
-    /// is locked only while it is copied, so there is no global pause.
-    /// `out` is grown *outside* the locks (growing it allocates, and the
-    /// allocator may need this very shard).
-    pub(crate) fn copy_into(&self, out: &mut Vec<Block>) {
-        for shard in &self.shards {
-            loop {
-                // SAFETY: a racy read of `len` is only a size hint.
-                let hint = unsafe { (*shard.inner.get()).len };
-                out.reserve(hint + hint / 8 + 16);
-                shard.lock.lock();
-                // SAFETY: the shard lock is held.
-                let t = unsafe { &*shard.inner.get() };
-                if out.capacity() - out.len() < t.len {
-                    shard.lock.unlock();
-                    continue;
-                }
-                for i in 0..t.cap {
-                    // SAFETY: i < cap.
-                    let b = unsafe { *t.slot(i) };
-                    if b.addr != 0 {
-                        // Capacity was checked above: no reallocation here.
-                        out.push(b);
-                    }
-                }
-                shard.lock.unlock();
-                break;
+    /// Moves the block at `addr` out of the table into `flight`, in one
+    /// step under its shard lock: a reader holding every shard lock sees it
+    /// in exactly one of the two places.
+    #[inline]
+    pub(crate) fn remove_into_flight(&self, addr: usize, flight: &InFlight) -> Option<Block> {
+        let shard = &self.shards[shard_of(addr)];
+        shard.lock.lock();
+        // SAFETY: the shard lock is held.
+        let b = unsafe { (*shard.inner.get()).remove(addr) };
+        if let Some(b) = &b {
+            flight.detached(b);
+        }
+        shard.lock.unlock();
+        b
+    }
+
+    /// Records `block` and ends `flight`, in one step under the block's
+    /// shard lock. Returns false if the table could not grow (the flight
+    /// ends all the same).
+    #[inline]
+    pub(crate) fn insert_landing(&self, block: Block, flight: &InFlight) -> bool {
+        let shard = &self.shards[shard_of(block.addr)];
+        shard.lock.lock();
+        // SAFETY: the shard lock is held.
+        let ok = unsafe { (*shard.inner.get()).insert(block, &self.mapped_bytes) };
+        flight.set_phase(FlightPhase::Idle);
+        shard.lock.unlock();
+        ok
+    }
+
+    /// Copies every live block into `out` with every shard lock held, so
+    /// the copy is one moment of the table; `flights` adds the blocks that
+    /// reallocs hold outside it at that moment (each block is then counted
+    /// exactly once). Allocation and free on other threads wait for the
+    /// copy (no thread is stopped). `out` is grown *outside* the locks.
+    pub(crate) fn copy_into<'a, I>(&self, out: &mut Vec<Block>, flights: impl Fn() -> I)
+    where
+        I: Iterator<Item = &'a InFlight>,
+    {
+        loop {
+            // SAFETY: racy reads of `len` are only a size hint.
+            let hint: usize = self
+                .shards
+                .iter()
+                .map(|s| unsafe { (*s.inner.get()).len })
+                .sum();
+            let flying = flights().count();
+            out.clear();
+            out.reserve(hint + hint / 8 + flying + 64);
+            self.lock_all();
+            // SAFETY: every shard lock is held.
+            let len: usize = self
+                .shards
+                .iter()
+                .map(|s| unsafe { (*s.inner.get()).len })
+                .sum();
+            if out.capacity() < len + flights().count() {
+                self.unlock_all();
+                continue;
             }
+            // SAFETY: every shard lock is held; capacity was checked, so
+            // the pushes below never reallocate.
+            unsafe { self.for_each_locked(|b| out.push(*b)) };
+            for f in flights() {
+                if let Some(b) = f.counted() {
+                    out.push(b);
+                }
+            }
+            self.unlock_all();
+            return;
         }
     }
 
@@ -396,7 +473,7 @@ mod tests {
             assert!(table.insert(block(a, a % 1000)));
         }
         let mut all = Vec::new();
-        table.copy_into(&mut all);
+        table.copy_into(&mut all, std::iter::empty);
         assert_eq!(all.len(), addrs.len());
         // Remove every other one, then check all lookups.
         for &a in addrs.iter().step_by(2) {
@@ -411,7 +488,7 @@ mod tests {
             }
         }
         let mut rest = Vec::new();
-        table.copy_into(&mut rest);
+        table.copy_into(&mut rest, std::iter::empty);
         assert!(rest.is_empty());
     }
 

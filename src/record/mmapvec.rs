@@ -77,6 +77,11 @@ impl<T: Copy> MmapVec<T> {
         true
     }
 
+    /// Forgets the elements, keeping the memory.
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }

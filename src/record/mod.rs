@@ -22,9 +22,12 @@ mod intern;
 mod live;
 mod mmapvec;
 pub mod owner;
+#[doc(hidden)]
+pub mod race;
 mod scan;
 mod snapshot;
 mod stacks;
+mod stop;
 mod symbols;
 pub(crate) mod sys;
 mod tags;
@@ -245,9 +248,11 @@ impl Recorder {
         // it reuse stack memory the caller's earlier calls left stale.
         let mut registers = [0usize; 8];
         scan::spill_registers(&mut registers);
-        let from = scan::frame_pointer().saturating_sub(scan::SAVED_REGISTERS_BELOW_FP);
-        snapshot::take_with_graph(options, from, registers)
-            .map_err(|e| GraphUnavailable(e.to_string()))
+        let own = scan::OwnThread {
+            stack_from: scan::frame_pointer().saturating_sub(scan::SAVED_REGISTERS_BELOW_FP),
+            registers,
+        };
+        snapshot::take_with_graph(options, own).map_err(|e| GraphUnavailable(e.to_string()))
     }
 
     /// Stops the timeline sampler (allocations are still recorded), so the

@@ -1,22 +1,21 @@
 //! The heap-graph scan: the one stop-the-world pause in leakprof.
 //!
-//! 1. *Prepare* (allocation allowed): read `/proc/self/maps`, list the
-//!    process's threads, collect the writable segments and TLS size of every
-//!    loaded object, snapshot the registered owner containers.
+//! 1. *Prepare* (allocation allowed): collect the writable segments and TLS
+//!    size of every loaded object, snapshot the registered owner
+//!    containers, mark the allocation sites whose blocks are referred to by
+//!    interior pointers.
 //! 2. *Stop*: take every live-table shard lock (allocation and free on other
-//!    threads now wait), then stop every other thread with a signal whose
-//!    handler records its stack pointer and thread pointer and waits (the
-//!    Boehm GC approach). The handler runs on the thread's own stack (no
-//!    `SA_ONSTACK`), so the registers the kernel saved for it lie between
-//!    its stack pointer and the interrupted frames: scanning from there up
-//!    covers them.
+//!    threads now wait), then stop every other thread with a signal (see
+//!    [`super::stop`] for the handshake). The handler runs on the thread's
+//!    own stack (no `SA_ONSTACK`), so the registers the kernel saved for it
+//!    lie below the interrupted stack pointer, where the scan starts.
 //! 3. *Scan* (no allocation through `malloc` from here until resume: a
 //!    stopped thread may hold malloc's locks; scratch memory is `mmap`ed):
-//!    copy the live table, sort it by address, read every block's words
-//!    and keep those that point into a live block (interior pointers
-//!    included) as edges; read the roots (thread stacks with saved
-//!    registers, static TLS blocks, writable segments of every loaded
-//!    object, registered containers) the same way.
+//!    read `/proc/self/maps`; copy the live table and the blocks reallocs
+//!    hold in flight, sort them by address; read every block's words and
+//!    keep those that point into a live block as edges; read the roots
+//!    (thread stacks and registers, static TLS blocks, writable segments of
+//!    every loaded object, registered containers) the same way.
 //! 4. *Resume*: release the threads and the shard locks.
 //!
 //! Memory is read with an inline-assembly load per word. The bytes may be
@@ -30,19 +29,20 @@
 //!
 //! Only memory the recorder knows is allocated and live is read as heap
 //! (the locks held keep it so); roots are read only inside mappings listed
-//! by `/proc/self/maps`.
+//! by `/proc/self/maps`. The one exception is a block whose realloc was
+//! stuck inside the inner allocator when the stop phase ended: its old
+//! copy may be freed, so it is read with `process_vm_readv`, which fails
+//! instead of faulting.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Once;
+use std::sync::atomic::Ordering;
 
 use super::hooks::{self, LIVE};
 use super::live::Block;
 use super::mmapvec::MmapVec;
 use super::owner;
+use super::stop::{self, FlightNode, StopConfig, StoppedThread, SAVED_REGISTERS};
 use super::sys;
 
-/// The signal that stops threads (Boehm's choice on Linux).
-const STOP_SIGNAL: libc::c_int = libc::SIGPWR;
 /// A word (on a stack, in a register, in TLS or in a heap block) counts as
 /// a reference to a block only if it points into the block's first bytes
 /// ([`ROOT_INTERIOR_LIMIT`]), unless
@@ -59,11 +59,6 @@ const ROOT_INTERIOR_LIMIT: usize = 4096;
 
 /// Allocation sites whose blocks are referred to by interior pointers.
 const INTERIOR_POINTER_SITES: &[&str] = &["hashbrown::raw::", "<hashbrown::raw::"];
-
-/// How long to wait for every thread to stop.
-const STOP_TIMEOUT_NS: u64 = 2_000_000_000;
-/// Threads whose stop we can record.
-const MAX_THREADS: usize = 4096;
 
 /// A pointer found in a block: `from` and `to` index the sorted blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -102,6 +97,25 @@ pub(crate) struct RegisteredRoot {
     pub(crate) size: u64,
 }
 
+/// How the world stood still for the scan.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StopReport {
+    pub(crate) stopped: usize,
+    /// Signalled threads that did not stop (their stacks are not roots).
+    pub(crate) missed: usize,
+    /// Of the missed: threads that block the stop signal.
+    pub(crate) blocking: usize,
+    /// Of the missed: threads stuck inside the inner allocator's realloc.
+    pub(crate) stuck_in_realloc: usize,
+    /// Blocks that reallocs held outside the live table (graph nodes all
+    /// the same).
+    pub(crate) in_flight: usize,
+    /// Rounds of listing threads (over 1 when threads were created while
+    /// the world was stopping).
+    pub(crate) rounds: usize,
+    pub(crate) signal: libc::c_int,
+}
+
 /// What a scan found.
 pub(crate) struct ScanResult {
     /// Live blocks, sorted by address; node `i` is `blocks[i]`.
@@ -113,8 +127,7 @@ pub(crate) struct ScanResult {
     pub(crate) registered: Vec<RegisteredRoot>,
     pub(crate) scanned_bytes: u64,
     pub(crate) pause_ns: u64,
-    pub(crate) threads_stopped: usize,
-    pub(crate) threads_missed: usize,
+    pub(crate) stop: StopReport,
     /// The kernel refused scratch memory: some edges or roots are missing.
     pub(crate) incomplete: bool,
 }
@@ -124,6 +137,8 @@ pub(crate) struct ScanResult {
 pub(crate) enum ScanError {
     NotRecording,
     Sampled,
+    /// The stop signal cannot be used (the program handles it).
+    Signal(String),
 }
 
 impl std::fmt::Display for ScanError {
@@ -134,6 +149,7 @@ impl std::fmt::Display for ScanError {
                 f,
                 "sampling mode records only some blocks, so pointers between unrecorded blocks are invisible and a heap graph would be guesswork"
             ),
+            ScanError::Signal(why) => write!(f, "{why}"),
         }
     }
 }
@@ -145,243 +161,12 @@ struct Mapping {
     end: usize,
 }
 
-/// General-purpose registers saved per stopped thread.
-const SAVED_REGISTERS: usize = 32;
-
-struct StopSlot {
-    tid: AtomicU32,
-    /// The interrupted stack pointer: the scan reads the stack from here,
-    /// not from the signal frame (whose floating-point and vector state
-    /// holds stale values of caller-saved registers).
-    sp: AtomicUsize,
-    tp: AtomicUsize,
-    /// The general-purpose registers at the interruption.
-    registers: [AtomicUsize; SAVED_REGISTERS],
-}
-
-/// State shared with the stop-signal handler: only atomics (the handler
-/// must be async-signal-safe).
-struct Stop {
-    active: AtomicBool,
-    epoch: AtomicU32,
-    acks: AtomicU32,
-    next_slot: AtomicUsize,
-    slots: [StopSlot; MAX_THREADS],
-}
-
-static STOP: Stop = Stop {
-    active: AtomicBool::new(false),
-    epoch: AtomicU32::new(0),
-    acks: AtomicU32::new(0),
-    next_slot: AtomicUsize::new(0),
-    slots: [const {
-        StopSlot {
-            tid: AtomicU32::new(0),
-            sp: AtomicUsize::new(0),
-            tp: AtomicUsize::new(0),
-            registers: [const { AtomicUsize::new(0) }; SAVED_REGISTERS],
-        }
-    }; MAX_THREADS],
-};
-
 /// Serialises scans (a scan holds every shard lock; two at once would
 /// deadlock on each other's signals).
 static SCANNING: sys::LockCell<()> = sys::LockCell::new(());
 
 pub(crate) fn scanning_lock() -> &'static sys::RawLock {
     SCANNING.raw()
-}
-
-static HANDLER: Once = Once::new();
-
-fn install_handler() {
-    HANDLER.call_once(|| {
-        // SAFETY: a zeroed sigaction is a valid starting value; we set the
-        // handler and flags, and sigemptyset initialises the mask.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_stop_signal as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(STOP_SIGNAL, &sa, std::ptr::null_mut());
-        }
-    });
-}
-
-/// The stop-signal handler: record where this thread's stack and TLS are
-/// and its registers at the interruption, tell the scanner, wait for the
-/// scan to end. Async-signal-safe: atomics, `gettid` and futex calls only;
-/// errno is preserved.
-extern "C" fn on_stop_signal(
-    _sig: libc::c_int,
-    _info: *mut libc::siginfo_t,
-    ctx: *mut libc::c_void,
-) {
-    if !STOP.active.load(Ordering::Acquire) {
-        return; // a stray signal outside a scan
-    }
-    // SAFETY: __errno_location returns this thread's errno slot.
-    let errno = unsafe { *libc::__errno_location() };
-    let epoch = STOP.epoch.load(Ordering::Acquire);
-    let i = STOP.next_slot.fetch_add(1, Ordering::AcqRel);
-    if let Some(slot) = STOP.slots.get(i) {
-        slot.tid.store(sys::gettid() as u32, Ordering::Relaxed);
-        // SAFETY: with SA_SIGINFO the kernel passes the interrupted
-        // context as the third argument; it is valid during the handler.
-        let sp = unsafe { interrupted_registers(ctx, &slot.registers) };
-        slot.sp.store(sp, Ordering::Relaxed);
-        slot.tp.store(thread_pointer(), Ordering::Relaxed);
-    }
-    STOP.acks.fetch_add(1, Ordering::Release);
-    futex_wake_all(&STOP.acks);
-    while STOP.epoch.load(Ordering::Acquire) == epoch {
-        futex_wait(&STOP.epoch, epoch, 50_000_000);
-    }
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = errno };
-}
-
-/// Copies the interrupted general-purpose registers into `out` and returns
-/// the interrupted stack pointer.
-///
-/// # Safety
-/// `ctx` must be the `ucontext_t` the kernel passed to a SA_SIGINFO handler.
-unsafe fn interrupted_registers(
-    ctx: *mut libc::c_void,
-    out: &[AtomicUsize; SAVED_REGISTERS],
-) -> usize {
-    // SAFETY: forwarded from the caller.
-    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
-    #[cfg(target_arch = "x86_64")]
-    {
-        for (slot, &r) in out.iter().zip(uc.uc_mcontext.gregs.iter()) {
-            slot.store(r as usize, Ordering::Relaxed);
-        }
-        uc.uc_mcontext.gregs[libc::REG_RSP as usize] as usize
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        for (slot, &r) in out.iter().zip(uc.uc_mcontext.regs.iter()) {
-            slot.store(r as usize, Ordering::Relaxed);
-        }
-        uc.uc_mcontext.sp as usize
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        let _ = (uc, out);
-        let marker = 0usize;
-        std::hint::black_box(&marker) as *const usize as usize
-    }
-}
-
-/// True when the thread was stopped blocked in a system call: then its
-/// caller-saved registers hold nothing live (the calling convention
-/// discards them across the call), only stale values, and only the
-/// callee-saved ones are roots.
-fn stopped_in_syscall(slot: &StopSlot, mappings: &[Mapping]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let rip = slot.registers[libc::REG_RIP as usize].load(Ordering::Relaxed);
-        let at = rip.wrapping_sub(2);
-        // The interrupted instruction follows a 2-byte `syscall` (0f 05).
-        if at % 2 != 0 && at % 8 == 7 {
-            return false; // straddles a word boundary: not worth it
-        }
-        match mapping_of(mappings, at & !7) {
-            Some(m) if (at & !7) + 8 <= m.end => {
-                // SAFETY: the aligned word containing both bytes lies in a
-                // readable mapping (code is readable).
-                let word = unsafe { load_word(at & !7) };
-                let shift = (at & 7) * 8;
-                ((word >> shift) & 0xffff) as u16 == u16::from_le_bytes([0x0f, 0x05])
-            }
-            _ => false,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (slot, mappings);
-        false
-    }
-}
-
-/// Whether saved register `k` (an index into the saved general-purpose
-/// registers) is callee-saved in the platform's calling convention.
-fn is_callee_saved(k: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        [
-            libc::REG_RBX,
-            libc::REG_RBP,
-            libc::REG_R12,
-            libc::REG_R13,
-            libc::REG_R14,
-            libc::REG_R15,
-        ]
-        .iter()
-        .any(|&r| r as usize == k)
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        (19..=29).contains(&k)
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        let _ = k;
-        true
-    }
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: u64) {
-    let ts = libc::timespec {
-        tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
-    };
-    // SAFETY: a valid aligned futex word and timeout; spurious wake-ups are
-    // handled by the callers' loops.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &ts as *const libc::timespec,
-        );
-    }
-}
-
-fn futex_wake_all(word: &AtomicU32) {
-    // SAFETY: a valid aligned futex word.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        );
-    }
-}
-
-/// The calling thread's thread pointer (the TCB address; static TLS lies
-/// just below it on x86-64 and just above it on aarch64).
-#[inline(always)]
-fn thread_pointer() -> usize {
-    let tp: usize;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: glibc keeps the TCB's self-pointer at %fs:0.
-    unsafe {
-        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
-    }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: reads the thread pointer register.
-    unsafe {
-        std::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags));
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        tp = 0;
-    }
-    tp
 }
 
 /// Loads one word of memory the compiler must assume nothing about.
@@ -464,56 +249,595 @@ pub(crate) fn spill_registers(out: &mut [usize; 8]) {
     std::hint::black_box(out);
 }
 
-/// What `prepare` gathers while allocation is still allowed.
-struct Prepared {
+/// True when the thread was stopped blocked in a system call: then its
+/// caller-saved registers hold nothing live (the calling convention
+/// discards them across the call), only stale values, and only the
+/// callee-saved ones are roots.
+fn stopped_in_syscall(registers: &[usize; SAVED_REGISTERS], mappings: &[Mapping]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let rip = registers[libc::REG_RIP as usize];
+        let at = rip.wrapping_sub(2);
+        // The interrupted instruction follows a 2-byte `syscall` (0f 05).
+        if at % 8 == 7 {
+            return false; // straddles a word boundary: not worth it
+        }
+        match mapping_of(mappings, at & !7) {
+            Some(m) if (at & !7) + 8 <= m.end => {
+                // SAFETY: the aligned word containing both bytes lies in a
+                // readable mapping (code is readable).
+                let word = unsafe { load_word(at & !7) };
+                let shift = (at & 7) * 8;
+                ((word >> shift) & 0xffff) as u16 == u16::from_le_bytes([0x0f, 0x05])
+            }
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (registers, mappings);
+        false
+    }
+}
+
+/// Whether saved register `k` (an index into the saved general-purpose
+/// registers) is callee-saved in the platform's calling convention.
+fn is_callee_saved(k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        [
+            libc::REG_RBX,
+            libc::REG_RBP,
+            libc::REG_R12,
+            libc::REG_R13,
+            libc::REG_R14,
+            libc::REG_R15,
+        ]
+        .iter()
+        .any(|&r| r as usize == k)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        (19..=29).contains(&k)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = k;
+        true
+    }
+}
+
+/// The calling thread, which scans itself: its stack from `stack_from` up
+/// (just below the public entry point's frame, with the registers it
+/// spilled), its registers as spilled.
+#[derive(Clone, Copy)]
+pub(crate) struct OwnThread {
+    pub(crate) stack_from: usize,
+    pub(crate) registers: [usize; 8],
+}
+
+/// Takes a heap-graph scan. See the module docs.
+///
+/// leakprof's own frames below `own.stack_from` are not scanned: they
+/// occupy stack memory the caller's earlier calls left full of stale
+/// addresses.
+pub(crate) fn scan(own: OwnThread, config: StopConfig) -> Result<ScanResult, ScanError> {
+    if !hooks::recording() {
+        return Err(ScanError::NotRecording);
+    }
+    if hooks::CONFIG.sample_mean.load(Ordering::Relaxed) != 0 {
+        return Err(ScanError::Sampled);
+    }
+    hooks::guarded(|| {
+        stop::install(config.signal).map_err(ScanError::Signal)?;
+        let _one_scan = SCANNING.lock();
+        let prepared = prepare();
+        // Registered heap containers are looked up while stopped; hold the
+        // registry so none is dropped meanwhile (LockCells come before the
+        // shard locks, the one lock order).
+        let registry = owner::lock_registry();
+        let registered_heap: Vec<(usize, RegisteredRoot)> = registry
+            .heap_objects()
+            .map(|(addr, label, type_name)| {
+                let root = RegisteredRoot {
+                    addr: 0,
+                    label,
+                    type_name,
+                    block: None,
+                    size: 0,
+                };
+                (addr, root)
+            })
+            .collect();
+        let mut result = ScanResult {
+            blocks: MmapVec::with_capacity(prepared.blocks_hint + prepared.blocks_hint / 4 + 1024),
+            edges: MmapVec::new(),
+            roots: MmapVec::new(),
+            registered_edges: MmapVec::new(),
+            registered: prepared.statics.iter().map(|(_, r)| r.clone()).collect(),
+            scanned_bytes: 0,
+            pause_ns: 0,
+            stop: StopReport {
+                signal: config.signal,
+                ..StopReport::default()
+            },
+            incomplete: false,
+        };
+        // Filled while stopped: its capacity is reserved now (no malloc later).
+        let mut heap_registered = Vec::with_capacity(registered_heap.len());
+        let t0 = sys::now_ns();
+
+        // ---- stop the world: no malloc from here to resume ----
+        LIVE.lock_all();
+        let _ = hooks::LOCAL.try_with(|l| l.holds_locks.set(true));
+        let stopped = stop::stop_world(config);
+        result.stop = StopReport {
+            stopped: stopped.stopped,
+            missed: stopped.missed,
+            blocking: stopped.blocking,
+            stuck_in_realloc: stopped.stuck_in_realloc,
+            in_flight: 0,
+            rounds: stopped.rounds,
+            signal: config.signal,
+        };
+        let world = World::read(&stopped);
+        let blocks = collect_blocks(&world, &mut result);
+        let mut index = HeapIndex::new(blocks.as_slice());
+        index.alias_moved(world.flights.as_slice());
+        let mut paused = Paused {
+            prepared: &prepared,
+            world: &world,
+            result: &mut result,
+        };
+        let heap = paused.heap(&index);
+        paused.scan_blocks(&heap);
+        paused.scan_threads(&heap, &stopped, own);
+        paused.scan_statics(&heap);
+        for (addr, reg) in &registered_heap {
+            if let Some(j) = heap.find(*addr) {
+                if heap_registered.len() < heap_registered.capacity() {
+                    heap_registered.push((j, reg.clone()));
+                }
+            }
+        }
+        paused.dedupe_roots();
+        drop(index);
+        result.blocks = blocks;
+        stop::resume_world(stopped);
+        let _ = hooks::LOCAL.try_with(|l| l.holds_locks.set(false));
+        LIVE.unlock_all();
+        // ---- the world runs again ----
+        result.pause_ns = sys::now_ns().saturating_sub(t0);
+        drop(registry);
+
+        for (j, mut reg) in heap_registered {
+            let k = result.registered.len() as u32;
+            reg.block = Some(j);
+            reg.size = result.blocks.as_slice()[j as usize].size as u64;
+            result.registered.push(reg);
+            let _ = result.roots.push(RootRef {
+                node: j,
+                source: RootSource::Registered(k),
+            });
+        }
+        Ok(result)
+    })
+}
+
+/// What the scan reads of the stopped world besides the heap: mappings and
+/// stack ends, read after the stop so threads created meanwhile are known.
+struct World {
+    mappings: MmapVec<Mapping>,
     /// Known stack ends by kernel thread id (threads that allocated while
     /// recording registered theirs).
-    stack_ends: Vec<(u32, usize)>,
+    stack_ends: MmapVec<(u32, usize)>,
+    /// Blocks reallocs held in flight: the node's address range the
+    /// program's pointers still use when it differs from where its contents
+    /// are (`content`), and whether the contents must be read fault-safely.
+    flights: MmapVec<FlightNode>,
+}
+
+impl World {
+    fn read(stopped: &stop::Stopped) -> World {
+        let mut flights = MmapVec::new();
+        for t in stopped.threads() {
+            if let Some(f) = t.flight {
+                let _ = flights.push(f);
+            }
+        }
+        for f in stopped.stuck().filter_map(|t| t.flight) {
+            let _ = flights.push(f);
+        }
+        let mut stack_ends = MmapVec::new();
+        for t in hooks::THREADS.each() {
+            let (tid, end) = (
+                t.tid.load(Ordering::Relaxed) as u32,
+                t.stack_end.load(Ordering::Relaxed),
+            );
+            if tid != 0 && end != 0 {
+                let _ = stack_ends.push((tid, end));
+            }
+        }
+        World {
+            mappings: read_mappings(),
+            stack_ends,
+            flights,
+        }
+    }
+
+    fn mapping_of(&self, addr: usize) -> Option<Mapping> {
+        mapping_of(self.mappings.as_slice(), addr)
+    }
+}
+
+/// The live table and the blocks reallocs hold in flight, sorted by
+/// address.
+fn collect_blocks(world: &World, r: &mut ScanResult) -> MmapVec<Block> {
+    let mut blocks = std::mem::replace(&mut r.blocks, MmapVec::new());
+    // SAFETY: we hold every shard lock.
+    unsafe {
+        LIVE.for_each_locked(|b| {
+            if !blocks.push(*b) {
+                r.incomplete = true;
+            }
+        })
+    };
+    for f in world.flights.as_slice() {
+        r.incomplete |= !blocks.push(f.content);
+    }
+    r.stop.in_flight = world.flights.len();
+    blocks.as_mut_slice().sort_unstable_by_key(|b| b.addr);
+    blocks
+}
+
+/// The scan's work while the world is stopped, step by step.
+struct Paused<'a> {
+    prepared: &'a Prepared,
+    world: &'a World,
+    result: &'a mut ScanResult,
+}
+
+impl Paused<'_> {
+    fn heap<'h>(&self, index: &'h HeapIndex<'h>) -> Heap<'h>
+    where
+        Self: 'h,
+    {
+        Heap {
+            blocks: index.blocks,
+            starts: index.starts.as_slice(),
+            lo: index.lo,
+            hi: index.hi,
+            interior_sites: &self.prepared.interior_sites,
+            aliases: &index.aliases,
+        }
+    }
+
+    /// Every block's pointers into other blocks.
+    fn scan_blocks(&mut self, heap: &Heap) {
+        let r = &mut *self.result;
+        let mut scanned = 0u64;
+        let mut incomplete = false;
+        for (i, b) in heap.blocks.iter().enumerate() {
+            let mut edge = |off: usize, j: u32| {
+                incomplete |= !r.edges.push(Edge {
+                    from: i as u32,
+                    to: j,
+                    offset: off.min(u32::MAX as usize) as u32,
+                });
+            };
+            if self
+                .world
+                .flights
+                .as_slice()
+                .iter()
+                .any(|f| f.unsafe_to_read && f.content.addr == b.addr)
+            {
+                scan_copied(heap, b.addr, b.size, &mut edge);
+            } else {
+                // SAFETY: the block is live (in the table, whose locks we
+                // hold, or held by a stopped realloc before or after the
+                // inner allocator ran), so its `size` bytes are readable.
+                unsafe {
+                    scan_words(heap, b.addr, b.addr + b.size, Rule::FromRoot, |off, j| {
+                        edge(off, j)
+                    })
+                };
+            }
+            scanned += b.size as u64;
+        }
+        r.scanned_bytes += scanned;
+        r.incomplete |= incomplete;
+    }
+
+    /// Registers, stacks and static TLS of the stopped threads (and of those
+    /// stuck inside the inner allocator's realloc, as they were when they
+    /// deferred their stop), then the caller's own (from its caller's frame
+    /// up).
+    fn scan_threads(&mut self, heap: &Heap, stopped: &stop::Stopped, own: OwnThread) {
+        let mut roots = std::mem::replace(&mut self.result.roots, MmapVec::new());
+        let mut incomplete = false;
+        let mut root = |node: u32, source: RootSource| {
+            incomplete |= !roots.push(RootRef { node, source });
+        };
+        for &r in &own.registers {
+            heap.find_from_root(r, |j| root(j, RootSource::Stack));
+        }
+        for t in stopped.threads().chain(stopped.stuck()) {
+            let in_syscall = stopped_in_syscall(&t.registers, self.world.mappings.as_slice());
+            for (k, &r) in t.registers.iter().enumerate() {
+                if !in_syscall || is_callee_saved(k) {
+                    heap.find_from_root(r, |j| root(j, RootSource::Stack));
+                }
+            }
+        }
+        let me = StoppedThread {
+            tid: sys::gettid() as u32,
+            sp: own.stack_from,
+            tp: stop::thread_pointer(),
+            registers: [0; SAVED_REGISTERS],
+            flight: None,
+        };
+        let mut scanned = 0u64;
+        for t in stopped
+            .threads()
+            .chain(stopped.stuck())
+            .chain(std::iter::once(me))
+        {
+            scanned += self.scan_stack_and_tls(heap, &t, &mut root);
+        }
+        self.result.scanned_bytes += scanned;
+        self.result.roots = roots;
+        self.result.incomplete |= incomplete;
+    }
+
+    fn scan_stack_and_tls(
+        &self,
+        heap: &Heap,
+        t: &StoppedThread,
+        root: &mut impl FnMut(u32, RootSource),
+    ) -> u64 {
+        let mut scanned = 0;
+        if let Some(m) = self.world.mapping_of(t.sp) {
+            // The thread's own idea of its stack end when we know it (a
+            // mapping entry may have been joined with a neighbour).
+            let known = self
+                .world
+                .stack_ends
+                .as_slice()
+                .iter()
+                .find(|&&(tid, end)| tid == t.tid && end > t.sp && end <= m.end)
+                .map(|&(_, end)| end);
+            let end = known.unwrap_or(m.end);
+            // SAFETY: [sp, end) lies inside a readable mapping.
+            unsafe {
+                scan_words(heap, t.sp, end, Rule::FromRoot, |_, j| {
+                    root(j, RootSource::Stack)
+                })
+            };
+            scanned += (end - t.sp) as u64;
+        }
+        if t.tp != 0 {
+            if let Some(m) = self.world.mapping_of(t.tp) {
+                // Exactly the static TLS blocks below the thread pointer
+                // and glibc's thread descriptor above it: the main
+                // thread's live in the heap, whose neighbouring chunks
+                // (free ones included) must not be read as roots.
+                let lo =
+                    t.tp.saturating_sub(self.prepared.tls_size + 64)
+                        .max(m.start);
+                let hi = (t.tp + self.prepared.thread_descriptor).min(m.end);
+                // SAFETY: clipped to the readable mapping containing tp.
+                unsafe {
+                    scan_words(heap, lo, hi, Rule::FromRoot, |_, j| {
+                        root(j, RootSource::Tls)
+                    })
+                };
+            }
+        }
+        scanned
+    }
+
+    /// Writable segments of every loaded object (but the stop slots and the
+    /// registered static containers, scanned as their own labelled roots),
+    /// then the registered static containers.
+    fn scan_statics(&mut self, heap: &Heap) {
+        let (slots_lo, slots_hi) = stop::slots_area();
+        let excluded = std::iter::once(Mapping {
+            start: slots_lo,
+            end: slots_hi,
+        })
+        .chain(self.prepared.statics.iter().map(|(m, _)| *m));
+        let mut pieces: MmapVec<Mapping> = MmapVec::new();
+        let mut incomplete = false;
+        for seg in &self.prepared.segments {
+            incomplete |= !pieces.push(*seg);
+        }
+        for ex in excluded {
+            let mut cut: MmapVec<Mapping> = MmapVec::with_capacity(pieces.len() + 1);
+            for &m in pieces.as_slice() {
+                for part in [
+                    Mapping {
+                        start: m.start,
+                        end: m.end.min(ex.start),
+                    },
+                    Mapping {
+                        start: m.start.max(ex.end),
+                        end: m.end,
+                    },
+                ] {
+                    if part.start < part.end {
+                        incomplete |= !cut.push(part);
+                    }
+                }
+            }
+            pieces = cut;
+        }
+        let r = &mut *self.result;
+        for &seg in pieces.as_slice() {
+            // Only the parts inside readable mappings.
+            let mut addr = seg.start;
+            while addr < seg.end {
+                match self.world.mapping_of(addr) {
+                    Some(m) => {
+                        let end = m.end.min(seg.end);
+                        // SAFETY: [addr, end) is inside a readable mapping.
+                        unsafe {
+                            scan_words(heap, addr, end, Rule::Any, |_, j| {
+                                incomplete |= !r.roots.push(RootRef {
+                                    node: j,
+                                    source: RootSource::Static,
+                                })
+                            })
+                        };
+                        r.scanned_bytes += (end - addr) as u64;
+                        addr = end;
+                    }
+                    None => addr += 4096,
+                }
+            }
+        }
+        for (k, (area, _)) in self.prepared.statics.iter().enumerate() {
+            if self
+                .world
+                .mapping_of(area.start)
+                .is_some_and(|m| area.end <= m.end)
+            {
+                // SAFETY: the registered static lies in a readable mapping.
+                unsafe {
+                    scan_words(heap, area.start, area.end, Rule::Any, |_, j| {
+                        incomplete |= !r.registered_edges.push((k as u32, j));
+                    })
+                };
+            }
+        }
+        r.incomplete |= incomplete;
+    }
+
+    fn dedupe_roots(&mut self) {
+        let r = &mut *self.result;
+        r.roots.as_mut_slice().sort_unstable();
+        let mut deduped: MmapVec<RootRef> = MmapVec::with_capacity(r.roots.len());
+        let mut last: Option<RootRef> = None;
+        for &x in r.roots.as_slice() {
+            if last != Some(x) {
+                r.incomplete |= !deduped.push(x);
+                last = Some(x);
+            }
+        }
+        r.roots = deduped;
+    }
+}
+
+/// Reads a block whose memory may be freed or unmapped (a realloc stuck
+/// inside the inner allocator) through `process_vm_readv`, in pages, and
+/// reports its pointers like [`scan_words`]. Unreadable pages are skipped.
+fn scan_copied(heap: &Heap, addr: usize, size: usize, hit: &mut impl FnMut(usize, u32)) {
+    const CHUNK: usize = 64 << 10;
+    let scratch = sys::map(CHUNK).cast::<usize>();
+    if scratch.is_null() {
+        return;
+    }
+    let mut at = 0;
+    while at + 8 <= size {
+        let len = (size - at).min(CHUNK) & !7;
+        let got = sys::read_own_memory(addr + at, scratch.cast(), len);
+        // SAFETY: the kernel wrote `got <= len <= CHUNK` bytes of the
+        // scratch mapping, which holds CHUNK / 8 words.
+        let words = unsafe { std::slice::from_raw_parts(scratch, got / 8) };
+        for (k, &w) in words.iter().enumerate() {
+            heap.find_from_root(w, |j| hit(at + k * 8, j));
+        }
+        at += len;
+    }
+    // SAFETY: the scratch came from `map` with this size.
+    unsafe { sys::unmap(scratch.cast(), CHUNK) };
+}
+
+/// Which words count as references: see [`ROOT_INTERIOR_LIMIT`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Into any byte of a block (static data).
+    Any,
+    /// Into a block's first bytes only, unless its site keeps interior
+    /// pointers (stacks, TLS, registers and heap blocks).
+    FromRoot,
+}
+
+/// Scans `[start, end)` word by word, calling `hit(offset, block)` for
+/// every word that refers to a live block under `rule`.
+///
+/// # Safety
+/// The range must be mapped and readable for the whole call.
+#[inline(always)]
+unsafe fn scan_words(
+    heap: &Heap,
+    start: usize,
+    end: usize,
+    rule: Rule,
+    mut hit: impl FnMut(usize, u32),
+) {
+    let mut p = (start + 7) & !7;
+    while p + 8 <= end {
+        // SAFETY: p is aligned and inside [start, end), which the caller
+        // guarantees is readable.
+        let w = unsafe { load_word(p) };
+        match rule {
+            Rule::Any => heap.find_any(w, |j| hit(p - start, j)),
+            Rule::FromRoot => heap.find_from_root(w, |j| hit(p - start, j)),
+        }
+        p += 8;
+    }
+}
+
+/// What `prepare` gathers while allocation is still allowed.
+struct Prepared {
     /// Size of glibc's `struct pthread` (the thread descriptor at the thread
     /// pointer, holding pthread-specific data pointers).
     thread_descriptor: usize,
     /// By stack id: blocks from this stack are referred to by interior
     /// pointers (see [`ROOT_INTERIOR_LIMIT`]).
     interior_sites: Vec<bool>,
-    mappings: Vec<Mapping>,
-    tids: Vec<i32>,
     segments: Vec<Mapping>,
     tls_size: usize,
     statics: Vec<(Mapping, RegisteredRoot)>,
     blocks_hint: usize,
 }
 
-fn read_mappings() -> Vec<Mapping> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let mut out: Vec<Mapping> = text
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.split_whitespace();
-            let range = parts.next()?;
-            let perms = parts.next()?;
-            if !perms.starts_with('r') {
-                return None;
+/// The readable mappings of `/proc/self/maps`, read with raw system calls
+/// into `mmap`ed memory (the world is stopped: no `malloc`). Not merged:
+/// the kernel already shows one entry per mapping (and may itself join a
+/// stack with a neighbouring heap; see the stack ends).
+fn read_mappings() -> MmapVec<Mapping> {
+    let mut text: MmapVec<u8> = MmapVec::with_capacity(64 << 10);
+    sys::read_file_into(c"/proc/self/maps", &mut text);
+    let mut out = MmapVec::new();
+    for line in text.as_slice().split(|&b| b == b'\n') {
+        let mut parts = line.split(|&b| b == b' ');
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if perms.first() != Some(&b'r') {
+            continue;
+        }
+        let mut ends = range.split(|&b| b == b'-');
+        if let (Some(a), Some(b)) = (ends.next(), ends.next()) {
+            if let (Some(start), Some(end)) = (parse_hex(a), parse_hex(b)) {
+                let _ = out.push(Mapping { start, end });
             }
-            let (a, b) = range.split_once('-')?;
-            Some(Mapping {
-                start: usize::from_str_radix(a, 16).ok()?,
-                end: usize::from_str_radix(b, 16).ok()?,
-            })
-        })
-        .collect();
-    // Not merged: the kernel already shows one entry per mapping (and may
-    // itself join a stack with a neighbouring heap; see `stack_end`).
-    out.sort_by_key(|m| m.start);
+        }
+    }
+    out.as_mut_slice().sort_unstable_by_key(|m| m.start);
     out
 }
 
-fn list_threads() -> Vec<i32> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+fn parse_hex(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |acc, &c| {
+        let v = (c as char).to_digit(16)?;
+        Some(acc << 4 | v as usize)
+    })
 }
 
 /// Writable segments of every loaded object, and the static TLS size.
@@ -577,24 +901,11 @@ fn prepare() -> Prepared {
         ));
     }
     let n_stacks = hooks::STACKS.id_limit();
-    let stack_ends = hooks::THREADS
-        .each()
-        .map(|t| {
-            (
-                t.tid.load(Ordering::Relaxed) as u32,
-                t.stack_end.load(Ordering::Relaxed),
-            )
-        })
-        .filter(|&(tid, end)| tid != 0 && end != 0)
-        .collect();
     Prepared {
-        stack_ends,
         thread_descriptor: thread_descriptor_size(),
         interior_sites: super::symbols::stacks_matching(n_stacks, |f| {
             INTERIOR_POINTER_SITES.iter().any(|p| f.starts_with(p))
         }),
-        mappings: read_mappings(),
-        tids: list_threads(),
         segments,
         tls_size,
         statics,
@@ -624,6 +935,50 @@ fn mapping_of(mappings: &[Mapping], addr: usize) -> Option<Mapping> {
     (addr < m.end).then_some(*m)
 }
 
+/// The sorted blocks and their start addresses, plus the address ranges
+/// the program's pointers still use for blocks a realloc moved.
+struct HeapIndex<'a> {
+    blocks: &'a [Block],
+    starts: MmapVec<usize>,
+    lo: usize,
+    hi: usize,
+    aliases: MmapVec<(usize, usize, u32)>,
+}
+
+impl<'a> HeapIndex<'a> {
+    fn new(blocks: &'a [Block]) -> HeapIndex<'a> {
+        let mut starts = MmapVec::with_capacity(blocks.len());
+        for b in blocks {
+            let _ = starts.push(b.addr);
+        }
+        HeapIndex {
+            blocks,
+            starts,
+            lo: blocks.first().map_or(0, |b| b.addr),
+            hi: blocks.last().map_or(0, |b| b.addr + b.size.max(1)),
+            aliases: MmapVec::new(),
+        }
+    }
+
+    /// Adds the old address range of every block a realloc moved: the
+    /// program's pointers still hold it.
+    fn alias_moved(&mut self, flights: &[FlightNode]) {
+        for f in flights {
+            if f.identity.addr == f.content.addr {
+                continue;
+            }
+            let i = self
+                .starts
+                .as_slice()
+                .partition_point(|&s| s < f.content.addr);
+            if self.starts.as_slice().get(i) == Some(&f.content.addr) {
+                let (start, size) = (f.identity.addr, f.identity.size.max(1));
+                let _ = self.aliases.push((start, start + size, i as u32));
+            }
+        }
+    }
+}
+
 /// The sorted live blocks and a fast address lookup.
 struct Heap<'a> {
     blocks: &'a [Block],
@@ -631,6 +986,9 @@ struct Heap<'a> {
     lo: usize,
     hi: usize,
     interior_sites: &'a [bool],
+    /// (start, end, node): old address ranges of blocks a realloc moved
+    /// while the world stopped; usually empty.
+    aliases: &'a MmapVec<(usize, usize, u32)>,
 }
 
 impl Heap<'_> {
@@ -645,388 +1003,43 @@ impl Heap<'_> {
         (addr < b.addr + b.size.max(1)).then_some(i as u32)
     }
 
-    /// Like [`Heap::find`], for a word on a stack or in a register: see
-    /// [`ROOT_INTERIOR_LIMIT`].
+    /// Every node `addr` refers to (any byte of it): the block containing
+    /// it and, rarely, a moved block whose old range contains it.
     #[inline(always)]
-    fn find_from_root(&self, addr: usize) -> Option<u32> {
-        let i = self.find(addr)?;
-        let b = &self.blocks[i as usize];
-        let interior_ok = self
-            .interior_sites
-            .get(b.stack as usize)
-            .copied()
-            .unwrap_or(false);
-        (addr - b.addr < ROOT_INTERIOR_LIMIT || interior_ok).then_some(i)
-    }
-}
-
-/// Scans `[start, end)` word by word, calling `hit(offset, block)` for
-/// every word that points into a live block.
-///
-/// # Safety
-/// The range must be mapped and readable for the whole call.
-#[inline(always)]
-unsafe fn scan_range(heap: &Heap, start: usize, end: usize, mut hit: impl FnMut(usize, u32)) {
-    let mut p = (start + 7) & !7;
-    while p + 8 <= end {
-        // SAFETY: p is aligned and inside [start, end), which the caller
-        // guarantees is readable.
-        let w = unsafe { load_word(p) };
-        if let Some(j) = heap.find(w) {
-            hit(p - start, j);
+    fn find_any(&self, addr: usize, mut hit: impl FnMut(u32)) {
+        if let Some(i) = self.find(addr) {
+            hit(i);
         }
-        p += 8;
-    }
-}
-
-/// Scans a block's words for pointers into other blocks, with the same
-/// interior rule as roots (see [`ROOT_INTERIOR_LIMIT`]): the stale words
-/// in a container's spare capacity (popped from a `VecDeque`, truncated
-/// from a `Vec`) are the heap's own source of false references.
-///
-/// # Safety
-/// The range must be a live block, readable for the whole call.
-#[inline(always)]
-unsafe fn scan_block(heap: &Heap, start: usize, end: usize, mut hit: impl FnMut(usize, u32)) {
-    let mut p = (start + 7) & !7;
-    while p + 8 <= end {
-        // SAFETY: p is aligned and inside the readable block.
-        let w = unsafe { load_word(p) };
-        if let Some(j) = heap.find_from_root(w) {
-            hit(p - start, j);
-        }
-        p += 8;
-    }
-}
-
-/// Scans a stack range: like [`scan_range`] with the stricter root rule.
-///
-/// # Safety
-/// The range must be mapped and readable for the whole call.
-#[inline(always)]
-unsafe fn scan_stack(heap: &Heap, start: usize, end: usize, mut hit: impl FnMut(u32)) {
-    let mut p = (start + 7) & !7;
-    while p + 8 <= end {
-        // SAFETY: p is aligned and inside the readable [start, end).
-        let w = unsafe { load_word(p) };
-        if let Some(j) = heap.find_from_root(w) {
-            hit(j);
-        }
-        p += 8;
-    }
-}
-
-/// Takes a heap-graph scan. See the module docs.
-///
-/// `own_stack_from` is where the calling thread's stack is scanned from:
-/// just below the public entry point's frame pointer (its saved registers)
-/// and up through the caller's frames; `own_registers` are the registers
-/// the entry point spilled. leakprof's own frames below are not scanned:
-/// they occupy stack memory the caller's earlier calls left full of stale
-/// addresses.
-pub(crate) fn scan(
-    own_stack_from: usize,
-    own_registers: [usize; 8],
-) -> Result<ScanResult, ScanError> {
-    if !hooks::recording() {
-        return Err(ScanError::NotRecording);
-    }
-    if hooks::CONFIG.sample_mean.load(Ordering::Relaxed) != 0 {
-        return Err(ScanError::Sampled);
-    }
-    hooks::guarded(|| {
-        install_handler();
-        let _one_scan = SCANNING.lock();
-        let prepared = prepare();
-        // Registered heap containers are looked up while stopped; hold the
-        // registry so none is dropped meanwhile (LockCells come before the
-        // shard locks, the one lock order).
-        let registry = owner::lock_registry();
-        let mut result = ScanResult {
-            blocks: MmapVec::with_capacity(prepared.blocks_hint + prepared.blocks_hint / 4 + 1024),
-            edges: MmapVec::new(),
-            roots: MmapVec::new(),
-            registered_edges: MmapVec::new(),
-            registered: prepared.statics.iter().map(|(_, r)| r.clone()).collect(),
-            scanned_bytes: 0,
-            pause_ns: 0,
-            threads_stopped: 0,
-            threads_missed: 0,
-            incomplete: false,
-        };
-        let mut starts: MmapVec<usize> =
-            MmapVec::with_capacity(prepared.blocks_hint + prepared.blocks_hint / 4 + 1024);
-        let registered_blocks: Vec<(usize, RegisteredRoot)> = registry
-            .heap_objects()
-            .map(|(addr, label, type_name)| {
-                (
-                    addr,
-                    RegisteredRoot {
-                        addr: 0,
-                        label,
-                        type_name,
-                        block: None,
-                        size: 0,
-                    },
-                )
-            })
-            .collect();
-        // Filled while stopped: its capacity is reserved now (no malloc later).
-        let mut heap_registered = Vec::with_capacity(registered_blocks.len());
-        let me = sys::gettid();
-        let t0 = sys::now_ns();
-
-        // ---- stop the world: no malloc from here to resume ----
-        LIVE.lock_all();
-        let _ = hooks::LOCAL.try_with(|l| l.holds_locks.set(true));
-        let (stopped, missed) = stop_threads(&prepared.tids, me);
-        result.threads_stopped = stopped;
-        result.threads_missed = missed;
-
-        // SAFETY: we hold every shard lock.
-        unsafe {
-            LIVE.for_each_locked(|b| {
-                if !result.blocks.push(*b) {
-                    result.incomplete = true;
-                }
-            })
-        };
-        result
-            .blocks
-            .as_mut_slice()
-            .sort_unstable_by_key(|b| b.addr);
-        for b in result.blocks.as_slice() {
-            if !starts.push(b.addr) {
-                result.incomplete = true;
-            }
-        }
-        let blocks = result.blocks.as_slice();
-        let heap = Heap {
-            blocks,
-            starts: starts.as_slice(),
-            lo: blocks.first().map_or(0, |b| b.addr),
-            hi: blocks.last().map_or(0, |b| b.addr + b.size.max(1)),
-            interior_sites: &prepared.interior_sites,
-        };
-        let mut incomplete = result.incomplete;
-        let mut scanned = 0u64;
-        for (i, b) in blocks.iter().enumerate() {
-            // SAFETY: the block is live (in the table, whose locks we hold),
-            // so its `size` bytes are allocated and readable.
-            unsafe {
-                scan_block(&heap, b.addr, b.addr + b.size, |off, j| {
-                    incomplete |= !result.edges.push(Edge {
-                        from: i as u32,
-                        to: j,
-                        offset: off.min(u32::MAX as usize) as u32,
-                    });
-                })
-            };
-            scanned += b.size as u64;
-        }
-        // Registered static containers are scanned as their own labelled
-        // roots below: excluded here, or the plain static root would hide
-        // the label (two roots, no single owner).
-        let stop_lo = &STOP as *const Stop as usize;
-        let stop_area = Mapping {
-            start: stop_lo,
-            end: stop_lo + std::mem::size_of::<Stop>(),
-        };
-        let excluded = std::iter::once(stop_area).chain(prepared.statics.iter().map(|(m, _)| *m));
-        let mut pieces: MmapVec<Mapping> = MmapVec::new();
-        for seg in &prepared.segments {
-            incomplete |= !pieces.push(*seg);
-        }
-        for ex in excluded {
-            let mut cut: MmapVec<Mapping> = MmapVec::with_capacity(pieces.len() + 1);
-            for &m in pieces.as_slice() {
-                for part in [
-                    Mapping {
-                        start: m.start,
-                        end: m.end.min(ex.start),
-                    },
-                    Mapping {
-                        start: m.start.max(ex.end),
-                        end: m.end,
-                    },
-                ] {
-                    if part.start < part.end {
-                        incomplete |= !cut.push(part);
-                    }
-                }
-            }
-            pieces = cut;
-        }
-        let mut root = |node: u32, source: RootSource, roots: &mut MmapVec<RootRef>| {
-            incomplete |= !roots.push(RootRef { node, source });
-        };
-        let mut roots_early = MmapVec::new();
-        // Stacks and TLS of the stopped threads, then our own (from the
-        // caller's frame up).
-        let own_sp = own_stack_from;
-        let stopped_slots = STOP.next_slot.load(Ordering::Acquire).min(MAX_THREADS);
-        for &r in &own_registers {
-            if let Some(j) = heap.find_from_root(r) {
-                root(j, RootSource::Stack, &mut roots_early);
-            }
-        }
-        for slot in &STOP.slots[..stopped_slots] {
-            let in_syscall = stopped_in_syscall(slot, &prepared.mappings);
-            for (k, r) in slot.registers.iter().enumerate() {
-                if in_syscall && !is_callee_saved(k) {
-                    continue;
-                }
-                if let Some(j) = heap.find_from_root(r.load(Ordering::Relaxed)) {
-                    root(j, RootSource::Stack, &mut roots_early);
+        if self.aliases.len() != 0 {
+            for &(start, end, node) in self.aliases.as_slice() {
+                if start <= addr && addr < end {
+                    hit(node);
                 }
             }
         }
-        let my_tid = me as u32;
-        let threads = STOP.slots[..stopped_slots]
-            .iter()
-            .map(|s| {
-                (
-                    s.tid.load(Ordering::Relaxed),
-                    s.sp.load(Ordering::Relaxed),
-                    s.tp.load(Ordering::Relaxed),
-                )
-            })
-            .chain(std::iter::once((my_tid, own_sp, thread_pointer())));
-        let mut roots = roots_early;
-        for (tid, sp, tp) in threads {
-            if let Some(m) = mapping_of(&prepared.mappings, sp) {
-                // The thread's own idea of its stack end when we know it (a
-                // mapping entry may have been joined with a neighbour).
-                let known = prepared
-                    .stack_ends
-                    .iter()
-                    .find(|&&(t, end)| t == tid && end > sp && end <= m.end)
-                    .map(|&(_, end)| end);
-                let end = known.unwrap_or(m.end);
-                // SAFETY: [sp, end) lies inside a readable mapping.
-                unsafe { scan_stack(&heap, sp, end, |j| root(j, RootSource::Stack, &mut roots)) };
-                scanned += (end - sp) as u64;
+    }
+
+    /// Like [`Heap::find_any`], for a word on a stack, in a register or in
+    /// a heap block: see [`ROOT_INTERIOR_LIMIT`].
+    #[inline(always)]
+    fn find_from_root(&self, addr: usize, mut hit: impl FnMut(u32)) {
+        if let Some(i) = self.find(addr) {
+            let b = &self.blocks[i as usize];
+            let interior_ok = self
+                .interior_sites
+                .get(b.stack as usize)
+                .copied()
+                .unwrap_or(false);
+            if addr - b.addr < ROOT_INTERIOR_LIMIT || interior_ok {
+                hit(i);
             }
-            if tp != 0 {
-                if let Some(m) = mapping_of(&prepared.mappings, tp) {
-                    // Exactly the static TLS blocks below the thread pointer
-                    // and glibc's thread descriptor above it: the main
-                    // thread's live in the heap, whose neighbouring chunks
-                    // (free ones included) must not be read as roots.
-                    let lo = tp.saturating_sub(prepared.tls_size + 64).max(m.start);
-                    let hi = (tp + prepared.thread_descriptor).min(m.end);
-                    // SAFETY: clipped to the readable mapping containing tp.
-                    unsafe { scan_stack(&heap, lo, hi, |j| root(j, RootSource::Tls, &mut roots)) };
+        }
+        if self.aliases.len() != 0 {
+            for &(start, end, node) in self.aliases.as_slice() {
+                if start <= addr && addr < end && addr - start < ROOT_INTERIOR_LIMIT {
+                    hit(node);
                 }
             }
-        }
-        // The stop slots (saved registers of stopped threads, already
-        // scanned under the stricter rule above) are static data too: skip
-        // them, or registers deliberately ignored would count after all.
-        for &seg in pieces.as_slice() {
-            // Only the parts inside readable mappings.
-            let mut addr = seg.start;
-            while addr < seg.end {
-                match mapping_of(&prepared.mappings, addr) {
-                    Some(m) => {
-                        let end = m.end.min(seg.end);
-                        // SAFETY: [addr, end) is inside a readable mapping.
-                        unsafe {
-                            scan_range(&heap, addr, end, |_, j| {
-                                root(j, RootSource::Static, &mut roots)
-                            })
-                        };
-                        scanned += (end - addr) as u64;
-                        addr = end;
-                    }
-                    None => addr += 4096,
-                }
-            }
-        }
-        for (k, (area, _)) in prepared.statics.iter().enumerate() {
-            if mapping_of(&prepared.mappings, area.start).is_some_and(|m| area.end <= m.end) {
-                // SAFETY: the registered static lies in a readable mapping.
-                unsafe {
-                    scan_range(&heap, area.start, area.end, |_, j| {
-                        incomplete |= !result.registered_edges.push((k as u32, j));
-                    })
-                };
-            }
-        }
-        // By reference: dropping the Vec here would call free() while a
-        // stopped thread may hold malloc's lock.
-        for (addr, reg) in &registered_blocks {
-            if let Some(j) = heap.find(*addr) {
-                if heap_registered.len() < heap_registered.capacity() {
-                    heap_registered.push((j, reg.clone()));
-                }
-            }
-        }
-        roots.as_mut_slice().sort_unstable();
-        let mut deduped: MmapVec<RootRef> = MmapVec::with_capacity(roots.len());
-        let mut last: Option<RootRef> = None;
-        for &r in roots.as_slice() {
-            if last != Some(r) {
-                incomplete |= !deduped.push(r);
-                last = Some(r);
-            }
-        }
-        result.roots = deduped;
-        result.scanned_bytes = scanned;
-        result.incomplete = incomplete;
-
-        resume_threads();
-        let _ = hooks::LOCAL.try_with(|l| l.holds_locks.set(false));
-        LIVE.unlock_all();
-        // ---- the world runs again ----
-        result.pause_ns = sys::now_ns().saturating_sub(t0);
-        drop(registry);
-
-        for (j, mut reg) in heap_registered {
-            let k = result.registered.len() as u32;
-            reg.block = Some(j);
-            reg.size = result.blocks.as_slice()[j as usize].size as u64;
-            result.registered.push(reg);
-            let _ = result.roots.push(RootRef {
-                node: j,
-                source: RootSource::Registered(k),
-            });
-        }
-        Ok(result)
-    })
-}
-
-/// Signals every other thread and waits until each has stopped (or the
-/// timeout). Returns (stopped, missed).
-fn stop_threads(tids: &[i32], me: i32) -> (usize, usize) {
-    STOP.next_slot.store(0, Ordering::Release);
-    STOP.acks.store(0, Ordering::Release);
-    STOP.active.store(true, Ordering::Release);
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    let mut sent = 0u32;
-    for &tid in tids {
-        if tid == me {
-            continue;
-        }
-        // SAFETY: tgkill with our own pid and a thread id of ours; a thread
-        // that has exited meanwhile yields ESRCH, which we skip.
-        if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, STOP_SIGNAL) } == 0 {
-            sent += 1;
         }
     }
-    let deadline = sys::now_ns() + STOP_TIMEOUT_NS;
-    loop {
-        let acks = STOP.acks.load(Ordering::Acquire);
-        if acks >= sent || sys::now_ns() >= deadline {
-            return (acks as usize, sent.saturating_sub(acks) as usize);
-        }
-        futex_wait(&STOP.acks, acks, 10_000_000);
-    }
-}
-
-fn resume_threads() {
-    STOP.active.store(false, Ordering::Release);
-    STOP.epoch.fetch_add(1, Ordering::AcqRel);
-    futex_wake_all(&STOP.epoch);
 }

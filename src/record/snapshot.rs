@@ -96,11 +96,10 @@ pub(crate) fn take() -> Profile {
 /// then owners, cycles and retainer chains.
 pub(crate) fn take_with_graph(
     options: &GraphOptions,
-    own_stack_from: usize,
-    own_registers: [usize; 8],
+    own: scan::OwnThread,
 ) -> Result<Profile, ScanError> {
     hooks::guarded(|| {
-        let scan = scan::scan(own_stack_from, own_registers)?;
+        let scan = scan::scan(own, options.stop_config())?;
         Ok(build(Some(scan), options))
     })
 }
@@ -116,7 +115,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let blocks: &[Block] = match &scan {
         Some(s) => s.blocks.as_slice(),
         None => {
-            LIVE.copy_into(&mut copied);
+            LIVE.copy_into(&mut copied, || THREADS.each().map(|t| &t.flight));
             &copied
         }
     };

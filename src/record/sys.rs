@@ -129,6 +129,59 @@ pub(crate) fn rss_bytes() -> u64 {
     resident * page_size()
 }
 
+/// Reads `len` bytes of this process's memory at `addr` into `out` with
+/// `process_vm_readv`, which fails instead of faulting on memory that is
+/// not mapped. Reads page by page; returns the bytes read before the
+/// first page that could not be read.
+pub(crate) fn read_own_memory(addr: usize, out: *mut u8, len: usize) -> usize {
+    let page = 4096;
+    let mut done = 0;
+    while done < len {
+        let n = (page - (addr + done) % page).min(len - done);
+        let local = libc::iovec {
+            // SAFETY (of the pointer arithmetic): done < len, inside `out`.
+            iov_base: out.wrapping_add(done).cast(),
+            iov_len: n,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr + done) as *mut libc::c_void,
+            iov_len: n,
+        };
+        // SAFETY: `local` lies inside the caller's `out` buffer of `len`
+        // bytes; the remote range is only read by the kernel, which checks
+        // it and fails with EFAULT instead of faulting.
+        let got = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        if got <= 0 {
+            break;
+        }
+        done += got as usize;
+    }
+    done
+}
+
+/// Appends the whole file at `path` to `out` with raw system calls (no
+/// `malloc`: for the stopped world). Stops at the first error.
+pub(crate) fn read_file_into(path: &std::ffi::CStr, out: &mut super::mmapvec::MmapVec<u8>) {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        if !buf[..n as usize].iter().all(|&b| out.push(b)) {
+            break;
+        }
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+}
+
 fn parse_u64(digits: &[u8]) -> u64 {
     digits
         .iter()

@@ -15,6 +15,7 @@ use std::sync::atomic::{
     AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
+use super::live::{Block, PackedBlock};
 use super::sys;
 
 pub(crate) const MAX_THREADS: usize = 4096;
@@ -117,6 +118,91 @@ pub(crate) struct ThreadState {
     pub(crate) countdown: AtomicI64,
     pub(crate) rng: AtomicU64,
     dir: AtomicPtr<AtomicPtr<StackCounters>>,
+    /// The block a `realloc` on this thread holds outside the live table.
+    pub(crate) flight: InFlight,
+}
+
+/// Where a `realloc` on this thread stands: the block it took out of the
+/// live table stays visible here until its successor is in the table, so
+/// a reader holding every shard lock (a snapshot, a heap-graph scan) sees
+/// each block exactly once, in the table or here.
+///
+/// One writer (the owning thread); `phase` is stored last (Release) and
+/// read first (Acquire). Moving a block between the table and here happens
+/// under the block's shard lock: see `LiveTable::remove_into_flight` and
+/// `LiveTable::insert_landing`.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    phase: AtomicU32,
+    /// The block before the move (phases `Detached` and `Inner`).
+    old: PackedBlock,
+    /// The block after it (phase `Moved`): allocated and filled by the
+    /// inner allocator, not yet in the table, while the program's pointers
+    /// still hold `old`'s address.
+    new: PackedBlock,
+}
+
+/// The phases of a realloc, see [`InFlight`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FlightPhase {
+    /// No block in flight.
+    Idle = 0,
+    /// The old block left the table; the inner allocator has not run.
+    Detached = 1,
+    /// Inside the inner allocator: the old block may already be freed or
+    /// unmapped, the new one half-copied. A stop must wait (see `stop`).
+    Inner = 2,
+    /// The inner allocator returned; the new block is not in the table yet.
+    Moved = 3,
+}
+
+impl InFlight {
+    #[inline]
+    pub(crate) fn phase(&self) -> FlightPhase {
+        match self.phase.load(Ordering::Acquire) {
+            1 => FlightPhase::Detached,
+            2 => FlightPhase::Inner,
+            3 => FlightPhase::Moved,
+            _ => FlightPhase::Idle,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn set_phase(&self, phase: FlightPhase) {
+        self.phase.store(phase as u32, Ordering::Release);
+    }
+
+    /// Records the detached block (called under its shard lock).
+    #[inline]
+    pub(crate) fn detached(&self, old: &Block) {
+        self.old.store(old);
+        self.set_phase(FlightPhase::Detached);
+    }
+
+    /// Records the block the inner allocator returned.
+    #[inline]
+    pub(crate) fn moved(&self, new: &Block) {
+        self.new.store(new);
+        self.set_phase(FlightPhase::Moved);
+    }
+
+    pub(crate) fn old(&self) -> Block {
+        self.old.load()
+    }
+
+    pub(crate) fn new_block(&self) -> Block {
+        self.new.load()
+    }
+
+    /// The block to count for this thread right now, if any (the caller
+    /// holds every shard lock, so the phase cannot leave or enter `Idle`).
+    pub(crate) fn counted(&self) -> Option<Block> {
+        match self.phase() {
+            FlightPhase::Idle => None,
+            FlightPhase::Detached | FlightPhase::Inner => Some(self.old()),
+            FlightPhase::Moved => Some(self.new_block()),
+        }
+    }
 }
 
 impl ThreadState {

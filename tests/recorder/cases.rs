@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use leakprof::format::{Amount, Profile};
 use leakprof::{Options, Recorder, Tag};
 
-pub type Case = (&'static str, fn());
+use crate::harness::Case;
 
 pub const ALL: &[Case] = &[
     (
