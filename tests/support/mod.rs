@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests. Each test binary uses a part.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
 pub mod logs;
 mod profiles;
 pub mod redis;
