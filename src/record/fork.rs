@@ -1,7 +1,7 @@
 //! Fork safety: the child of a recording process keeps recording.
 //!
 //! Before `fork`, the forking thread takes every recorder lock (the
-//! `LockCell`s first, then the capture lock, then every live-table shard:
+//! `LockCell`s first, then every live-table shard:
 //! the one lock order used everywhere), so no other thread is inside a
 //! critical section when the address space is copied. The parent releases
 //! them after `fork`; the child, where those other threads no longer exist,
@@ -11,7 +11,7 @@
 
 use std::sync::Once;
 
-use super::hooks::{CAPTURE_LOCK, LIVE, THREADS};
+use super::hooks::{LIVE, THREADS};
 use super::threads::FlightPhase;
 use super::{owner, scan, snapshot, symbols, timeline};
 
@@ -41,13 +41,11 @@ extern "C" fn prepare() {
     for lock in cell_locks() {
         lock.lock();
     }
-    CAPTURE_LOCK.lock();
     LIVE.lock_all();
 }
 
 extern "C" fn in_parent() {
     LIVE.unlock_all();
-    CAPTURE_LOCK.unlock();
     for lock in cell_locks().iter().rev() {
         lock.unlock();
     }
@@ -59,7 +57,6 @@ extern "C" fn in_child() {
     // the data they guard was left consistent because `prepare` held them.
     unsafe {
         LIVE.force_unlock_all();
-        CAPTURE_LOCK.force_unlock();
         for lock in cell_locks() {
             lock.force_unlock();
         }

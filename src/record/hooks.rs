@@ -12,12 +12,12 @@
 //!   handed back to the inner allocator.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use super::live::{Block, LiveTable};
 use super::race::{self, RacePoint};
 use super::stacks::{self, Captured, StackTable};
-use super::sys::{self, RawLock};
+use super::sys;
 use super::tags::{TagTable, UNTAGGED};
 use super::threads::{FlightPhase, InFlight, Registry, ThreadState};
 
@@ -103,12 +103,14 @@ pub(crate) fn now_ns() -> u64 {
     now
 }
 
-/// Per-stack live amounts captured when the global peak last rose by a
-/// step (DHAT's at-t-gmax), indexed by stack id: `[bytes, blocks]`.
-pub(crate) static AT_PEAK: AtomicPtr<[AtomicU64; 2]> = AtomicPtr::new(std::ptr::null_mut());
-pub(crate) static AT_PEAK_LIVE: AtomicI64 = AtomicI64::new(0);
-pub(crate) static CAPTURE_LOCK: RawLock = RawLock::new();
-pub(crate) const AT_PEAK_LEN: usize = 1 << 21;
+/// The peak generation: bumped (O(1)) each time the global live amount
+/// reaches a new peak. Each per-stack counter, at its first change in a
+/// new generation, keeps the value it had when the generation began
+/// (`StackCounters::catch_up`), so a snapshot reads every stack's live
+/// amount at the last peak (DHAT's at-t-gmax) without anything walking all
+/// stacks on the allocation path. Starts at 1 (a counter's 0 never
+/// matches).
+pub(crate) static PEAK_GEN: AtomicU64 = AtomicU64::new(1);
 
 /// The tag most recently entered by any thread (for the timeline's
 /// "current task" column).
@@ -614,7 +616,13 @@ pub(crate) fn settle_free(l: &Local, block: &Block) {
 #[inline(always)]
 fn account(ts: &ThreadState, block: &Block, bytes: i64, blocks: i64) {
     let shared = THREADS.is_orphan(ts);
+    if bytes < 0 {
+        flush_if_at_peak(ts);
+    }
     let stack = ts.stack_counters(block.stack);
+    if let Some(s) = stack {
+        s.catch_up(PEAK_GEN.load(Ordering::Relaxed));
+    }
     if bytes >= 0 {
         ts.alloc_bytes.add(bytes as u64, shared);
         ts.alloc_blocks.add(blocks as u64, shared);
@@ -674,9 +682,23 @@ pub(crate) fn flush_tag(ts: &ThreadState) {
     }
 }
 
+/// A free is about to lower the live amount: if this thread's pending
+/// growth would make a new global peak, fold it in first, so the peak (and
+/// the per-stack amounts at it) is taken at its top, not up to
+/// [`FLUSH_BYTES`] before it. Costs two loads of rarely written words.
+#[inline(always)]
+fn flush_if_at_peak(ts: &ThreadState) {
+    let pending = ts.pending_bytes.get();
+    if pending > 0
+        && APPROX_LIVE_BYTES.load(Ordering::Relaxed) + pending > PEAK_BYTES.load(Ordering::Relaxed)
+    {
+        flush_global(ts);
+    }
+}
+
 /// Folds a thread's pending live delta into the global approximate live
-/// amount, raising the peak (and capturing per-stack at-peak figures when
-/// the peak has grown by a step).
+/// amount, raising the peak (and starting a new peak generation) when it
+/// is exceeded.
 pub(crate) fn flush_global(ts: &ThreadState) {
     let b = ts.pending_bytes.take();
     let n = ts.pending_blocks.take();
@@ -685,44 +707,12 @@ pub(crate) fn flush_global(ts: &ThreadState) {
     if blocks > PEAK_BLOCKS.load(Ordering::Relaxed) {
         PEAK_BLOCKS.fetch_max(blocks, Ordering::Relaxed);
     }
-    if live > PEAK_BYTES.load(Ordering::Relaxed) {
-        PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
+    if live > PEAK_BYTES.load(Ordering::Relaxed)
+        && PEAK_BYTES.fetch_max(live, Ordering::Relaxed) < live
+    {
         PEAK_NS.store(COARSE_NS.load(Ordering::Relaxed), Ordering::Relaxed);
-        let step = (live / 64).max(1 << 20);
-        if live >= AT_PEAK_LIVE.load(Ordering::Relaxed) + step {
-            capture_at_peak(live);
-        }
+        PEAK_GEN.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// Copies every stack's live amount (summed over threads) into `AT_PEAK`.
-/// Skipped if another thread is already capturing.
-#[cold]
-fn capture_at_peak(live: i64) {
-    if !CAPTURE_LOCK.try_lock() {
-        return;
-    }
-    let table = AT_PEAK.load(Ordering::Acquire);
-    if !table.is_null() {
-        AT_PEAK_LIVE.store(live, Ordering::Relaxed);
-        let limit = (STACKS.id_limit() as usize).min(AT_PEAK_LEN);
-        for id in 1..limit {
-            let (mut bytes, mut blocks) = (0u64, 0u64);
-            for ts in THREADS.each() {
-                if let Some(c) = ts.peek_stack(id as u32) {
-                    bytes =
-                        bytes.wrapping_add(c.alloc_bytes.get().wrapping_sub(c.free_bytes.get()));
-                    blocks =
-                        blocks.wrapping_add(c.alloc_blocks.get().wrapping_sub(c.free_blocks.get()));
-                }
-            }
-            // SAFETY: id < AT_PEAK_LEN, inside the mapping.
-            let slot = unsafe { &*table.add(id) };
-            slot[0].store(bytes, Ordering::Relaxed);
-            slot[1].store(blocks, Ordering::Relaxed);
-        }
-    }
-    CAPTURE_LOCK.unlock();
 }
 
 #[inline]
@@ -854,13 +844,6 @@ pub(crate) fn live_now() -> (u64, u64) {
 
 /// Reserves the tables. Idempotent.
 pub(crate) fn init_tables() -> bool {
-    if AT_PEAK.load(Ordering::Acquire).is_null() {
-        let p = sys::map(AT_PEAK_LEN * std::mem::size_of::<[AtomicU64; 2]>());
-        if p.is_null() {
-            return false;
-        }
-        AT_PEAK.store(p.cast(), Ordering::Release);
-    }
     STACKS.init() && TAGS.init() && THREADS.init()
 }
 
@@ -875,21 +858,12 @@ pub(crate) fn reset_counters() {
             e.reset();
         }
     }
-    let table = AT_PEAK.load(Ordering::Acquire);
-    if !table.is_null() {
-        for id in 0..(STACKS.id_limit() as usize).min(AT_PEAK_LEN) {
-            // SAFETY: id < AT_PEAK_LEN.
-            let slot = unsafe { &*table.add(id) };
-            slot[0].store(0, Ordering::Relaxed);
-            slot[1].store(0, Ordering::Relaxed);
-        }
-    }
+    PEAK_GEN.fetch_add(1, Ordering::Relaxed);
     for a in [
         &APPROX_LIVE_BYTES,
         &APPROX_LIVE_BLOCKS,
         &PEAK_BYTES,
         &PEAK_BLOCKS,
-        &AT_PEAK_LIVE,
     ] {
         a.store(0, Ordering::Relaxed);
     }

@@ -393,6 +393,14 @@ pub fn live() -> (u64, u64) {
     hooks::live_now()
 }
 
+/// How many times the global live amount reached a new peak since
+/// recording started (the peak generation; for benchmarks that time the
+/// allocations which raised it).
+#[doc(hidden)]
+pub fn peak_generation() -> u64 {
+    hooks::PEAK_GEN.load(Ordering::Relaxed)
+}
+
 /// Bytes of memory the recorder has mapped for its live table (the part of
 /// its metadata that grows with the number of live allocations; stack,
 /// tag and per-thread tables are reserved up front and touched on demand).

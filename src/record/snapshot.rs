@@ -10,7 +10,7 @@ use super::fxhash::FxHashMap;
 use std::sync::atomic::Ordering;
 
 use super::heapgraph::{self, GraphOptions};
-use super::hooks::{self, AT_PEAK, AT_PEAK_LEN, AT_PEAK_LIVE, CONFIG, LIVE, STACKS, TAGS, THREADS};
+use super::hooks::{self, CONFIG, LIVE, PEAK_GEN, STACKS, TAGS, THREADS};
 use super::live::Block;
 use super::scan::{self, ScanError, ScanResult};
 use super::sys::{self, LockCell, RawLock};
@@ -143,16 +143,22 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         blocks: (a.blocks + unit / 2) / unit,
     };
 
-    // Allocated totals per stack, summed over threads.
+    // Allocated totals per stack, and live amounts at the last peak, summed
+    // over threads.
+    let generation = PEAK_GEN.load(Ordering::Relaxed);
     let mut stack_alloc = vec![Amount::default(); n_stacks];
+    let mut stack_at_peak = vec![Amount::default(); n_stacks];
     let mut allocated = Amount::default();
     for ts in THREADS.each() {
         allocated.bytes += ts.alloc_bytes.get();
         allocated.blocks += ts.alloc_blocks.get();
-        for (id, slot) in stack_alloc.iter_mut().enumerate() {
+        for id in 0..n_stacks {
             if let Some(c) = ts.peek_stack(id as u32) {
-                slot.bytes += c.alloc_bytes.get();
-                slot.blocks += c.alloc_blocks.get();
+                stack_alloc[id].bytes += c.alloc_bytes.get();
+                stack_alloc[id].blocks += c.alloc_blocks.get();
+                let (bytes, blocks) = c.live_at(generation);
+                stack_at_peak[id].bytes = stack_at_peak[id].bytes.wrapping_add(bytes);
+                stack_at_peak[id].blocks = stack_at_peak[id].blocks.wrapping_add(blocks);
             }
         }
     }
@@ -161,19 +167,14 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         acc.add(*a);
         acc
     });
-    // At the peak: the last capture, unless now is at least as high.
-    let at_peak_table = AT_PEAK.load(Ordering::Acquire);
-    let use_live_as_peak =
-        live_total.bytes as i64 >= AT_PEAK_LIVE.load(Ordering::Relaxed) || at_peak_table.is_null();
+    // At the peak: the last peak generation's amounts, unless now is at
+    // least as high.
+    let at_peak_now = live_total.bytes as i64 >= hooks::PEAK_BYTES.load(Ordering::Relaxed);
     let at_peak = |id: usize| -> Amount {
-        if use_live_as_peak || id >= AT_PEAK_LEN {
-            return stack_live[id];
-        }
-        // SAFETY: id < AT_PEAK_LEN, inside the mapping.
-        let slot = unsafe { &*at_peak_table.add(id) };
-        Amount {
-            bytes: slot[0].load(Ordering::Relaxed),
-            blocks: slot[1].load(Ordering::Relaxed),
+        if at_peak_now {
+            stack_live[id]
+        } else {
+            stack_at_peak[id]
         }
     };
 
@@ -285,7 +286,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
                 bytes: peak_bytes,
                 blocks: (peak_blocks + unit / 2) / unit,
             },
-            peak_error_bytes: threads * hooks::FLUSH_BYTES as u64,
+            peak_error_bytes: threads.saturating_sub(1) * hooks::FLUSH_BYTES as u64,
             peak_ns,
             allocated: in_blocks(allocated),
             rss_bytes: sys::rss_bytes(),

@@ -55,6 +55,12 @@ impl Counter {
     pub(crate) fn reset(&self) {
         self.0.store(0, Ordering::Relaxed);
     }
+
+    /// Overwrites the value (single writer).
+    #[inline]
+    pub(crate) fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
 }
 
 /// A signed single-writer counter (pending deltas).
@@ -74,6 +80,11 @@ impl Delta {
         }
     }
 
+    #[inline]
+    pub(crate) fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
     /// Takes the value, leaving zero.
     #[inline]
     pub(crate) fn take(&self) -> i64 {
@@ -89,6 +100,45 @@ pub(crate) struct StackCounters {
     pub(crate) alloc_blocks: Counter,
     pub(crate) free_bytes: Counter,
     pub(crate) free_blocks: Counter,
+    /// The live amount this counter had when peak generation `peak_gen`
+    /// began (saved at its first change after that; see
+    /// `hooks::PEAK_GEN`).
+    pub(crate) peak_gen: Counter,
+    pub(crate) peak_bytes: Counter,
+    pub(crate) peak_blocks: Counter,
+}
+
+impl StackCounters {
+    /// Live (bytes, blocks) now.
+    #[inline]
+    pub(crate) fn live(&self) -> (u64, u64) {
+        (
+            self.alloc_bytes.get().wrapping_sub(self.free_bytes.get()),
+            self.alloc_blocks.get().wrapping_sub(self.free_blocks.get()),
+        )
+    }
+
+    /// Live (bytes, blocks) when peak generation `generation` began.
+    pub(crate) fn live_at(&self, generation: u64) -> (u64, u64) {
+        if self.peak_gen.get() == generation {
+            (self.peak_bytes.get(), self.peak_blocks.get())
+        } else {
+            self.live()
+        }
+    }
+
+    /// Before the first change in peak generation `generation`: keeps the
+    /// value it had when that generation began. O(1), on the allocation
+    /// path (DHAT's deferred t-gmax, per counter).
+    #[inline(always)]
+    pub(crate) fn catch_up(&self, generation: u64) {
+        if self.peak_gen.get() != generation {
+            let (bytes, blocks) = self.live();
+            self.peak_bytes.set(bytes);
+            self.peak_blocks.set(blocks);
+            self.peak_gen.set(generation);
+        }
+    }
 }
 
 #[repr(C, align(64))]

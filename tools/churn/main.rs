@@ -2,6 +2,9 @@
 //!
 //! `churn MODE --threads N --pairs P [--window W] [--depth-check]`
 //! `churn MODE --hold B` (memory: keep B blocks of 32 bytes live)
+//! `churn MODE --latency B` (allocation latency: B allocations from 100,000
+//! distinct stacks, all kept, so the live amount and its peak rise all the
+//! way; each allocation timed alone)
 //!
 //! MODE picks the global allocator at start-up, so one binary measures
 //! every configuration with identical code: `system`, `leakprof` (full
@@ -110,6 +113,64 @@ fn churn(pairs: u64, window: usize, seed: u64) {
     black_box(&ring);
 }
 
+/// One of 2^17 distinct stacks, chosen by the bits of `n` (17 levels of
+/// two alternating non-inlined functions).
+#[inline(never)]
+fn stack_a(n: u32, level: u32, size: usize) -> Box<[u8]> {
+    let b = match level {
+        0 => f20(size),
+        _ if n & 1 == 1 => stack_a(n >> 1, level - 1, size),
+        _ => stack_b(n >> 1, level - 1, size),
+    };
+    black_box(b)
+}
+
+#[inline(never)]
+fn stack_b(n: u32, level: u32, size: usize) -> Box<[u8]> {
+    let b = match level {
+        0 => f20(size),
+        _ if n & 1 == 1 => stack_a(n >> 1, level - 1, size),
+        _ => stack_b(n >> 1, level - 1, size),
+    };
+    black_box(b)
+}
+
+/// Distinct stacks the latency workload spreads its allocations over.
+const LATENCY_STACKS: u32 = 100_000;
+
+/// Times `blocks` allocations (64 to 1,088 bytes, all kept) one by one,
+/// spread over [`LATENCY_STACKS`] distinct stacks: the live amount rises
+/// throughout, so leakprof reaches a new peak again and again. Returns
+/// (latencies in ns, latencies of the allocations during which the peak
+/// generation moved).
+fn latencies(blocks: u64) -> (Vec<u64>, Vec<u64>) {
+    let mut kept: Vec<Box<[u8]>> = Vec::with_capacity(blocks as usize);
+    let mut all = Vec::with_capacity(blocks as usize);
+    let mut at_peak = Vec::new();
+    for i in 0..blocks {
+        let n = (i % LATENCY_STACKS as u64) as u32;
+        let size = 64 + (i % 17) as usize * 64;
+        let generation = leakprof::record::peak_generation();
+        let t0 = Instant::now();
+        let b = stack_a(n, 17, size);
+        let ns = t0.elapsed().as_nanos() as u64;
+        if leakprof::record::peak_generation() != generation {
+            at_peak.push(ns);
+        }
+        all.push(ns);
+        kept.push(b);
+    }
+    black_box(&kept);
+    (all, at_peak)
+}
+
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
 fn cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -160,6 +221,7 @@ fn main() {
     let pairs = arg(&args, "--pairs", 5_000_000);
     let window = arg(&args, "--window", 1000).max(1) as usize;
     let hold = arg(&args, "--hold", 0);
+    let latency = arg(&args, "--latency", 0);
 
     let recorder = match mode_name.as_str() {
         "leakprof" => {
@@ -176,6 +238,27 @@ fn main() {
     };
     let dhat_file = std::env::temp_dir().join(format!("churn-dhat-{}.json", std::process::id()));
     let profiler = (mode == DHAT).then(|| dhat::Profiler::builder().file_name(&dhat_file).build());
+
+    if latency > 0 {
+        let (mut all, mut at_peak) = latencies(latency);
+        all.sort_unstable();
+        at_peak.sort_unstable();
+        println!(
+            "{{\"mode\":\"{mode_name}\",\"latency_blocks\":{latency},\"stacks\":{LATENCY_STACKS},\
+             \"p50_ns\":{},\"p99_ns\":{},\"p9999_ns\":{},\"max_ns\":{},\
+             \"peak_allocations\":{},\"peak_max_ns\":{}}}",
+            quantile(&all, 0.5),
+            quantile(&all, 0.99),
+            quantile(&all, 0.9999),
+            all.last().copied().unwrap_or(0),
+            at_peak.len(),
+            at_peak.last().copied().unwrap_or(0),
+        );
+        drop(recorder);
+        drop(profiler);
+        let _ = std::fs::remove_file(&dhat_file);
+        return;
+    }
 
     let rss_before = max_rss_bytes();
     let (t0, c0) = (Instant::now(), cpu_ns());
