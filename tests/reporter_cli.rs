@@ -123,7 +123,11 @@ fn every_command_rejects_bad_files_with_one_line_naming_the_file() {
         ),
         ("empty.json", "an empty file", "empty"),
         ("binary.json", "binary garbage", "corrupt"),
-        ("future.json", "a future version", "version 99"),
+        (
+            "future.json",
+            "a future version",
+            "format version 99 (written by leakprof 0.1.0), newer than this leakprof",
+        ),
         (
             "not-a-run",
             "a directory without profile.json",
