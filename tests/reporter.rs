@@ -1,8 +1,12 @@
-//! Reporter tests on hand-built profiles: given these allocations, when
-//! analysed and rendered, then these rows, figures and files.
+//! Reporter tests on hand-built profiles (given these allocations, when
+//! analysed and rendered, then these rows, figures and files), and golden
+//! outputs of recorded ones.
 //!
-//! Golden files live in tests/golden/; `BLESS=1 cargo test --test reporter`
-//! rewrites them, so a review diff shows exactly what changed in the output.
+//! Golden files live in tests/golden/: every renderer's output for the
+//! recorded profiles in profiles/ (real runs, normalised).
+//! `tools/gen-golden-profiles` records the profiles again and rewrites the
+//! golden files (`BLESS=1 cargo test --test reporter golden_outputs` alone
+//! rewrites the outputs), so a review diff shows exactly what changed.
 
 mod support;
 
@@ -395,10 +399,22 @@ fn folded_stacks_trim_the_allocator_and_sanitise_symbols() {
     assert!(folded(&Model::new(&p), Metric::Allocated, FlameGroup::Task).is_err());
 }
 
+/// A profile of `profiles/`: real runs, normalised by
+/// `tools/gen-golden-profiles`, which also rewrites the golden outputs.
+fn recorded(name: &str) -> Profile {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("profiles")
+        .join(name);
+    leakprof::format::load(&path)
+        .unwrap_or_else(|e| panic!("{e} (regenerate it: tools/gen-golden-profiles)"))
+}
+
+/// Every renderer's output for the recorded `exception` runs (1 MiB
+/// payloads, 6 attempts, `original` and `fixed`), byte for byte.
 #[test]
 fn golden_outputs_of_the_exception_scenario() {
-    let leak = exception_run(true);
-    let fixed = exception_run(false);
+    let leak = recorded("exception-original.json");
+    let fixed = recorded("exception-fixed.json");
     let o = Options::default();
     golden(
         "exception-original.report.txt",

@@ -1,4 +1,5 @@
-"""Where a document's figures come from: the commit they measured.
+"""Where a document's figures come from: the commit they measured, and
+the target directory its binaries are built in.
 
 Every script in tools/ that writes a document (its section of
 docs/BENCHMARKS.md, or docs/SCENARIOS.md) imports this module and calls
@@ -21,6 +22,7 @@ alone do not make the tree dirty, so one script may run after another has
 rewritten its section, before anything is committed.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -84,3 +86,11 @@ def commit_to_measure(writes):
 def is_clean(commit):
     """True for a commit `commit_to_measure` returned from a clean tree."""
     return bool(commit) and not commit.endswith(DIRTY_SUFFIX) and commit != "unknown"
+
+
+def target_dir():
+    """Cargo's target directory for this checkout, as cargo itself resolves
+    it (`CARGO_TARGET_DIR`, `build.target-dir`, else `target/`)."""
+    out = subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1"],
+                         cwd=ROOT, check=True, text=True, capture_output=True).stdout
+    return json.loads(out)["target_directory"]
