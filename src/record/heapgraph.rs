@@ -12,12 +12,12 @@ use super::fxhash::FxHashMap;
 use super::live::Block;
 use super::scan::{RootSource, ScanResult};
 use super::tags::Tag;
-use crate::analysis::graph::{
+use crate::format::frame_names as model;
+use crate::format::{Amount, Cycle, Graph, LiveGroup, Node, Owner, Stack, Via};
+use crate::graph::{
     Attribution, HeapGraphBuilder, LabelId, Retainer, Retention, RootKind, SubgraphOptions,
     OFFSET_UNKNOWN,
 };
-use crate::analysis::model;
-use crate::format::{Amount, Cycle, Graph, LiveGroup, Node, Owner, Stack, Via};
 
 /// How the heap graph is summarised into the profile.
 #[derive(Clone, Debug, Default)]
