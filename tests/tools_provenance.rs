@@ -120,3 +120,60 @@ fn the_commit_is_named_and_generated_documents_do_not_count_as_changes() {
     );
     assert_refused(&commit_to_measure(&root, true), "provenance", "src/lib.rs");
 }
+
+/// The scripts find their binaries in cargo's target directory, wherever
+/// `CARGO_TARGET_DIR` puts it (tools/provenance.py's `target_dir`).
+#[test]
+fn scripts_look_for_binaries_in_cargo_target_dir() {
+    let (_tmp, root) = scratch();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        "[package]\nname = \"scratch\"\nversion = \"0.0.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    git(&root, &["add", "-A"]);
+    git(&root, &["commit", "-q", "-m", "manifest"]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("shared-target");
+    let release = target.join("release");
+    std::fs::create_dir_all(&release).unwrap();
+    // A stand-in `leakprof` that notes it was run and lists nothing.
+    let called = elsewhere.path().join("called");
+    let fake = release.join("leakprof");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\n", called.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let with_target = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap()
+    };
+    let code = "import sys; sys.dont_write_bytecode = True; sys.path.insert(0, 'tools'); \
+                import provenance; print(provenance.target_dir())";
+    let out = with_target("python3", &["-c", code]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        target.display().to_string(),
+        "{out:?}"
+    );
+    with_target(
+        "python3",
+        &[
+            "tools/run-seed-scenarios",
+            "--render-only",
+            "--no-build",
+            "--no-write",
+        ],
+    );
+    let calls = std::fs::read_to_string(&called)
+        .expect("run-seed-scenarios must run <CARGO_TARGET_DIR>/release/leakprof");
+    assert!(calls.starts_with("list"), "{calls}");
+}
