@@ -15,6 +15,9 @@
 //! - [`format`]: the profile file, the only contract between the recorder
 //!   and everything that reads its output.
 //! - [`analysis`]: the model every renderer reads.
+//! - [`graph`]: the heap-graph algorithms (reachability, unreachable
+//!   cycles, dominators, owners), a layer below `record` and `analysis`,
+//!   which both use it.
 //! - `render`, `lab` and `cli` (feature `cli`, on by default): renderers,
 //!   the Dramatiq-faithful worker lab and the `leakprof` command.
 //!
@@ -41,6 +44,7 @@
 
 pub mod analysis;
 pub mod format;
+pub mod graph;
 pub mod record;
 
 #[cfg(feature = "cli")]

@@ -46,3 +46,47 @@ fn leaky_service_profile_names_its_four_leaks() {
     }
     assert_eq!(p.graph.as_ref().unwrap().cycles.len(), 200);
 }
+
+/// The profiles went through `tools/gen-golden-profiles`' normaliser:
+/// nothing in them names this machine, this checkout or the moment.
+#[test]
+fn example_profiles_are_normalised() {
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    for name in [
+        "exception-original.json",
+        "exception-fixed.json",
+        "leaky-service.json",
+    ] {
+        let text =
+            std::fs::read_to_string(Path::new(checkout).join("profiles").join(name)).unwrap();
+        for machine_specific in [checkout, "/tmp/", "/root/", "/home/"] {
+            assert!(
+                !text.contains(machine_specific),
+                "{name} mentions {machine_specific}: regenerate it with tools/gen-golden-profiles"
+            );
+        }
+        let p = profile(name);
+        assert_eq!(
+            (p.meta.pid, p.meta.start_unix_ms),
+            (1, 1_700_000_000_000),
+            "{name}"
+        );
+        assert_eq!(p.graph.as_ref().unwrap().pause_ns, 1_000_000, "{name}");
+        for (i, m) in p.modules.iter().enumerate() {
+            assert_eq!(
+                m.load_address,
+                0x5550_0000_0000 + i as u64 * 0x10_0000_0000,
+                "{name}"
+            );
+        }
+        assert!(
+            p.frames
+                .iter()
+                .filter_map(|f| f.file.as_deref())
+                .all(|f| !f.starts_with("/rustc/") || f.starts_with("/rustc/RUSTC_COMMIT/")),
+            "{name}: a rustc commit hash is left in a file name"
+        );
+        // Times are ranks: whole milliseconds.
+        assert!(p.timeline.iter().all(|t| t.t_ns % 1_000_000 == 0), "{name}");
+    }
+}

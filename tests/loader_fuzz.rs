@@ -136,6 +136,7 @@ fn corpus_files_load_or_fail_as_their_names_say() {
             LoadError::Truncated { .. } => "truncated",
             LoadError::Corrupt { .. } => "corrupt",
             LoadError::WrongKind { .. } => "wrong-kind",
+            LoadError::NewerVersion { .. } => "newer-version",
             LoadError::UnknownVersion { .. } => "unknown-version",
             LoadError::Inconsistent { .. } => "inconsistent",
         };

@@ -1,8 +1,12 @@
-//! Reporter tests on hand-built profiles: given these allocations, when
-//! analysed and rendered, then these rows, figures and files.
+//! Reporter tests on hand-built profiles (given these allocations, when
+//! analysed and rendered, then these rows, figures and files), and golden
+//! outputs of recorded ones.
 //!
-//! Golden files live in tests/golden/; `BLESS=1 cargo test --test reporter`
-//! rewrites them, so a review diff shows exactly what changed in the output.
+//! Golden files live in tests/golden/: every renderer's output for the
+//! recorded profiles in profiles/ (real runs, normalised).
+//! `tools/gen-golden-profiles` records the profiles again and rewrites the
+//! golden files (`BLESS=1 cargo test --test reporter golden_outputs` alone
+//! rewrites the outputs), so a review diff shows exactly what changed.
 
 mod support;
 
@@ -395,10 +399,22 @@ fn folded_stacks_trim_the_allocator_and_sanitise_symbols() {
     assert!(folded(&Model::new(&p), Metric::Allocated, FlameGroup::Task).is_err());
 }
 
+/// A profile of `profiles/`: real runs, normalised by
+/// `tools/gen-golden-profiles`, which also rewrites the golden outputs.
+fn recorded(name: &str) -> Profile {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("profiles")
+        .join(name);
+    leakprof::format::load(&path)
+        .unwrap_or_else(|e| panic!("{e} (regenerate it: tools/gen-golden-profiles)"))
+}
+
+/// Every renderer's output for the recorded `exception` runs (1 MiB
+/// payloads, 6 attempts, `original` and `fixed`), byte for byte.
 #[test]
 fn golden_outputs_of_the_exception_scenario() {
-    let leak = exception_run(true);
-    let fixed = exception_run(false);
+    let leak = recorded("exception-original.json");
+    let fixed = recorded("exception-fixed.json");
     let o = Options::default();
     golden(
         "exception-original.report.txt",
@@ -985,4 +1001,106 @@ fn pruning_invisible_frames_draws_the_same_flamegraph() {
         write_svg(&visible, "t", "s", "bytes", 1200, &mut v).unwrap();
         assert!(a == v, "{group:?}: pruned lines draw another SVG");
     }
+}
+
+/// A heap graph whose largest objects are reachable (a root holds them)
+/// while smaller ones leak in two unreachable cycles and one unreferenced
+/// block: `retainers --unreachable --largest N` must find the leaks.
+fn with_reachable_giants_and_small_leaks() -> Profile {
+    use leakprof::format::{Amount, Cycle, Graph, Node, VERSION_V2};
+    let mut p = exception_run(true);
+    p.version = VERSION_V2;
+    let node = |address: u64, retained: u64| Node {
+        address,
+        size: 64,
+        stack: 1,
+        retained: Amount {
+            bytes: retained,
+            blocks: 1,
+        },
+        ..Node::default()
+    };
+    let reachable = |mut n: Node, parent: Option<u32>| {
+        if parent.is_none() {
+            n.root = Some("root: stack".into());
+        }
+        n.parent = parent;
+        n
+    };
+    let leaked = |mut n: Node, cycle: Option<u32>, parent: Option<u32>| {
+        n.unreachable = true;
+        n.cycle = cycle;
+        n.parent = parent;
+        n
+    };
+    let nodes = vec![
+        reachable(node(0x1000, 10 * MIB), None),
+        reachable(node(0x2000, 9 * MIB), Some(0)),
+        reachable(node(0x3000, 8 * MIB), Some(1)),
+        leaked(node(0x4000, 2 * MIB), Some(0), None),
+        leaked(node(0x5000, MIB), Some(0), None),
+        leaked(node(0x6000, 3 * MIB), Some(1), None),
+        leaked(node(0x7000, 3 * MIB - 1), None, Some(5)),
+        leaked(node(0x8000, 512 * KIB), None, None),
+    ];
+    let cycle = |id: u32, members: &[u32]| Cycle {
+        id,
+        members: Amount {
+            bytes: 128,
+            blocks: members.len() as u64,
+        },
+        retained: Amount {
+            bytes: 3 * MIB,
+            blocks: 3,
+        },
+        nodes: members.to_vec(),
+    };
+    p.graph = Some(Graph {
+        thread_roots: "quiescent".into(),
+        cycles: vec![cycle(0, &[3, 4]), cycle(1, &[5])],
+        nodes,
+        ..Graph::default()
+    });
+    p
+}
+
+#[test]
+fn unreachable_selection_filters_before_the_largest_cap() {
+    use leakprof::analysis::retainers::{chains_for, Matching, Query, Start};
+    let p = with_reachable_giants_and_small_leaks();
+    let bytes = serde_json::to_vec(&p).unwrap();
+    leakprof::format::load_bytes(std::path::Path::new("v2.json"), &bytes).unwrap();
+    let query = |unreachable_only, largest| Query {
+        matching: Matching::Any,
+        unreachable_only,
+        largest,
+    };
+    let targets = |q: Query| -> Vec<u64> {
+        chains_for(&p, &q)
+            .unwrap()
+            .iter()
+            .map(|c| c.target().unwrap().address)
+            .collect()
+    };
+    // Largest first among the unreachable objects only, then capped.
+    assert_eq!(targets(query(true, Some(3))), vec![0x6000, 0x7000, 0x4000]);
+    assert_eq!(
+        targets(query(true, None)),
+        vec![0x6000, 0x7000, 0x4000, 0x5000, 0x8000]
+    );
+    // Without the filter the cap keeps the reachable giants.
+    assert_eq!(targets(query(false, Some(3))), vec![0x1000, 0x2000, 0x3000]);
+    let found = chains_for(&p, &query(true, Some(3))).unwrap();
+    assert!(matches!(found[0].start, Start::Cycle { id: 1, .. }));
+    // The block a cycle keeps alive is reached from that cycle.
+    assert!(matches!(found[1].start, Start::Cycle { id: 1, .. }));
+    assert_eq!(found[1].hops.len(), 2);
+    assert!(matches!(found[2].start, Start::Cycle { id: 0, .. }));
+    // A site pattern and the filter select together, then the cap.
+    let by_site = Query {
+        matching: Matching::Site("exception::fail".into()),
+        unreachable_only: true,
+        largest: Some(1),
+    };
+    assert_eq!(chains_for(&p, &by_site).unwrap().len(), 1);
 }

@@ -123,7 +123,11 @@ fn every_command_rejects_bad_files_with_one_line_naming_the_file() {
         ),
         ("empty.json", "an empty file", "empty"),
         ("binary.json", "binary garbage", "corrupt"),
-        ("future.json", "a future version", "version 99"),
+        (
+            "future.json",
+            "a future version",
+            "format version 99 (written by leakprof 0.1.0), newer than this leakprof",
+        ),
         (
             "not-a-run",
             "a directory without profile.json",
@@ -366,4 +370,48 @@ fn every_command_has_examples_in_its_help() {
             "{cmd} --help examples do not run {cmd}"
         );
     }
+}
+
+/// The example service's profile (a real run): its largest objects are
+/// reachable (the registered statics) and its 200 subscription cycles are
+/// small, so `--unreachable --largest 3` must look past the giants.
+#[test]
+fn retainers_unreachable_with_largest_lists_the_cycles_largest_first() {
+    let profile = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/leaky-service.json");
+    let run = |args: &[&str]| {
+        let out = leakprof(&[&["retainers", profile], args].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let capped = run(&["--unreachable", "--largest", "3"]);
+    let chains: Vec<&str> = capped
+        .split("\n\n")
+        .filter(|c| !c.trim().is_empty())
+        .collect();
+    assert_eq!(chains.len(), 3, "{capped}");
+    for chain in &chains {
+        assert!(
+            chain
+                .lines()
+                .nth(1)
+                .unwrap()
+                .trim_start()
+                .starts_with("unreachable cycle #"),
+            "{chain}"
+        );
+    }
+    // The same three as the head of the uncapped list (largest first),
+    // which has a chain for every one of the 200 cycles.
+    let all = run(&["--unreachable", "--largest", "1000"]);
+    assert!(all.starts_with(&capped), "{all}");
+    let cycles: std::collections::BTreeSet<&str> = all
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("unreachable cycle #"))
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    assert_eq!(cycles.len(), 200, "{all}");
 }

@@ -16,11 +16,11 @@
 //! - [`check`]: limits for CI and tests, with a one-line verdict.
 //! - [`retainers`]: retainer chains from a version-2 profile's subgraph.
 //! - [`graph`]: heap-graph algorithms (reachability, unreachable cycles,
-//!   dominators, owners, retained sizes, retainer chains).
+//!   dominators, owners, retained sizes, retainer chains), re-exported from
+//!   the lower layer [`crate::graph`] that the recorder uses too.
 
 pub mod check;
 pub mod diff;
-pub mod graph;
 pub mod leaks;
 pub mod merge;
 pub mod model;
@@ -30,6 +30,7 @@ pub mod retainers;
 pub mod slope;
 pub mod summary;
 
+pub use crate::graph;
 pub use check::{assert_no_leak, check, Limits, Verdict};
 pub use diff::Comparison;
 pub use leaks::{RetryGrowth, TaskGrowth, TaskScopedLeaks};

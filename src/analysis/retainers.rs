@@ -5,9 +5,9 @@
 
 use super::check::human_bytes;
 use super::model::{Model, UNKNOWN};
-use crate::format::{Node, Profile};
+use crate::format::{Graph, Node, Profile};
 
-/// Which objects to show chains for.
+/// Which objects to show chains for (the shorthand of [`chains`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selection {
     /// The `n` objects with the largest retained size.
@@ -16,6 +16,46 @@ pub enum Selection {
     Site(String),
     /// Objects whose type (or owner label) mentions this text.
     Type(String),
+}
+
+/// Which objects to show chains for: every object that `matching` and
+/// `unreachable_only` both select, largest retained first, at most
+/// `largest` of them. The cap comes last: capping first and filtering
+/// after would keep the N largest objects, then drop them all when they
+/// are reachable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub matching: Matching,
+    /// Only objects no root reaches (members of unreachable cycles and
+    /// what they keep alive, or blocks nothing refers to).
+    pub unreachable_only: bool,
+    /// At most this many objects; `None`: all that match.
+    pub largest: Option<usize>,
+}
+
+/// What an object must mention to be selected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Matching {
+    Any,
+    /// Its allocation stack mentions this text.
+    Site(String),
+    /// Its type (or owner label) mentions this text.
+    Type(String),
+}
+
+impl From<&Selection> for Query {
+    fn from(selection: &Selection) -> Query {
+        let (matching, largest) = match selection {
+            Selection::Largest(n) => (Matching::Any, Some(*n)),
+            Selection::Site(s) => (Matching::Site(s.clone()), None),
+            Selection::Type(t) => (Matching::Type(t.clone()), None),
+        };
+        Query {
+            matching,
+            unreachable_only: false,
+            largest,
+        }
+    }
 }
 
 /// Where a chain starts.
@@ -77,72 +117,101 @@ pub enum RetainersError {
 /// Builds the chains of the selected objects, those retaining the most
 /// first.
 pub fn chains(profile: &Profile, selection: &Selection) -> Result<Vec<Chain>, RetainersError> {
+    chains_for(profile, &Query::from(selection))
+}
+
+/// Builds the chains of the objects `query` selects, those retaining the
+/// most first.
+pub fn chains_for(profile: &Profile, query: &Query) -> Result<Vec<Chain>, RetainersError> {
     let graph = profile.graph.as_ref().ok_or(RetainersError::NoGraph)?;
-    let model = Model::new(profile);
-    let nodes = &graph.nodes;
-    let type_of = |n: &Node| -> String {
+    let names = Names {
+        profile,
+        graph,
+        model: Model::new(profile),
+    };
+    Ok(select(&names, query)
+        .into_iter()
+        .map(|target| chain_to(&names, target))
+        .collect())
+}
+
+/// How objects are named on a chain: their type, site and owner.
+struct Names<'a> {
+    profile: &'a Profile,
+    graph: &'a Graph,
+    model: Model<'a>,
+}
+
+impl Names<'_> {
+    fn node(&self, i: u32) -> &Node {
+        &self.graph.nodes[i as usize]
+    }
+
+    fn type_of(&self, n: &Node) -> String {
         n.type_name
             .clone()
-            .or_else(|| model.stack(n.stack).type_name.clone())
+            .or_else(|| self.model.stack(n.stack).type_name.clone())
             .or_else(|| {
-                profile
+                self.profile
                     .tags
                     .get(n.tag as usize)
                     .and_then(|t| t.type_name.clone())
             })
             .unwrap_or_else(|| UNKNOWN.to_string())
-    };
-    let site_of = |n: &Node| -> String {
-        let f = &model.stack(n.stack).function;
+    }
+
+    fn site_of(&self, n: &Node) -> String {
+        let f = &self.model.stack(n.stack).function;
         if f.is_empty() {
             UNKNOWN.to_string()
         } else {
             f.clone()
         }
-    };
-    let short = |n: &Node| -> String {
-        let t = type_of(n);
+    }
+
+    fn owner_of(&self, n: &Node) -> Option<&str> {
+        n.owner
+            .and_then(|o| self.graph.owners.get(o as usize))
+            .map(|o| o.name.as_str())
+    }
+
+    /// A cycle member's name in the cycle's ring: its short type, else its
+    /// owner, else its site.
+    fn short(&self, n: &Node) -> String {
+        let t = self.type_of(n);
         if t != UNKNOWN {
             return short_type(&t);
         }
-        n.owner
-            .and_then(|o| graph.owners.get(o as usize))
-            .map(|o| o.name.clone())
-            .unwrap_or_else(|| site_of(n))
-    };
-    let mut picked: Vec<u32> = match selection {
-        Selection::Largest(k) => {
-            let mut idx: Vec<u32> = (0..nodes.len() as u32).collect();
-            idx.sort_by(|&a, &b| {
-                nodes[b as usize]
-                    .retained
-                    .bytes
-                    .cmp(&nodes[a as usize].retained.bytes)
-                    .then(a.cmp(&b))
-            });
-            idx.truncate(*k);
-            idx
+        self.owner_of(n)
+            .map(str::to_string)
+            .unwrap_or_else(|| self.site_of(n))
+    }
+
+    fn matches(&self, n: &Node, matching: &Matching) -> bool {
+        match matching {
+            Matching::Any => true,
+            Matching::Site(p) => {
+                self.model.stack(n.stack).site.contains(p.as_str())
+                    || self.site_of(n).contains(p.as_str())
+            }
+            Matching::Type(p) => {
+                self.type_of(n).contains(p.as_str())
+                    || self.owner_of(n).is_some_and(|o| o.contains(p.as_str()))
+            }
         }
-        Selection::Site(p) => (0..nodes.len() as u32)
-            .filter(|&i| {
-                model
-                    .stack(nodes[i as usize].stack)
-                    .site
-                    .contains(p.as_str())
-                    || site_of(&nodes[i as usize]).contains(p.as_str())
-            })
-            .collect(),
-        Selection::Type(p) => (0..nodes.len() as u32)
-            .filter(|&i| {
-                let n = &nodes[i as usize];
-                type_of(n).contains(p.as_str())
-                    || n.owner
-                        .and_then(|o| graph.owners.get(o as usize))
-                        .is_some_and(|o| o.name.contains(p.as_str()))
-            })
-            .collect(),
-    };
-    // Largest retained first, whatever the selection.
+    }
+}
+
+/// The node indices `query` selects: every criterion first, then the
+/// largest retained first, then the cap.
+fn select(names: &Names, query: &Query) -> Vec<u32> {
+    let nodes = &names.graph.nodes;
+    let mut picked: Vec<u32> = (0..nodes.len() as u32)
+        .filter(|&i| {
+            let n = names.node(i);
+            (!query.unreachable_only || n.unreachable) && names.matches(n, &query.matching)
+        })
+        .collect();
     picked.sort_by(|&a, &b| {
         nodes[b as usize]
             .retained
@@ -150,62 +219,74 @@ pub fn chains(profile: &Profile, selection: &Selection) -> Result<Vec<Chain>, Re
             .cmp(&nodes[a as usize].retained.bytes)
             .then(a.cmp(&b))
     });
-    picked.dedup();
-    let mut out = Vec::with_capacity(picked.len());
-    for target in picked {
-        let mut path = vec![target];
-        let mut cur = target;
-        let mut guard = 0;
-        while let Some(p) = nodes[cur as usize].parent {
-            guard += 1;
-            if guard > nodes.len() {
-                break;
-            }
-            path.push(p);
-            cur = p;
-        }
-        path.reverse();
-        let first = &nodes[path[0] as usize];
-        let start = if let Some(r) = &first.root {
-            Start::Root(r.clone())
-        } else if let Some(c) = first.cycle {
-            let cycle = graph.cycles.iter().find(|x| x.id == c);
-            Start::Cycle {
-                id: c,
-                members: cycle.map_or(0, |x| x.members.blocks),
-                bytes: cycle.map_or(0, |x| x.retained.bytes),
-                names: cycle
-                    .map(|x| x.nodes.iter().map(|&m| short(&nodes[m as usize])).collect())
-                    .unwrap_or_default(),
-            }
-        } else if first.unreachable {
-            Start::Unreferenced
-        } else {
-            Start::Truncated
-        };
-        let hops = path
-            .iter()
-            .enumerate()
-            .map(|(k, &i)| {
-                let n = &nodes[i as usize];
-                Hop {
-                    node: i,
-                    address: n.address,
-                    size: n.size,
-                    retained: n.retained.bytes,
-                    offset: if k == 0 { None } else { n.parent_offset },
-                    owner: n
-                        .owner
-                        .and_then(|o| graph.owners.get(o as usize))
-                        .map(|o| o.name.clone()),
-                    type_name: type_of(n),
-                    site: site_of(n),
-                }
-            })
-            .collect();
-        out.push(Chain { start, hops });
+    if let Some(n) = query.largest {
+        picked.truncate(n);
     }
-    Ok(out)
+    picked
+}
+
+/// The chain from the start (root, cycle or nothing) down to `target`,
+/// following each node's `parent`.
+fn chain_to(names: &Names, target: u32) -> Chain {
+    let nodes = &names.graph.nodes;
+    let mut path = vec![target];
+    let mut cur = target;
+    while let Some(p) = nodes[cur as usize].parent {
+        // A malformed parent loop must not hang the reader.
+        if path.len() > nodes.len() {
+            break;
+        }
+        path.push(p);
+        cur = p;
+    }
+    path.reverse();
+    let hops = path
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let n = names.node(i);
+            Hop {
+                node: i,
+                address: n.address,
+                size: n.size,
+                retained: n.retained.bytes,
+                offset: if k == 0 { None } else { n.parent_offset },
+                owner: names.owner_of(n).map(str::to_string),
+                type_name: names.type_of(n),
+                site: names.site_of(n),
+            }
+        })
+        .collect();
+    Chain {
+        start: start_of(names, names.node(path[0])),
+        hops,
+    }
+}
+
+/// Where a chain whose first hop is `first` starts.
+fn start_of(names: &Names, first: &Node) -> Start {
+    if let Some(r) = &first.root {
+        Start::Root(r.clone())
+    } else if let Some(c) = first.cycle {
+        let cycle = names.graph.cycles.iter().find(|x| x.id == c);
+        Start::Cycle {
+            id: c,
+            members: cycle.map_or(0, |x| x.members.blocks),
+            bytes: cycle.map_or(0, |x| x.retained.bytes),
+            names: cycle
+                .map(|x| {
+                    x.nodes
+                        .iter()
+                        .map(|&m| names.short(names.node(m)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    } else if first.unreachable {
+        Start::Unreferenced
+    } else {
+        Start::Truncated
+    }
 }
 
 /// `a::b::TaskError` -> `TaskError`, keeping generic arguments readable.

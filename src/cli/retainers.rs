@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use super::input::load_profile_arg;
 use super::{Global, Outcome};
-use crate::analysis::retainers::{chains, Selection, Start};
+use crate::analysis::retainers::{chains_for, Matching, Query};
 use crate::format::write_atomically;
 use crate::render::retainers;
 
@@ -26,8 +26,8 @@ in your own program use `Recorder::snapshot_with_graph`.")]
 pub struct Args {
     /// A profile or a `leakprof run` output directory.
     pub profile: PathBuf,
-    /// Show the N objects retaining the most memory (among those --site or
-    /// --type select, if given).
+    /// Show the N objects retaining the most memory among those selected
+    /// (by --site, --type and --unreachable; all objects if none is given).
     #[arg(long, default_value_t = 5)]
     pub largest: usize,
     /// Objects allocated where the stack mentions this text.
@@ -50,17 +50,17 @@ pub struct Args {
 
 pub fn execute(_global: Global, args: Args) -> Outcome {
     let profile = load_profile_arg(&args.profile)?;
-    let selection = match (&args.site, &args.type_pattern) {
-        (Some(s), _) => Selection::Site(s.clone()),
-        (None, Some(t)) => Selection::Type(t.clone()),
-        (None, None) => Selection::Largest(args.largest),
+    let query = Query {
+        matching: match (&args.site, &args.type_pattern) {
+            (Some(s), _) => Matching::Site(s.clone()),
+            (None, Some(t)) => Matching::Type(t.clone()),
+            (None, None) => Matching::Any,
+        },
+        unreachable_only: args.unreachable,
+        largest: Some(args.largest),
     };
-    let mut found =
-        chains(&profile, &selection).with_context(|| format!("{}", args.profile.display()))?;
-    if args.unreachable {
-        found.retain(|c| !matches!(c.start, Start::Root(_) | Start::Truncated));
-    }
-    found.truncate(args.largest);
+    let found =
+        chains_for(&profile, &query).with_context(|| format!("{}", args.profile.display()))?;
     let text = retainers::text(&found);
     match &args.output {
         Some(path) => write_atomically(path, text.as_bytes())

@@ -32,7 +32,16 @@ pub enum LoadError {
     },
     #[error("{path} is not a leakprof profile ({reason})")]
     WrongKind { path: PathBuf, reason: String },
-    #[error("profile {path} has version {version}, which this leakprof ({ours}) cannot read (supported: {supported})")]
+    #[error("profile {path} has format version {version}{}, newer than this leakprof ({ours}) reads (versions {supported}): upgrade leakprof to read it", .written_by.as_ref().map(|w| format!(" (written by leakprof {w})")).unwrap_or_default())]
+    NewerVersion {
+        path: PathBuf,
+        version: u64,
+        /// `meta.leakprof_version` of the file, when it has one.
+        written_by: Option<String>,
+        ours: &'static str,
+        supported: String,
+    },
+    #[error("profile {path} has format version {version}, which no leakprof writes (this leakprof, {ours}, reads versions {supported})")]
     UnknownVersion {
         path: PathBuf,
         version: u64,
@@ -61,7 +70,14 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Profile, LoadError> {
     }
     match serde_json::from_slice::<Profile>(bytes) {
         Ok(profile) => {
-            check_header(path, Some(&profile.format), Some(profile.version as u64))?;
+            check_header(
+                path,
+                &Header {
+                    format: Some(&profile.format),
+                    version: Some(profile.version as u64),
+                    written_by: Some(&profile.meta.leakprof_version),
+                },
+            )?;
             validate(&profile).map_err(|reason| LoadError::Inconsistent {
                 path: path_buf(),
                 reason,
@@ -91,20 +107,7 @@ fn diagnose(path: &Path, bytes: &[u8], err: serde_json::Error) -> LoadError {
         },
         Category::Data => {
             // Well-formed JSON that is not a profile of ours: say which.
-            #[derive(Deserialize)]
-            struct Header {
-                format: Option<serde_json::Value>,
-                version: Option<serde_json::Value>,
-            }
-            let header = serde_json::from_slice::<Header>(bytes).ok();
-            let (format, version) = match &header {
-                Some(h) => (
-                    h.format.as_ref().and_then(|v| v.as_str()),
-                    h.version.as_ref().and_then(|v| v.as_u64()),
-                ),
-                None => (None, None),
-            };
-            if let Err(e) = check_header(path, format, version) {
+            if let Err(e) = check_header(path, &RawHeader::read(bytes).view()) {
                 return e;
             }
             LoadError::Corrupt {
@@ -117,8 +120,44 @@ fn diagnose(path: &Path, bytes: &[u8], err: serde_json::Error) -> LoadError {
     }
 }
 
-fn check_header(path: &Path, format: Option<&str>, version: Option<u64>) -> Result<(), LoadError> {
-    match format {
+/// What the loader checks before it trusts the rest: the kind of file,
+/// its version and which leakprof wrote it.
+struct Header<'a> {
+    format: Option<&'a str>,
+    version: Option<u64>,
+    written_by: Option<&'a str>,
+}
+
+/// The header keys of any JSON document, each `None` when missing or not
+/// of the expected type; read when the whole file did not parse as a
+/// profile, to say why.
+#[derive(Default, Deserialize)]
+struct RawHeader {
+    format: Option<serde_json::Value>,
+    version: Option<serde_json::Value>,
+    meta: Option<serde_json::Value>,
+}
+
+impl RawHeader {
+    fn read(bytes: &[u8]) -> RawHeader {
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+
+    fn view(&self) -> Header<'_> {
+        Header {
+            format: self.format.as_ref().and_then(|v| v.as_str()),
+            version: self.version.as_ref().and_then(|v| v.as_u64()),
+            written_by: self
+                .meta
+                .as_ref()
+                .and_then(|m| m.get("leakprof_version"))
+                .and_then(|v| v.as_str()),
+        }
+    }
+}
+
+fn check_header(path: &Path, header: &Header) -> Result<(), LoadError> {
+    match header.format {
         Some(FORMAT_NAME) => {}
         Some(other) => {
             return Err(LoadError::WrongKind {
@@ -133,17 +172,28 @@ fn check_header(path: &Path, format: Option<&str>, version: Option<u64>) -> Resu
             })
         }
     }
-    match version {
+    let supported = || {
+        SUPPORTED_VERSIONS
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let newest = SUPPORTED_VERSIONS.iter().copied().max().unwrap_or(0) as u64;
+    match header.version {
         Some(v) if SUPPORTED_VERSIONS.iter().any(|&s| s as u64 == v) => Ok(()),
+        Some(v) if v > newest => Err(LoadError::NewerVersion {
+            path: path.to_path_buf(),
+            version: v,
+            written_by: header.written_by.map(str::to_string),
+            ours: env!("CARGO_PKG_VERSION"),
+            supported: supported(),
+        }),
         Some(v) => Err(LoadError::UnknownVersion {
             path: path.to_path_buf(),
             version: v,
             ours: env!("CARGO_PKG_VERSION"),
-            supported: SUPPORTED_VERSIONS
-                .iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            supported: supported(),
         }),
         None => Err(LoadError::WrongKind {
             path: path.to_path_buf(),
@@ -260,4 +310,128 @@ fn validate(p: &Profile) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Both directions of the compatibility rule (docs/FORMAT.md), on real
+    //! profiles from `profiles/`.
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::format::Dropped;
+
+    fn example(name: &str) -> Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("profiles")
+            .join(name);
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+    }
+
+    fn load_value(v: &Value) -> Result<Profile, LoadError> {
+        load_bytes(Path::new("p.json"), &serde_json::to_vec(v).unwrap())
+    }
+
+    /// Adds a field this build does not know to every JSON object but
+    /// string maps (`meta.attributes`, whose keys are data).
+    fn add_unknown_fields(v: &mut Value, key: Option<&str>) -> usize {
+        match v {
+            Value::Object(map) => {
+                let mut added = 0;
+                for (k, child) in map.iter_mut() {
+                    added += add_unknown_fields(child, Some(k));
+                }
+                if key != Some("attributes") {
+                    map.insert(
+                        "field_from_a_newer_writer".into(),
+                        json!({"nested": [1, "two", null]}),
+                    );
+                    added += 1;
+                }
+                added
+            }
+            Value::Array(items) => items.iter_mut().map(|x| add_unknown_fields(x, key)).sum(),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn fields_a_newer_writer_adds_within_a_version_are_ignored_at_every_level() {
+        for name in ["exception-original.json", "leaky-service.json"] {
+            let original = example(name);
+            let mut newer = original.clone();
+            let added = add_unknown_fields(&mut newer, None);
+            assert!(added > 100, "{name}: only {added} objects");
+            let expected = load_value(&original).unwrap();
+            let loaded = load_value(&newer).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(loaded, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_file_from_an_older_writer_of_the_same_version_loads_with_defaults() {
+        // Version 2 as first written, before `dropped` gained these fields.
+        let mut older = example("exception-original.json");
+        let dropped = older["dropped"].as_object_mut().unwrap();
+        for later in ["tags_overflowed", "tasks"] {
+            assert!(dropped.remove(later).is_some(), "{later}");
+        }
+        let p = load_value(&older).unwrap();
+        assert_eq!(p.version, 2);
+        assert_eq!(p.dropped, Dropped::default());
+        assert!(p.graph.is_some());
+    }
+
+    #[test]
+    fn a_version_1_file_loads_and_cannot_carry_a_graph() {
+        let mut v1 = example("exception-fixed.json");
+        v1["version"] = 1.into();
+        let graph = v1.as_object_mut().unwrap().remove("graph").unwrap();
+        for group in v1["live"].as_array_mut().unwrap() {
+            let group = group.as_object_mut().unwrap();
+            for v2_only in ["owner", "via", "unreachable"] {
+                group.remove(v2_only);
+            }
+        }
+        assert_eq!(load_value(&v1).unwrap().version, 1);
+        v1["graph"] = graph;
+        let err = load_value(&v1).unwrap_err().to_string();
+        assert!(
+            err.contains("a version 1 profile cannot carry a heap graph"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_in_one_line_that_says_upgrade() {
+        let newest = *SUPPORTED_VERSIONS.iter().max().unwrap();
+        let mut newer = example("exception-original.json");
+        newer["version"] = (newest + 1).into();
+        newer["meta"]["leakprof_version"] = "9.1.0".into();
+        let err = load_value(&newer).unwrap_err();
+        assert!(matches!(err, LoadError::NewerVersion { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        for says in [
+            "p.json",
+            &format!("format version {}", newest + 1),
+            "written by leakprof 9.1.0",
+            "newer than this leakprof",
+            "upgrade leakprof",
+        ] {
+            assert!(msg.contains(says), "{says:?} not in {msg}");
+        }
+        // Refused just the same when its shape no longer parses as ours.
+        newer["live"] = json!({"reshaped": true});
+        assert!(matches!(
+            load_value(&newer),
+            Err(LoadError::NewerVersion { .. })
+        ));
+        newer["version"] = 0.into();
+        assert!(matches!(
+            load_value(&newer),
+            Err(LoadError::UnknownVersion { .. })
+        ));
+    }
 }

@@ -6,10 +6,19 @@
 //! between the two sides. Its size grows with the number of distinct
 //! (stack, tag) pairs, never with the number of allocations.
 //!
-//! This module owns the types, atomic saving and strict loading: a file of an
-//! unknown version, a file that is not a profile, or a corrupt or truncated
-//! file is rejected with an error that names the file and what is wrong.
+//! This module owns the types, atomic saving and strict loading: a file of a
+//! newer or unknown version, a file that is not a profile, or a corrupt or
+//! truncated file is rejected with an error that names the file and what is
+//! wrong.
+//!
+//! Compatibility (docs/FORMAT.md, "Versions and compatibility"): within a
+//! version, writers only add optional fields (`#[serde(default)]`) and
+//! readers ignore fields they do not know, so no type here denies unknown
+//! fields. Anything an older reader of the same version would misread
+//! (a field removed, renamed or made required, a changed meaning or unit,
+//! a new enum value) takes a new version; every version stays readable.
 
+pub mod frame_names;
 mod load;
 
 use std::collections::BTreeMap;
@@ -28,12 +37,12 @@ pub const VERSION_V1: u32 = 1;
 /// Version written when the optional heap-graph section is present.
 pub const VERSION_V2: u32 = 2;
 
-/// Versions this build can read.
+/// Versions this build can read: every version ever written, so a file
+/// from an older writer always loads.
 pub const SUPPORTED_VERSIONS: &[u32] = &[VERSION_V1, VERSION_V2];
 
 /// A saved profile: everything the reporter knows about one process.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Profile {
     /// Always [`FORMAT_NAME`].
     pub format: String,
@@ -68,7 +77,6 @@ pub struct Profile {
 
 /// Facts about the recorded process and how it was recorded.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Meta {
     pub program: String,
     #[serde(default)]
@@ -87,7 +95,6 @@ pub struct Meta {
 
 /// How the recorder was configured.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RecordOptions {
     /// `full`: every allocation recorded; `sampled`: Poisson sampling by bytes
     /// and every byte/block figure in the profile is an unbiased estimate.
@@ -109,7 +116,6 @@ pub enum Mode {
 
 /// A loaded object file (executable or shared library).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Module {
     pub path: String,
     /// GNU build-id, lowercase hex, when the module has one.
@@ -125,7 +131,6 @@ pub struct Module {
 /// One symbolized frame. An instruction address whose code was inlined
 /// yields several frames, innermost first, all with the same `address`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields)]
 pub struct Frame {
     /// Demangled function name, or `0x...` when unknown.
     pub function: String,
@@ -145,7 +150,6 @@ pub struct Frame {
 
 /// A unique call stack, allocation site first.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Stack {
     /// Indices into `frames`, innermost (allocation site) first.
     pub frames: Vec<u32>,
@@ -156,7 +160,6 @@ pub struct Stack {
 
 /// A byte and block count pair.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Amount {
     pub bytes: u64,
     pub blocks: u64,
@@ -171,7 +174,6 @@ impl Amount {
 
 /// A tag: what the program was doing when memory was allocated.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TagInfo {
     /// Equal to this tag's index in `tags`; 0 is the untagged tag.
     pub id: u32,
@@ -204,7 +206,6 @@ pub struct TagInfo {
 /// Surviving memory of one (stack, tag) pair, split further by owner when a
 /// heap graph was taken.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct LiveGroup {
     pub stack: u32,
     pub tag: u32,
@@ -223,7 +224,6 @@ pub struct LiveGroup {
 
 /// Per-stack aggregates (DHAT's total / at-t-gmax / at-t-end).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct StackStats {
     pub stack: u32,
     /// Everything ever allocated from this stack while recording.
@@ -236,7 +236,6 @@ pub struct StackStats {
 
 /// A task described through the API; tags refer to it by `task`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TaskInfo {
     pub task: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -262,7 +261,6 @@ pub struct TaskInfo {
 
 /// Whole-process aggregates.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Totals {
     /// Recorded memory alive at snapshot (memory allocated before recording
     /// started is not included).
@@ -283,7 +281,6 @@ pub struct Totals {
 
 /// One point on the memory timeline.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TimelinePoint {
     /// ns since recording started.
     pub t_ns: u64,
@@ -302,7 +299,6 @@ pub struct TimelinePoint {
 
 /// What the recorder could not record, so readers know the profile's limits.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Dropped {
     /// Allocations passed through untracked (metadata exhausted, table full).
     pub untracked_allocs: u64,
@@ -326,7 +322,6 @@ pub struct Dropped {
 
 /// The heap graph of a version-2 profile: who holds the memory.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Graph {
     /// Blocks and bytes scanned, pointers found, and how long the world was
     /// stopped for the scan.
@@ -355,7 +350,6 @@ pub struct Graph {
 
 /// How a heap-graph scan stopped the other threads.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct StopStats {
     /// The stop signal, by name (`SIGPWR`, `SIGRTMIN+3`).
     pub signal: String,
@@ -380,7 +374,6 @@ pub struct StopStats {
 
 /// One owner: a label with the memory it keeps alive.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Owner {
     /// "error value", "retry closure", "result slot", ... or, for memory
     /// without a labelled holder, "site: <function>".
@@ -397,7 +390,6 @@ pub struct Owner {
 
 /// How a block is referred to by the object that holds it (guppy's byvia).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Via {
     /// "root: <kind>" or the holder's owner, type or site.
     pub holder: String,
@@ -408,7 +400,6 @@ pub struct Via {
 
 /// An unreachable strongly connected group of blocks.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Cycle {
     pub id: u32,
     /// The members themselves.
@@ -421,7 +412,6 @@ pub struct Cycle {
 
 /// A heap object kept in the profile for retainer chains.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Node {
     pub address: u64,
     pub size: u64,

@@ -1,6 +1,6 @@
 //! Turns a scan ([`super::scan::ScanResult`]) into the profile's version-2
 //! heap-graph section: builds the [`HeapGraph`], runs [`Retention`] (the
-//! graph algorithms in `analysis::graph`), and maps its answers onto the
+//! graph algorithms in `crate::graph`), and maps its answers onto the
 //! format: owners, vias, cycles, the stored subgraph, and per-block owner,
 //! via and reachability for the live groups.
 //!
@@ -12,12 +12,12 @@ use super::fxhash::FxHashMap;
 use super::live::Block;
 use super::scan::{RootSource, ScanResult, StopReport};
 use super::tags::Tag;
-use crate::analysis::graph::{
-    Attribution, HeapGraphBuilder, LabelId, Retainer, Retention, RootKind, SubgraphOptions,
-    OFFSET_UNKNOWN,
-};
-use crate::analysis::model;
+use crate::format::frame_names;
 use crate::format::{Amount, Cycle, Graph, LiveGroup, Node, Owner, Stack, StopStats, Via};
+use crate::graph::{
+    Attribution, HeapGraph, HeapGraphBuilder, LabelId, Retainer, Retention, RootKind,
+    SubgraphOptions, OFFSET_UNKNOWN,
+};
 
 /// How the heap graph is taken and summarised into the profile.
 #[derive(Clone, Debug)]
@@ -99,9 +99,9 @@ impl Names<'_> {
         s.frames
             .iter()
             .filter_map(name)
-            .find(|f| !model::is_allocator_frame(f) && !model::is_library_frame(f))
+            .find(|f| !frame_names::is_allocator_frame(f) && !frame_names::is_library_frame(f))
             .or_else(|| s.frames.first().and_then(name))
-            .map(|f| model::clean_function(f).to_string())
+            .map(|f| frame_names::clean_function(f).to_string())
             .unwrap_or_else(|| "unknown site".to_string())
     }
 
@@ -526,7 +526,7 @@ fn thread_roots_text(stop: &StopReport, incomplete: bool) -> String {
 /// pointing at the next), so a cycle reads "FutureState -> TaskError ->
 /// ...": a walk from the first member along edges to members not yet
 /// visited, falling back to the remaining members in id order.
-fn cycle_order(graph: &crate::analysis::graph::HeapGraph, members: &[u32]) -> Vec<u32> {
+fn cycle_order(graph: &HeapGraph, members: &[u32]) -> Vec<u32> {
     let set: std::collections::HashSet<u32> = members.iter().copied().collect();
     let mut seen = std::collections::HashSet::new();
     let mut order = Vec::with_capacity(members.len());

@@ -232,9 +232,12 @@ impl Recorder {
     /// A profile with a heap graph (format version 2): who holds the
     /// memory. This is leakprof's one stop-the-world pause: every other
     /// thread is stopped with a signal and allocation waits while the live
-    /// heap is scanned for pointers (about 0.3 s per GiB of live heap on a
-    /// 2-core VM; see docs/BENCHMARKS.md). Unavailable in sampling mode,
-    /// where most blocks are not recorded.
+    /// heap is scanned for pointers. How long depends on the heap's shape:
+    /// docs/BENCHMARKS.md ("Heap graph") measures a pause of 0.61 s per GiB
+    /// of live heap made of 1 KiB objects, and far less for large
+    /// pointer-free blocks; the analysis after the pause runs with the
+    /// world going. Unavailable in sampling mode, where most blocks are
+    /// not recorded.
     ///
     /// The calling thread's stack is a root too, read conservatively: a
     /// stale pointer left in one of its live frames keeps its target

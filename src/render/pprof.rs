@@ -19,6 +19,7 @@ use prost::Message;
 
 use super::{Options, Render};
 use crate::analysis::Model;
+use crate::format::LiveGroup;
 
 /// pprof's `Profile` message (the fields leakprof fills).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -177,167 +178,41 @@ impl Render for Pprof {
 /// Builds the profile message (exposed for tests and other encoders).
 pub fn build(model: &Model<'_>) -> ProfileProto {
     let p = model.profile;
-    let mut strings = Strings::new();
-    let sample_type = [
-        "inuse_space",
-        "inuse_objects",
-        "alloc_space",
-        "alloc_objects",
-    ]
-    .iter()
-    .zip(["bytes", "count", "bytes", "count"])
-    .map(|(t, u)| ValueType {
-        r#type: strings.id(t),
-        unit: strings.id(u),
-    })
-    .collect();
-    let inuse_space = strings.id("inuse_space");
-    let mapping: Vec<Mapping> = p
-        .modules
-        .iter()
-        .enumerate()
-        .map(|(i, m)| Mapping {
-            id: i as u64 + 1,
-            memory_start: m.start,
-            memory_limit: m.end,
-            file_offset: 0,
-            filename: strings.id(&m.path),
-            build_id: m.build_id.as_deref().map_or(0, |b| strings.id(b)),
-            has_functions: true,
-            has_filenames: true,
-            has_line_numbers: true,
-            has_inline_frames: true,
-        })
-        .collect();
-    // Functions by (name, file); locations by the run of frames that share
-    // one address (an address with inlined code is one location).
-    let mut function: Vec<Function> = Vec::new();
-    let mut function_ids: HashMap<(i64, i64), u64> = HashMap::new();
-    let mut location: Vec<Location> = Vec::new();
-    let mut location_ids: HashMap<Vec<u32>, u64> = HashMap::new();
-    let mut stack_locations: HashMap<u32, Vec<u64>> = HashMap::new();
-    let mut locations_of = |stack: u32, strings: &mut Strings| -> Vec<u64> {
-        if let Some(l) = stack_locations.get(&stack) {
-            return l.clone();
-        }
-        let frames = model.shown_frames(stack);
-        let mut ids = Vec::new();
-        let mut i = 0;
-        while i < frames.len() {
-            let addr = p.frames[frames[i] as usize].address;
-            let mut j = i + 1;
-            while j < frames.len()
-                && p.frames[frames[j] as usize].address == addr
-                && p.frames[frames[j - 1] as usize].inlined
-            {
-                j += 1;
-            }
-            let run = frames[i..j].to_vec();
-            let id = match location_ids.get(&run) {
-                Some(&id) => id,
-                None => {
-                    let lines = run
-                        .iter()
-                        .map(|&f| {
-                            let frame = &p.frames[f as usize];
-                            let name = strings.id(model.function(f));
-                            let file = frame.file.as_deref().map_or(0, |s| strings.id(s));
-                            let fid = *function_ids.entry((name, file)).or_insert_with(|| {
-                                function.push(Function {
-                                    id: function.len() as u64 + 1,
-                                    name,
-                                    system_name: name,
-                                    filename: file,
-                                    start_line: 0,
-                                });
-                                function.len() as u64
-                            });
-                            Line {
-                                function_id: fid,
-                                line: frame.line.unwrap_or(0) as i64,
-                            }
-                        })
-                        .collect();
-                    let id = location.len() as u64 + 1;
-                    location.push(Location {
-                        id,
-                        mapping_id: p.frames[run[0] as usize].module.map_or(0, |m| m as u64 + 1),
-                        address: addr,
-                        line: lines,
-                    });
-                    location_ids.insert(run, id);
-                    id
-                }
-            };
-            ids.push(id);
-            i = j;
-        }
-        stack_locations.insert(stack, ids.clone());
-        ids
+    let mut b = Builder::new(model);
+    let sample_type = b.sample_types();
+    let inuse_space = b.strings.id("inuse_space");
+    let mapping = b.mappings();
+    let mut allocated = allocated_by_stack(model);
+    let keys = LabelKeys {
+        task: b.strings.id("task"),
+        retry: b.strings.id("retry"),
+        owner: b.strings.id("owner"),
     };
-    let mut allocated: HashMap<u32, (u64, u64)> = HashMap::new();
-    for s in &p.stack_stats {
-        let e = allocated.entry(s.stack).or_default();
-        e.0 = e.0.saturating_add(s.allocated.bytes);
-        e.1 = e.1.saturating_add(s.allocated.blocks);
-    }
-    let (k_task, k_retry, k_owner) = (strings.id("task"), strings.id("retry"), strings.id("owner"));
     let mut sample = Vec::with_capacity(p.live.len() + allocated.len());
     for g in &p.live {
         let (ab, ak) = allocated.remove(&g.stack).unwrap_or((0, 0));
-        let tag = &p.tags[g.tag as usize];
-        let mut label = Vec::new();
-        if let Some(t) = tag.task {
-            label.push(Label {
-                key: k_task,
-                num: t as i64,
-                ..Label::default()
-            });
-        }
-        if let Some(r) = tag.retry {
-            label.push(Label {
-                key: k_retry,
-                num: r as i64,
-                ..Label::default()
-            });
-        }
-        label.push(Label {
-            key: k_owner,
-            str: strings.id(model.owner(g)),
-            ..Label::default()
-        });
+        let label = b.labels(g, &keys);
         sample.push(Sample {
-            location_id: locations_of(g.stack, &mut strings),
+            location_id: b.locations_of(g.stack),
             value: vec![g.bytes as i64, g.blocks as i64, ab as i64, ak as i64],
             label,
         });
     }
-    let mut rest: Vec<(u32, (u64, u64))> = allocated
-        .into_iter()
-        .filter(|(_, (b, k))| *b > 0 || *k > 0)
-        .collect();
-    rest.sort_unstable();
-    for (stack, (ab, ak)) in rest {
-        sample.push(Sample {
-            location_id: locations_of(stack, &mut strings),
-            value: vec![0, 0, ab as i64, ak as i64],
-            label: Vec::new(),
-        });
-    }
-    let comment = vec![strings.id(&format!(
+    sample.extend(b.allocated_only_samples(allocated));
+    let comment = vec![b.strings.id(&format!(
         "leakprof {} profile of {}",
         p.meta.leakprof_version, p.meta.program
     ))];
     let period_type = Some(ValueType {
-        r#type: strings.id("space"),
-        unit: strings.id("bytes"),
+        r#type: b.strings.id("space"),
+        unit: b.strings.id("bytes"),
     });
     ProfileProto {
         sample_type,
         sample,
         mapping,
-        location,
-        function,
+        location: b.location,
+        function: b.function,
         time_nanos: (p.meta.start_unix_ms as i64).saturating_mul(1_000_000),
         duration_nanos: p.meta.snapshot_ns as i64,
         period_type,
@@ -345,6 +220,203 @@ pub fn build(model: &Model<'_>) -> ProfileProto {
         comment,
         // An index into the string table, like every name here.
         default_sample_type: inuse_space,
-        string_table: strings.table,
+        string_table: b.strings.table,
+    }
+}
+
+/// String ids of the sample label keys.
+struct LabelKeys {
+    task: i64,
+    retry: i64,
+    owner: i64,
+}
+
+/// Allocated bytes and blocks per stack (`stack_stats`), summed.
+fn allocated_by_stack(model: &Model<'_>) -> HashMap<u32, (u64, u64)> {
+    let mut allocated: HashMap<u32, (u64, u64)> = HashMap::new();
+    for s in &model.profile.stack_stats {
+        let e = allocated.entry(s.stack).or_default();
+        e.0 = e.0.saturating_add(s.allocated.bytes);
+        e.1 = e.1.saturating_add(s.allocated.blocks);
+    }
+    allocated
+}
+
+/// The tables a profile message refers to, filled as samples need them:
+/// strings, functions by (name, file), locations by the run of frames that
+/// share one address (an address with inlined code is one location).
+struct Builder<'m> {
+    model: &'m Model<'m>,
+    strings: Strings,
+    function: Vec<Function>,
+    function_ids: HashMap<(i64, i64), u64>,
+    location: Vec<Location>,
+    location_ids: HashMap<Vec<u32>, u64>,
+    stack_locations: HashMap<u32, Vec<u64>>,
+}
+
+impl<'m> Builder<'m> {
+    fn new(model: &'m Model<'m>) -> Builder<'m> {
+        Builder {
+            model,
+            strings: Strings::new(),
+            function: Vec::new(),
+            function_ids: HashMap::new(),
+            location: Vec::new(),
+            location_ids: HashMap::new(),
+            stack_locations: HashMap::new(),
+        }
+    }
+
+    /// Go's heap profile sample types, in Go's order.
+    fn sample_types(&mut self) -> Vec<ValueType> {
+        [
+            "inuse_space",
+            "inuse_objects",
+            "alloc_space",
+            "alloc_objects",
+        ]
+        .iter()
+        .zip(["bytes", "count", "bytes", "count"])
+        .map(|(t, u)| ValueType {
+            r#type: self.strings.id(t),
+            unit: self.strings.id(u),
+        })
+        .collect()
+    }
+
+    /// One mapping per loaded module, ids from 1.
+    fn mappings(&mut self) -> Vec<Mapping> {
+        self.model
+            .profile
+            .modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Mapping {
+                id: i as u64 + 1,
+                memory_start: m.start,
+                memory_limit: m.end,
+                file_offset: 0,
+                filename: self.strings.id(&m.path),
+                build_id: m.build_id.as_deref().map_or(0, |b| self.strings.id(b)),
+                has_functions: true,
+                has_filenames: true,
+                has_line_numbers: true,
+                has_inline_frames: true,
+            })
+            .collect()
+    }
+
+    /// A live group's labels: its tag's task and retry, and its owner.
+    fn labels(&mut self, g: &LiveGroup, keys: &LabelKeys) -> Vec<Label> {
+        let tag = &self.model.profile.tags[g.tag as usize];
+        let mut label = Vec::new();
+        if let Some(t) = tag.task {
+            label.push(Label {
+                key: keys.task,
+                num: t as i64,
+                ..Label::default()
+            });
+        }
+        if let Some(r) = tag.retry {
+            label.push(Label {
+                key: keys.retry,
+                num: r as i64,
+                ..Label::default()
+            });
+        }
+        label.push(Label {
+            key: keys.owner,
+            str: self.strings.id(self.model.owner(g)),
+            ..Label::default()
+        });
+        label
+    }
+
+    /// A sample of its own for each stack whose allocated amount no live
+    /// sample carried, in stack order.
+    fn allocated_only_samples(&mut self, allocated: HashMap<u32, (u64, u64)>) -> Vec<Sample> {
+        let mut rest: Vec<(u32, (u64, u64))> = allocated
+            .into_iter()
+            .filter(|(_, (b, k))| *b > 0 || *k > 0)
+            .collect();
+        rest.sort_unstable();
+        rest.into_iter()
+            .map(|(stack, (ab, ak))| Sample {
+                location_id: self.locations_of(stack),
+                value: vec![0, 0, ab as i64, ak as i64],
+                label: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// The location ids of a stack's shown frames, innermost first.
+    fn locations_of(&mut self, stack: u32) -> Vec<u64> {
+        if let Some(l) = self.stack_locations.get(&stack) {
+            return l.clone();
+        }
+        let model = self.model;
+        let frames = model.shown_frames(stack);
+        let mut ids = Vec::new();
+        let mut i = 0;
+        while i < frames.len() {
+            let addr = model.profile.frames[frames[i] as usize].address;
+            let mut j = i + 1;
+            while j < frames.len()
+                && model.profile.frames[frames[j] as usize].address == addr
+                && model.profile.frames[frames[j - 1] as usize].inlined
+            {
+                j += 1;
+            }
+            ids.push(self.location(&frames[i..j]));
+            i = j;
+        }
+        self.stack_locations.insert(stack, ids.clone());
+        ids
+    }
+
+    /// The location of a run of frames at one address (inlined frames
+    /// first), created on first use.
+    fn location(&mut self, run: &[u32]) -> u64 {
+        if let Some(&id) = self.location_ids.get(run) {
+            return id;
+        }
+        let frames = &self.model.profile.frames;
+        let line = run
+            .iter()
+            .map(|&f| Line {
+                function_id: self.function_id(f),
+                line: frames[f as usize].line.unwrap_or(0) as i64,
+            })
+            .collect();
+        let id = self.location.len() as u64 + 1;
+        self.location.push(Location {
+            id,
+            mapping_id: frames[run[0] as usize].module.map_or(0, |m| m as u64 + 1),
+            address: frames[run[0] as usize].address,
+            line,
+        });
+        self.location_ids.insert(run.to_vec(), id);
+        id
+    }
+
+    /// The function of a frame, by (name, file), created on first use.
+    fn function_id(&mut self, frame: u32) -> u64 {
+        let name = self.strings.id(self.model.function(frame));
+        let file = self.model.profile.frames[frame as usize]
+            .file
+            .as_deref()
+            .map_or(0, |s| self.strings.id(s));
+        let function = &mut self.function;
+        *self.function_ids.entry((name, file)).or_insert_with(|| {
+            function.push(Function {
+                id: function.len() as u64 + 1,
+                name,
+                system_name: name,
+                filename: file,
+                start_line: 0,
+            });
+            function.len() as u64
+        })
     }
 }

@@ -71,7 +71,7 @@ use std::collections::BinaryHeap;
 use crate::format::Amount;
 
 use super::components::unreachable_components;
-use super::dominators::{semi_nca, Flowgraph};
+use super::dominators::{semi_nca, Dominators, Flowgraph};
 use super::heap::{HeapGraph, LabelId, NodeId, NONE};
 use super::node_set::NodeSet;
 
@@ -186,211 +186,41 @@ pub struct Retention {
 impl Retention {
     /// Runs every pass over `graph`. Linear in nodes and edges except the
     /// dominator pass (near-linear in practice); see the module docs for
-    /// memory.
+    /// memory. Each step frees what the next ones do not need.
     pub fn compute(graph: &HeapGraph) -> Retention {
         let n = graph.node_count();
         let sizes = graph.sizes();
         let labels = graph.raw_labels();
 
-        // Shortest retainer paths from the roots.
-        let mut visited = NodeSet::new(n);
-        let mut parent = vec![NONE; n];
-        let mut parent_offset = vec![NONE; n];
-        let mut order: Vec<NodeId> = Vec::with_capacity(n);
-        for (i, root) in graph.roots().iter().enumerate() {
-            if visited.insert(root.node) {
-                parent_offset[root.node as usize] = i as u32;
-                order.push(root.node);
-            }
-        }
-        let rooted = order.len();
-        breadth_first(
-            graph,
-            &mut visited,
-            &mut parent,
-            &mut parent_offset,
-            &mut order,
-            0,
-        );
-        let reachable = visited.clone();
-        let reachable_count = order.len();
-
-        // Unreachable cycles, entry components, and the virtual edges.
-        let mut unreferenced: Vec<NodeId> = Vec::new();
-        let mut cycles: Vec<CycleSummary> = Vec::new();
-        let mut cycle_row: Vec<u32> = vec![0];
-        let mut cycle_members: Vec<NodeId> = Vec::new();
-        let mut member_index: Vec<(NodeId, u32)> = Vec::new();
-        if reachable_count < n {
-            let components = unreachable_components(graph, &reachable);
-            let comp = &components.of_node;
-            let count = components.count as usize;
-            let mut comp_size = vec![0u32; count];
-            let mut self_loop = NodeSet::new(count);
-            let mut entered = NodeSet::new(count);
-            for u in (0..n as NodeId).filter(|&u| !reachable.contains(u)) {
-                let cu = comp[u as usize];
-                comp_size[cu as usize] += 1;
-                for &w in graph.targets(u) {
-                    let cw = comp[w as usize];
-                    if cw == NONE {
-                        continue; // a pointer back into reachable memory
-                    }
-                    if cw != cu {
-                        entered.insert(cw);
-                    } else if w == u {
-                        self_loop.insert(cu);
-                    }
-                }
-            }
-            let mut cycle_of_comp = vec![NONE; count];
-            for k in 0..count {
-                if comp_size[k] > 1 || self_loop.contains(k as u32) {
-                    cycle_of_comp[k] = cycles.len() as u32;
-                    cycles.push(CycleSummary {
-                        id: CycleId(cycles.len() as u32),
-                        members: Amount::default(),
-                        retained: Amount::default(),
-                        entry: !entered.contains(k as u32),
-                    });
-                    cycle_row.push(comp_size[k]);
-                }
-            }
-            for c in 0..cycles.len() {
-                cycle_row[c + 1] += cycle_row[c];
-            }
-            cycle_members = vec![0; cycle_row[cycles.len()] as usize];
-            let mut fill: Vec<u32> = cycle_row[..cycles.len()].to_vec();
-            for u in (0..n as NodeId).filter(|&u| !reachable.contains(u)) {
-                let k = comp[u as usize] as usize;
-                let c = cycle_of_comp[k];
-                if c != NONE {
-                    cycle_members[fill[c as usize] as usize] = u;
-                    fill[c as usize] += 1;
-                    member_index.push((u, c));
-                    let summary = &mut cycles[c as usize];
-                    summary.members.add(Amount {
-                        bytes: sizes[u as usize],
-                        blocks: 1,
-                    });
-                    if summary.entry {
-                        // Chains into leaked memory start at an entry
-                        // cycle's members.
-                        visited.insert(u);
-                        parent_offset[u as usize] = c;
-                        order.push(u);
-                    }
-                } else if !entered.contains(k as u32) {
-                    visited.insert(u);
-                    order.push(u);
-                    unreferenced.push(u);
-                }
-            }
-            breadth_first(
-                graph,
-                &mut visited,
-                &mut parent,
-                &mut parent_offset,
-                &mut order,
-                reachable_count,
-            );
-        }
+        let mut paths = Paths::from_roots(graph);
+        let reachable = paths.visited.clone();
+        let leaked = Leaked::find(graph, &reachable, paths.order.len(), sizes);
+        paths.extend_into(graph, &leaked);
         debug_assert_eq!(
-            order.len(),
+            paths.order.len(),
             n,
             "every block is reached from a root or an entry"
         );
+        let mut attribution = nearest_labelled_on_path(&paths, labels);
+        let Paths {
+            parent,
+            parent_offset,
+            rooted,
+            ..
+        } = paths;
 
-        // Rule 3's fallback, computed ahead: the nearest labelled block on
-        // each block's BFS path. BFS order visits parents first. Stored in
-        // `attribution`, which the dominator-order pass below overwrites.
-        let mut attribution = vec![NONE; n];
-        for &v in &order {
-            attribution[v as usize] = if labels[v as usize] != NONE {
-                v
-            } else if parent[v as usize] != NONE {
-                attribution[parent[v as usize] as usize]
-            } else {
-                NONE
-            };
-        }
-        drop(order);
-
-        // Dominators over the flow graph described in the module docs.
-        let super_root = n as u32;
-        let vertex_count = n + 1 + cycles.len();
-        let mut virt_row: Vec<u32> = Vec::with_capacity(cycles.len() + 2);
-        let mut virt_targets: Vec<u32> = Vec::new();
-        virt_row.push(0);
-        let mut seen = NodeSet::new(n);
-        for r in graph.roots() {
-            if seen.insert(r.node) {
-                virt_targets.push(r.node);
-            }
-        }
-        drop(seen);
-        debug_assert_eq!(virt_targets.len(), rooted);
-        virt_targets.extend(&unreferenced);
-        virt_targets.extend(
-            (0..cycles.len())
-                .filter(|&c| cycles[c].entry)
-                .map(|c| super_root + 1 + c as u32),
-        );
-        virt_row.push(virt_targets.len() as u32);
-        for (c, cycle) in cycles.iter().enumerate() {
-            if cycle.entry {
-                let members = &cycle_members[cycle_row[c] as usize..cycle_row[c + 1] as usize];
-                virt_targets.extend(members);
-            }
-            virt_row.push(virt_targets.len() as u32);
-        }
+        let vertex_count = n + 1 + leaked.cycles.len();
+        let doms = dominators(graph, &leaked, rooted, &reachable);
+        let Leaked {
+            cycles,
+            cycle_row,
+            cycle_members,
+            member_index,
+            unreferenced,
+        } = leaked;
         drop(unreferenced);
-        let doms = semi_nca(&Flowgraph {
-            real_row: graph.row_start(),
-            real_targets: graph.all_targets(),
-            virt_row: &virt_row,
-            virt_targets: &virt_targets,
-            root: super_root,
-            live: Some(&reachable),
-        });
-        drop((virt_row, virt_targets));
-        let preorder = &doms.preorder;
-        let idom_pre = &doms.idom;
-        let m = preorder.len();
-        debug_assert_eq!(m, vertex_count - cycles.iter().filter(|c| !c.entry).count());
-
-        // Retained sizes: children come after their idom in preorder, so a
-        // reverse sweep adds every subtree into its parent. Summed straight
-        // into the kept per-vertex arrays, to keep the peak low.
-        let mut retained_bytes: Vec<u64> = (0..vertex_count)
-            .map(|v| if v < n { sizes[v] } else { 0 })
-            .collect();
-        let mut retained_blocks: Vec<u32> = (0..vertex_count).map(|v| (v < n) as u32).collect();
-        for i in (1..m).rev() {
-            let v = preorder[i] as usize;
-            let d = preorder[idom_pre[i] as usize] as usize;
-            retained_bytes[d] += retained_bytes[v];
-            retained_blocks[d] += retained_blocks[v];
-        }
-
-        // Attribution (rules 1 to 4), in preorder so a block's idom is final.
-        for i in 1..m {
-            let v = preorder[i] as usize;
-            if v >= n {
-                continue;
-            }
-            if labels[v] != NONE {
-                attribution[v] = v as u32;
-                continue;
-            }
-            let d = preorder[idom_pre[i] as usize] as usize;
-            if d < n {
-                attribution[v] = attribution[d];
-            } else if attribution[v] == NONE {
-                attribution[v] = UNOWNED | v as u32;
-            }
-        }
-
+        let (retained_bytes, retained_blocks) = retained_sizes(&doms, sizes, vertex_count);
+        attribute(&doms, labels, &mut attribution);
         let idom = doms.idom_by_vertex(vertex_count);
         drop(doms);
         let label_summaries = summarize_labels(
@@ -398,7 +228,7 @@ impl Retention {
             sizes,
             &attribution,
             &idom,
-            super_root,
+            n as u32,
             &retained_bytes,
             &retained_blocks,
         );
@@ -613,6 +443,316 @@ impl Retention {
         match self.parent[node as usize] {
             NONE => None,
             p => Some(p),
+        }
+    }
+}
+
+/// Shortest retainer paths: a breadth-first search from the roots, then
+/// (see [`Paths::extend_into`]) from the starts of leaked memory.
+struct Paths {
+    visited: NodeSet,
+    /// BFS parent per node; `NONE` at the start of a chain.
+    parent: Vec<u32>,
+    /// As `Retention::parent_offset`.
+    parent_offset: Vec<u32>,
+    /// Every visited node, in visiting order (parents first).
+    order: Vec<NodeId>,
+    /// How many distinct blocks the roots refer to (the first `rooted`
+    /// entries of `order`).
+    rooted: usize,
+}
+
+impl Paths {
+    fn from_roots(graph: &HeapGraph) -> Paths {
+        let n = graph.node_count();
+        let mut paths = Paths {
+            visited: NodeSet::new(n),
+            parent: vec![NONE; n],
+            parent_offset: vec![NONE; n],
+            order: Vec::with_capacity(n),
+            rooted: 0,
+        };
+        for (i, root) in graph.roots().iter().enumerate() {
+            if paths.visited.insert(root.node) {
+                paths.parent_offset[root.node as usize] = i as u32;
+                paths.order.push(root.node);
+            }
+        }
+        paths.rooted = paths.order.len();
+        paths.breadth_first(graph, 0);
+        paths
+    }
+
+    /// Chains into leaked memory start at entry cycles' members (their
+    /// `parent_offset` is the cycle id) and at unreferenced blocks, in
+    /// ascending node order; the search continues from them.
+    fn extend_into(&mut self, graph: &HeapGraph, leaked: &Leaked) {
+        let head = self.order.len();
+        let mut members = leaked
+            .member_index
+            .iter()
+            .filter(|&&(_, c)| leaked.cycles[c as usize].entry)
+            .peekable();
+        let mut unreferenced = leaked.unreferenced.iter().copied().peekable();
+        loop {
+            let (node, offset) = match (members.peek().copied(), unreferenced.peek().copied()) {
+                (Some(&(m, c)), u) if u.map_or(true, |u| m < u) => {
+                    members.next();
+                    (m, c)
+                }
+                (_, Some(u)) => {
+                    unreferenced.next();
+                    (u, NONE)
+                }
+                _ => break,
+            };
+            self.visited.insert(node);
+            self.parent_offset[node as usize] = offset;
+            self.order.push(node);
+        }
+        self.breadth_first(graph, head);
+    }
+
+    fn breadth_first(&mut self, graph: &HeapGraph, head: usize) {
+        breadth_first(
+            graph,
+            &mut self.visited,
+            &mut self.parent,
+            &mut self.parent_offset,
+            &mut self.order,
+            head,
+        );
+    }
+}
+
+/// The memory no root reaches: unreachable cycles (strongly connected
+/// groups, a self-loop included) and unreferenced blocks.
+struct Leaked {
+    cycles: Vec<CycleSummary>,
+    /// As `Retention::cycle_row`.
+    cycle_row: Vec<u32>,
+    cycle_members: Vec<NodeId>,
+    /// `(node, cycle)` for every cycle member, sorted by node.
+    member_index: Vec<(NodeId, u32)>,
+    /// Unreachable blocks on no cycle that no unreachable block points
+    /// to, ascending.
+    unreferenced: Vec<NodeId>,
+}
+
+impl Leaked {
+    /// `reachable_count`: how many blocks the roots reach.
+    fn find(
+        graph: &HeapGraph,
+        reachable: &NodeSet,
+        reachable_count: usize,
+        sizes: &[u64],
+    ) -> Leaked {
+        let mut leaked = Leaked {
+            cycles: Vec::new(),
+            cycle_row: vec![0],
+            cycle_members: Vec::new(),
+            member_index: Vec::new(),
+            unreferenced: Vec::new(),
+        };
+        let n = graph.node_count();
+        if reachable_count == n {
+            return leaked;
+        }
+        let components = unreachable_components(graph, reachable);
+        let comp = &components.of_node;
+        let count = components.count as usize;
+        let unreachable = || (0..n as NodeId).filter(|&u| !reachable.contains(u));
+
+        let shapes = ComponentShapes::of(graph, reachable, comp, count);
+
+        // A cycle per component of two or more blocks, or with a self-loop.
+        let mut cycle_of_comp = vec![NONE; count];
+        for (k, cycle) in cycle_of_comp.iter_mut().enumerate() {
+            if shapes.size[k] > 1 || shapes.self_loop.contains(k as u32) {
+                *cycle = leaked.cycles.len() as u32;
+                leaked.cycles.push(CycleSummary {
+                    id: CycleId(leaked.cycles.len() as u32),
+                    members: Amount::default(),
+                    retained: Amount::default(),
+                    entry: !shapes.entered.contains(k as u32),
+                });
+                leaked.cycle_row.push(shapes.size[k]);
+            }
+        }
+        let cycles = leaked.cycles.len();
+        for c in 0..cycles {
+            leaked.cycle_row[c + 1] += leaked.cycle_row[c];
+        }
+
+        // Members (by cycle, ascending) and unreferenced blocks.
+        leaked.cycle_members = vec![0; leaked.cycle_row[cycles] as usize];
+        let mut fill: Vec<u32> = leaked.cycle_row[..cycles].to_vec();
+        for u in unreachable() {
+            let k = comp[u as usize] as usize;
+            let c = cycle_of_comp[k];
+            if c != NONE {
+                leaked.cycle_members[fill[c as usize] as usize] = u;
+                fill[c as usize] += 1;
+                leaked.member_index.push((u, c));
+                leaked.cycles[c as usize].members.add(Amount {
+                    bytes: sizes[u as usize],
+                    blocks: 1,
+                });
+            } else if !shapes.entered.contains(k as u32) {
+                leaked.unreferenced.push(u);
+            }
+        }
+        leaked
+    }
+
+    fn members(&self, c: usize) -> &[NodeId] {
+        &self.cycle_members[self.cycle_row[c] as usize..self.cycle_row[c + 1] as usize]
+    }
+}
+
+/// What decides whether an unreachable component is a cycle, and whether
+/// it is an entry: its size, a self-loop, a pointer into it from another
+/// unreachable component.
+struct ComponentShapes {
+    size: Vec<u32>,
+    self_loop: NodeSet,
+    entered: NodeSet,
+}
+
+impl ComponentShapes {
+    fn of(graph: &HeapGraph, reachable: &NodeSet, comp: &[u32], count: usize) -> ComponentShapes {
+        let mut shapes = ComponentShapes {
+            size: vec![0u32; count],
+            self_loop: NodeSet::new(count),
+            entered: NodeSet::new(count),
+        };
+        for u in (0..graph.node_count() as NodeId).filter(|&u| !reachable.contains(u)) {
+            let cu = comp[u as usize];
+            shapes.size[cu as usize] += 1;
+            for &w in graph.targets(u) {
+                let cw = comp[w as usize];
+                if cw == NONE {
+                    continue; // a pointer back into reachable memory
+                }
+                if cw != cu {
+                    shapes.entered.insert(cw);
+                } else if w == u {
+                    shapes.self_loop.insert(cu);
+                }
+            }
+        }
+        shapes
+    }
+}
+
+/// Rule 3's fallback, computed ahead: the nearest labelled block on each
+/// block's BFS path (`NONE` if none). BFS order visits parents first. The
+/// result is the start of the attribution array, which [`attribute`]
+/// overwrites where the dominators decide.
+fn nearest_labelled_on_path(paths: &Paths, labels: &[u32]) -> Vec<u32> {
+    let mut nearest = vec![NONE; paths.parent.len()];
+    for &v in &paths.order {
+        let v = v as usize;
+        nearest[v] = if labels[v] != NONE {
+            v as u32
+        } else if paths.parent[v] != NONE {
+            nearest[paths.parent[v] as usize]
+        } else {
+            NONE
+        };
+    }
+    nearest
+}
+
+/// Dominators over the flow graph of the module docs: the heap graph plus
+/// the super-root (vertex `n`: edges to the rooted blocks, the unreferenced
+/// blocks and the entry cycles' synthetic roots) and one synthetic root
+/// per cycle (vertex `n + 1 + c`: edges to its members, entry cycles only).
+fn dominators(
+    graph: &HeapGraph,
+    leaked: &Leaked,
+    rooted: usize,
+    reachable: &NodeSet,
+) -> Dominators {
+    let n = graph.node_count();
+    let super_root = n as u32;
+    let cycles = &leaked.cycles;
+    let mut virt_row: Vec<u32> = Vec::with_capacity(cycles.len() + 2);
+    let mut virt_targets: Vec<u32> = Vec::new();
+    virt_row.push(0);
+    let mut seen = NodeSet::new(n);
+    for r in graph.roots() {
+        if seen.insert(r.node) {
+            virt_targets.push(r.node);
+        }
+    }
+    drop(seen);
+    debug_assert_eq!(virt_targets.len(), rooted);
+    virt_targets.extend(&leaked.unreferenced);
+    virt_targets.extend(
+        (0..cycles.len())
+            .filter(|&c| cycles[c].entry)
+            .map(|c| super_root + 1 + c as u32),
+    );
+    virt_row.push(virt_targets.len() as u32);
+    for (c, cycle) in cycles.iter().enumerate() {
+        if cycle.entry {
+            virt_targets.extend(leaked.members(c));
+        }
+        virt_row.push(virt_targets.len() as u32);
+    }
+    let doms = semi_nca(&Flowgraph {
+        real_row: graph.row_start(),
+        real_targets: graph.all_targets(),
+        virt_row: &virt_row,
+        virt_targets: &virt_targets,
+        root: super_root,
+        live: Some(reachable),
+    });
+    debug_assert_eq!(
+        doms.preorder.len(),
+        n + 1 + cycles.len() - cycles.iter().filter(|c| !c.entry).count()
+    );
+    doms
+}
+
+/// Retained bytes and blocks per vertex: children come after their idom
+/// in preorder, so a reverse sweep adds every subtree into its parent.
+/// Summed straight into the kept per-vertex arrays, to keep the peak low.
+fn retained_sizes(doms: &Dominators, sizes: &[u64], vertex_count: usize) -> (Vec<u64>, Vec<u32>) {
+    let n = sizes.len();
+    let mut bytes: Vec<u64> = (0..vertex_count)
+        .map(|v| if v < n { sizes[v] } else { 0 })
+        .collect();
+    let mut blocks: Vec<u32> = (0..vertex_count).map(|v| (v < n) as u32).collect();
+    for i in (1..doms.preorder.len()).rev() {
+        let v = doms.preorder[i] as usize;
+        let d = doms.preorder[doms.idom[i] as usize] as usize;
+        bytes[d] += bytes[v];
+        blocks[d] += blocks[v];
+    }
+    (bytes, blocks)
+}
+
+/// Attribution by rules 1 to 4 (module docs), in preorder so a block's
+/// idom is final before the block; `attribution` holds rule 3's fallback
+/// on entry.
+fn attribute(doms: &Dominators, labels: &[u32], attribution: &mut [u32]) {
+    let n = labels.len();
+    for i in 1..doms.preorder.len() {
+        let v = doms.preorder[i] as usize;
+        if v >= n {
+            continue;
+        }
+        if labels[v] != NONE {
+            attribution[v] = v as u32;
+            continue;
+        }
+        let d = doms.preorder[doms.idom[i] as usize] as usize;
+        if d < n {
+            attribution[v] = attribution[d];
+        } else if attribution[v] == NONE {
+            attribution[v] = UNOWNED | v as u32;
         }
     }
 }

@@ -1,6 +1,12 @@
 //! Who holds the memory: the pure graph algorithms behind owners, retained
 //! sizes, unreachable cycles and retainer chains.
 //!
+//! A layer below both of its users: the recorder (`record::heapgraph`
+//! runs it on a scan inside the profiled process) and the analysis (which
+//! re-exports it as `analysis::graph`). It depends only on std and
+//! [`format::Amount`](crate::format::Amount), never on `record` or
+//! `analysis`, and is compiled without the `cli` feature.
+//!
 //! The recorder's graph snapshot scans the live heap conservatively and
 //! hands over a [`HeapGraph`] (one node per live block, one edge per pointer
 //! found, the roots that point into the heap). [`Retention::compute`] then
@@ -28,7 +34,7 @@
 //! [`format::Graph`](crate::format::Graph) is the caller's job.
 //!
 //! ```
-//! use leakprof::analysis::graph::{Attribution, HeapGraphBuilder, LabelId, Retention, RootKind};
+//! use leakprof::graph::{Attribution, HeapGraphBuilder, LabelId, Retention, RootKind};
 //!
 //! let mut b = HeapGraphBuilder::new();
 //! let slot = b.add_node(16, Some(LabelId(0))); // a labelled "result slot"
