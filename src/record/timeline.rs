@@ -113,19 +113,23 @@ pub(crate) fn start_sampler(period: Duration) -> std::io::Result<()> {
     clear();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let handle = std::thread::Builder::new()
-        .name("leakprof-timeline".into())
-        .spawn(move || {
-            let _ = hooks::LOCAL.try_with(|l| l.guard.set(true));
-            while !flag.load(Ordering::Acquire) {
-                let tag = LAST_TAG.load(Ordering::Relaxed);
-                let active = TAGS
-                    .entry(tag)
-                    .is_some_and(|e| e.active.load(Ordering::Relaxed) > 0);
-                push(point(if active { tag } else { 0 }, None));
-                std::thread::park_timeout(period);
-            }
-        })?;
+    // Unnamed for std: a std thread name is copied onto the heap by the
+    // new thread before this closure can set the guard, and would be
+    // recorded as the program's memory. The kernel name is set instead.
+    let handle = std::thread::Builder::new().spawn(move || {
+        let _ = hooks::LOCAL.try_with(|l| l.guard.set(true));
+        // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16
+        // bytes names the calling thread.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"leakprof-tline".as_ptr()) };
+        while !flag.load(Ordering::Acquire) {
+            let tag = LAST_TAG.load(Ordering::Relaxed);
+            let active = TAGS
+                .entry(tag)
+                .is_some_and(|e| e.active.load(Ordering::Relaxed) > 0);
+            push(point(if active { tag } else { 0 }, None));
+            std::thread::park_timeout(period);
+        }
+    })?;
     *SAMPLER.lock() = Some(Sampler {
         handle,
         stop,
