@@ -58,7 +58,7 @@ pub use analysis::check::{assert_no_leak, check, Limits, Verdict};
 pub use format::Profile;
 pub use record::owner;
 pub use record::{
-    current_tag, describe_task, is_recording, live, mark, set_attribute, with_tag, FutureExt,
-    GraphOptions, GraphUnavailable, LeakAlloc, Options, Recorder, StartError, Tag, Tagged,
-    TaskDescription,
+    current_tag, describe_task, finish_task, is_recording, live, mark, set_attribute, with_tag,
+    FutureExt, GraphOptions, GraphUnavailable, LeakAlloc, Options, Recorder, StartError, Tag,
+    Tagged, TaskDescription,
 };

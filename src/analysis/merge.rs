@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::Accumulate;
 use crate::format::{
-    Amount, Dropped, Frame, Graph, LiveGroup, Meta, Mode, Module, Owner, Profile, RecordOptions,
-    Stack, StackStats, TagInfo, TaskInfo, TimelinePoint, Totals, Via, FORMAT_NAME, VERSION_V1,
-    VERSION_V2,
+    Amount, Dropped, Folded, Frame, Graph, LiveGroup, Meta, Mode, Module, Owner, Profile,
+    RecordOptions, RecorderMemory, Stack, StackStats, TagInfo, TaskInfo, TimelinePoint, Totals,
+    Via, FORMAT_NAME, VERSION_V1, VERSION_V2,
 };
 
 use super::relative::{frame_symbol, tag_key, TagKey};
@@ -64,6 +64,8 @@ struct Merger {
     renumbered: Vec<HashMap<u64, u64>>,
     totals: Totals,
     dropped: Dropped,
+    folded: Option<Folded>,
+    recorder: Option<RecorderMemory>,
     graph: Option<Graph>,
     owner_ids: HashMap<(String, String), u32>,
     via_ids: HashMap<(String, Option<u64>), u32>,
@@ -222,6 +224,34 @@ impl Merger {
             .truncated_stacks
             .saturating_add(p.dropped.truncated_stacks);
         d.timeline_points = d.timeline_points.saturating_add(p.dropped.timeline_points);
+        d.tags_overflowed = d.tags_overflowed.saturating_add(p.dropped.tags_overflowed);
+        d.tasks = d.tasks.saturating_add(p.dropped.tasks);
+        d.timeline_decimated = d
+            .timeline_decimated
+            .saturating_add(p.dropped.timeline_decimated);
+        if let Some(f) = &p.folded {
+            let m = self.folded.get_or_insert_with(Folded::default);
+            m.tasks += f.tasks;
+            m.tags += f.tags;
+            m.allocated.accumulate(f.allocated);
+            for (outcome, n) in &f.outcomes {
+                *m.outcomes.entry(outcome.clone()).or_default() += n;
+            }
+        }
+        if let Some(r) = &p.recorder {
+            let m = self.recorder.get_or_insert_with(RecorderMemory::default);
+            for (sum, v) in [
+                (&mut m.live_table, r.live_table),
+                (&mut m.stacks, r.stacks),
+                (&mut m.tags, r.tags),
+                (&mut m.threads, r.threads),
+                (&mut m.timeline, r.timeline),
+                (&mut m.session, r.session),
+                (&mut m.total, r.total),
+            ] {
+                *sum = sum.saturating_add(v);
+            }
+        }
     }
 
     /// Decides the merged number of each of `p`'s tasks (see the module
@@ -394,7 +424,9 @@ impl Merger {
             totals: self.totals,
             timeline: merge_timelines(profiles, &self.renumbered, start),
             dropped: self.dropped,
+            folded: self.folded,
             graph: self.graph,
+            recorder: self.recorder,
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct Profile {
     /// Tasks described through the API (message id, actor, queue, ...).
     #[serde(default)]
     pub tasks: Vec<TaskInfo>,
+    /// Finished tasks folded away (nothing they allocated survived): their
+    /// tags and task records are summed here instead of listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded: Option<Folded>,
     pub totals: Totals,
     /// Periodic samples and marked events, in time order.
     #[serde(default)]
@@ -73,6 +77,44 @@ pub struct Profile {
     /// The heap graph (version 2 only): owners, cycles and retainer chains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph: Option<Graph>,
+    /// The recorder's own memory at the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<RecorderMemory>,
+}
+
+/// Finished tasks whose tags were folded (see `leakprof::finish_task`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Folded {
+    /// Tasks all of whose tags were folded (their task records too).
+    pub tasks: u64,
+    /// Tags folded (a task has one per attempt).
+    pub tags: u64,
+    /// What the folded tags allocated in all.
+    pub allocated: Amount,
+    /// Folded tasks by their last described outcome ("succeeded",
+    /// "dead-lettered", ...; "" when none was described).
+    #[serde(default)]
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// The recorder's own memory, by table (bytes in use, estimated from each
+/// table's size; reserved but untouched address space is not counted).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecorderMemory {
+    /// The live table's slots.
+    pub live_table: u64,
+    /// Interned stacks (entries, frames and hash slots in use).
+    pub stacks: u64,
+    /// Tag entries handed out and the tag index.
+    pub tags: u64,
+    /// Per-thread states and their per-stack counters.
+    pub threads: u64,
+    /// The timeline buffer.
+    pub timeline: u64,
+    /// Task records and attributes.
+    pub session: u64,
+    /// The sum.
+    pub total: u64,
 }
 
 /// Facts about the recorded process and how it was recorded.
@@ -318,6 +360,10 @@ pub struct Dropped {
     /// Task descriptions not kept because the task table was full.
     #[serde(default)]
     pub tasks: u64,
+    /// Older timeline points merged away to bound the recorder's memory
+    /// (each bucket of 8 keeps its lowest and highest live and RSS points).
+    #[serde(default)]
+    pub timeline_decimated: u64,
 }
 
 /// The heap graph of a version-2 profile: who holds the memory.
@@ -481,7 +527,9 @@ impl Profile {
             totals: Totals::default(),
             timeline: Vec::new(),
             dropped: Dropped::default(),
+            folded: None,
             graph: None,
+            recorder: None,
         }
     }
 

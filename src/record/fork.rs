@@ -26,7 +26,7 @@ pub(crate) fn install() {
     });
 }
 
-fn cell_locks() -> [&'static super::sys::RawLock; 6] {
+fn cell_locks() -> [&'static super::sys::RawLock; 7] {
     [
         scan::scanning_lock(),
         owner::registry_lock(),
@@ -34,6 +34,7 @@ fn cell_locks() -> [&'static super::sys::RawLock; 6] {
         timeline::timeline_lock(),
         timeline::sampler_lock(),
         symbols::cache_lock(),
+        super::hooks::TAGS.index_lock(),
     ]
 }
 

@@ -853,11 +853,7 @@ pub(crate) fn reset_counters() {
     for ts in THREADS.each() {
         ts.reset();
     }
-    for id in 0..TAGS.id_limit() {
-        if let Some(e) = TAGS.entry(id) {
-            e.reset();
-        }
-    }
+    TAGS.reset();
     PEAK_GEN.fetch_add(1, Ordering::Relaxed);
     for a in [
         &APPROX_LIVE_BYTES,

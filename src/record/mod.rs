@@ -307,6 +307,27 @@ pub fn with_tag<R>(tag: Tag, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Task `task` is finished: nothing runs under its tags any more (its
+/// futures are done, its attempts settled). The recorder then *folds* each
+/// of its tags whose memory is all freed: their figures are summed in the
+/// profile's `folded` section and their entries reused, and the task's
+/// record goes too. Tags still holding memory (the task's leaks) stay, and
+/// are folded once it is freed. Without it, a worker keeps a tag and a task
+/// record for every attempt it ever ran; with it, the recorder's memory
+/// stays bounded however many tasks run.
+///
+/// Calling it while code still runs under one of the task's tags would
+/// attribute that code's allocations to whichever tag reuses the entry.
+pub fn finish_task(task: u64) {
+    if hooks::recording() {
+        hooks::guarded(|| {
+            if hooks::TAGS.finish_task(task) {
+                snapshot::fold_task(task);
+            }
+        });
+    }
+}
+
 /// The calling thread's current tag; hand it to `spawn_blocking` or a new
 /// thread to keep attributing work there.
 pub fn current_tag() -> Tag {

@@ -16,8 +16,8 @@ use super::scan::{self, ScanError, ScanResult};
 use super::sys::{self, LockCell, RawLock};
 use super::{symbols, timeline, Options, TaskDescription};
 use crate::format::{
-    Amount, Dropped, LiveGroup, Meta, Mode, Profile, RecordOptions, StackStats, TagInfo, TaskInfo,
-    Totals, FORMAT_NAME, VERSION_V1, VERSION_V2,
+    Amount, Dropped, Folded, LiveGroup, Meta, Mode, Profile, RecordOptions, RecorderMemory,
+    StackStats, TagInfo, TaskInfo, Totals, FORMAT_NAME, VERSION_V1, VERSION_V2,
 };
 
 /// Facts about the current recording that are not on the allocation path.
@@ -27,6 +27,8 @@ struct Session {
     attributes: BTreeMap<String, String>,
     tasks: BTreeMap<u64, TaskDescription>,
     tasks_dropped: u64,
+    /// Finished tasks folded away, by outcome.
+    folded: BTreeMap<String, u64>,
 }
 
 static SESSION: LockCell<Session> = LockCell::new(Session {
@@ -35,6 +37,7 @@ static SESSION: LockCell<Session> = LockCell::new(Session {
     attributes: BTreeMap::new(),
     tasks: BTreeMap::new(),
     tasks_dropped: 0,
+    folded: BTreeMap::new(),
 });
 
 pub(crate) fn session_lock() -> &'static RawLock {
@@ -48,6 +51,7 @@ pub(crate) fn begin_session(options: &Options) {
     s.attributes.clear();
     s.tasks.clear();
     s.tasks_dropped = 0;
+    s.folded.clear();
     drop(s);
     timeline::clear();
 }
@@ -85,6 +89,55 @@ pub(crate) fn describe_task(task: u64, d: TaskDescription) {
             *slot = own(v);
         }
     }
+}
+
+/// Forgets the record of a finished task whose tags were all folded,
+/// counting it under its outcome.
+pub(crate) fn fold_task(task: u64) {
+    let mut s = SESSION.lock();
+    let outcome = s
+        .tasks
+        .remove(&task)
+        .and_then(|d| d.outcome)
+        .unwrap_or_default();
+    *s.folded.entry(outcome).or_default() += 1;
+}
+
+/// Bytes the session uses (task records and attributes), estimated.
+fn session_bytes(s: &Session) -> u64 {
+    let text = |v: &Option<String>| v.as_ref().map_or(0, String::capacity);
+    let tasks: usize = s
+        .tasks
+        .values()
+        .map(|d| {
+            64 + text(&d.name)
+                + text(&d.external_id)
+                + text(&d.actor)
+                + text(&d.queue)
+                + text(&d.outcome)
+        })
+        .sum();
+    let attributes: usize = s
+        .attributes
+        .iter()
+        .map(|(k, v)| 64 + k.capacity() + v.capacity())
+        .sum();
+    (tasks + attributes + s.folded.len() * 64) as u64
+}
+
+/// The recorder's own memory, table by table.
+fn recorder_memory(session: u64) -> RecorderMemory {
+    let mut m = RecorderMemory {
+        live_table: LIVE.mapped_bytes() as u64,
+        stacks: STACKS.memory_bytes(),
+        tags: TAGS.memory_bytes(),
+        threads: THREADS.memory_bytes(),
+        timeline: timeline::memory_bytes(),
+        session,
+        total: 0,
+    };
+    m.total = m.live_table + m.stacks + m.tags + m.threads + m.timeline + m.session;
+    m
 }
 
 /// Takes a profile of the current recording.
@@ -184,6 +237,8 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let described = session.tasks.clone();
     let tasks_dropped = session.tasks_dropped;
     let start_unix_ms = session.start_unix_ms;
+    let folded_outcomes = session.folded.clone();
+    let session_bytes = session_bytes(&session);
     drop(session);
 
     let peak_bytes =
@@ -244,7 +299,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         })
         .collect();
 
-    let (timeline, timeline_dropped) = timeline::copy();
+    let (timeline, timeline_decimated) = timeline::copy();
     let threads = THREADS.active_count() as u64;
     let truncated_stacks = sym.stacks.iter().filter(|s| s.truncated).count() as u64;
 
@@ -280,6 +335,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         live,
         stack_stats,
         tasks,
+        folded: folded_summary(folded_outcomes),
         totals: Totals {
             live: in_blocks(live_total),
             peak: Amount {
@@ -297,12 +353,31 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
             untracked_bytes: hooks::UNTRACKED_BYTES.load(Ordering::Relaxed),
             stacks_overflowed: STACKS.overflowed.load(Ordering::Relaxed),
             truncated_stacks,
-            timeline_points: timeline_dropped,
+            timeline_points: 0,
             tags_overflowed: TAGS.overflowed.load(Ordering::Relaxed),
             tasks: tasks_dropped,
+            timeline_decimated,
         },
         graph,
+        recorder: Some(recorder_memory(session_bytes)),
     }
+}
+
+/// What folding finished tasks summed up, if any were folded.
+fn folded_summary(outcomes: BTreeMap<String, u64>) -> Option<Folded> {
+    let f = &TAGS.folded;
+    let tags = f.tags.load(Ordering::Relaxed);
+    let tasks: u64 = outcomes.values().sum();
+    (tags > 0 || tasks > 0).then(|| Folded {
+        tasks,
+        tags,
+        allocated: Amount {
+            bytes: f.alloc_bytes.load(Ordering::Relaxed),
+            blocks: f.alloc_blocks.load(Ordering::Relaxed)
+                / CONFIG.block_unit.load(Ordering::Relaxed).max(1),
+        },
+        outcomes,
+    })
 }
 
 fn tag_table(n_tags: usize, tag_live: &[Amount], unit: u64) -> Vec<TagInfo> {

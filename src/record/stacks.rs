@@ -235,6 +235,17 @@ impl StackTable {
         true
     }
 
+    /// Bytes the table uses: records and frames handed out, and the hash
+    /// slots' pages (touched at random, so one page per stack until all
+    /// are).
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        let ids = self.id_limit() as u64;
+        let slot_pages = (ids * 4096).min((SLOTS * std::mem::size_of::<Slot>()) as u64);
+        ids * std::mem::size_of::<Record>() as u64
+            + self.frames_used.load(Ordering::Relaxed) as u64 * 8
+            + slot_pages
+    }
+
     /// Returns the id of a captured stack, interning it on first sight.
     #[inline]
     pub(crate) fn intern_captured(&self, c: &Captured) -> u32 {

@@ -3,15 +3,22 @@
 //! A [`Tag`] names a task, its retry number, and optionally an owner label
 //! and type. The current tag is a thread-local tag id, set by
 //! [`with_tag`](super::with_tag) and by [`Tagged`](super::Tagged) futures on
-//! every poll. Tags are interned into a lock-free table (like stacks) whose
-//! entries also carry per-tag counters and the first and last time code ran
-//! under the tag. Interning happens when a tag is entered, never on the
-//! allocation path.
+//! every poll. Tags are interned into a table whose entries also carry
+//! per-tag counters and the first and last time code ran under the tag.
+//! Interning happens when a tag is entered, never on the allocation path:
+//! it takes the table's index lock; reading an entry by id (the allocation
+//! path, snapshots) takes none.
+//!
+//! The table stays bounded for workers that run millions of tasks: when a
+//! task is finished ([`super::finish_task`]), each of its tags whose memory
+//! is all freed is *folded*: its figures are added to the folded totals and
+//! its entry is reused. Tags still holding memory (task-scoped leaks) stay
+//! until it is freed.
 
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-use super::intern::{self, Slot};
-use super::sys;
+use super::fxhash::FxHashMap;
+use super::sys::{self, LockCell, RawLock};
 
 /// What the program is doing: a task, its retry number, and optionally an
 /// owner label ("error value", "result slot", ...) and a type name.
@@ -88,35 +95,25 @@ impl Tag {
     pub const fn type_name_str(&self) -> Option<&'static str> {
         self.type_name
     }
+}
 
-    fn hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |x: u64| h = (h ^ x).wrapping_mul(0x100_0000_01b3).rotate_left(23);
-        eat(self.task.map_or(u64::MAX, |t| t));
-        eat(self.retry.map_or(u64::MAX, |r| r as u64));
-        for s in [self.label, self.type_name] {
-            match s {
-                None => eat(u64::MAX - 1),
-                Some(s) => {
-                    eat(s.len() as u64);
-                    for chunk in s.as_bytes().chunks(8) {
-                        let mut w = [0u8; 8];
-                        w[..chunk.len()].copy_from_slice(chunk);
-                        eat(u64::from_le_bytes(w));
-                    }
-                }
-            }
-        }
-        h ^= h >> 31;
-        h | 1
-    }
+/// A tag's 64-bit hash (Fx over its fields; labels by content).
+fn hash_of(tag: &Tag) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = super::fxhash::FxHasher::default();
+    tag.hash(&mut h);
+    h.finish()
 }
 
 /// Tag id of the untagged tag.
 pub(crate) const UNTAGGED: u32 = 0;
 
-const SLOTS: usize = 1 << 21;
-const MAX_TAGS: usize = SLOTS / 2;
+/// Tag entries reserved (address space only: pages are touched as ids
+/// are handed out, and folding reuses them).
+const MAX_TAGS: usize = 1 << 20;
+/// Finished tags still holding memory are checked again this many at a
+/// time, whenever a task finishes.
+const SWEEP: usize = 8;
 
 /// One interned tag with its counters. Counters are written by the threads
 /// that run under the tag (which flush their per-thread pending deltas
@@ -140,6 +137,9 @@ pub(crate) struct TagEntry {
     pub(crate) alloc_blocks: AtomicU64,
     pub(crate) peak_bytes: AtomicI64,
     pub(crate) peak_blocks: AtomicI64,
+    /// The task's previous tag (a chain from `TagIndex::by_task`; written
+    /// under the index lock).
+    next_of_task: AtomicU32,
 }
 
 const PUBLISHED: u32 = 1;
@@ -147,35 +147,64 @@ const HAS_TASK: u32 = 2;
 const HAS_RETRY: u32 = 4;
 
 pub(crate) struct TagTable {
-    slots: AtomicPtr<Slot>,
     entries: AtomicPtr<TagEntry>,
+    index: LockCell<Option<TagIndex>>,
+    /// One past the highest id ever handed out.
     next_id: AtomicU32,
     /// Tags that could not be interned (table full) and ran untagged.
     pub(crate) overflowed: AtomicU64,
+    /// What folded tags added up to.
+    pub(crate) folded: Folded,
+}
+
+/// The figures of folded tags (finished, nothing surviving), summed.
+#[derive(Default)]
+pub(crate) struct Folded {
+    pub(crate) tags: AtomicU64,
+    pub(crate) alloc_bytes: AtomicU64,
+    pub(crate) alloc_blocks: AtomicU64,
+}
+
+/// Tag to id, and what finishing a task needs. Behind the index lock.
+/// About 30 bytes per tag besides its entry.
+#[derive(Default)]
+struct TagIndex {
+    /// A tag's 64-bit hash to its id (confirmed against the entry).
+    by_hash: FxHashMap<u64, u32>,
+    /// Tags whose hash another tag had first (rare).
+    collided: FxHashMap<Tag, u32>,
+    /// Each task's most recent tag; the others are chained through
+    /// `TagEntry::next_of_task`.
+    by_task: FxHashMap<u64, u32>,
+    /// Ids of folded tags, to reuse.
+    free: Vec<u32>,
+    /// Tags of finished tasks that still held memory when their task
+    /// finished, checked again [`SWEEP`] at a time.
+    finished: Vec<u32>,
+    sweep_at: usize,
 }
 
 impl TagTable {
     pub(crate) const fn new() -> TagTable {
         TagTable {
-            slots: AtomicPtr::new(std::ptr::null_mut()),
             entries: AtomicPtr::new(std::ptr::null_mut()),
+            index: LockCell::new(None),
             next_id: AtomicU32::new(1),
             overflowed: AtomicU64::new(0),
+            folded: Folded {
+                tags: AtomicU64::new(0),
+                alloc_bytes: AtomicU64::new(0),
+                alloc_blocks: AtomicU64::new(0),
+            },
         }
     }
 
     pub(crate) fn init(&self) -> bool {
-        if !self.slots.load(Ordering::Acquire).is_null() {
+        if !self.entries.load(Ordering::Acquire).is_null() {
             return true;
         }
-        let slots = sys::map(SLOTS * std::mem::size_of::<Slot>());
         let entries = sys::map(MAX_TAGS * std::mem::size_of::<TagEntry>());
-        if slots.is_null() || entries.is_null() {
-            // SAFETY: each non-null region came from `map` with these sizes.
-            unsafe {
-                sys::unmap(slots, SLOTS * std::mem::size_of::<Slot>());
-                sys::unmap(entries, MAX_TAGS * std::mem::size_of::<TagEntry>());
-            }
+        if entries.is_null() {
             return false;
         }
         // Entry 0 is the untagged tag, published from the start.
@@ -186,8 +215,11 @@ impl TagTable {
                 .store(PUBLISHED, Ordering::Release)
         };
         self.entries.store(entries.cast(), Ordering::Release);
-        self.slots.store(slots.cast(), Ordering::Release);
         true
+    }
+
+    pub(crate) fn index_lock(&self) -> &RawLock {
+        self.index.raw()
     }
 
     /// The entry of a tag id, if it exists.
@@ -203,59 +235,142 @@ impl TagTable {
     }
 
     /// Interns a tag and returns its id ([`UNTAGGED`] for `Tag::NONE` or when
-    /// the table is full).
+    /// the table is full). Caller holds the re-entrancy guard.
     pub(crate) fn intern(&self, tag: &Tag) -> u32 {
-        if *tag == Tag::NONE {
+        if *tag == Tag::NONE || self.entries.load(Ordering::Acquire).is_null() {
             return UNTAGGED;
         }
-        let slots = self.slots.load(Ordering::Acquire);
-        if slots.is_null() {
-            return UNTAGGED;
+        let mut index = self.index.lock();
+        let index = index.get_or_insert_with(TagIndex::default);
+        let h = hash_of(tag);
+        let first = index.by_hash.get(&h).copied();
+        if let Some(id) = first.filter(|&id| self.get(id).as_ref() == Some(tag)) {
+            return id;
         }
-        let h = tag.hash();
-        // SAFETY: `slots` maps SLOTS slots for the life of the process.
-        let found = unsafe {
-            intern::probe(
-                slots,
-                SLOTS - 1,
-                h,
-                |id| self.get(id).as_ref() == Some(tag),
-                |slot| self.publish(slot, tag),
-            )
-        };
-        found.unwrap_or_else(|| {
+        if let Some(&id) = index.collided.get(tag) {
+            return id;
+        }
+        let id = index.free.pop().or_else(|| {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            ((id as usize) < MAX_TAGS).then_some(id)
+        });
+        let Some(e) = id.and_then(|id| self.entry(id)) else {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
-            UNTAGGED
-        })
+            return UNTAGGED;
+        };
+        let id = id.unwrap_or(UNTAGGED);
+        e.publish(tag);
+        match first {
+            None => {
+                index.by_hash.insert(h, id);
+            }
+            Some(_) => {
+                index.collided.insert(*tag, id);
+            }
+        }
+        let next = match tag.task {
+            Some(task) => index.by_task.insert(task, id).unwrap_or(UNTAGGED),
+            None => UNTAGGED,
+        };
+        e.next_of_task.store(next, Ordering::Relaxed);
+        id
     }
 
-    fn publish(&self, slot: &Slot, tag: &Tag) -> u32 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let Some(e) = self.entry(id) else {
-            slot.id.store(u32::MAX, Ordering::Release);
-            self.overflowed.fetch_add(1, Ordering::Relaxed);
-            return UNTAGGED;
+    /// Task `task` is finished: no code runs under its tags again. Folds
+    /// each of its tags whose memory is all freed; the others are checked
+    /// again later. Returns true when every tag of the task was folded.
+    /// Caller holds the re-entrancy guard.
+    pub(crate) fn finish_task(&self, task: u64) -> bool {
+        let mut index = self.index.lock();
+        let Some(index) = index.as_mut() else {
+            return true;
         };
-        let mut flags = PUBLISHED;
-        if let Some(t) = tag.task {
-            e.task.store(t, Ordering::Relaxed);
-            flags |= HAS_TASK;
+        let mut next = index.by_task.remove(&task).unwrap_or(UNTAGGED);
+        let mut all = true;
+        while next != UNTAGGED {
+            let id = next;
+            next = self
+                .entry(id)
+                .map_or(UNTAGGED, |e| e.next_of_task.load(Ordering::Relaxed));
+            if !self.fold(index, id) {
+                index.finished.push(id);
+                all = false;
+            }
         }
-        if let Some(r) = tag.retry {
-            e.retry.store(r, Ordering::Relaxed);
-            flags |= HAS_RETRY;
+        // A few of the earlier ones whose memory may be freed by now.
+        for _ in 0..SWEEP.min(index.finished.len()) {
+            let at = index.sweep_at % index.finished.len();
+            let id = index.finished[at];
+            if self.fold(index, id) {
+                index.finished.swap_remove(at);
+            } else {
+                index.sweep_at = at + 1;
+            }
         }
-        if let Some(l) = tag.label {
-            e.label.store(l.as_ptr() as *mut u8, Ordering::Relaxed);
-            e.label_len.store(l.len() as u64, Ordering::Relaxed);
+        all
+    }
+
+    /// Folds tag `id` if nothing runs under it and nothing it allocated
+    /// survives: its figures join [`TagTable::folded`] and its entry is
+    /// free for another tag.
+    fn fold(&self, index: &mut TagIndex, id: u32) -> bool {
+        let Some(e) = self.entry(id) else {
+            return true;
+        };
+        if e.active.load(Ordering::Acquire) != 0
+            || e.live_bytes.load(Ordering::Acquire) != 0
+            || e.live_blocks.load(Ordering::Acquire) != 0
+        {
+            return false;
         }
-        if let Some(t) = tag.type_name {
-            e.type_name.store(t.as_ptr() as *mut u8, Ordering::Relaxed);
-            e.type_len.store(t.len() as u64, Ordering::Relaxed);
+        if let Some(tag) = self.get(id) {
+            let h = hash_of(&tag);
+            if index.by_hash.get(&h) == Some(&id) {
+                index.by_hash.remove(&h);
+            } else {
+                index.collided.remove(&tag);
+            }
         }
-        e.flags.store(flags, Ordering::Release);
-        slot.id.store(id, Ordering::Release);
-        id
+        let f = &self.folded;
+        f.tags.fetch_add(1, Ordering::Relaxed);
+        f.alloc_bytes
+            .fetch_add(e.alloc_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        f.alloc_blocks
+            .fetch_add(e.alloc_blocks.load(Ordering::Relaxed), Ordering::Relaxed);
+        e.flags.store(0, Ordering::Release);
+        e.reset();
+        index.free.push(id);
+        true
+    }
+
+    /// Forgets every tag (recording restart): entries stay published (ids
+    /// may be cached by `Tagged` futures) with zeroed counters.
+    pub(crate) fn reset(&self) {
+        for id in 0..self.id_limit() {
+            if let Some(e) = self.entry(id) {
+                e.reset();
+            }
+        }
+        for a in [
+            &self.folded.tags,
+            &self.folded.alloc_bytes,
+            &self.folded.alloc_blocks,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes the table uses: entries handed out and the index.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        let entries = self.id_limit() as u64 * std::mem::size_of::<TagEntry>() as u64;
+        let index = self.index.lock().as_ref().map_or(0, |i| {
+            let map = |cap: usize, entry: usize| cap * (entry + 1);
+            (map(i.by_hash.capacity(), 16)
+                + map(i.by_task.capacity(), 16)
+                + map(i.collided.capacity(), std::mem::size_of::<(Tag, u32)>())
+                + (i.free.capacity() + i.finished.capacity()) * 4) as u64
+        });
+        entries + index
     }
 
     /// The tag with this id, if published.
@@ -291,6 +406,30 @@ impl TagTable {
 }
 
 impl TagEntry {
+    /// Writes `tag` into this (free) entry and publishes it.
+    fn publish(&self, tag: &Tag) {
+        let mut flags = PUBLISHED;
+        if let Some(t) = tag.task {
+            self.task.store(t, Ordering::Relaxed);
+            flags |= HAS_TASK;
+        }
+        if let Some(r) = tag.retry {
+            self.retry.store(r, Ordering::Relaxed);
+            flags |= HAS_RETRY;
+        }
+        let (label, label_len) = tag.label.map_or((std::ptr::null_mut(), 0), |l| {
+            (l.as_ptr() as *mut u8, l.len() as u64)
+        });
+        self.label.store(label, Ordering::Relaxed);
+        self.label_len.store(label_len, Ordering::Relaxed);
+        let (t, t_len) = tag.type_name.map_or((std::ptr::null_mut(), 0), |t| {
+            (t.as_ptr() as *mut u8, t.len() as u64)
+        });
+        self.type_name.store(t, Ordering::Relaxed);
+        self.type_len.store(t_len, Ordering::Relaxed);
+        self.flags.store(flags, Ordering::Release);
+    }
+
     /// Adds a live-amount delta and raises the recorded peak.
     #[inline]
     pub(crate) fn add_live(&self, bytes: i64, blocks: i64) {

@@ -470,6 +470,29 @@ impl Registry {
             .filter(|ts| ts.is_live())
     }
 
+    /// Bytes the registry uses: the states claimed and their per-stack
+    /// counter chunks.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        let states = self.high_water.load(Ordering::Acquire) * std::mem::size_of::<ThreadState>();
+        let chunk = CHUNK * std::mem::size_of::<StackCounters>();
+        let dir = DIR_LEN * std::mem::size_of::<AtomicPtr<StackCounters>>();
+        let mut bytes = states as u64;
+        for ts in self.each() {
+            let d = ts.dir.load(Ordering::Acquire);
+            if d.is_null() {
+                continue;
+            }
+            bytes += dir as u64;
+            for k in 0..DIR_LEN {
+                // SAFETY: k < DIR_LEN, inside the directory mapping.
+                if !unsafe { (*d.add(k)).load(Ordering::Acquire) }.is_null() {
+                    bytes += chunk as u64;
+                }
+            }
+        }
+        bytes
+    }
+
     /// Threads currently holding a slot (for the peak error bound).
     pub(crate) fn active_count(&self) -> usize {
         self.each()

@@ -15,18 +15,25 @@ use super::hooks::{self, LAST_TAG, TAGS};
 use super::sys::{self, LockCell, RawLock};
 use crate::format::TimelinePoint;
 
-/// Points kept before new ones are counted as dropped (about 100 MB; a
-/// 100 ms period fills it in 27 hours).
-const MAX_POINTS: usize = 1_000_000;
+/// The newest points kept at full resolution. When the buffer holds twice
+/// as many, the older points are decimated, so it never holds more than
+/// `2 * RECENT_POINTS` (about 2.5 MiB) however long the program runs: old
+/// history loses resolution progressively, as in a round-robin database.
+const RECENT_POINTS: usize = 16_384;
+/// Older points are decimated in buckets of this many consecutive points,
+/// each keeping its lowest and highest live-bytes and RSS points (in time
+/// order), so a sawtooth stays visible at any age.
+const BUCKET: usize = 8;
 
 pub(crate) struct Buffer {
     pub(crate) points: Vec<TimelinePoint>,
-    pub(crate) dropped: u64,
+    /// Points merged away by decimation.
+    pub(crate) decimated: u64,
 }
 
 static TIMELINE: LockCell<Buffer> = LockCell::new(Buffer {
     points: Vec::new(),
-    dropped: 0,
+    decimated: 0,
 });
 
 struct Sampler {
@@ -49,13 +56,24 @@ pub(crate) fn sampler_lock() -> &'static RawLock {
 pub(crate) fn clear() {
     let mut t = TIMELINE.lock();
     t.points.clear();
-    t.dropped = 0;
+    t.decimated = 0;
 }
 
-/// A copy of the points and the dropped count.
+/// A copy of the points and the count of points decimated away.
 pub(crate) fn copy() -> (Vec<TimelinePoint>, u64) {
     let t = TIMELINE.lock();
-    (t.points.clone(), t.dropped)
+    (t.points.clone(), t.decimated)
+}
+
+/// Bytes the timeline uses (its buffer and its points' event texts).
+pub(crate) fn memory_bytes() -> u64 {
+    let t = TIMELINE.lock();
+    let events: usize = t
+        .points
+        .iter()
+        .filter_map(|p| p.event.as_ref().map(String::capacity))
+        .sum();
+    (t.points.capacity() * std::mem::size_of::<TimelinePoint>() + events) as u64
 }
 
 /// How long a live reading may take before it is read again: longer means
@@ -95,11 +113,44 @@ fn point(tag_id: u32, event: Option<&str>) -> TimelinePoint {
 
 fn push(p: TimelinePoint) {
     let mut t = TIMELINE.lock();
-    if t.points.len() < MAX_POINTS {
-        t.points.push(p);
-    } else {
-        t.dropped += 1;
+    if t.points.len() >= 2 * RECENT_POINTS {
+        let before = t.points.len();
+        decimate(&mut t.points, before - RECENT_POINTS);
+        t.decimated += (before - t.points.len()) as u64;
     }
+    t.points.push(p);
+}
+
+/// Decimates `points[..older]` in place: each bucket of [`BUCKET`] points
+/// keeps its lowest and highest live-bytes and RSS points, in time order.
+fn decimate(points: &mut Vec<TimelinePoint>, older: usize) {
+    let mut keep = vec![false; older];
+    for (b, bucket) in points[..older].chunks(BUCKET).enumerate() {
+        let at = b * BUCKET;
+        let pick = |key: fn(&TimelinePoint) -> u64, max: bool| {
+            let it = bucket.iter().enumerate();
+            let found = if max {
+                it.max_by_key(|(_, p)| key(p))
+            } else {
+                it.min_by_key(|(_, p)| key(p))
+            };
+            found.map_or(0, |(i, _)| i)
+        };
+        for i in [
+            pick(|p| p.live_bytes, false),
+            pick(|p| p.live_bytes, true),
+            pick(|p| p.rss_bytes, false),
+            pick(|p| p.rss_bytes, true),
+        ] {
+            keep[at + i] = true;
+        }
+    }
+    let mut i = 0;
+    points.retain(|_| {
+        let kept = i >= older || keep[i];
+        i += 1;
+        kept
+    });
 }
 
 /// Records an event point with the calling thread's tag. Caller holds the

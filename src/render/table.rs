@@ -189,12 +189,51 @@ fn write_text(
     }
     writeln!(out, "Behaviour: {}", s.behaviour.describe())?;
     writeln!(out, "Retries: {} over {} tasks", s.retries, s.tasks)?;
+    if let Some(f) = &p.folded {
+        writeln!(
+            out,
+            "Folded: {} finished tasks ({} tags) with nothing surviving, {} allocated in all{}",
+            f.tasks,
+            f.tags,
+            human_bytes(f.allocated.bytes),
+            if f.outcomes.is_empty() {
+                String::new()
+            } else {
+                let by: Vec<String> = f
+                    .outcomes
+                    .iter()
+                    .map(|(o, n)| format!("{n} {}", if o.is_empty() { "undescribed" } else { o }))
+                    .collect();
+                format!(" ({})", by.join(", "))
+            }
+        )?;
+    }
     let d = &p.dropped;
     writeln!(
         out,
         "Dropped events: {} ({} allocations untracked, {} bytes; {} timeline samples lost; {} stacks overflowed, {} truncated)",
         s.dropped_events, d.untracked_allocs, d.untracked_bytes, d.timeline_points, d.stacks_overflowed, d.truncated_stacks
     )?;
+    if d.timeline_decimated > 0 {
+        writeln!(
+            out,
+            "Timeline: {} older points decimated (each bucket of 8 keeps its lowest and highest live and RSS points)",
+            d.timeline_decimated
+        )?;
+    }
+    if let Some(m) = &p.recorder {
+        writeln!(
+            out,
+            "Recorder memory: {} (live table {}, stacks {}, tags {}, threads {}, timeline {}, task records {})",
+            human_bytes(m.total),
+            human_bytes(m.live_table),
+            human_bytes(m.stacks),
+            human_bytes(m.tags),
+            human_bytes(m.threads),
+            human_bytes(m.timeline),
+            human_bytes(m.session)
+        )?;
+    }
     write_task_scoped(&report.task_scoped, top, out)?;
     write_growth(report, out)
 }

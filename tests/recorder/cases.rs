@@ -49,6 +49,14 @@ pub const ALL: &[Case] = &[
         at_peak_is_exact_with_a_hundred_thousand_stacks,
     ),
     (
+        "finished_tasks_fold_but_their_leaks_stay",
+        finished_tasks_fold_but_their_leaks_stay,
+    ),
+    (
+        "timeline_stays_bounded_and_keeps_the_sawtooth",
+        timeline_stays_bounded_and_keeps_the_sawtooth,
+    ),
+    (
         "profile_saves_and_loads_back_equal",
         profile_saves_and_loads_back_equal,
     ),
@@ -836,6 +844,108 @@ fn at_peak_is_exact_with_a_hundred_thousand_stacks() {
     assert_eq!(at, 0, "allocated after the peak");
     assert_eq!(after_peak.bytes, 1024);
     black_box((keep, later));
+}
+
+#[inline(never)]
+fn task_work(keep: bool) -> Option<Vec<u8>> {
+    let v = black_box(vec![1u8; 100]);
+    keep.then_some(v)
+}
+
+/// Item 8 of issue 9: finished tasks fold (their tags and records summed,
+/// the entries reused), so the recorder's memory stays bounded; a task
+/// whose memory survives keeps its tag and record until it is freed.
+fn finished_tasks_fold_but_their_leaks_stay() {
+    let rec = start();
+    let tasks = 20_000u64;
+    let mut leaked = Vec::new();
+    for i in 0..tasks {
+        let leaks = i % 1000 == 7;
+        if let Some(v) = leakprof::with_tag(Tag::task(i).retry(0), || task_work(leaks)) {
+            leaked.push(v);
+        }
+        leakprof::describe_task(
+            i,
+            leakprof::TaskDescription::new()
+                .actor("work")
+                .outcome(if leaks { "dead-lettered" } else { "succeeded" }),
+        );
+        leakprof::finish_task(i);
+    }
+    let p = rec.snapshot();
+    let folded = p.folded.clone().expect("folded tasks");
+    assert_eq!((folded.tasks, folded.tags), (tasks - 20, tasks - 20));
+    assert_eq!(folded.allocated.bytes, (tasks - 20) * 100);
+    assert_eq!(folded.outcomes.get("succeeded"), Some(&(tasks - 20)));
+    let kept: Vec<_> = p.tags.iter().filter(|t| t.task.is_some()).collect();
+    assert_eq!(kept.len(), 20, "the leaking tasks' tags stay");
+    assert!(kept.iter().all(|t| t.live.bytes == 100));
+    assert_eq!(p.tasks.len(), 20, "and their records");
+    assert!(p
+        .tasks
+        .iter()
+        .all(|t| t.outcome.as_deref() == Some("dead-lettered")));
+    assert!(
+        p.tags.len() < 100,
+        "entries were reused: {} tags",
+        p.tags.len()
+    );
+    let mem = p.recorder.clone().expect("recorder memory");
+    assert!(mem.tags < 64 << 10, "{mem:?}");
+    assert_eq!(
+        mem.total,
+        mem.live_table + mem.stacks + mem.tags + mem.threads + mem.timeline + mem.session
+    );
+    // Once freed, the leaked tags fold too (a few at each finished task).
+    drop(leaked);
+    for i in tasks..tasks + 10 {
+        leakprof::finish_task(i);
+    }
+    let p = rec.snapshot();
+    let folded = p.folded.expect("folded");
+    assert_eq!(
+        folded.tags, tasks,
+        "every tag folded once its memory was freed"
+    );
+    assert_eq!(p.tags.iter().filter(|t| t.task.is_some()).count(), 0);
+}
+
+#[inline(never)]
+fn tooth(n: usize) -> Vec<u8> {
+    black_box(vec![3u8; n * 1024])
+}
+
+/// Item 8 of issue 9: the timeline never holds more than 2 x 16,384
+/// points; older ones are decimated keeping each bucket's lowest and
+/// highest points, so every tooth of a sawtooth keeps its top.
+fn timeline_stays_bounded_and_keeps_the_sawtooth() {
+    let rec = start();
+    let teeth = 400;
+    for t in 0..teeth {
+        let mut held = Vec::new();
+        for k in 0..100 {
+            held.push(tooth(1 + (t % 3)));
+            leakprof::mark(if k == 99 { "top" } else { "step" });
+        }
+        drop(held);
+        leakprof::mark("bottom");
+    }
+    let p = rec.snapshot();
+    assert!(
+        p.timeline.len() <= 2 * 16_384 + 1,
+        "{} points",
+        p.timeline.len()
+    );
+    assert_eq!(
+        p.timeline.len() as u64 + p.dropped.timeline_decimated,
+        teeth as u64 * 101,
+        "every point is kept or counted as decimated"
+    );
+    // Each tooth's top and bottom survive: as many local maxima as teeth.
+    let live: Vec<u64> = p.timeline.iter().map(|x| x.live_bytes).collect();
+    let tops = live.windows(2).filter(|w| w[1] + 50 * 1024 < w[0]).count();
+    assert_eq!(tops, teeth, "every tooth ends in a drop");
+    assert!(p.timeline.windows(2).all(|w| w[0].t_ns <= w[1].t_ns));
 }
 
 fn profile_saves_and_loads_back_equal() {
