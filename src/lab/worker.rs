@@ -274,13 +274,11 @@ fn work(shared: &Shared) {
 
 /// Dramatiq's `process_message`, then the settle.
 #[inline(never)]
-fn process(shared: &Shared, mut delivery: Delivery) -> JobDone {
+fn process(shared: &Shared, delivery: Delivery) -> JobDone {
     let stats = &shared.stats;
-    // Take the message out of the delivery (no copy of large arguments).
-    let message = Arc::new(std::mem::replace(
-        delivery.message_mut(),
-        Message::placeholder(),
-    ));
+    // Shared with the delivery (no copy of large arguments), which keeps
+    // its share to dead-letter whatever the actor's coroutine does with its.
+    let message = delivery.shared_message();
     let task = shared.tasks.id_for(&message);
     let message_id = message.message_id.clone();
     let actor_name = message.actor_name.clone();
@@ -324,11 +322,7 @@ fn process(shared: &Shared, mut delivery: Delivery) -> JobDone {
         (ctx.failed(), outcome.is_err())
     });
 
-    // Give the message back to the delivery, so a nack dead-letters it as
-    // it was fetched.
-    if let Ok(m) = Arc::try_unwrap(message) {
-        *delivery.message_mut() = m;
-    }
+    drop(message);
     let settled = if failed {
         shared.env.rt.block_on(delivery.nack())
     } else {
