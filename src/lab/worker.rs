@@ -308,6 +308,7 @@ fn process(shared: &Shared, delivery: Delivery) -> JobDone {
         };
         let outcome: Outcome = match actor.function {
             ActorFn::Sync(f) => f(&call)
+                .map(Arc::new)
                 .map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e))),
             ActorFn::Async(f) => shared.asyncio.run_coroutine(f(call), tag, ctx.deadline()),
         };
