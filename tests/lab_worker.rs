@@ -4,6 +4,8 @@
 //! - A dead letter is the message as it was stored, byte for byte, on both
 //!   brokers, even when the attempt was cut off by its time limit while its
 //!   coroutine still held the message.
+//! - The Results middleware stores a failed message's exception (after its
+//!   last retry), in Dramatiq's encoding, as Dramatiq's `after_nack` does.
 #![cfg(feature = "cli")]
 
 mod support;
@@ -74,6 +76,7 @@ fn actors() -> Actors {
 struct Lab {
     rt: tokio::runtime::Runtime,
     broker: Broker,
+    results: ResultBackend,
     stats: Arc<WorkerStats>,
     worker: Option<Worker>,
 }
@@ -114,6 +117,7 @@ impl Lab {
         Lab {
             rt,
             broker,
+            results,
             stats: worker.stats(),
             worker: Some(worker),
         }
@@ -222,4 +226,42 @@ fn a_time_limited_message_is_dead_lettered_byte_for_byte_on_redis() {
         String::from_utf8(stored.encode()).unwrap(),
         "the dead letter is the message as stored"
     );
+}
+
+/// Dramatiq's `Results.after_nack`: once no retry follows, the exception is
+/// stored where `get_result` looks, and `get_result` raises it.
+#[test]
+fn a_failed_messages_exception_is_stored_after_its_last_retry() {
+    let mut lab = Lab::start(|_| Broker::memory());
+    let failed = lab.enqueue(message(
+        "failing",
+        vec![json!(7)],
+        json!({"max_retries": 2}),
+    ));
+    let succeeded = lab.enqueue(message("doubling", vec![json!(21)], json!({})));
+    // Failed once, its retry a minute away: nothing is stored yet.
+    let retrying = lab.enqueue(message(
+        "failing",
+        vec![json!(8)],
+        json!({"max_retries": 2, "min_backoff": 60_000, "max_backoff": 60_000}),
+    ));
+    lab.wait_for("every attempt to end", |s| {
+        s.dead_lettered.load(Ordering::Relaxed) == 1
+            && s.succeeded.load(Ordering::Relaxed) == 1
+            && s.failed_attempts.load(Ordering::Relaxed) == 4
+    });
+    lab.stop();
+    let stored = |message: &Message| {
+        let key = lab.results.key_for(message);
+        lab.rt
+            .block_on(lab.results.get(&key))
+            .unwrap()
+            .map(|bytes| String::from_utf8(bytes.to_vec()).unwrap())
+    };
+    assert_eq!(
+        stored(&failed).as_deref(),
+        Some(r#"{"__t":"dramatiq.results.Result","exn":{"type":"ValueError","msg":"fail 7"}}"#)
+    );
+    assert_eq!(stored(&succeeded).as_deref(), Some("42"));
+    assert_eq!(stored(&retrying), None);
 }

@@ -42,12 +42,17 @@ fn python() -> Option<String> {
 
 /// Runs interop.py in `mode` and parses the JSON it prints.
 fn run_python(python: &str, redis: &RedisServer, mode: &str) -> Value {
+    run_python_with(python, redis, mode, &[])
+}
+
+fn run_python_with(python: &str, redis: &RedisServer, mode: &str, args: &[&str]) -> Value {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dramatiq/interop.py");
     let output = Command::new(python)
         .arg(&script)
         .arg(redis.url())
         .arg(mode)
+        .args(args)
         .output()
         .expect("running python");
     assert!(
@@ -156,5 +161,60 @@ async fn messages_sent_here_are_run_by_a_python_dramatiq_worker() {
     assert_eq!(
         results.get(&result_key).await.unwrap().as_deref(),
         Some(&b"42"[..])
+    );
+}
+
+/// A message the lab's worker fails for good (no retries left) has its
+/// exception stored as Dramatiq's `Results.after_nack` stores it: Python's
+/// `get_result` raises `ResultFailure` with the actor's exception.
+#[tokio::test]
+async fn python_dramatiq_reads_the_exception_a_lab_worker_stored() {
+    let Some(python) = python() else { return };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let broker = Broker::redis(config(&redis)).await.unwrap();
+    let options: JsonObject = [("store_results", json!(true)), ("max_retries", json!(0))]
+        .into_iter()
+        .collect();
+    let mut failing = Message::new(
+        "default",
+        "exception_task",
+        vec![json!(1024), json!(0)],
+        JsonObject::new(),
+    );
+    failing.options = options;
+    broker.enqueue(failing.clone(), None).await.unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .args(["--quiet", "worker", "--broker", "redis", "--redis-url"])
+        .arg(redis.url())
+        .args(["--queues", "default", "--out"])
+        .arg(out.path())
+        .spawn()
+        .expect("starting leakprof worker");
+    let until = std::time::Instant::now() + WAIT;
+    while broker.dead_letters("default").await.unwrap().is_empty() {
+        if std::time::Instant::now() > until {
+            let _ = worker.kill();
+            panic!("the worker did not dead-letter the message");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: our own child's pid (not yet reaped) and a valid signal.
+    unsafe { libc::kill(worker.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(worker.wait().unwrap().success());
+
+    let encoded = String::from_utf8(failing.encode()).unwrap();
+    let read = run_python_with(&python, &redis, "get-result", &[&encoded]);
+    assert_eq!(
+        read,
+        json!({
+            "raised": "ResultFailure",
+            "message": "actor raised BigException: Big exception with large data",
+            "orig_exc_type": "BigException",
+            "orig_exc_msg": "Big exception with large data",
+        })
     );
 }
