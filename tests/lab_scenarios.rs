@@ -301,6 +301,25 @@ fn fixed_concurrent_frees_every_task_error() {
     assert_no_leak_across_retries("concurrent", 5, 0);
 }
 
+/// The retry history is what the run reports it holds: in `original`
+/// every fired retry closure (each keeping its message: the leak above), in
+/// `fixed` none, every fired retry counted as pruned.
+#[test]
+fn the_retry_history_keeps_every_fired_closure_only_in_original() {
+    for (middleware, kept, pruned) in [("original", "3", "0"), ("fixed", "0", "3")] {
+        let run = run_scenario_with("retry-args", middleware, 3, &[]);
+        assert_eq!(
+            (
+                run.attribute("retry_closures_kept"),
+                run.attribute("retries_pruned")
+            ),
+            (kept, pruned),
+            "{}",
+            run.label
+        );
+    }
+}
+
 /// A sleep scenario in both variants: it succeeds without retries, its
 /// payload was really allocated, and nothing of it survives.
 fn assert_flat_sleep(scenario: &str, holds_across_sleep: bool) {

@@ -124,8 +124,9 @@ pub struct TraceFrame {
 pub struct TaskError {
     pub kind: &'static str,
     pub message: String,
-    /// Data the error itself carries (`BigException(data)`).
-    pub payload: Option<Payload>,
+    /// Data the error itself carries (`BigException(data)`), owned or
+    /// shared with whoever else holds it (`ProcessingError(resource.data)`).
+    pub payload: Option<Arc<Payload>>,
     /// The error this one was raised from (`raise Outer from inner`).
     pub cause: Option<Box<TaskError>>,
     /// Frames the error passed through, innermost first, with their locals.
@@ -145,8 +146,8 @@ impl TaskError {
         }
     }
 
-    pub fn with_payload(mut self, payload: Payload) -> TaskError {
-        self.payload = Some(payload);
+    pub fn with_payload(mut self, payload: impl Into<Arc<Payload>>) -> TaskError {
+        self.payload = Some(payload.into());
         self
     }
 
@@ -176,7 +177,7 @@ impl TaskError {
     /// Bytes of scenario data this error keeps alive (payload, traceback
     /// locals, cause chain).
     pub fn data_bytes(&self) -> usize {
-        let own = self.payload.as_ref().map_or(0, Payload::len);
+        let own = self.payload.as_ref().map_or(0, |p| p.len());
         let tb: usize = self
             .traceback
             .lock()

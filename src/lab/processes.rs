@@ -153,6 +153,7 @@ pub fn run(config: &RunConfig, processes: usize) -> anyhow::Result<RunReport> {
         elapsed: started.elapsed(),
         attempts,
         max_retry,
+        retry_history: None,
         summary,
     })
 }

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use super::actor::{Actor, ActorOptions, Actors};
 use super::broker::{Broker, RedisConfig};
 use super::executor::Handoff;
-use super::middleware::{AsyncIo, Chain, Env, Middleware, Results, Retries, TimeLimit};
+use super::middleware::{AsyncIo, Chain, Env, HistoryLen, Middleware, Results, Retries, TimeLimit};
 use super::outputs;
 use super::results::{MemoryResults, RedisResults, ResultBackend};
 use super::scenarios::{self, Expect, Params, Scenario};
@@ -46,6 +46,10 @@ pub mod defaults {
     pub const OUT_ROOT: &str = "leakprof-out";
     pub const QUEUE: &str = super::super::actor::defaults::QUEUE;
 }
+
+/// Profile attributes: what the retry history held at the end of the run.
+pub const RETRY_CLOSURES_KEPT: &str = "retry_closures_kept";
+pub const RETRIES_PRUNED: &str = "retries_pruned";
 
 /// Which broker to run on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +156,9 @@ pub struct RunReport {
     pub elapsed: Duration,
     pub attempts: u64,
     pub max_retry: u64,
+    /// What the Retries middleware's history held at the end (`None` when
+    /// the worker ran in other processes).
+    pub retry_history: Option<HistoryLen>,
     pub summary: crate::analysis::summary::Summary,
 }
 
@@ -304,7 +311,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     let retries = Arc::new(Retries::new(config.variant.history));
     let chain = Chain::new(vec![
         Arc::new(TimeLimit) as Arc<dyn Middleware>,
-        retries,
+        retries.clone(),
         Arc::new(Results::new(results.clone(), config.result_ttl)),
         asyncio.clone(),
     ]);
@@ -392,6 +399,9 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     worker.stop();
     recorder.stop_timeline();
     crate::set_attribute(attributes::STOP_REASON, stop.as_str());
+    let retry_history = retries.history_len();
+    crate::set_attribute(RETRY_CLOSURES_KEPT, &retry_history.kept.to_string());
+    crate::set_attribute(RETRIES_PRUNED, &retry_history.pruned.to_string());
     // The final snapshot carries the heap graph: who holds what survived.
     let profile = match recorder.snapshot_with_graph(&crate::GraphOptions::default()) {
         Ok(p) => p,
@@ -410,6 +420,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
         elapsed: started.elapsed(),
         attempts: stats.attempts.load(Ordering::Relaxed),
         max_retry: stats.max_retry.load(Ordering::Relaxed),
+        retry_history: Some(retry_history),
         summary,
     })
 }

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 pub use asyncio::AsyncIo;
 pub use results::Results;
-pub use retries::{HistoryPolicy, Retries, RetryRecord};
+pub use retries::{HistoryLen, HistoryPolicy, Retries, RetryRecord};
 pub use time_limit::TimeLimit;
 
 use super::actor::Actor;
