@@ -98,6 +98,9 @@ pub fn describe(report: &RunReport) -> String {
             history.kept, history.pruned
         );
     }
+    for end in &report.processes {
+        let _ = writeln!(out, "  {end}");
+    }
     let _ = writeln!(out, "  output              {}", report.out.display());
     let _ = writeln!(
         out,

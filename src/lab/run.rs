@@ -135,16 +135,32 @@ pub enum StopReason {
     Duration,
     MaxRss,
     Signal,
+    /// `--processes`: a worker process failed (an error exit, a crash).
+    WorkerFailed,
 }
 
 impl StopReason {
+    const ALL: [StopReason; 5] = [
+        StopReason::Completed,
+        StopReason::Duration,
+        StopReason::MaxRss,
+        StopReason::Signal,
+        StopReason::WorkerFailed,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             StopReason::Completed => "completed",
             StopReason::Duration => "duration",
             StopReason::MaxRss => "max-rss",
             StopReason::Signal => "signal",
+            StopReason::WorkerFailed => "worker-failed",
         }
+    }
+
+    /// The reason [`StopReason::as_str`] names.
+    pub fn parse(name: &str) -> Option<StopReason> {
+        StopReason::ALL.into_iter().find(|r| r.as_str() == name)
     }
 }
 
@@ -159,6 +175,8 @@ pub struct RunReport {
     /// What the Retries middleware's history held at the end (`None` when
     /// the worker ran in other processes).
     pub retry_history: Option<HistoryLen>,
+    /// `--processes`: how each worker process ended.
+    pub processes: Vec<super::processes::ProcessEnd>,
     pub summary: crate::analysis::summary::Summary,
 }
 
@@ -421,6 +439,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
         attempts: stats.attempts.load(Ordering::Relaxed),
         max_retry: stats.max_retry.load(Ordering::Relaxed),
         retry_history: Some(retry_history),
+        processes: Vec::new(),
         summary,
     })
 }
