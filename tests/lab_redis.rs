@@ -627,3 +627,54 @@ fn run_with_two_processes_reports_a_crashed_worker_and_keeps_the_others_profile(
         "the surviving process's tasks are merged"
     );
 }
+
+/// SIGTERM (or SIGINT) to the parent stops the workers cleanly and still
+/// merges their profiles.
+#[test]
+fn run_with_two_processes_stops_cleanly_on_a_signal() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let keys = Keys::new(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let run = leakprof()
+        .args(["--quiet", "run", "--scenario", "sleep", "--processes", "2"])
+        .args(["--broker", "redis", "--redis-url", &redis.url()])
+        .args(["--size", "1", "--tasks", "4", "--sleep", "2s"])
+        .args(["--threads", "1", "--duration", "120s"])
+        .arg("--out")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("both worker processes to take messages", || {
+        keys.unacked().len() == 2
+    });
+    // SAFETY: our own child's pid (not yet reaped) and a valid signal.
+    assert_eq!(
+        unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let output = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    let merged = leakprof::format::load(dir.path().join("profile.json"))
+        .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(
+        merged
+            .meta
+            .attributes
+            .get(attributes::STOP_REASON)
+            .map(String::as_str),
+        Some("signal")
+    );
+    for i in 0..2 {
+        assert!(
+            dir.path()
+                .join(format!("process-{i}/profile.json"))
+                .exists(),
+            "process {i} wrote its profile"
+        );
+    }
+}

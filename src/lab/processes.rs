@@ -1,9 +1,11 @@
 //! `leakprof run --processes N`: this process enqueues the scenario's
 //! messages, then N `leakprof worker` processes consume them from Redis,
 //! each writing its own profile; when the queue is drained (or at
-//! `--duration`) they are stopped with SIGTERM and their profiles are merged
-//! (summed by symbolized stack and tag) into the output directory's
-//! `profile.json`.
+//! `--duration`, or on SIGINT/SIGTERM) they are stopped with SIGTERM and
+//! their profiles are merged (summed by symbolized stack and tag) into the
+//! output directory's `profile.json`. Should this process die without
+//! stopping them, the workers are sent SIGTERM by the kernel
+//! (`PR_SET_PDEATHSIG`) and stop cleanly.
 //!
 //! Every flag of the run reaches the workers ([`worker_args`]; `--max-rss`
 //! is shared out between them, `--trace-memory` output goes to each one's
@@ -17,13 +19,17 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
 use super::broker::Broker;
 use super::outputs;
-use super::run::{enqueue_scenario, BrokerChoice, RunConfig, RunReport, StopReason};
+use super::run::{
+    enqueue_scenario, watch_signals, BrokerChoice, RunConfig, RunReport, Signals, StopReason,
+};
 use crate::cli::units::HumanDuration;
 use crate::format::{attributes, Profile};
 
@@ -150,15 +156,15 @@ pub fn run(config: &RunConfig, processes: usize) -> anyhow::Result<RunReport> {
                 .context("--processes needs --broker redis")?,
         ))
         .with_context(|| format!("connecting to Redis at {url}"))?;
+    let signals = Arc::new(Signals::default());
+    watch_signals(&rt, &signals)?;
     enqueue_scenario(&rt, &broker, scenario, config)?;
 
     let exe = std::env::current_exe().context("finding the leakprof executable")?;
     let mut workers = Vec::with_capacity(processes);
     for index in 0..processes {
         let dir = config.out.join(format!("process-{index}"));
-        let child = Command::new(&exe)
-            .args(worker_args(config, processes, index, &dir))
-            .spawn()
+        let child = spawn_worker(&exe, worker_args(config, processes, index, &dir))
             .context("starting a worker process")?;
         workers.push(WorkerProcess {
             index,
@@ -169,7 +175,7 @@ pub fn run(config: &RunConfig, processes: usize) -> anyhow::Result<RunReport> {
     }
 
     let started = Instant::now();
-    let stop = watch(&rt, &broker, config, &mut workers, started);
+    let stop = watch(&rt, &broker, config, &signals, &mut workers, started);
     for worker in &workers {
         worker.terminate();
     }
@@ -223,17 +229,49 @@ pub fn run(config: &RunConfig, processes: usize) -> anyhow::Result<RunReport> {
     })
 }
 
-/// Waits for the run to end: a worker ending by itself, `--duration`, or
-/// the queue drained.
+/// Starts `leakprof worker` with `args`, to be sent SIGTERM if this
+/// process dies first.
+fn spawn_worker(exe: &Path, args: Vec<OsString>) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id() as libc::pid_t;
+    let mut command = Command::new(exe);
+    command.args(args);
+    // The death signal follows the thread that forks: this is the run's
+    // main thread, which outlives the workers.
+    // SAFETY: between fork and exec the closure only makes
+    // async-signal-safe calls (prctl, getppid, _exit) and allocates nothing
+    // (an OS error is a code, not a heap value).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the request took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// Waits for the run to end: a signal, a worker ending by itself,
+/// `--duration`, or the queue drained.
 fn watch(
     rt: &tokio::runtime::Runtime,
     broker: &Broker,
     config: &RunConfig,
+    signals: &Signals,
     workers: &mut [WorkerProcess],
     started: Instant,
 ) -> StopReason {
     loop {
-        std::thread::sleep(Duration::from_millis(200));
+        // Driving the runtime runs the signal handlers' tasks.
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
+        if signals.stop.load(Ordering::Acquire) {
+            return StopReason::Signal;
+        }
         if let Some(i) = workers.iter_mut().position(WorkerProcess::ended) {
             return own_stop_reason(&workers[i]);
         }

@@ -248,14 +248,20 @@ pub(crate) fn enqueue_scenario(
     Ok(())
 }
 
-/// Signals the run reacts to.
+/// Signals the run reacts to: SIGINT and SIGTERM stop it, SIGUSR1 asks for
+/// a mid-run snapshot.
 #[derive(Default)]
-struct Signals {
-    stop: AtomicBool,
+pub(crate) struct Signals {
+    pub(crate) stop: AtomicBool,
     snapshot_requests: AtomicU32,
 }
 
-fn watch_signals(rt: &tokio::runtime::Runtime, signals: &Arc<Signals>) -> anyhow::Result<()> {
+/// Installs the handlers; they run as tasks of `rt`, so only while `rt` is
+/// driven (a current-thread runtime in `block_on`).
+pub(crate) fn watch_signals(
+    rt: &tokio::runtime::Runtime,
+    signals: &Arc<Signals>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let _guard = rt.enter();
     for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
