@@ -3,6 +3,7 @@
 
 pub mod logs;
 mod profiles;
+pub mod python;
 pub mod redis;
 
 #[allow(unused_imports)]
