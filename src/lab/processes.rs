@@ -30,7 +30,6 @@ use super::outputs;
 use super::run::{
     enqueue_scenario, watch_signals, BrokerChoice, RunConfig, RunReport, Signals, StopReason,
 };
-use crate::cli::units::HumanDuration;
 use crate::format::{attributes, Profile};
 
 /// How one worker process ended.
@@ -319,7 +318,8 @@ pub fn worker_args(
         args.push(name.into());
         args.push(value.into());
     };
-    let duration = |d: Duration| HumanDuration(d).to_string();
+    // Milliseconds, the lab's resolution, in the unit the CLI parses.
+    let duration = |d: Duration| format!("{}ms", d.as_millis());
     if let BrokerChoice::Redis {
         url,
         heartbeat_timeout,
