@@ -191,13 +191,9 @@ fn assert_no_leak_across_retries(scenario: &str, tasks: u64, held: u64) {
             *e = (*e).min(p.live_bytes);
         }
         let points: Vec<(f64, f64)> = lowest.iter().map(|(&r, &l)| (r as f64, l as f64)).collect();
-        let n = points.len() as f64;
-        let (mx, my) = points
-            .iter()
-            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-        let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-        let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
-        sxy / sxx
+        leakprof::analysis::slope::fit_line(&points)
+            .unwrap_or_else(|| panic!("{}: no line through {points:?}", run.label))
+            .slope
     };
     let growth = slope * RETRIES as f64;
     assert!(
