@@ -503,7 +503,7 @@ impl Watched<'_> {
     fn stop_reason(&self) -> Option<StopReason> {
         let rss = sys::rss_bytes();
         let elapsed = self.started.elapsed();
-        self.progress.update(elapsed, self.stats, rss);
+        self.progress.update(self.stats, rss);
         if self.signals.stop.load(Ordering::Acquire) {
             return Some(StopReason::Signal);
         }
@@ -564,7 +564,8 @@ impl Progress {
         Progress { bar }
     }
 
-    fn update(&self, _elapsed: Duration, stats: &WorkerStats, rss: u64) {
+    /// Refreshes the line (the bar shows the elapsed time itself).
+    fn update(&self, stats: &WorkerStats, rss: u64) {
         if let Some(bar) = &self.bar {
             let (live, _) = crate::live();
             bar.set_message(format!(
