@@ -516,3 +516,165 @@ fn run_with_two_processes_merges_a_profile_covering_every_message() {
     let live: u64 = per_process.iter().map(|p| p.totals.live.bytes).sum();
     assert_eq!(merged.totals.live.bytes, live);
 }
+
+/// `--trace-memory` reaches the worker processes: each job's report is
+/// printed, and with `--trace-memory-type` each process draws its chains
+/// into its own directory.
+#[test]
+fn run_with_two_processes_traces_every_job() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let output = leakprof()
+        .args([
+            "--quiet",
+            "run",
+            "--scenario",
+            "exception",
+            "--processes",
+            "2",
+        ])
+        .args(["--broker", "redis", "--redis-url", &redis.url()])
+        .args(["--size", "1", "--retries", "2", "--threads", "1"])
+        .args(["--min-backoff", "1ms", "--max-backoff", "1ms"])
+        .args(["--trace-memory-type", "TaskError", "--duration", "60s"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let reports = stderr
+        .lines()
+        .filter(|line| line.starts_with("[trace-memory] task "))
+        .count();
+    assert_eq!(reports, 3, "one report per attempt: {stderr}");
+    let charts: Vec<PathBuf> = (0..2)
+        .flat_map(|i| {
+            let traces = dir.path().join(format!("process-{i}/trace-memory"));
+            std::fs::read_dir(traces)
+                .into_iter()
+                .flatten()
+                .map(|entry| entry.unwrap().path())
+        })
+        .filter(|path| path.extension().is_some_and(|e| e == "svg"))
+        .collect();
+    assert!(
+        !charts.is_empty(),
+        "no chain charts in the processes' directories: {stderr}"
+    );
+}
+
+/// The pids of `parent`'s children.
+fn children(parent: u32) -> Vec<libc::pid_t> {
+    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|pid| pid.parse().unwrap())
+        .collect()
+}
+
+/// A worker process that crashes is reported as what it is (not as the
+/// `--max-rss` guard), and the other processes' profiles are still merged.
+#[test]
+fn run_with_two_processes_reports_a_crashed_worker_and_keeps_the_others_profile() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let keys = Keys::new(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let run = leakprof()
+        .args(["--quiet", "run", "--scenario", "sleep", "--processes", "2"])
+        .args(["--broker", "redis", "--redis-url", &redis.url()])
+        .args(["--size", "1", "--tasks", "4", "--sleep", "5s"])
+        .args(["--threads", "1", "--duration", "120s"])
+        .arg("--out")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both workers hold messages: both are up and consuming.
+    wait_for("both worker processes to take messages", || {
+        keys.unacked().len() == 2
+    });
+    let workers = children(run.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    // SAFETY: a pid read from /proc just now, of a child of our child that
+    // cannot be reaped before its parent waits for it; a valid signal.
+    assert_eq!(unsafe { libc::kill(workers[1], libc::SIGKILL) }, 0);
+    let output = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a crash is a failure: {stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", workers[1]))
+            && stderr.contains("killed by signal 9 (SIGKILL)"),
+        "{stderr}"
+    );
+    let merged = leakprof::format::load(dir.path().join("profile.json"))
+        .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(
+        merged
+            .meta
+            .attributes
+            .get(attributes::STOP_REASON)
+            .map(String::as_str),
+        Some("worker-failed")
+    );
+    assert!(
+        !merged.tasks.is_empty(),
+        "the surviving process's tasks are merged"
+    );
+}
+
+/// SIGTERM (or SIGINT) to the parent stops the workers cleanly and still
+/// merges their profiles.
+#[test]
+fn run_with_two_processes_stops_cleanly_on_a_signal() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let keys = Keys::new(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let run = leakprof()
+        .args(["--quiet", "run", "--scenario", "sleep", "--processes", "2"])
+        .args(["--broker", "redis", "--redis-url", &redis.url()])
+        .args(["--size", "1", "--tasks", "4", "--sleep", "2s"])
+        .args(["--threads", "1", "--duration", "120s"])
+        .arg("--out")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("both worker processes to take messages", || {
+        keys.unacked().len() == 2
+    });
+    // SAFETY: our own child's pid (not yet reaped) and a valid signal.
+    assert_eq!(
+        unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let output = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    let merged = leakprof::format::load(dir.path().join("profile.json"))
+        .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(
+        merged
+            .meta
+            .attributes
+            .get(attributes::STOP_REASON)
+            .map(String::as_str),
+        Some("signal")
+    );
+    for i in 0..2 {
+        assert!(
+            dir.path()
+                .join(format!("process-{i}/profile.json"))
+                .exists(),
+            "process {i} wrote its profile"
+        );
+    }
+}

@@ -191,13 +191,9 @@ fn assert_no_leak_across_retries(scenario: &str, tasks: u64, held: u64) {
             *e = (*e).min(p.live_bytes);
         }
         let points: Vec<(f64, f64)> = lowest.iter().map(|(&r, &l)| (r as f64, l as f64)).collect();
-        let n = points.len() as f64;
-        let (mx, my) = points
-            .iter()
-            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-        let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-        let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
-        sxy / sxx
+        leakprof::analysis::slope::fit_line(&points)
+            .unwrap_or_else(|| panic!("{}: no line through {points:?}", run.label))
+            .slope
     };
     let growth = slope * RETRIES as f64;
     assert!(
@@ -299,6 +295,25 @@ fn fixed_nested_frees_both_chained_errors() {
 #[test]
 fn fixed_concurrent_frees_every_task_error() {
     assert_no_leak_across_retries("concurrent", 5, 0);
+}
+
+/// The retry history is what the run reports it holds: in `original`
+/// every fired retry closure (each keeping its message: the leak above), in
+/// `fixed` none, every fired retry counted as pruned.
+#[test]
+fn the_retry_history_keeps_every_fired_closure_only_in_original() {
+    for (middleware, kept, pruned) in [("original", "3", "0"), ("fixed", "0", "3")] {
+        let run = run_scenario_with("retry-args", middleware, 3, &[]);
+        assert_eq!(
+            (
+                run.attribute("retry_closures_kept"),
+                run.attribute("retries_pruned")
+            ),
+            (kept, pruned),
+            "{}",
+            run.label
+        );
+    }
 }
 
 /// A sleep scenario in both variants: it succeeds without retries, its

@@ -1,14 +1,16 @@
-//! Round trips with real Python Dramatiq 2.0.0 through one Redis, both ways.
+//! Round trips with real Python Dramatiq 2.0.0 through one Redis, both ways,
+//! and the exception a lab worker stores read back by Dramatiq's result
+//! backend.
 //!
-//! Runs only where `python3` (or `$LEAKPROF_PYTHON`) imports dramatiq 2.0.0;
-//! otherwise prints a notice and passes. Nothing is installed by the test:
-//! `python3 -m venv /tmp/dq && /tmp/dq/bin/pip install 'dramatiq[redis]==2.0.0'`
-//! then `LEAKPROF_PYTHON=/tmp/dq/bin/python cargo test --test python_interop`.
+//! Python comes from [`support::python`]: `$LEAKPROF_PYTHON`, or a virtual
+//! environment in the target directory that the first test to need it sets
+//! up from the package index. Without it the tests skip, except with
+//! `CI=true`, where they fail.
 #![cfg(feature = "cli")]
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,34 +22,19 @@ use support::redis::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The interpreter to use, if it has Dramatiq 2.0.0.
-fn python() -> Option<String> {
-    let python = std::env::var("LEAKPROF_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let check = Command::new(&python)
-        .args([
-            "-c",
-            "import dramatiq, redis; assert dramatiq.__version__ == '2.0.0'",
-        ])
-        .output();
-    match check {
-        Ok(output) if output.status.success() => Some(python),
-        _ => {
-            eprintln!(
-                "SKIPPED: {python} cannot import dramatiq 2.0.0 and redis (set LEAKPROF_PYTHON)"
-            );
-            None
-        }
-    }
+/// Runs interop.py in `mode` and parses the JSON it prints.
+fn run_python(python: &Path, redis: &RedisServer, mode: &str) -> Value {
+    run_python_with(python, redis, mode, &[])
 }
 
-/// Runs interop.py in `mode` and parses the JSON it prints.
-fn run_python(python: &str, redis: &RedisServer, mode: &str) -> Value {
+fn run_python_with(python: &Path, redis: &RedisServer, mode: &str, args: &[&str]) -> Value {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dramatiq/interop.py");
     let output = Command::new(python)
         .arg(&script)
         .arg(redis.url())
         .arg(mode)
+        .args(args)
         .output()
         .expect("running python");
     assert!(
@@ -66,7 +53,9 @@ fn config(redis: &RedisServer) -> RedisConfig {
 
 #[tokio::test]
 async fn messages_sent_by_python_dramatiq_are_consumed_here_byte_for_byte() {
-    let Some(python) = python() else { return };
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -112,7 +101,9 @@ async fn messages_sent_by_python_dramatiq_are_consumed_here_byte_for_byte() {
 
 #[tokio::test]
 async fn messages_sent_here_are_run_by_a_python_dramatiq_worker() {
-    let Some(python) = python() else { return };
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -157,4 +148,90 @@ async fn messages_sent_here_are_run_by_a_python_dramatiq_worker() {
         results.get(&result_key).await.unwrap().as_deref(),
         Some(&b"42"[..])
     );
+}
+
+/// A message the lab's worker fails for good (no retries left) has its
+/// exception stored as Dramatiq's `Results.after_nack` stores it: Python's
+/// `get_result` raises `ResultFailure` with the actor's exception.
+#[tokio::test]
+async fn python_dramatiq_reads_the_exception_a_lab_worker_stored() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let broker = Broker::redis(config(&redis)).await.unwrap();
+    let options: JsonObject = [("store_results", json!(true)), ("max_retries", json!(0))]
+        .into_iter()
+        .collect();
+    let mut failing = Message::new(
+        "default",
+        "exception_task",
+        vec![json!(1024), json!(0)],
+        JsonObject::new(),
+    );
+    failing.options = options;
+    broker.enqueue(failing.clone(), None).await.unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .args(["--quiet", "worker", "--broker", "redis", "--redis-url"])
+        .arg(redis.url())
+        .args(["--queues", "default", "--out"])
+        .arg(out.path())
+        .spawn()
+        .expect("starting leakprof worker");
+    let until = std::time::Instant::now() + WAIT;
+    while broker.dead_letters("default").await.unwrap().is_empty() {
+        if std::time::Instant::now() > until {
+            let _ = worker.kill();
+            panic!("the worker did not dead-letter the message");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: our own child's pid (not yet reaped) and a valid signal.
+    unsafe { libc::kill(worker.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(worker.wait().unwrap().success());
+
+    let encoded = String::from_utf8(failing.encode()).unwrap();
+    let read = run_python_with(&python, &redis, "get-result", &[&encoded]);
+    assert_eq!(
+        read,
+        json!({
+            "raised": "ResultFailure",
+            "message": "actor raised BigException: Big exception with large data",
+            "orig_exc_type": "BigException",
+            "orig_exc_msg": "Big exception with large data",
+        })
+    );
+}
+
+/// The rule for tests that need Python: with `CI=true` they fail when it
+/// cannot be had, without it they skip. Checked on this binary's own test,
+/// run with an interpreter that does not exist.
+#[test]
+fn without_python_the_tests_skip_but_fail_under_ci() {
+    let run = |ci: Option<&str>| {
+        let mut test = Command::new(std::env::current_exe().unwrap());
+        test.args([
+            "--exact",
+            "messages_sent_here_are_run_by_a_python_dramatiq_worker",
+            "--nocapture",
+        ])
+        .env("LEAKPROF_PYTHON", "/nonexistent/python3")
+        .env_remove("CI");
+        if let Some(ci) = ci {
+            test.env("CI", ci);
+        }
+        test.output().unwrap()
+    };
+    let skipped = run(None);
+    let stderr = String::from_utf8_lossy(&skipped.stderr);
+    assert!(skipped.status.success(), "{stderr}");
+    assert!(stderr.contains("SKIPPED: no Python"), "{stderr}");
+    let failed = run(Some("true"));
+    let output = String::from_utf8_lossy(&failed.stdout) + String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "passed under CI=true: {output}");
+    assert!(output.contains("required on CI"), "{output}");
 }

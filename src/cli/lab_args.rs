@@ -109,6 +109,29 @@ pub struct GuardArgs {
     pub timeline_interval: HumanDuration,
 }
 
+/// `--trace-memory` and its companions (`run`, `worker`).
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// After each job, print what it left behind: its blocks still alive,
+    /// by type, site and owner (MRQ's --trace_memory). Use with --threads 1.
+    #[arg(long)]
+    pub trace_memory: bool,
+    /// Also draw the retainer chains of the job's objects whose type (or
+    /// owner) mentions PATTERN, one SVG per job (implies --trace-memory).
+    #[arg(long, value_name = "PATTERN")]
+    pub trace_memory_type: Option<String>,
+    /// Where those SVGs go (default OUT/trace-memory).
+    #[arg(long, value_name = "DIR")]
+    pub trace_memory_output_dir: Option<PathBuf>,
+}
+
+impl TraceArgs {
+    /// Whether jobs are traced at all.
+    pub fn enabled(&self) -> bool {
+        self.trace_memory || self.trace_memory_type.is_some()
+    }
+}
+
 /// Which scenario, and the sizes of its messages (`run`, `enqueue`).
 #[derive(Debug, clap::Args)]
 pub struct ScenarioArgs {

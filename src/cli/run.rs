@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::lab_args::{ActorArgs, BrokerArgs, GuardArgs, ScenarioArgs};
+use super::lab_args::{ActorArgs, BrokerArgs, GuardArgs, ScenarioArgs, TraceArgs};
 use super::units::HumanDuration;
 use super::{Global, Outcome};
 use crate::lab::run::{self, defaults, RunConfig};
@@ -30,17 +30,8 @@ pub struct Args {
     /// Worker processes (more than one needs --broker redis).
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
-    /// After each job, print what it left behind: its blocks still alive,
-    /// by type, site and owner (MRQ's --trace_memory). Use with --threads 1.
-    #[arg(long)]
-    pub trace_memory: bool,
-    /// Also draw the retainer chains of the job's objects whose type (or
-    /// owner) mentions PATTERN, one SVG per job (implies --trace-memory).
-    #[arg(long, value_name = "PATTERN")]
-    pub trace_memory_type: Option<String>,
-    /// Where those SVGs go (default OUT/trace-memory).
-    #[arg(long, value_name = "DIR")]
-    pub trace_memory_output_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
     #[command(flatten)]
     pub broker: BrokerArgs,
     #[command(flatten)]
@@ -83,9 +74,9 @@ pub fn execute(global: Global, args: Args) -> Outcome {
         out,
         queues: vec![args.broker.queue.clone()],
         timeline_interval_ms: args.guard.timeline_interval.0.as_millis() as u64,
-        trace_memory: args.trace_memory || args.trace_memory_type.is_some(),
-        trace_memory_type: args.trace_memory_type.clone(),
-        trace_memory_output_dir: args.trace_memory_output_dir.clone(),
+        trace_memory: args.trace.enabled(),
+        trace_memory_type: args.trace.trace_memory_type.clone(),
+        trace_memory_output_dir: args.trace.trace_memory_output_dir.clone(),
         quiet: global.quiet,
     };
     let report = if args.processes > 1 {

@@ -34,11 +34,6 @@ impl Payload {
         }
     }
 
-    /// Wraps bytes that already exist (e.g. a message argument).
-    pub fn from_bytes(bytes: Vec<u8>) -> Payload {
-        Payload { bytes }
-    }
-
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
@@ -103,15 +98,6 @@ impl Local {
             Local::WeakFuture { name, .. } => format!("{name} = <weak Future>"),
         }
     }
-
-    /// Bytes of scenario data this local keeps alive.
-    fn data_bytes(&self) -> usize {
-        match self {
-            Local::Data { value, .. } => value.len(),
-            Local::Chunks { value, .. } => value.iter().map(Vec::len).sum(),
-            _ => 0,
-        }
-    }
 }
 
 /// One frame of a traceback.
@@ -124,8 +110,9 @@ pub struct TraceFrame {
 pub struct TaskError {
     pub kind: &'static str,
     pub message: String,
-    /// Data the error itself carries (`BigException(data)`).
-    pub payload: Option<Payload>,
+    /// Data the error itself carries (`BigException(data)`), owned or
+    /// shared with whoever else holds it (`ProcessingError(resource.data)`).
+    pub payload: Option<Arc<Payload>>,
     /// The error this one was raised from (`raise Outer from inner`).
     pub cause: Option<Box<TaskError>>,
     /// Frames the error passed through, innermost first, with their locals.
@@ -145,8 +132,8 @@ impl TaskError {
         }
     }
 
-    pub fn with_payload(mut self, payload: Payload) -> TaskError {
-        self.payload = Some(payload);
+    pub fn with_payload(mut self, payload: impl Into<Arc<Payload>>) -> TaskError {
+        self.payload = Some(payload.into());
         self
     }
 
@@ -171,23 +158,6 @@ impl TaskError {
     pub fn through(self, function: &'static str, locals: Vec<Local>) -> TaskError {
         self.push_frame(function, locals);
         self
-    }
-
-    /// Bytes of scenario data this error keeps alive (payload, traceback
-    /// locals, cause chain).
-    pub fn data_bytes(&self) -> usize {
-        let own = self.payload.as_ref().map_or(0, Payload::len);
-        let tb: usize = self
-            .traceback
-            .lock()
-            .map(|tb| {
-                tb.iter()
-                    .flat_map(|f| f.locals.iter())
-                    .map(Local::data_bytes)
-                    .sum()
-            })
-            .unwrap_or(0);
-        own + tb + self.cause.as_ref().map_or(0, |c| c.data_bytes())
     }
 
     /// A Python-style traceback text, as Dramatiq stores in

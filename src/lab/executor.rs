@@ -31,9 +31,11 @@ use crate::{owner, FutureExt as _, Tag};
 /// What an actor returns.
 pub type ActorResult = Result<Value, TaskError>;
 
-/// What the worker gets back: the error is shared (the middleware chain,
-/// and in `original` the future state, hold it).
-pub type Outcome = Result<Value, Arc<TaskError>>;
+/// What the worker gets back. Both sides are shared, as Python objects are:
+/// the future state keeps its outcome while the worker reads it (and in
+/// `original`, for errors, long after), so handing it out is a reference,
+/// never a copy of a 128 MiB result.
+pub type Outcome = Result<Arc<Value>, Arc<TaskError>>;
 
 /// A boxed actor coroutine.
 pub type ActorFuture = Pin<Box<dyn Future<Output = ActorResult> + Send + 'static>>;
@@ -88,7 +90,8 @@ impl FutureState {
         slot.is_some()
     }
 
-    /// `Future.result()`: a copy of the outcome; the state keeps its own.
+    /// `Future.result()`: a reference to the outcome (the `Arc`s are
+    /// cloned, not what they hold); the state keeps its own.
     fn result(&self) -> Option<Outcome> {
         self.outcome
             .lock()
@@ -177,6 +180,7 @@ impl EventLoopThread {
             async move {
                 let outcome = coro
                     .await
+                    .map(Arc::new)
                     .map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e)));
                 done.complete(outcome);
             }
@@ -207,7 +211,7 @@ impl EventLoopThread {
         }
         match self.handoff {
             Handoff::KeepInFuture => {
-                let outcome = future.result().unwrap_or_else(|| Ok(Value::Null));
+                let outcome = future.result().unwrap_or_else(|| Ok(Arc::new(Value::Null)));
                 if let Err(e) = &outcome {
                     // The traceback keeps this frame and its locals, the
                     // future among them.
@@ -222,7 +226,7 @@ impl EventLoopThread {
                 outcome
             }
             Handoff::TakeAndClear => {
-                let outcome = future.take().unwrap_or_else(|| Ok(Value::Null));
+                let outcome = future.take().unwrap_or_else(|| Ok(Arc::new(Value::Null)));
                 if let Err(e) = &outcome {
                     e.push_frame(
                         "FixedEventLoopThread::run_coroutine",
@@ -281,11 +285,35 @@ mod tests {
         }
     }
 
+    /// `Future.result()` returns a reference: a large result is never
+    /// copied on its way back, in either variant.
+    #[test]
+    fn a_result_comes_back_without_a_copy() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static ADDRESS: AtomicUsize = AtomicUsize::new(0);
+        for handoff in [Handoff::KeepInFuture, Handoff::TakeAndClear] {
+            let lp = EventLoopThread::start(handoff).unwrap();
+            let large: ActorFuture = Box::pin(async {
+                let text = "x".repeat(1 << 20);
+                ADDRESS.store(text.as_ptr() as usize, Ordering::Relaxed);
+                Ok(Value::String(text))
+            });
+            let outcome = lp.run_coroutine(large, Tag::NONE, None).unwrap();
+            let text = outcome.as_str().unwrap();
+            assert_eq!(
+                text.as_ptr() as usize,
+                ADDRESS.load(Ordering::Relaxed),
+                "{handoff:?} copied the result"
+            );
+            lp.stop();
+        }
+    }
+
     #[test]
     fn success_values_come_back_and_deadlines_cancel() {
         let lp = EventLoopThread::start(Handoff::TakeAndClear).unwrap();
         let ok = lp.run_coroutine(Box::pin(async { Ok(Value::from(42)) }), Tag::NONE, None);
-        assert_eq!(ok.unwrap(), Value::from(42));
+        assert_eq!(*ok.unwrap(), Value::from(42));
         let slow: ActorFuture = Box::pin(async {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok(Value::Null)

@@ -91,6 +91,16 @@ pub fn describe(report: &RunReport) -> String {
         }
     }
     let _ = writeln!(out, "  behaviour           {}", s.behaviour.describe());
+    if let Some(history) = report.retry_history {
+        let _ = writeln!(
+            out,
+            "  retry history       {} fired closures kept, {} pruned",
+            history.kept, history.pruned
+        );
+    }
+    for end in &report.processes {
+        let _ = writeln!(out, "  {end}");
+    }
     let _ = writeln!(out, "  output              {}", report.out.display());
     let _ = writeln!(
         out,

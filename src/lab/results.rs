@@ -286,15 +286,6 @@ impl MemoryResults {
         self.len() == 0
     }
 
-    /// Total size of the stored JSON.
-    pub fn stored_bytes(&self) -> usize {
-        lock(&self.shared.store)
-            .entries
-            .values()
-            .map(|stored| stored.value.len())
-            .sum()
-    }
-
     fn ensure_expiry_task(&self) {
         let mut task = lock(&self.shared.expiry_task);
         if task.is_none() {

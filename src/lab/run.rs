@@ -12,8 +12,7 @@ use anyhow::Context as _;
 
 use super::actor::{Actor, ActorOptions, Actors};
 use super::broker::{Broker, RedisConfig};
-use super::executor::Handoff;
-use super::middleware::{AsyncIo, Chain, Env, Middleware, Results, Retries, TimeLimit};
+use super::middleware::{AsyncIo, Chain, Env, HistoryLen, Middleware, Results, Retries, TimeLimit};
 use super::outputs;
 use super::results::{MemoryResults, RedisResults, ResultBackend};
 use super::scenarios::{self, Expect, Params, Scenario};
@@ -46,6 +45,10 @@ pub mod defaults {
     pub const OUT_ROOT: &str = "leakprof-out";
     pub const QUEUE: &str = super::super::actor::defaults::QUEUE;
 }
+
+/// Profile attributes: what the retry history held at the end of the run.
+pub const RETRY_CLOSURES_KEPT: &str = "retry_closures_kept";
+pub const RETRIES_PRUNED: &str = "retries_pruned";
 
 /// Which broker to run on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,16 +134,32 @@ pub enum StopReason {
     Duration,
     MaxRss,
     Signal,
+    /// `--processes`: a worker process failed (an error exit, a crash).
+    WorkerFailed,
 }
 
 impl StopReason {
+    const ALL: [StopReason; 5] = [
+        StopReason::Completed,
+        StopReason::Duration,
+        StopReason::MaxRss,
+        StopReason::Signal,
+        StopReason::WorkerFailed,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             StopReason::Completed => "completed",
             StopReason::Duration => "duration",
             StopReason::MaxRss => "max-rss",
             StopReason::Signal => "signal",
+            StopReason::WorkerFailed => "worker-failed",
         }
+    }
+
+    /// The reason [`StopReason::as_str`] names.
+    pub fn parse(name: &str) -> Option<StopReason> {
+        StopReason::ALL.into_iter().find(|r| r.as_str() == name)
     }
 }
 
@@ -152,6 +171,11 @@ pub struct RunReport {
     pub elapsed: Duration,
     pub attempts: u64,
     pub max_retry: u64,
+    /// What the Retries middleware's history held at the end (`None` when
+    /// the worker ran in other processes).
+    pub retry_history: Option<HistoryLen>,
+    /// `--processes`: how each worker process ended.
+    pub processes: Vec<super::processes::ProcessEnd>,
     pub summary: crate::analysis::summary::Summary,
 }
 
@@ -223,14 +247,20 @@ pub(crate) fn enqueue_scenario(
     Ok(())
 }
 
-/// Signals the run reacts to.
+/// Signals the run reacts to: SIGINT and SIGTERM stop it, SIGUSR1 asks for
+/// a mid-run snapshot.
 #[derive(Default)]
-struct Signals {
-    stop: AtomicBool,
+pub(crate) struct Signals {
+    pub(crate) stop: AtomicBool,
     snapshot_requests: AtomicU32,
 }
 
-fn watch_signals(rt: &tokio::runtime::Runtime, signals: &Arc<Signals>) -> anyhow::Result<()> {
+/// Installs the handlers; they run as tasks of `rt`, so only while `rt` is
+/// driven (a current-thread runtime in `block_on`).
+pub(crate) fn watch_signals(
+    rt: &tokio::runtime::Runtime,
+    signals: &Arc<Signals>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let _guard = rt.enter();
     for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
@@ -256,6 +286,91 @@ fn watch_signals(rt: &tokio::runtime::Runtime, signals: &Arc<Signals>) -> anyhow
 pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("creating output directory {}", config.out.display()))?;
+    let recorder = start_recorder(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("broker-io")
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let signals = Arc::new(Signals::default());
+    watch_signals(&rt, &signals)?;
+    let (broker, results) = connect(&rt, &config.broker)?;
+    let lab = LabMiddleware::new(config, &results)?;
+    if let Some(scenario) = config.scenario {
+        enqueue_scenario(&rt, &broker, scenario, config)?;
+    }
+    let tracer = tracer(config);
+    let worker = Worker::start(
+        Env {
+            broker,
+            rt: rt.handle().clone(),
+        },
+        actor_table(&config.actor),
+        lab.chain.clone(),
+        lab.asyncio.clone(),
+        &WorkerConfig {
+            queues: config.queues.clone(),
+            threads: config.threads,
+            prefetch: None,
+            after_job: tracer.as_ref().map(|t| t.hook.clone()),
+        },
+    )
+    .context("starting the worker")?;
+
+    let stats = worker.stats();
+    let progress = Progress::new(config.quiet);
+    let watched = Watched {
+        config,
+        recorder: &recorder,
+        signals: &signals,
+        stats: &stats,
+        results: &results,
+        tracer: tracer.as_ref(),
+        progress: &progress,
+        started: Instant::now(),
+    };
+    let stop = watched.until_stop();
+    let started = watched.started;
+    progress.finish();
+    // Workers waiting on a trace report are released when the tracer goes.
+    drop(tracer);
+    worker.stop();
+    let retry_history = lab.retries.history_len();
+    let profile = final_profile(&recorder, stop, retry_history, &progress);
+    drop(recorder);
+    // Kept until after the final snapshot: what the middleware holds (a
+    // retry history, say) is part of what the profile must show.
+    drop(lab);
+    let summary = outputs::write(&config.out, &profile).context("writing the run's outputs")?;
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(RunReport {
+        stop,
+        out: config.out.clone(),
+        elapsed: started.elapsed(),
+        attempts: stats.attempts.load(Ordering::Relaxed),
+        max_retry: stats.max_retry.load(Ordering::Relaxed),
+        retry_history: Some(retry_history),
+        processes: Vec::new(),
+        summary,
+    })
+}
+
+/// The `--trace-memory` tracer, if asked for.
+fn tracer(config: &RunConfig) -> Option<Tracer> {
+    (config.trace_memory || config.trace_memory_type.is_some()).then(|| {
+        Tracer::new(
+            config.trace_memory_type.clone(),
+            config
+                .trace_memory_output_dir
+                .clone()
+                .or_else(|| Some(config.out.join("trace-memory"))),
+        )
+    })
+}
+
+/// Starts the recorder and records what the run is.
+fn start_recorder(config: &RunConfig) -> anyhow::Result<Recorder> {
     let recorder =
         Recorder::start(Options::default().timeline_interval_ms(config.timeline_interval_ms))
             .context("starting the recorder")?;
@@ -266,153 +381,168 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     if let Some(s) = config.scenario {
         crate::set_attribute(attributes::SCENARIO, s.name);
     }
+    Ok(recorder)
+}
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("broker-io")
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let signals = Arc::new(Signals::default());
-    watch_signals(&rt, &signals)?;
-
-    let broker = match config.broker.redis_config() {
-        None => Broker::memory(),
-        Some(redis) => {
-            let url = redis.url.clone();
-            rt.block_on(Broker::redis(redis))
-                .with_context(|| format!("connecting to Redis at {url}"))?
-        }
-    };
-    let results = match &config.broker {
+/// The broker and the result backend the run uses.
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    choice: &BrokerChoice,
+) -> anyhow::Result<(Broker, ResultBackend)> {
+    match choice {
         BrokerChoice::Memory => {
             let memory = MemoryResults::new();
             memory.on_expired(|_| crate::mark(events::RESULT_EXPIRED));
-            ResultBackend::Memory(memory)
+            Ok((Broker::memory(), ResultBackend::Memory(memory)))
         }
-        BrokerChoice::Redis { url, .. } => ResultBackend::Redis(
-            rt.block_on(RedisResults::connect(url))
-                .with_context(|| format!("connecting the result backend to Redis at {url}"))?,
-        ),
-    };
-    let env = Env {
-        broker: broker.clone(),
-        rt: rt.handle().clone(),
-    };
-    let handoff: Handoff = config.variant.handoff;
-    let asyncio = Arc::new(AsyncIo::start(handoff).context("starting the event-loop thread")?);
-    let retries = Arc::new(Retries::new(config.variant.history));
-    let chain = Chain::new(vec![
-        Arc::new(TimeLimit) as Arc<dyn Middleware>,
-        retries,
-        Arc::new(Results::new(results.clone(), config.result_ttl)),
-        asyncio.clone(),
-    ]);
-    // Kept until after the final snapshot: what the middleware holds (a
-    // retry history, say) is part of what the profile must show.
-    let middleware = chain.clone();
+        BrokerChoice::Redis { url, .. } => {
+            let config = choice
+                .redis_config()
+                .context("a Redis choice has a Redis configuration")?;
+            let broker = rt
+                .block_on(Broker::redis(config))
+                .with_context(|| format!("connecting to Redis at {url}"))?;
+            let results = rt
+                .block_on(RedisResults::connect(url))
+                .with_context(|| format!("connecting the result backend to Redis at {url}"))?;
+            Ok((broker, ResultBackend::Redis(results)))
+        }
+    }
+}
 
-    if let Some(scenario) = config.scenario {
-        enqueue_scenario(&rt, &broker, scenario, config)?;
+/// The middleware chain in Dramatiq's order, with handles on the parts the
+/// run reads or the worker needs.
+struct LabMiddleware {
+    chain: Chain,
+    asyncio: Arc<AsyncIo>,
+    retries: Arc<Retries>,
+}
+
+impl LabMiddleware {
+    fn new(config: &RunConfig, results: &ResultBackend) -> anyhow::Result<LabMiddleware> {
+        let asyncio = Arc::new(
+            AsyncIo::start(config.variant.handoff).context("starting the event-loop thread")?,
+        );
+        let retries = Arc::new(Retries::new(config.variant.history));
+        let chain = Chain::new(vec![
+            Arc::new(TimeLimit) as Arc<dyn Middleware>,
+            retries.clone(),
+            Arc::new(Results::new(results.clone(), config.result_ttl)),
+            asyncio.clone(),
+        ]);
+        Ok(LabMiddleware {
+            chain,
+            asyncio,
+            retries,
+        })
+    }
+}
+
+/// What the run loop watches while the worker runs.
+struct Watched<'a> {
+    config: &'a RunConfig,
+    recorder: &'a Recorder,
+    signals: &'a Signals,
+    stats: &'a WorkerStats,
+    results: &'a ResultBackend,
+    tracer: Option<&'a Tracer>,
+    progress: &'a Progress,
+    started: Instant,
+}
+
+impl Watched<'_> {
+    /// Polls until the run must stop, meanwhile reporting traced jobs and
+    /// writing the snapshots SIGUSR1 asked for.
+    fn until_stop(&self) -> StopReason {
+        let poll = Duration::from_millis(if self.tracer.is_some() { 5 } else { 50 });
+        let mut snapshots_written = 0;
+        loop {
+            std::thread::sleep(poll);
+            self.report_traced_jobs();
+            snapshots_written = self.write_requested_snapshots(snapshots_written);
+            if let Some(stop) = self.stop_reason() {
+                return stop;
+            }
+        }
     }
 
-    let tracer = (config.trace_memory || config.trace_memory_type.is_some()).then(|| {
-        Tracer::new(
-            config.trace_memory_type.clone(),
-            config
-                .trace_memory_output_dir
-                .clone()
-                .or_else(|| Some(config.out.join("trace-memory"))),
-        )
-    });
-    let worker = Worker::start(
-        env,
-        actor_table(&config.actor),
-        chain,
-        asyncio,
-        &WorkerConfig {
-            queues: config.queues.clone(),
-            threads: config.threads,
-            prefetch: None,
-            after_job: tracer.as_ref().map(|t| t.hook.clone()),
-        },
-    )
-    .context("starting the worker")?;
-    let stats = worker.stats();
-    let progress = Progress::new(config.quiet);
-    let started = Instant::now();
-    let mut snapshots_written = 0;
-    let stop = loop {
-        std::thread::sleep(Duration::from_millis(if tracer.is_some() { 5 } else { 50 }));
-        if let Some(t) = &tracer {
-            let snapshot = |keep: &[String]| {
-                let options = crate::GraphOptions {
-                    keep_types: keep.to_vec(),
-                    ..Default::default()
-                };
-                recorder
-                    .snapshot_with_graph(&options)
-                    .unwrap_or_else(|_| recorder.snapshot())
+    fn report_traced_jobs(&self) {
+        let Some(tracer) = self.tracer else {
+            return;
+        };
+        let snapshot = |keep: &[String]| {
+            let options = crate::GraphOptions {
+                keep_types: keep.to_vec(),
+                ..Default::default()
             };
-            t.drain(snapshot, |text| progress.println(text.trim_end()));
+            self.recorder
+                .snapshot_with_graph(&options)
+                .unwrap_or_else(|_| self.recorder.snapshot())
+        };
+        tracer.drain(snapshot, |text| self.progress.println(text.trim_end()));
+    }
+
+    /// Writes `profile-<n>.json` for each SIGUSR1 since `written`; returns
+    /// how many are written now.
+    fn write_requested_snapshots(&self, mut written: u32) -> u32 {
+        while self.signals.snapshot_requests.load(Ordering::Acquire) > written {
+            written += 1;
+            let path = self.config.out.join(format!("profile-{written}.json"));
+            match self.recorder.snapshot().save(&path) {
+                Ok(()) => self
+                    .progress
+                    .println(&format!("wrote mid-run snapshot {}", path.display())),
+                Err(e) => self
+                    .progress
+                    .println(&format!("mid-run snapshot failed: {e}")),
+            }
         }
+        written
+    }
+
+    /// Why the run must stop now, if it must; updates the progress line.
+    fn stop_reason(&self) -> Option<StopReason> {
         let rss = sys::rss_bytes();
-        let elapsed = started.elapsed();
-        progress.update(elapsed, &stats, rss);
-        while signals.snapshot_requests.load(Ordering::Acquire) > snapshots_written {
-            snapshots_written += 1;
-            let path = config.out.join(format!("profile-{snapshots_written}.json"));
-            match recorder.snapshot().save(&path) {
-                Ok(()) => progress.println(&format!("wrote mid-run snapshot {}", path.display())),
-                Err(e) => progress.println(&format!("mid-run snapshot failed: {e}")),
-            }
+        let elapsed = self.started.elapsed();
+        self.progress.update(self.stats, rss);
+        if self.signals.stop.load(Ordering::Acquire) {
+            return Some(StopReason::Signal);
         }
-        if signals.stop.load(Ordering::Acquire) {
-            break StopReason::Signal;
-        }
-        if rss >= config.max_rss {
+        if rss >= self.config.max_rss {
             crate::mark(events::MAX_RSS);
-            break StopReason::MaxRss;
+            return Some(StopReason::MaxRss);
         }
-        if elapsed >= config.duration {
-            break StopReason::Duration;
+        if elapsed >= self.config.duration {
+            return Some(StopReason::Duration);
         }
-        if let Some(s) = config.scenario {
-            let all_final = stats.finished() >= config.tasks as u64
-                && stats.in_progress.load(Ordering::Relaxed) == 0;
-            let results_gone =
-                s.expect != Expect::RetainedUntilTtl || results.held_in_process() == 0;
-            if all_final && results_gone {
-                break StopReason::Completed;
-            }
-        }
-    };
-    progress.finish();
-    // Workers waiting on a trace report are released when the tracer goes.
-    drop(tracer);
-    worker.stop();
+        let scenario = self.config.scenario?;
+        let all_final = self.stats.finished() >= self.config.tasks as u64
+            && self.stats.in_progress.load(Ordering::Relaxed) == 0;
+        let results_gone =
+            scenario.expect != Expect::RetainedUntilTtl || self.results.held_in_process() == 0;
+        (all_final && results_gone).then_some(StopReason::Completed)
+    }
+}
+
+/// Ends the timeline, records how the run ended and takes the final
+/// snapshot, with the heap graph (who holds what survived) when it can.
+fn final_profile(
+    recorder: &Recorder,
+    stop: StopReason,
+    retry_history: HistoryLen,
+    progress: &Progress,
+) -> Profile {
     recorder.stop_timeline();
     crate::set_attribute(attributes::STOP_REASON, stop.as_str());
-    // The final snapshot carries the heap graph: who holds what survived.
-    let profile = match recorder.snapshot_with_graph(&crate::GraphOptions::default()) {
+    crate::set_attribute(RETRY_CLOSURES_KEPT, &retry_history.kept.to_string());
+    crate::set_attribute(RETRIES_PRUNED, &retry_history.pruned.to_string());
+    match recorder.snapshot_with_graph(&crate::GraphOptions::default()) {
         Ok(p) => p,
         Err(e) => {
             progress.println(&format!("leakprof: {e}; writing the profile without it"));
             recorder.snapshot()
         }
-    };
-    drop(recorder);
-    drop(middleware);
-    let summary = outputs::write(&config.out, &profile).context("writing the run's outputs")?;
-    rt.shutdown_timeout(Duration::from_secs(2));
-    Ok(RunReport {
-        stop,
-        out: config.out.clone(),
-        elapsed: started.elapsed(),
-        attempts: stats.attempts.load(Ordering::Relaxed),
-        max_retry: stats.max_retry.load(Ordering::Relaxed),
-        summary,
-    })
+    }
 }
 
 /// The progress line: elapsed, attempts, retries, RSS and live bytes. Off
@@ -435,7 +565,8 @@ impl Progress {
         Progress { bar }
     }
 
-    fn update(&self, _elapsed: Duration, stats: &WorkerStats, rss: u64) {
+    /// Refreshes the line (the bar shows the elapsed time itself).
+    fn update(&self, stats: &WorkerStats, rss: u64) {
         if let Some(bar) = &self.bar {
             let (live, _) = crate::live();
             bar.set_message(format!(

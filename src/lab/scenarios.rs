@@ -380,42 +380,54 @@ fn stream_task(call: Call) -> ActorFuture {
     })
 }
 
-/// A resource acquired on entry and released on exit, whose data the
-/// failing code hands to its error (`raise ProcessingError(resource.data)`).
+/// `async with LargeResourceManager() as resource:`: a resource acquired
+/// on entry and released on exit, raising or not. Its data is shared, as a
+/// Python attribute is: `raise ProcessingError(resource.data)` hands the
+/// error a reference, and the exit drops the resource's own, so what
+/// outlives the block is only what the error holds.
 struct LargeResource {
-    data: Option<Payload>,
-    released: bool,
+    /// `None` once released.
+    data: Option<Arc<Payload>>,
 }
 
 impl LargeResource {
+    /// `__aenter__`.
     async fn acquire(size: usize) -> LargeResource {
         tokio::task::yield_now().await;
         LargeResource {
-            data: Some(Payload::filled(size)),
-            released: false,
+            data: Some(Arc::new(Payload::filled(size))),
         }
+    }
+
+    /// `resource.data`: a reference. (Only a released resource has none,
+    /// and only `drop` releases it.)
+    fn data(&self) -> Arc<Payload> {
+        self.data
+            .clone()
+            .unwrap_or_else(|| Arc::new(Payload::filled_quietly(0)))
+    }
+
+    /// `__aexit__`: the resource lets go of its data.
+    fn release(&mut self) {
+        self.data = None;
     }
 }
 
 impl Drop for LargeResource {
+    /// Leaving the block, by an error or not, exits the context.
     fn drop(&mut self) {
-        // `__aexit__`: release the handle; whatever data is still here goes.
-        self.released = true;
+        self.release();
     }
 }
 
 fn context_manager_task(call: Call) -> ActorFuture {
     Box::pin(async move {
-        let mut resource = LargeResource::acquire(payload_size(&call)?).await;
-        let data = resource
-            .data
-            .take()
-            .unwrap_or_else(|| Payload::filled_quietly(0));
+        let resource = LargeResource::acquire(payload_size(&call)?).await;
         Err(TaskError::new(
             "ProcessingError",
             "processing failed inside the resource guard",
         )
-        .with_payload(data))
+        .with_payload(resource.data()))
     })
 }
 
@@ -451,6 +463,43 @@ mod tests {
         actors.sort();
         actors.dedup();
         assert_eq!(actors.len(), SCENARIOS.len());
+    }
+
+    /// `async with` releases the resource on exit, raising or not, so what
+    /// survives a context-manager attempt is only the error's reference.
+    #[test]
+    fn the_guard_releases_its_data_on_exit_and_only_the_error_keeps_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let data = rt.block_on(async {
+            let resource = LargeResource::acquire(1024).await;
+            Arc::downgrade(&resource.data())
+        });
+        assert!(data.upgrade().is_none(), "released on a clean exit");
+
+        let params = Params {
+            payload_bytes: 1024,
+            tasks: 1,
+            sleep: Duration::ZERO,
+            queue: "default".into(),
+        };
+        let message = find("context-manager").unwrap().messages(&params).remove(0);
+        let call = Call {
+            message: Arc::new(message),
+            retries: 0,
+        };
+        let error = rt.block_on(context_manager_task(call)).unwrap_err();
+        let payload = error
+            .payload
+            .as_ref()
+            .expect("ProcessingError(resource.data)");
+        assert_eq!(payload.len(), 1024);
+        assert_eq!(
+            Arc::strong_count(payload),
+            1,
+            "the guard released its reference on the way out"
+        );
     }
 
     #[test]

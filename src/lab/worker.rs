@@ -272,15 +272,14 @@ fn work(shared: &Shared) {
     }
 }
 
-/// Dramatiq's `process_message`, then the settle.
+/// Dramatiq's `process_message`, then the settle and, for a message
+/// dead-lettered, `after_nack`.
 #[inline(never)]
-fn process(shared: &Shared, mut delivery: Delivery) -> JobDone {
+fn process(shared: &Shared, delivery: Delivery) -> JobDone {
     let stats = &shared.stats;
-    // Take the message out of the delivery (no copy of large arguments).
-    let message = Arc::new(std::mem::replace(
-        delivery.message_mut(),
-        Message::placeholder(),
-    ));
+    // Shared with the delivery (no copy of large arguments), which keeps
+    // its share to dead-letter whatever the actor's coroutine does with its.
+    let message = delivery.shared_message();
     let task = shared.tasks.id_for(&message);
     let message_id = message.message_id.clone();
     let actor_name = message.actor_name.clone();
@@ -289,55 +288,32 @@ fn process(shared: &Shared, mut delivery: Delivery) -> JobDone {
     stats.attempts.fetch_add(1, Ordering::Relaxed);
     let tag = Tag::task(task).retry(retries.min(u32::MAX as u64) as u32);
 
-    let (failed, errored) = crate::with_tag(tag, || {
-        let Some(actor) = shared.actors.get(&message.actor_name) else {
+    let ctx = match shared.actors.get(&message.actor_name) {
+        Some(actor) => Some(MessageCtx::new(&shared.env, &message, actor, task)),
+        None => {
             tracing::error!(
                 "Message {} names actor {:?}, which this worker does not have; dead-lettering it.",
                 message.message_id,
                 message.actor_name
             );
-            return (true, true);
-        };
-        let ctx = MessageCtx::new(&shared.env, &message, actor, task);
-        if let Err(skip) = shared.chain.before_process_message(&ctx) {
-            tracing::warn!("Message {} was skipped: {}", message.message_id, skip.0);
-            shared.chain.after_skip_message(&ctx);
-            return (ctx.failed(), false);
+            None
         }
-        let call = Call {
-            message: message.clone(),
-            retries: tag.retry_number().unwrap_or(0),
-        };
-        let outcome: Outcome = match actor.function {
-            ActorFn::Sync(f) => f(&call)
-                .map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e))),
-            ActorFn::Async(f) => shared.asyncio.run_coroutine(f(call), tag, ctx.deadline()),
-        };
-        if let Err(e) = &outcome {
-            tracing::debug!("Failed to process message {}: {e}", message.message_id);
-        }
-        let ending = match &outcome {
-            Ok(v) => Ending::Success(v),
-            Err(e) => Ending::Failure(e),
-        };
-        shared.chain.after_process_message(&ctx, &ending);
-        (ctx.failed(), outcome.is_err())
-    });
-
-    // Give the message back to the delivery, so a nack dead-letters it as
-    // it was fetched.
-    if let Ok(m) = Arc::try_unwrap(message) {
-        *delivery.message_mut() = m;
-    }
-    let settled = if failed {
-        shared.env.rt.block_on(delivery.nack())
-    } else {
-        shared.env.rt.block_on(delivery.ack())
     };
-    if let Err(e) = settled {
-        stats.settle_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!("Could not settle a message: {e}");
+    let errored = match &ctx {
+        Some(ctx) => crate::with_tag(tag, || run_message(shared, ctx, tag)),
+        None => true,
+    };
+    let failed = ctx.as_ref().map_or(true, MessageCtx::failed);
+    if settle(shared, delivery, failed) && failed {
+        if let Some(ctx) = &ctx {
+            crate::with_tag(tag, || shared.chain.after_nack(ctx));
+        }
     }
+    // Nothing of the attempt (its exception, its share of the message) is
+    // held past this point, where its end is marked.
+    drop(ctx);
+    drop(message);
+
     let (counter, event, outcome) = match (errored, failed) {
         (false, false) => (&stats.succeeded, events::AFTER_SUCCESS, "succeeded"),
         (true, false) => (&stats.failed_attempts, events::AFTER_FAILURE, "retrying"),
@@ -358,5 +334,60 @@ fn process(shared: &Shared, mut delivery: Delivery) -> JobDone {
         actor: actor_name,
         message_id,
         outcome,
+    }
+}
+
+/// The chain's hooks around the actor. True when the actor raised; the
+/// exception (or a failing skip's) is stuffed into `ctx` for `after_nack`.
+fn run_message(shared: &Shared, ctx: &MessageCtx, tag: Tag) -> bool {
+    let message = ctx.message;
+    if let Err(skip) = shared.chain.before_process_message(ctx) {
+        tracing::warn!("Message {} was skipped: {}", message.message_id, skip.0);
+        if ctx.failed() {
+            let e = TaskError::new("SkipMessage", skip.0);
+            ctx.stuff_exception(owner::scope_typed::<TaskError, _>("error value", || {
+                Arc::new(e)
+            }));
+        }
+        shared.chain.after_skip_message(ctx);
+        return false;
+    }
+    let call = Call {
+        message: message.clone(),
+        retries: tag.retry_number().unwrap_or(0),
+    };
+    let outcome: Outcome = match ctx.actor.function {
+        ActorFn::Sync(f) => f(&call)
+            .map(Arc::new)
+            .map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e))),
+        ActorFn::Async(f) => shared.asyncio.run_coroutine(f(call), tag, ctx.deadline()),
+    };
+    let ending = match &outcome {
+        Ok(value) => Ending::Success(value),
+        Err(e) => {
+            tracing::debug!("Failed to process message {}: {e}", message.message_id);
+            ctx.stuff_exception(e.clone());
+            Ending::Failure(e)
+        }
+    };
+    shared.chain.after_process_message(ctx, &ending);
+    outcome.is_err()
+}
+
+/// Acks the message, or nacks (dead-letters) a failed one. True once
+/// settled; on an error the broker gives the message back to its queue.
+fn settle(shared: &Shared, delivery: Delivery, failed: bool) -> bool {
+    let settled = if failed {
+        shared.env.rt.block_on(delivery.nack())
+    } else {
+        shared.env.rt.block_on(delivery.ack())
+    };
+    match settled {
+        Ok(()) => true,
+        Err(e) => {
+            shared.stats.settle_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("Could not settle a message: {e}");
+            false
+        }
     }
 }

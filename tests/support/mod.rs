@@ -4,6 +4,7 @@
 #[cfg(feature = "cli")]
 pub mod logs;
 mod profiles;
+pub mod python;
 pub mod redis;
 
 #[allow(unused_imports)]

@@ -12,6 +12,12 @@
 //! it unsettled gives the message back to its queue. Malformed messages are
 //! dead-lettered here with one warning and never handed out.
 //!
+//! A delivery's message is shared, never lent out and given back: the worker
+//! and the actor it calls hold [`Delivery::shared_message`], which nothing
+//! can change, so a nack dead-letters exactly what was fetched however long
+//! the actor's coroutine keeps its share (an aborted coroutine may outlive
+//! its attempt).
+//!
 //! [`Consumer::next`] is cancel-safe: dropping its future (say, in a
 //! `select!` with a shutdown signal) loses no message. Fetched messages live
 //! in the consumer until handed out, and a fetch cut off mid-call is
@@ -30,9 +36,7 @@ use super::memory::Settle as MemorySettle;
 use super::redis::Settle as RedisSettle;
 use super::{defaults, stamp_for_enqueue, Broker, BrokerError, Fetched, FetchedBody};
 use crate::lab::backoff::compute_backoff;
-use crate::lab::message::{
-    current_millis, dq_name, q_name, JsonObject, Message, MessageError, OPTION_ETA,
-};
+use crate::lab::message::{current_millis, dq_name, q_name, Message, MessageError, OPTION_ETA};
 
 /// First pause when polling an idle Redis queue (Dramatiq's factor).
 const FIRST_IDLE_POLL: Duration = Duration::from_millis(5);
@@ -60,7 +64,7 @@ pub struct Consumer {
 
 /// One message handed to a worker: a lease until settled.
 pub struct Delivery {
-    message: Message,
+    message: Arc<Message>,
     /// `None` once settled.
     lease: Option<Lease>,
 }
@@ -71,9 +75,6 @@ struct Lease {
     queue: Arc<str>,
     /// Its `redis_message_id` (the key it is stored under).
     id: String,
-    /// Memory broker: the options as fetched, restored when dead-lettering
-    /// so the dead letter is what was stored, as with Redis.
-    fetched_options: Option<JsonObject>,
     /// Set once handed out; dropping the lease frees a prefetch slot.
     handed_out: Option<Arc<watch::Sender<usize>>>,
 }
@@ -275,7 +276,7 @@ impl Consumer {
                 .into_iter()
                 .map(|(id, message)| Fetched {
                     id,
-                    body: FetchedBody::Message(Box::new(message)),
+                    body: FetchedBody::Message(message),
                 })
                 .collect(),
             Broker::Redis(redis) => redis.fetch(&queue, count, deadline).await?,
@@ -284,20 +285,23 @@ impl Consumer {
         // Wrap every entry in a lease before the first await, so that an
         // error or a cancellation below gives the rest back instead of
         // stranding them in the ack set.
-        let is_memory = matches!(self.broker, Broker::Memory(_));
         let entries: Vec<(Delivery, Option<MessageError>)> = fetched
             .into_iter()
             .filter_map(|Fetched { id, body }| {
+                // Only Redis stores bytes that are not a message, and a Redis
+                // settle moves the stored bytes: the empty message is never
+                // read.
                 let (message, problem) = match body {
-                    FetchedBody::Message(message) => (*message, None),
-                    FetchedBody::Malformed(error) => (Message::placeholder(), Some(Some(error))),
-                    FetchedBody::Missing => (Message::placeholder(), Some(None)),
+                    FetchedBody::Message(message) => (message, None),
+                    FetchedBody::Malformed(error) => {
+                        (Arc::new(Message::placeholder()), Some(Some(error)))
+                    }
+                    FetchedBody::Missing => (Arc::new(Message::placeholder()), Some(None)),
                 };
                 let lease = Lease {
                     broker: self.broker.clone(),
                     queue: queue.clone(),
                     id,
-                    fetched_options: is_memory.then(|| message.options.clone()),
                     handed_out: None,
                 };
                 let delivery = Delivery {
@@ -377,15 +381,17 @@ impl Consumer {
                 seq,
                 mut delivery,
             } = self.delayed.pop().expect("peeked");
-            let mut message = std::mem::replace(&mut delivery.message, Message::placeholder());
+            // The consumer holds the only share of a delivery it has not
+            // handed out, so this changes it in place, without a copy. The
+            // delay-queue copy is acked below; only its lease id is used.
+            let message = Arc::make_mut(&mut delivery.message);
             message.queue_name = self.queue.to_string();
             message.remove_eta();
-            let message = stamp_for_enqueue(message, None);
+            stamp_for_enqueue(message, None);
             match &self.broker {
-                Broker::Memory(memory) => memory.push(message),
+                Broker::Memory(memory) => memory.push(delivery.message.clone()),
                 Broker::Redis(redis) => {
-                    if !redis.push(&message, Some(deadline)).await? {
-                        delivery.message = message;
+                    if !redis.push(&delivery.message, Some(deadline)).await? {
                         self.delayed.push(Delayed { eta, seq, delivery });
                         return Ok(());
                     }
@@ -414,11 +420,12 @@ impl Delivery {
         &self.message
     }
 
-    /// The message, to take arguments out of it (`std::mem::take(&mut
-    /// delivery.message_mut().args)`) without copying. Changes are not
-    /// stored: a nack dead-letters the message as it was fetched.
-    pub fn message_mut(&mut self) -> &mut Message {
-        &mut self.message
+    /// A share of the message (no copy of its arguments), for whatever must
+    /// outlive a borrow of the delivery: an actor's coroutine, say. It
+    /// cannot be changed, so the delivery's nack still dead-letters the
+    /// message as it was fetched.
+    pub fn shared_message(&self) -> Arc<Message> {
+        self.message.clone()
     }
 
     /// The queue this delivery came from.
@@ -457,14 +464,8 @@ impl Delivery {
             Broker::Memory(memory) => {
                 let settle = match settlement {
                     Settlement::Ack => MemorySettle::Ack,
-                    Settlement::Nack => MemorySettle::Nack {
-                        message: std::mem::replace(&mut self.message, Message::placeholder()),
-                        options: lease.fetched_options.take().unwrap_or_default(),
-                    },
-                    Settlement::Requeue => MemorySettle::Requeue(std::mem::replace(
-                        &mut self.message,
-                        Message::placeholder(),
-                    )),
+                    Settlement::Nack => MemorySettle::Nack(self.message.clone()),
+                    Settlement::Requeue => MemorySettle::Requeue(self.message.clone()),
                 };
                 memory.settle(&lease.queue, &lease.id, settle);
             }
@@ -489,8 +490,11 @@ impl Drop for Delivery {
         };
         match &lease.broker {
             Broker::Memory(memory) => {
-                let message = std::mem::replace(&mut self.message, Message::placeholder());
-                memory.settle(&lease.queue, &lease.id, MemorySettle::Requeue(message));
+                memory.settle(
+                    &lease.queue,
+                    &lease.id,
+                    MemorySettle::Requeue(self.message.clone()),
+                );
             }
             Broker::Redis(redis) => redis.abandon(&lease.queue, &lease.id),
         }

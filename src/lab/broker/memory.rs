@@ -1,9 +1,10 @@
 //! The in-process broker: Dramatiq's broker semantics without a server.
 //!
-//! Queues hold [`Message`]s, not their JSON: enqueue moves a message in,
-//! fetch moves it out to the consumer, and settling moves it back (requeue)
-//! or into the dead-letter queue (nack). A 128 MiB argument is never copied
-//! or encoded on the way. Fetched ids are tracked per queue, like the Redis
+//! Queues hold shared [`Message`]s, not their JSON: enqueue moves a message
+//! in, fetch moves it out to the consumer, and settling moves it back
+//! (requeue) or into the dead-letter queue (nack). A 128 MiB argument is
+//! never copied or encoded on the way, and a dead letter is the very message
+//! that was fetched (nobody can change a shared message). Fetched ids are tracked per queue, like the Redis
 //! ack sets, so a purge makes later settles of purged messages no-ops.
 //!
 //! Waiting consumers are woken the moment a message arrives through a
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{defaults, DeadLetter};
-use crate::lab::message::{current_millis, dq_name, q_name, xq_name, JsonObject, Message};
+use crate::lab::message::{current_millis, dq_name, q_name, xq_name, Message};
 
 /// An in-process broker. Clones share the same queues.
 #[derive(Clone)]
@@ -37,11 +38,11 @@ struct Shared {
 }
 
 struct Queue {
-    ready: VecDeque<Message>,
+    ready: VecDeque<Arc<Message>>,
     /// Ids fetched from this queue and not settled yet.
     fetched: HashSet<String>,
     /// Used on canonical queues only: (dead-lettered at, id, message).
-    dead: VecDeque<(u64, String, Message)>,
+    dead: VecDeque<(u64, String, Arc<Message>)>,
     arrived: watch::Sender<u64>,
 }
 
@@ -66,14 +67,9 @@ impl Queue {
 /// How a fetched message is settled.
 pub(super) enum Settle {
     Ack,
-    /// Dead-letter it; `options` are the options it was fetched with, so the
-    /// dead letter is what was stored (as with Redis), whatever the worker
-    /// changed in its copy since.
-    Nack {
-        message: Message,
-        options: JsonObject,
-    },
-    Requeue(Message),
+    /// Dead-letter it.
+    Nack(Arc<Message>),
+    Requeue(Arc<Message>),
 }
 
 impl MemoryBroker {
@@ -108,7 +104,7 @@ impl MemoryBroker {
     }
 
     /// Appends a stamped message to `message.queue_name` and wakes consumers.
-    pub(super) fn push(&self, message: Message) {
+    pub(super) fn push(&self, message: Arc<Message>) {
         let mut queues = self.queues();
         let queue = queues.entry(message.queue_name.clone()).or_default();
         queue.ready.push_back(message);
@@ -117,7 +113,7 @@ impl MemoryBroker {
 
     /// Moves up to `count` messages out of `queue`, marking them fetched.
     /// Returns (id, message) pairs.
-    pub(super) fn fetch(&self, queue: &str, count: usize) -> Vec<(String, Message)> {
+    pub(super) fn fetch(&self, queue: &str, count: usize) -> Vec<(String, Arc<Message>)> {
         let mut queues = self.queues();
         let Some(queue) = queues.get_mut(queue) else {
             return Vec::new();
@@ -151,11 +147,7 @@ impl MemoryBroker {
                 queue.ready.push_back(message);
                 queue.announce_arrival();
             }
-            Settle::Nack {
-                mut message,
-                options,
-            } => {
-                message.options = options;
+            Settle::Nack(message) => {
                 let now = current_millis();
                 let dead = queues.entry(xq_name(queue_name)).or_default();
                 dead.dead.push_back((now, id.to_owned(), message));
@@ -213,7 +205,7 @@ impl MemoryBroker {
             .map(|(at, id, message)| DeadLetter {
                 redis_message_id: id.clone(),
                 dead_lettered_at: *at,
-                message: Ok(message.clone()),
+                message: Ok(Message::clone(message)),
             })
             .collect()
     }

@@ -32,6 +32,7 @@ pub mod defaults;
 mod memory;
 mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::message::{
@@ -132,10 +133,11 @@ impl Broker {
         message: Message,
         delay: Option<Duration>,
     ) -> Result<Enqueued, BrokerError> {
-        let message = stamp_for_enqueue(message, delay);
+        let mut message = message;
+        stamp_for_enqueue(&mut message, delay);
         let enqueued = receipt(&message);
         match self {
-            Broker::Memory(broker) => broker.push(message),
+            Broker::Memory(broker) => broker.push(Arc::new(message)),
             Broker::Redis(broker) => {
                 broker.push(&message, None).await?;
             }
@@ -198,7 +200,7 @@ impl From<RedisBroker> for Broker {
 /// What Dramatiq's `enqueue` does to a message before storing it: a fresh
 /// `redis_message_id` (in place if the message had one, so option order is
 /// kept), and for a delay the delay queue and an `eta`.
-fn stamp_for_enqueue(mut message: Message, delay: Option<Duration>) -> Message {
+fn stamp_for_enqueue(message: &mut Message, delay: Option<Duration>) {
     message.options.insert(
         OPTION_REDIS_MESSAGE_ID,
         uuid::Uuid::new_v4().to_string().into(),
@@ -208,7 +210,6 @@ fn stamp_for_enqueue(mut message: Message, delay: Option<Duration>) -> Message {
         let eta = current_millis().saturating_add(delay.as_millis() as u64);
         message.options.insert(OPTION_ETA, eta.into());
     }
-    message
 }
 
 fn receipt(message: &Message) -> Enqueued {
@@ -231,7 +232,7 @@ struct Fetched {
 }
 
 enum FetchedBody {
-    Message(Box<Message>),
+    Message(Arc<Message>),
     /// Bytes that are not a Dramatiq message: dead-lettered by the consumer.
     Malformed(MessageError),
     /// The id was on the queue but its body is gone (purged meanwhile).
@@ -276,7 +277,8 @@ mod tests {
             .options
             .insert(OPTION_REDIS_MESSAGE_ID, "old".into());
         let before = current_millis();
-        let stamped = stamp_for_enqueue(message, Some(Duration::from_millis(5_000)));
+        let mut stamped = message;
+        stamp_for_enqueue(&mut stamped, Some(Duration::from_millis(5_000)));
         assert_eq!(stamped.queue_name, "default.DQ");
         let keys: Vec<&str> = stamped.options.iter().map(|(key, _)| key).collect();
         assert_eq!(keys, ["retries", "redis_message_id", "eta"]);

@@ -603,7 +603,7 @@ fn parse_fetch_reply(reply: Value) -> Result<Vec<Fetched>, BrokerError> {
         let body = match into_body("fetch", items.next().unwrap_or(Value::Nil))? {
             None => FetchedBody::Missing,
             Some(bytes) => match Message::decode(&bytes) {
-                Ok(message) => FetchedBody::Message(Box::new(message)),
+                Ok(message) => FetchedBody::Message(Arc::new(message)),
                 Err(error) => FetchedBody::Malformed(error),
             },
         };

@@ -1,5 +1,8 @@
 //! The middleware chain, with Dramatiq's hook points: `before_*` hooks run
 //! in chain order, `after_*` hooks in reverse (as `Broker.emit_after`).
+//! A message's hooks come in Dramatiq's order: `before_process_message`,
+//! the actor, `after_process_message` (or `after_skip_message`), then the
+//! settle and, for a failed message once it is dead-lettered, `after_nack`.
 //!
 //! The lab's chain is `TimeLimit, Retries, Results, AsyncIO` in Dramatiq's
 //! default order (`AsyncIO` and `Results` appended as users add them).
@@ -11,7 +14,7 @@ mod results;
 mod retries;
 mod time_limit;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +22,7 @@ use serde_json::Value;
 
 pub use asyncio::AsyncIo;
 pub use results::Results;
-pub use retries::{HistoryPolicy, Retries, RetryRecord};
+pub use retries::{HistoryLen, HistoryPolicy, Retries, RetryRecord};
 pub use time_limit::TimeLimit;
 
 use super::actor::Actor;
@@ -57,6 +60,7 @@ pub struct MessageCtx<'a> {
     pub task: u64,
     failed: Cell<bool>,
     deadline: Cell<Option<Instant>>,
+    exception: RefCell<Option<Arc<TaskError>>>,
 }
 
 impl<'a> MessageCtx<'a> {
@@ -73,6 +77,7 @@ impl<'a> MessageCtx<'a> {
             task,
             failed: Cell::new(false),
             deadline: Cell::new(None),
+            exception: RefCell::new(None),
         }
     }
 
@@ -83,6 +88,19 @@ impl<'a> MessageCtx<'a> {
 
     pub fn failed(&self) -> bool {
         self.failed.get()
+    }
+
+    /// Records the exception processing raised (Dramatiq's
+    /// `stuff_exception`), for `after_nack`. It lives as long as this
+    /// context: until the message is settled, as in Dramatiq, which clears
+    /// it after post-processing.
+    pub fn stuff_exception(&self, exception: Arc<TaskError>) {
+        *self.exception.borrow_mut() = Some(exception);
+    }
+
+    /// The exception processing raised, if any.
+    pub fn exception(&self) -> Option<Arc<TaskError>> {
+        self.exception.borrow().clone()
     }
 
     pub fn set_deadline(&self, at: Instant) {
@@ -122,6 +140,10 @@ pub trait Middleware: Send + Sync {
     fn after_process_message(&self, _ctx: &MessageCtx, _outcome: &Outcome) {}
 
     fn after_skip_message(&self, _ctx: &MessageCtx) {}
+
+    /// A failed message was dead-lettered (called only once the nack
+    /// succeeded; never for a message whose actor this worker lacks).
+    fn after_nack(&self, _ctx: &MessageCtx) {}
 
     fn before_worker_shutdown(&self) {}
 
@@ -165,6 +187,12 @@ impl Chain {
     pub fn after_skip_message(&self, ctx: &MessageCtx) {
         for m in self.items.iter().rev() {
             m.after_skip_message(ctx);
+        }
+    }
+
+    pub fn after_nack(&self, ctx: &MessageCtx) {
+        for m in self.items.iter().rev() {
+            m.after_nack(ctx);
         }
     }
 

@@ -1,12 +1,13 @@
 //! Dramatiq's `Retries`: a failed attempt is re-enqueued with exponential
 //! backoff until `max_retries`, then dead-lettered.
 //!
-//! Each retry is planned as a closure that captures the failed attempt's
-//! message (with its arguments) and sends it; the closure is recorded in a
-//! retry history (for introspection). The `original` variant never prunes
-//! that history, so every fired closure keeps its message alive — the
-//! `retry-args` scenario's leak. The `fixed` variant drops a closure as soon
-//! as it has fired and keeps only the record's facts.
+//! Each retry is a [`RetryRecord`]: its facts and a closure that captures
+//! the retry's message (with its arguments) and enqueues it. Firing the
+//! record is what sends the retry. Fired records then go to the retry
+//! history, which the run reports ([`Retries::history_len`]): the
+//! `original` variant keeps every record, closure and all, so every fired
+//! closure keeps its message alive (the `retry-args` scenario's leak); the
+//! `fixed` variant drops each record once fired and only counts it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,22 +35,30 @@ pub enum HistoryPolicy {
 
 type SendRetry = Box<dyn Fn(&Env) -> Result<Enqueued, BrokerError> + Send + Sync>;
 
-/// One planned retry.
+/// One retry: its facts and the closure that sends it.
 pub struct RetryRecord {
     pub message_id: String,
     /// The `retries` value the retry carries.
     pub retries: u64,
     pub delay: Duration,
-    /// The closure that sent it (kept: the `original` variant's leak).
+    /// Enqueues the retry's message (which it captures) with `delay`.
     send: SendRetry,
 }
 
 impl RetryRecord {
-    /// Sends the retry again (the history's reason to keep closures:
-    /// replaying a retry by hand).
-    pub fn resend(&self, env: &Env) -> Result<Enqueued, BrokerError> {
+    /// Sends the retry: the only way a retry is enqueued.
+    pub fn fire(&self, env: &Env) -> Result<Enqueued, BrokerError> {
         (self.send)(env)
     }
+}
+
+/// What the retry history holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryLen {
+    /// Fired records kept, each with its closure and the message it holds.
+    pub kept: usize,
+    /// Fired records dropped and only counted.
+    pub pruned: u64,
 }
 
 /// Retries reads `max_retries`, `min_backoff` and `max_backoff` from the
@@ -70,11 +79,29 @@ impl Retries {
         }
     }
 
-    /// Records kept in the history (each holding its fired closure) and
-    /// retries pruned once fired.
-    pub fn history_len(&self) -> (usize, u64) {
+    /// What the retry history holds now.
+    pub fn history_len(&self) -> HistoryLen {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        (h.len(), self.pruned.load(Ordering::Relaxed))
+        HistoryLen {
+            kept: h.len(),
+            pruned: self.pruned.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Files a fired record by the history policy.
+    fn file(&self, record: RetryRecord) {
+        match self.policy {
+            HistoryPolicy::KeepFired => self
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(record),
+            // Fired: nothing of it is kept but the count.
+            HistoryPolicy::PruneFired => {
+                drop(record);
+                self.pruned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn option_u64(message: &Message, key: &str) -> Option<u64> {
@@ -130,41 +157,29 @@ impl Middleware for Retries {
         retry.set_requeue_timestamp(current_millis());
         let retry = Arc::new(retry);
 
-        let captured = retry.clone();
         let send: SendRetry = owner::scope_typed::<SendRetry, _>("retry closure", || {
-            Box::new(move |env: &Env| env.enqueue((*captured).clone(), Some(delay)))
+            Box::new(move |env: &Env| env.enqueue((*retry).clone(), Some(delay)))
         });
+        let record = RetryRecord {
+            message_id: message.message_id.clone(),
+            retries: retries + 1,
+            delay,
+            send,
+        };
         tracing::info!(
-            "Retrying message {} in {} milliseconds.",
-            message.message_id,
-            delay.as_millis()
+            "Retrying message {} (retry {}) in {} milliseconds.",
+            record.message_id,
+            record.retries,
+            record.delay.as_millis()
         );
-        if let Err(e) = send(ctx.env) {
+        if let Err(e) = record.fire(ctx.env) {
             // Never lose the message: dead-letter it rather than ack it.
             tracing::error!(
                 "Could not enqueue the retry of message {}: {e}; dead-lettering it.",
-                message.message_id
+                record.message_id
             );
             ctx.fail();
         }
-        drop(retry);
-        match self.policy {
-            HistoryPolicy::KeepFired => {
-                let record = RetryRecord {
-                    message_id: message.message_id.clone(),
-                    retries: retries + 1,
-                    delay,
-                    send,
-                };
-                self.history
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(record);
-            }
-            // Fired: nothing of it is kept but the count.
-            HistoryPolicy::PruneFired => {
-                self.pruned.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.file(record);
     }
 }

@@ -1,0 +1,149 @@
+//! A Python that runs Dramatiq 2.0.0, for the interoperability tests.
+//!
+//! ```ignore
+//! let Some(python) = support::python::dramatiq() else { return }; // skipped
+//! ```
+//!
+//! The interpreter is `$LEAKPROF_PYTHON` when set (it must import dramatiq
+//! 2.0.0 and redis; nothing is installed into it), else the virtual
+//! environment `leakprof-py-venv` in the target directory, made on first use
+//! with `python3 -m venv` and `pip install 'dramatiq[redis]==2.0.0'` from the
+//! package index. Test processes making it at once take turns: the set-up
+//! holds an exclusive `flock` on `leakprof-py-venv.lock` beside it.
+//! `.ci/run` makes the same environment beforehand and exports
+//! `LEAKPROF_PYTHON`, so CI logs show the install.
+//!
+//! When no such interpreter can be had, `dramatiq` prints a notice and
+//! returns `None` so the test can skip, except with `CI=true`, where it
+//! panics: CI sets Python up, so its absence there is a failure.
+
+use std::fs::File;
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// What the interoperability tests are written against.
+pub const DRAMATIQ: &str = "dramatiq[redis]==2.0.0";
+const CHECK: &str =
+    "import dramatiq, redis; assert dramatiq.__version__ == '2.0.0', dramatiq.__version__";
+
+/// The interpreter to run Dramatiq 2.0.0 with; see the module docs.
+pub fn dramatiq() -> Option<PathBuf> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match PYTHON.get_or_init(find_or_make) {
+        Ok(python) => Some(python.clone()),
+        Err(reason) => unavailable(reason),
+    }
+}
+
+fn find_or_make() -> Result<PathBuf, String> {
+    if let Some(python) = std::env::var_os("LEAKPROF_PYTHON") {
+        let python = PathBuf::from(python);
+        return check(&python)
+            .map(|()| python.clone())
+            .map_err(|e| format!("LEAKPROF_PYTHON={}: {e}", python.display()));
+    }
+    let venv = target_dir()?.join("leakprof-py-venv");
+    let python = venv.join("bin").join("python");
+    if check(&python).is_ok() {
+        return Ok(python);
+    }
+    let lock = lock(&venv.with_extension("lock"))?;
+    // Another test process may have made it while we waited.
+    if check(&python).is_err() {
+        make(&venv)?;
+        check(&python)?;
+    }
+    drop(lock);
+    Ok(python)
+}
+
+/// The directory cargo builds into: the test binary is `<target>/<profile>/deps/<name>`.
+fn target_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding the test binary: {e}"))?;
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("no target directory above {}", exe.display()))
+}
+
+fn check(python: &Path) -> Result<(), String> {
+    let output = Command::new(python)
+        .args(["-c", CHECK])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} cannot import {DRAMATIQ}: {}",
+            python.display(),
+            last_line(&output.stderr)
+        ))
+    }
+}
+
+/// `python3 -m venv` and `pip install`, from scratch.
+fn make(venv: &Path) -> Result<(), String> {
+    eprintln!("setting up {DRAMATIQ} in {}", venv.display());
+    run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(venv))?;
+    run(Command::new(venv.join("bin").join("python")).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        DRAMATIQ,
+    ]))
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let shown = format!("{command:?}");
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown} failed ({}): {}",
+            output.status,
+            last_line(&output.stderr)
+        ))
+    }
+}
+
+/// Holds an exclusive lock on `path` until dropped.
+fn lock(path: &Path) -> Result<File, String> {
+    let file = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor `file` owns for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(format!(
+            "locking {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(file)
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+fn unavailable(reason: &str) -> Option<PathBuf> {
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("Python with {DRAMATIQ} is required on CI (CI=true): {reason}");
+    }
+    eprintln!("SKIPPED: no Python with {DRAMATIQ} ({reason}); set CI=true to make this a failure");
+    None
+}
