@@ -714,6 +714,47 @@ fn sigterm_stops_cleanly_and_writes_the_profile() {
     assert!(run.summary["surviving_bytes"].is_number());
 }
 
+/// Issue 9 item 8: a worker profiled for a day handles millions of
+/// messages, and the recorder's own memory must not grow with them. One
+/// million no-op messages, fed while the worker runs (a backlog of 1,000),
+/// on the memory broker: RSS grows by at most 32 MiB over the run, every
+/// task is folded, and the recorder says how much memory it uses.
+#[test]
+fn a_million_noop_messages_grow_rss_by_at_most_32_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = leakprof()
+        .args(["--quiet", "run", "--scenario", "noop", "--tasks", "1000000"])
+        .args(["--duration", "600s", "--max-rss", "1GiB"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_ran("noop", &output);
+    let run = load_outputs("noop".into(), dir);
+    assert_eq!(run.attribute(attributes::STOP_REASON), "completed");
+    let growth = run.number("growth_bytes");
+    assert!(
+        growth <= 32.0 * MIB as f64,
+        "RSS grew by {:.1} MiB over a million messages",
+        growth / MIB as f64
+    );
+    let folded = run.profile.folded.as_ref().expect("folded tasks");
+    assert_eq!(folded.tasks, 1_000_000, "every finished task is folded");
+    assert_eq!(run.number("tasks"), 1_000_000.0);
+    assert!(
+        run.profile.tags.len() < 1_000,
+        "{} tags kept",
+        run.profile.tags.len()
+    );
+    assert!(run.profile.timeline.len() <= 2 * 16_384 + 64);
+    let recorder = run.profile.recorder.as_ref().expect("recorder memory");
+    assert!(
+        recorder.total <= 16 * MIB,
+        "the recorder uses {:.1} MiB",
+        recorder.total as f64 / MIB as f64
+    );
+}
+
 #[test]
 fn bad_flags_exit_2_with_a_one_line_error() {
     let cases: [(&[&str], &str); 3] = [

@@ -233,6 +233,7 @@ impl Merger {
             let m = self.folded.get_or_insert_with(Folded::default);
             m.tasks += f.tasks;
             m.tags += f.tags;
+            m.retries += f.retries;
             m.allocated.accumulate(f.allocated);
             for (outcome, n) in &f.outcomes {
                 *m.outcomes.entry(outcome.clone()).or_default() += n;

@@ -112,19 +112,22 @@ impl Summary {
             .filter(|p| p.event.as_deref() == Some(events::AFTER_FAILURE))
             .count() as u64;
         let tasks = super::leaks::per_task(profile);
-        let retries: u64 = if tasks.is_empty() {
-            profile
-                .tags
-                .iter()
-                .filter_map(|t| t.retry)
-                .max()
-                .unwrap_or(0) as u64
-        } else {
-            tasks
-                .iter()
-                .map(|t| t.retries as u64)
-                .fold(0, u64::saturating_add)
-        };
+        let folded = profile.folded.as_ref();
+        let folded_retries = folded.map_or(0, |f| f.retries);
+        let retries: u64 = folded_retries
+            + if tasks.is_empty() {
+                profile
+                    .tags
+                    .iter()
+                    .filter_map(|t| t.retry)
+                    .max()
+                    .unwrap_or(0) as u64
+            } else {
+                tasks
+                    .iter()
+                    .map(|t| t.retries as u64)
+                    .fold(0, u64::saturating_add)
+            };
         let attr = |k: &str| profile.meta.attributes.get(k).cloned();
         Summary {
             min_rss_bytes: min_rss,
@@ -146,7 +149,7 @@ impl Summary {
             duration_s: (last_t - first_t) as f64 / 1e9,
             retries,
             failures,
-            tasks: tasks.len() as u64,
+            tasks: tasks.len() as u64 + folded.map_or(0, |f| f.tasks),
             leak_per_retry_bytes: slope.map(|s| s.bytes_per_retry),
             leak_per_retry_r2: slope.map(|s| s.r2),
             behaviour: behaviour(profile, slope),

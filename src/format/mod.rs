@@ -89,6 +89,9 @@ pub struct Folded {
     pub tasks: u64,
     /// Tags folded (a task has one per attempt).
     pub tags: u64,
+    /// The folded tasks' retries: each one's highest retry number, summed.
+    #[serde(default)]
+    pub retries: u64,
     /// What the folded tags allocated in all.
     pub allocated: Amount,
     /// Folded tasks by their last described outcome ("succeeded",

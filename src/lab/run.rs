@@ -15,7 +15,7 @@ use super::broker::{Broker, RedisConfig};
 use super::middleware::{AsyncIo, Chain, Env, HistoryLen, Middleware, Results, Retries, TimeLimit};
 use super::outputs;
 use super::results::{MemoryResults, RedisResults, ResultBackend};
-use super::scenarios::{self, Expect, Params, Scenario};
+use super::scenarios::{self, Expect, Feed, Params, Scenario};
 use super::trace::Tracer;
 use super::variants::Variant;
 use super::worker::{Worker, WorkerConfig, WorkerStats};
@@ -227,6 +227,15 @@ pub fn actor_table(settings: &ActorSettings) -> Actors {
     actors
 }
 
+fn params(config: &RunConfig) -> Params {
+    Params {
+        payload_bytes: config.payload_bytes,
+        tasks: config.tasks,
+        sleep: config.sleep,
+        queue: config.actor.queue.clone(),
+    }
+}
+
 /// Puts the scenario's messages, sized by `config`, on the broker.
 pub(crate) fn enqueue_scenario(
     rt: &tokio::runtime::Runtime,
@@ -234,17 +243,66 @@ pub(crate) fn enqueue_scenario(
     scenario: &Scenario,
     config: &RunConfig,
 ) -> anyhow::Result<()> {
-    let params = Params {
-        payload_bytes: config.payload_bytes,
-        tasks: config.tasks,
-        sleep: config.sleep,
-        queue: config.actor.queue.clone(),
-    };
+    let params = params(config);
     for message in scenario.messages(&params) {
         rt.block_on(broker.enqueue(message, None))
             .context("enqueueing the scenario's messages")?;
     }
     Ok(())
+}
+
+/// Feeds a streaming scenario's messages while the worker runs, keeping at
+/// most `backlog` of them unfinished (see `Feed::Streaming`).
+struct Feeder {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Feeder {
+    fn start(
+        rt: tokio::runtime::Handle,
+        broker: Broker,
+        scenario: &'static Scenario,
+        params: Params,
+        stats: Arc<WorkerStats>,
+        backlog: usize,
+    ) -> anyhow::Result<Feeder> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("scenario-feeder".into())
+            .spawn(move || {
+                for i in 0..params.tasks.max(1) {
+                    while i as u64 >= stats.finished() + backlog as u64 {
+                        if flag.load(Ordering::Acquire) {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    if flag.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    rt.block_on(broker.enqueue(scenario.message(&params, i), None))
+                        .context("enqueueing the scenario's messages")?;
+                }
+                Ok(())
+            })
+            .context("starting the scenario's feeder")?;
+        Ok(Feeder {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops feeding; an enqueue error ends the run with it.
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Release);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => anyhow::bail!("the scenario's feeder panicked"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Signals the run reacts to: SIGINT and SIGTERM stop it, SIGUSR1 asks for
@@ -297,9 +355,16 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     watch_signals(&rt, &signals)?;
     let (broker, results) = connect(&rt, &config.broker)?;
     let lab = LabMiddleware::new(config, &results)?;
-    if let Some(scenario) = config.scenario {
-        enqueue_scenario(&rt, &broker, scenario, config)?;
-    }
+    let streaming = match config.scenario {
+        Some(scenario) => match scenario.feed {
+            Feed::Upfront => {
+                enqueue_scenario(&rt, &broker, scenario, config)?;
+                None
+            }
+            Feed::Streaming { backlog } => Some((scenario, backlog, broker.clone())),
+        },
+        None => None,
+    };
     let tracer = tracer(config);
     let worker = Worker::start(
         Env {
@@ -319,6 +384,17 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     .context("starting the worker")?;
 
     let stats = worker.stats();
+    let feeder = match streaming {
+        Some((scenario, backlog, broker)) => Some(Feeder::start(
+            rt.handle().clone(),
+            broker,
+            scenario,
+            params(config),
+            stats.clone(),
+            backlog,
+        )?),
+        None => None,
+    };
     let progress = Progress::new(config.quiet);
     let watched = Watched {
         config,
@@ -333,6 +409,9 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunReport> {
     let stop = watched.until_stop();
     let started = watched.started;
     progress.finish();
+    if let Some(f) = feeder {
+        f.finish()?;
+    }
     // Workers waiting on a trace report are released when the tracer goes.
     drop(tracer);
     worker.stop();

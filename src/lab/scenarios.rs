@@ -13,6 +13,16 @@ use super::error::{Local, Payload, TaskError};
 use super::executor::ActorFuture;
 use super::message::{JsonObject, Message};
 
+/// How a scenario's messages reach the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// All of them before the worker starts.
+    Upfront,
+    /// While the worker runs, at most this many not yet finished at once,
+    /// so a run of millions of messages holds only a backlog.
+    Streaming { backlog: usize },
+}
+
 /// What a scenario must show.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Expect {
@@ -55,6 +65,7 @@ pub struct Scenario {
     pub store_results: bool,
     /// Arguments of the `index`-th message.
     pub args: fn(&Params, usize) -> Vec<Value>,
+    pub feed: Feed,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -71,15 +82,18 @@ impl Scenario {
     /// The scenario's messages, ready to enqueue.
     pub fn messages(&self, params: &Params) -> Vec<Message> {
         (0..params.tasks.max(1))
-            .map(|i| {
-                Message::new(
-                    params.queue.clone(),
-                    self.actor,
-                    (self.args)(params, i),
-                    JsonObject::new(),
-                )
-            })
+            .map(|i| self.message(params, i))
             .collect()
+    }
+
+    /// The `index`-th message.
+    pub fn message(&self, params: &Params, index: usize) -> Message {
+        Message::new(
+            params.queue.clone(),
+            self.actor,
+            (self.args)(params, index),
+            JsonObject::new(),
+        )
     }
 }
 
@@ -118,6 +132,7 @@ pub const SCENARIOS: &[Scenario] = &[
         defaults: ONE,
         store_results: false,
         args: size_and_index,
+        feed: Feed::Upfront,
     },
     Scenario {
         name: "nested",
@@ -128,6 +143,7 @@ pub const SCENARIOS: &[Scenario] = &[
         defaults: ONE,
         store_results: false,
         args: size_and_index,
+        feed: Feed::Upfront,
     },
     Scenario {
         name: "concurrent",
@@ -142,6 +158,7 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         store_results: false,
         args: size_and_index,
+        feed: Feed::Upfront,
     },
     Scenario {
         name: "large-results",
@@ -156,6 +173,7 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         store_results: true,
         args: size_and_index,
+        feed: Feed::Upfront,
     },
     Scenario {
         name: "sleep",
@@ -166,6 +184,7 @@ pub const SCENARIOS: &[Scenario] = &[
         defaults: ONE,
         store_results: false,
         args: size_and_sleep,
+        feed: Feed::Upfront,
     },
     Scenario {
         name: "sleep-no-ref",
@@ -176,6 +195,7 @@ pub const SCENARIOS: &[Scenario] = &[
         defaults: ONE,
         store_results: false,
         args: size_and_sleep,
+        feed: Feed::Upfront,
     },
     Scenario {
         name: "traceback",
@@ -186,6 +206,7 @@ pub const SCENARIOS: &[Scenario] = &[
         defaults: ONE,
         store_results: false,
         args: size_and_index,
+        feed: Feed::Upfront,
     },
     Scenario {
         name: "stream",
@@ -196,6 +217,7 @@ pub const SCENARIOS: &[Scenario] = &[
         defaults: ONE,
         store_results: false,
         args: size_and_index,
+        feed: Feed::Upfront,
     },
     Scenario {
         name: "context-manager",
@@ -206,6 +228,7 @@ pub const SCENARIOS: &[Scenario] = &[
         defaults: ONE,
         store_results: false,
         args: size_and_index,
+        feed: Feed::Upfront,
     },
     Scenario {
         name: "retry-args",
@@ -216,8 +239,33 @@ pub const SCENARIOS: &[Scenario] = &[
         defaults: ONE,
         store_results: false,
         args: payload_argument,
+        feed: Feed::Upfront,
+    },
+    Scenario {
+        name: "noop",
+        description: "does nothing and succeeds: --tasks messages fed while the worker runs, to measure the worker and the recorder themselves",
+        actor: "noop_task",
+        function: ActorFn::Async(noop_task),
+        expect: Expect::Flat,
+        defaults: Defaults {
+            tasks: 100_000,
+            threads: 1,
+            payload_mib: 1,
+        },
+        store_results: false,
+        args: no_args,
+        feed: Feed::Streaming { backlog: 1_000 },
     },
 ];
+
+fn no_args(_: &Params, _: usize) -> Vec<Value> {
+    Vec::new()
+}
+
+/// The no-op actor.
+fn noop_task(_call: Call) -> ActorFuture {
+    Box::pin(async { Ok(Value::Null) })
+}
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)

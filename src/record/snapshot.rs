@@ -29,6 +29,8 @@ struct Session {
     tasks_dropped: u64,
     /// Finished tasks folded away, by outcome.
     folded: BTreeMap<String, u64>,
+    /// Their retries (each folded task's highest retry number, summed).
+    folded_retries: u64,
 }
 
 static SESSION: LockCell<Session> = LockCell::new(Session {
@@ -38,6 +40,7 @@ static SESSION: LockCell<Session> = LockCell::new(Session {
     tasks: BTreeMap::new(),
     tasks_dropped: 0,
     folded: BTreeMap::new(),
+    folded_retries: 0,
 });
 
 pub(crate) fn session_lock() -> &'static RawLock {
@@ -52,6 +55,7 @@ pub(crate) fn begin_session(options: &Options) {
     s.tasks.clear();
     s.tasks_dropped = 0;
     s.folded.clear();
+    s.folded_retries = 0;
     drop(s);
     timeline::clear();
 }
@@ -92,9 +96,10 @@ pub(crate) fn describe_task(task: u64, d: TaskDescription) {
 }
 
 /// Forgets the record of a finished task whose tags were all folded,
-/// counting it under its outcome.
-pub(crate) fn fold_task(task: u64) {
+/// counting it under its outcome, and its retries.
+pub(crate) fn fold_task(task: u64, retries: u32) {
     let mut s = SESSION.lock();
+    s.folded_retries += retries as u64;
     let outcome = s
         .tasks
         .remove(&task)
@@ -238,6 +243,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let tasks_dropped = session.tasks_dropped;
     let start_unix_ms = session.start_unix_ms;
     let folded_outcomes = session.folded.clone();
+    let folded_retries = session.folded_retries;
     let session_bytes = session_bytes(&session);
     drop(session);
 
@@ -335,7 +341,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         live,
         stack_stats,
         tasks,
-        folded: folded_summary(folded_outcomes),
+        folded: folded_summary(folded_outcomes, folded_retries),
         totals: Totals {
             live: in_blocks(live_total),
             peak: Amount {
@@ -364,13 +370,14 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
 }
 
 /// What folding finished tasks summed up, if any were folded.
-fn folded_summary(outcomes: BTreeMap<String, u64>) -> Option<Folded> {
+fn folded_summary(outcomes: BTreeMap<String, u64>, retries: u64) -> Option<Folded> {
     let f = &TAGS.folded;
     let tags = f.tags.load(Ordering::Relaxed);
     let tasks: u64 = outcomes.values().sum();
     (tags > 0 || tasks > 0).then(|| Folded {
         tasks,
         tags,
+        retries,
         allocated: Amount {
             bytes: f.alloc_bytes.load(Ordering::Relaxed),
             blocks: f.alloc_blocks.load(Ordering::Relaxed)

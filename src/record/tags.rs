@@ -182,6 +182,9 @@ struct TagIndex {
     /// finished, checked again [`SWEEP`] at a time.
     finished: Vec<u32>,
     sweep_at: usize,
+    /// Finished tasks with tags in `finished`: how many, and the highest
+    /// retry number among all the task's tags.
+    unfolded: FxHashMap<u64, (u32, u32)>,
 }
 
 impl TagTable {
@@ -278,36 +281,55 @@ impl TagTable {
 
     /// Task `task` is finished: no code runs under its tags again. Folds
     /// each of its tags whose memory is all freed; the others are checked
-    /// again later. Returns true when every tag of the task was folded.
-    /// Caller holds the re-entrancy guard.
-    pub(crate) fn finish_task(&self, task: u64) -> bool {
+    /// again later, a few at each call. Calls `folded_task(task, retries)`
+    /// for every task all of whose tags are now folded (this one, or
+    /// earlier ones whose last tag just folded), with the highest retry
+    /// number among its tags. Caller holds the re-entrancy guard.
+    pub(crate) fn finish_task(&self, task: u64, mut folded_task: impl FnMut(u64, u32)) {
         let mut index = self.index.lock();
         let Some(index) = index.as_mut() else {
-            return true;
+            folded_task(task, 0);
+            return;
         };
         let mut next = index.by_task.remove(&task).unwrap_or(UNTAGGED);
-        let mut all = true;
+        let (mut left, mut retries) = (0, 0);
         while next != UNTAGGED {
             let id = next;
             next = self
                 .entry(id)
                 .map_or(UNTAGGED, |e| e.next_of_task.load(Ordering::Relaxed));
+            retries = retries.max(self.get(id).and_then(|t| t.retry).unwrap_or(0));
             if !self.fold(index, id) {
                 index.finished.push(id);
-                all = false;
+                left += 1;
+            }
+        }
+        match left {
+            0 => folded_task(task, retries),
+            n => {
+                index.unfolded.insert(task, (n, retries));
             }
         }
         // A few of the earlier ones whose memory may be freed by now.
         for _ in 0..SWEEP.min(index.finished.len()) {
             let at = index.sweep_at % index.finished.len();
             let id = index.finished[at];
+            let of = self.get(id).and_then(|t| t.task);
             if self.fold(index, id) {
                 index.finished.swap_remove(at);
+                if let Some(t) = of {
+                    let (n, retries) = index.unfolded.entry(t).or_insert((1, 0));
+                    *n -= 1;
+                    if *n == 0 {
+                        let retries = *retries;
+                        index.unfolded.remove(&t);
+                        folded_task(t, retries);
+                    }
+                }
             } else {
                 index.sweep_at = at + 1;
             }
         }
-        all
     }
 
     /// Folds tag `id` if nothing runs under it and nothing it allocated
@@ -368,6 +390,7 @@ impl TagTable {
             (map(i.by_hash.capacity(), 16)
                 + map(i.by_task.capacity(), 16)
                 + map(i.collided.capacity(), std::mem::size_of::<(Tag, u32)>())
+                + map(i.unfolded.capacity(), 16)
                 + (i.free.capacity() + i.finished.capacity()) * 4) as u64
         });
         entries + index
