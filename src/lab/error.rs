@@ -119,9 +119,17 @@ pub struct TaskError {
     traceback: Mutex<Vec<TraceFrame>>,
 }
 
+/// The owner label of raised errors and what they hold.
+pub const ERROR_VALUE: &str = "error value";
+
+/// Runs `f` in the "error value" owner scope, typed `TaskError`: the one
+/// place raised errors get their label.
+fn in_error_scope<R>(f: impl FnOnce() -> R) -> R {
+    crate::owner::scope_typed::<TaskError, _>(ERROR_VALUE, f)
+}
+
 impl TaskError {
-    /// A new error, created inside the "error value" owner scope so its
-    /// allocations are labelled.
+    /// A new error. It is labelled once raised ([`TaskError::raised`]).
     pub fn new(kind: &'static str, message: impl Into<String>) -> TaskError {
         TaskError {
             kind,
@@ -138,11 +146,13 @@ impl TaskError {
     }
 
     pub fn caused_by(mut self, cause: TaskError) -> TaskError {
-        self.cause = Some(crate::owner::scope_typed::<TaskError, _>(
-            "error value",
-            || Box::new(cause),
-        ));
+        self.cause = Some(in_error_scope(|| Box::new(cause)));
         self
+    }
+
+    /// The error as raised: shared, its block labelled "error value".
+    pub fn raised(self) -> Arc<TaskError> {
+        in_error_scope(|| Arc::new(self))
     }
 
     /// Records that the error passed through `function`, keeping `locals`.

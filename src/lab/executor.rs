@@ -158,10 +158,7 @@ impl EventLoopThread {
     /// `TimeLimitExceeded` error is returned.
     pub fn run_coroutine(&self, coro: ActorFuture, tag: Tag, deadline: Option<Instant>) -> Outcome {
         if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
-            let e = TaskError::new("RuntimeError", "Event loop is not running.");
-            return Err(owner::scope_typed::<TaskError, _>("error value", || {
-                Arc::new(e)
-            }));
+            return Err(TaskError::new("RuntimeError", "Event loop is not running.").raised());
         }
         let future = owner::typed::<FutureState, _>(|| Arc::new(FutureState::new()));
         let done = future.clone();
@@ -171,17 +168,11 @@ impl EventLoopThread {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         else {
-            let e = TaskError::new("RuntimeError", "Event loop is not running.");
-            return Err(owner::scope_typed::<TaskError, _>("error value", || {
-                Arc::new(e)
-            }));
+            return Err(TaskError::new("RuntimeError", "Event loop is not running.").raised());
         };
         let task = handle.spawn(
             async move {
-                let outcome = coro
-                    .await
-                    .map(Arc::new)
-                    .map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e)));
+                let outcome = coro.await.map(Arc::new).map_err(TaskError::raised);
                 done.complete(outcome);
             }
             .tagged(tag),
@@ -193,19 +184,13 @@ impl EventLoopThread {
             if task.is_finished() && future.result().is_none() {
                 // The coroutine panicked: report it as the actor's failure.
                 let e = TaskError::new("ActorPanicked", "the actor's coroutine panicked");
-                future.complete(Err(owner::scope_typed::<TaskError, _>(
-                    "error value",
-                    || Arc::new(e),
-                )));
+                future.complete(Err(e.raised()));
                 break;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 task.abort();
                 let e = TaskError::new("TimeLimitExceeded", "the actor ran past its time limit");
-                future.complete(Err(owner::scope_typed::<TaskError, _>(
-                    "error value",
-                    || Arc::new(e),
-                )));
+                future.complete(Err(e.raised()));
                 break;
             }
         }

@@ -25,7 +25,7 @@ use super::message::Message;
 use super::middleware::{AsyncIo, Chain, Env, MessageCtx, Outcome as Ending};
 use super::trace::{AfterJob, JobDone};
 use crate::format::events;
-use crate::{owner, Tag, TaskDescription};
+use crate::{Tag, TaskDescription};
 
 /// How long a consumer waits for a message before checking for shutdown.
 const FETCH_WAIT: Duration = Duration::from_millis(100);
@@ -348,9 +348,7 @@ fn run_message(shared: &Shared, ctx: &MessageCtx, tag: Tag) -> bool {
         tracing::warn!("Message {} was skipped: {}", message.message_id, skip.0);
         if ctx.failed() {
             let e = TaskError::new("SkipMessage", skip.0);
-            ctx.stuff_exception(owner::scope_typed::<TaskError, _>("error value", || {
-                Arc::new(e)
-            }));
+            ctx.stuff_exception(e.raised());
         }
         shared.chain.after_skip_message(ctx);
         return false;
@@ -360,9 +358,7 @@ fn run_message(shared: &Shared, ctx: &MessageCtx, tag: Tag) -> bool {
         retries: tag.retry_number().unwrap_or(0),
     };
     let outcome: Outcome = match ctx.actor.function {
-        ActorFn::Sync(f) => f(&call)
-            .map(Arc::new)
-            .map_err(|e| owner::scope_typed::<TaskError, _>("error value", || Arc::new(e))),
+        ActorFn::Sync(f) => f(&call).map(Arc::new).map_err(TaskError::raised),
         ActorFn::Async(f) => shared.asyncio.run_coroutine(f(call), tag, ctx.deadline()),
     };
     let ending = match &outcome {

@@ -163,10 +163,6 @@ pub(crate) struct ThreadState {
     pub(crate) tag_live_blocks: Delta,
     pub(crate) tag_alloc_bytes: Counter,
     pub(crate) tag_alloc_blocks: Counter,
-    /// Sampled mode: bytes left until the next sample point, and the
-    /// generator state for drawing the next gap.
-    pub(crate) countdown: AtomicI64,
-    pub(crate) rng: AtomicU64,
     dir: AtomicPtr<AtomicPtr<StackCounters>>,
     /// The block a `realloc` on this thread holds outside the live table.
     pub(crate) flight: InFlight,
