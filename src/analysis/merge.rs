@@ -203,6 +203,12 @@ impl Merger {
             }
         }
         self.renumbered.push(renumbered);
+        self.add_counts(p);
+    }
+
+    /// Sums `p`'s totals, dropped counters, folded tasks and recorder
+    /// memory into the merged ones.
+    fn add_counts(&mut self, p: &Profile) {
         let t = &mut self.totals;
         t.live.accumulate(p.totals.live);
         // Peaks of different processes need not coincide: their sum bounds

@@ -126,14 +126,82 @@ struct NodeInfo {
     type_name: Option<&'static str>,
 }
 
+/// Owner labels, numbered densely.
+#[derive(Default)]
+struct Labels {
+    ids: FxHashMap<&'static str, LabelId>,
+    names: Vec<&'static str>,
+}
+
+impl Labels {
+    fn id(&mut self, l: &'static str) -> LabelId {
+        let names = &mut self.names;
+        *self.ids.entry(l).or_insert_with(|| {
+            names.push(l);
+            LabelId(names.len() as u32 - 1)
+        })
+    }
+}
+
 pub(crate) fn convert(
     scan: &ScanResult,
     names: &Names,
     options: &GraphOptions,
     weight: impl Fn(usize) -> (u64, u64),
 ) -> Converted {
-    let blocks: &[Block] = scan.blocks.as_slice();
-    let mut infos: Vec<NodeInfo> = blocks
+    let (infos, static_node) = node_infos(scan, names);
+    let mut labels = Labels::default();
+    let graph = match build_graph(scan, &infos, &static_node, &mut labels) {
+        Ok(g) => g,
+        Err(e) => {
+            return Converted {
+                graph: Graph {
+                    thread_roots: format!("graph not built: {e}"),
+                    ..Graph::default()
+                },
+                live: Vec::new(),
+            }
+        }
+    };
+    let retention = Retention::compute(&graph);
+    let c = Conversion {
+        blocks: scan.blocks.as_slice(),
+        names,
+        infos,
+        labels,
+        graph: &graph,
+        retention: &retention,
+    };
+    let (owners, node_owner) = c.owners();
+    let (vias, node_via) = c.vias();
+    let live = c.live_groups(&node_owner, &node_via, weight);
+    let (nodes, stored) = c.stored_subgraph(options, &node_owner);
+    let cycles = c.cycles(&stored);
+    Converted {
+        graph: Graph {
+            scanned: Amount {
+                bytes: c.blocks.iter().map(|b| b.size as u64).sum(),
+                blocks: c.blocks.len() as u64,
+            },
+            edges: graph.edge_count() as u64,
+            pause_ns: scan.pause_ns,
+            thread_roots: thread_roots_text(&scan.stop, scan.incomplete),
+            stop: Some(stop_stats(&scan.stop)),
+            owners,
+            vias,
+            cycles,
+            nodes,
+        },
+        live,
+    }
+}
+
+/// The blocks' facts, then registered static containers as pseudo nodes
+/// after them (with, by container index, their node).
+fn node_infos(scan: &ScanResult, names: &Names) -> (Vec<NodeInfo>, FxHashMap<u32, u32>) {
+    let mut infos: Vec<NodeInfo> = scan
+        .blocks
+        .as_slice()
         .iter()
         .map(|b| {
             let tag = (names.tag)(b.tag);
@@ -149,14 +217,11 @@ pub(crate) fn convert(
         .collect();
     // Registered heap objects take their registration's label.
     for r in &scan.registered {
-        if let Some(j) = r.block {
-            if let Some(info) = infos.get_mut(j as usize) {
-                info.label = Some(r.label);
-                info.type_name = r.type_name.or(info.type_name);
-            }
+        if let Some(info) = r.block.and_then(|j| infos.get_mut(j as usize)) {
+            info.label = Some(r.label);
+            info.type_name = r.type_name.or(info.type_name);
         }
     }
-    // Registered static containers become pseudo nodes after the blocks.
     let mut static_node: FxHashMap<u32, u32> = FxHashMap::default();
     for (k, r) in scan.registered.iter().enumerate() {
         if r.block.is_none() {
@@ -171,22 +236,22 @@ pub(crate) fn convert(
             });
         }
     }
+    (infos, static_node)
+}
 
-    // Labels, dense.
-    let mut label_ids: FxHashMap<&'static str, LabelId> = FxHashMap::default();
-    let mut label_names: Vec<&'static str> = Vec::new();
-    let mut label_of = |l: &'static str| -> LabelId {
-        *label_ids.entry(l).or_insert_with(|| {
-            label_names.push(l);
-            LabelId(label_names.len() as u32 - 1)
-        })
-    };
+/// Nodes with their labels, the scan's edges and roots.
+fn build_graph(
+    scan: &ScanResult,
+    infos: &[NodeInfo],
+    static_node: &FxHashMap<u32, u32>,
+    labels: &mut Labels,
+) -> Result<HeapGraph, crate::graph::GraphError> {
     let mut b = HeapGraphBuilder::with_capacity(
         infos.len(),
         scan.edges.len() + scan.registered_edges.len(),
     );
-    for info in &infos {
-        let label = info.label.map(&mut label_of);
+    for info in infos {
+        let label = info.label.map(|l| labels.id(l));
         b.add_node(info.size, label);
     }
     for e in scan.edges.as_slice() {
@@ -203,299 +268,308 @@ pub(crate) fn convert(
             RootSource::Tls => RootKind::Tls,
             RootSource::Static => RootKind::Static,
             RootSource::Registered(k) => {
-                RootKind::Registered(label_of(scan.registered[k as usize].label))
+                RootKind::Registered(labels.id(scan.registered[k as usize].label))
             }
         };
         b.add_root(r.node, kind, None);
     }
-    for (k, &n) in &static_node {
-        b.add_root(
-            n,
-            RootKind::Registered(label_of(scan.registered[*k as usize].label)),
-            None,
-        );
+    for (k, &n) in static_node {
+        let label = labels.id(scan.registered[*k as usize].label);
+        b.add_root(n, RootKind::Registered(label), None);
     }
-    let graph = match b.build() {
-        Ok(g) => g,
-        Err(e) => {
-            return Converted {
-                graph: Graph {
-                    thread_roots: format!("graph not built: {e}"),
-                    ..Graph::default()
-                },
-                live: Vec::new(),
-            }
-        }
-    };
-    let retention = Retention::compute(&graph);
-    let n = infos.len() as u32;
+    b.build()
+}
 
-    // Owners: one per label, then one per site of unowned top-most holders.
-    let mut owners: Vec<Owner> = Vec::new();
-    let mut owner_of_label: FxHashMap<u32, u32> = FxHashMap::default();
-    for s in retention.labels() {
-        let name = label_names[s.label.0 as usize];
-        let type_name = infos
-            .iter()
-            .find(|i| i.label == Some(name))
-            .and_then(|i| i.type_name)
-            .map(str::to_string);
-        owner_of_label.insert(s.label.0, owners.len() as u32);
-        owners.push(Owner {
-            name: name.to_string(),
-            kind: "labelled".to_string(),
-            type_name,
-            objects: s.objects,
-            retained: s.retained,
-        });
+/// What the conversion's steps share.
+struct Conversion<'a> {
+    blocks: &'a [Block],
+    names: &'a Names<'a>,
+    infos: Vec<NodeInfo>,
+    labels: Labels,
+    graph: &'a HeapGraph,
+    retention: &'a Retention,
+}
+
+const NO_LABEL: u32 = u32::MAX;
+
+impl Conversion<'_> {
+    fn n(&self) -> u32 {
+        self.infos.len() as u32
     }
-    // For blocks no labelled object dominates: the labelled object that
-    // reaches them in the fewest hops, if any (one BFS from every labelled
-    // block at once). A block kept by a labelled container *and* by
-    // something else (often a stale word in a stack frame, which a
-    // conservative scan cannot tell from a live one) is attributed to the
-    // container rather than to nobody.
-    const NO_LABEL: u32 = u32::MAX;
-    let mut nearest_labelled = vec![NO_LABEL; n as usize];
-    let mut queue = std::collections::VecDeque::new();
-    for v in 0..n {
-        if graph.label(v).is_some() {
-            nearest_labelled[v as usize] = v;
-            queue.push_back(v);
+
+    /// Owners: one per label, then one per site of unowned top-most
+    /// holders; and each node's owner.
+    fn owners(&self) -> (Vec<Owner>, Vec<u32>) {
+        let mut owners: Vec<Owner> = Vec::new();
+        let mut owner_of_label: FxHashMap<u32, u32> = FxHashMap::default();
+        for s in self.retention.labels() {
+            let name = self.labels.names[s.label.0 as usize];
+            let type_name = self
+                .infos
+                .iter()
+                .find(|i| i.label == Some(name))
+                .and_then(|i| i.type_name)
+                .map(str::to_string);
+            owner_of_label.insert(s.label.0, owners.len() as u32);
+            owners.push(Owner {
+                name: name.to_string(),
+                kind: "labelled".to_string(),
+                type_name,
+                objects: s.objects,
+                retained: s.retained,
+            });
         }
-    }
-    while let Some(u) = queue.pop_front() {
-        for &t in graph.targets(u) {
-            if nearest_labelled[t as usize] == NO_LABEL {
-                nearest_labelled[t as usize] = nearest_labelled[u as usize];
-                queue.push_back(t);
-            }
-        }
-    }
-    let mut owner_of_site: FxHashMap<String, u32> = FxHashMap::default();
-    // The site text is made once per holder stack, not once per block.
-    let mut owner_of_stack: FxHashMap<u32, u32> = FxHashMap::default();
-    let mut holders_seen: FxHashMap<u32, ()> = FxHashMap::default();
-    let mut node_owner: Vec<u32> = Vec::with_capacity(n as usize);
-    for v in 0..n {
-        let o = match retention.attribution(v) {
-            Attribution::Owned(l) => graph
-                .label(l)
+        let nearest_labelled = self.nearest_labelled();
+        let labelled_owner = |v: u32| {
+            self.graph
+                .label(v)
                 .and_then(|id| owner_of_label.get(&id.0).copied())
-                .unwrap_or(0),
-            Attribution::Unowned { .. } if nearest_labelled[v as usize] != NO_LABEL => graph
-                .label(nearest_labelled[v as usize])
-                .and_then(|id| owner_of_label.get(&id.0).copied())
-                .unwrap_or(0),
-            Attribution::Unowned { holder } => {
-                let stack = infos[holder as usize].stack;
-                let idx = *owner_of_stack.entry(stack).or_insert_with(|| {
-                    let site = format!("site: {}", names.site(stack));
-                    *owner_of_site.entry(site.clone()).or_insert_with(|| {
-                        owners.push(Owner {
-                            name: site,
-                            kind: "site".to_string(),
-                            ..Owner::default()
-                        });
-                        owners.len() as u32 - 1
-                    })
-                });
-                if holders_seen.insert(holder, ()).is_none() {
-                    let ow = &mut owners[idx as usize];
-                    ow.objects += 1;
-                    ow.retained.add(retention.retained(holder));
+                .unwrap_or(0)
+        };
+        let mut owner_of_site: FxHashMap<String, u32> = FxHashMap::default();
+        // The site text is made once per holder stack, not once per block.
+        let mut owner_of_stack: FxHashMap<u32, u32> = FxHashMap::default();
+        let mut holders_seen: FxHashMap<u32, ()> = FxHashMap::default();
+        let mut node_owner: Vec<u32> = Vec::with_capacity(self.n() as usize);
+        for v in 0..self.n() {
+            let o = match self.retention.attribution(v) {
+                Attribution::Owned(l) => labelled_owner(l),
+                Attribution::Unowned { .. } if nearest_labelled[v as usize] != NO_LABEL => {
+                    labelled_owner(nearest_labelled[v as usize])
                 }
-                idx
-            }
-        };
-        node_owner.push(o);
+                Attribution::Unowned { holder } => {
+                    let stack = self.infos[holder as usize].stack;
+                    let idx = *owner_of_stack.entry(stack).or_insert_with(|| {
+                        let site = format!("site: {}", self.names.site(stack));
+                        *owner_of_site.entry(site.clone()).or_insert_with(|| {
+                            owners.push(Owner {
+                                name: site,
+                                kind: "site".to_string(),
+                                ..Owner::default()
+                            });
+                            owners.len() as u32 - 1
+                        })
+                    });
+                    if holders_seen.insert(holder, ()).is_none() {
+                        let ow = &mut owners[idx as usize];
+                        ow.objects += 1;
+                        ow.retained.add(self.retention.retained(holder));
+                    }
+                    idx
+                }
+            };
+            node_owner.push(o);
+        }
+        (owners, node_owner)
     }
 
-    // Vias: what refers to each block, and where. A holder is described by
-    // its label, else its type, else its site: the text is made once per
-    // distinct (label, type, stack), not per block.
-    enum HolderKey {
-        Object(Option<&'static str>, Option<&'static str>, u32),
-        Text(String),
-    }
-    let mut text_of: FxHashMap<(Option<&'static str>, Option<&'static str>, u32), String> =
-        FxHashMap::default();
-    let mut vias: Vec<Via> = Vec::new();
-    let mut via_index: FxHashMap<(String, Option<u64>), u32> = FxHashMap::default();
-    let mut node_via: Vec<u32> = Vec::with_capacity(n as usize);
-    for v in 0..n {
-        let (key, offset) = match retention.retainer(v) {
-            Retainer::Root(i) => (
-                HolderKey::Text(root_name(&graph.roots()[i as usize].kind, &label_names)),
-                None,
-            ),
-            Retainer::Pointer { holder, offset } => {
-                let info = &infos[holder as usize];
-                (
-                    HolderKey::Object(info.label, info.type_name, info.stack),
-                    Some(offset as u64),
-                )
+    /// For blocks no labelled object dominates: the labelled object that
+    /// reaches them in the fewest hops, if any (one BFS from every
+    /// labelled block at once). A block kept by a labelled container *and*
+    /// by something else (often a stale word in a stack frame, which a
+    /// conservative scan cannot tell from a live one) is attributed to the
+    /// container rather than to nobody.
+    fn nearest_labelled(&self) -> Vec<u32> {
+        let n = self.n();
+        let mut nearest = vec![NO_LABEL; n as usize];
+        let mut queue = std::collections::VecDeque::new();
+        for v in 0..n {
+            if self.graph.label(v).is_some() {
+                nearest[v as usize] = v;
+                queue.push_back(v);
             }
-            Retainer::Cycle(c) => (HolderKey::Text(format!("unreachable cycle #{}", c.0)), None),
-            Retainer::Unreferenced => (HolderKey::Text("unreferenced".to_string()), None),
-        };
-        let text = match key {
-            HolderKey::Text(t) => t,
-            HolderKey::Object(label, type_name, stack) => text_of
-                .entry((label, type_name, stack))
-                .or_insert_with(|| match (label, type_name) {
-                    (Some(l), _) => l.to_string(),
-                    (None, Some(t)) => t.to_string(),
-                    (None, None) => format!("site: {}", names.site(stack)),
-                })
-                .clone(),
-        };
-        let next = vias.len() as u32;
-        let idx = *via_index.entry((text.clone(), offset)).or_insert_with(|| {
-            vias.push(Via {
-                holder: text,
-                offset,
+        }
+        while let Some(u) = queue.pop_front() {
+            for &t in self.graph.targets(u) {
+                if nearest[t as usize] == NO_LABEL {
+                    nearest[t as usize] = nearest[u as usize];
+                    queue.push_back(t);
+                }
+            }
+        }
+        nearest
+    }
+
+    /// Vias: what refers to each block, and where. A holder is described
+    /// by its label, else its type, else its site: the text is made once
+    /// per distinct (label, type, stack), not per block.
+    fn vias(&self) -> (Vec<Via>, Vec<u32>) {
+        let mut text_of: FxHashMap<(Option<&'static str>, Option<&'static str>, u32), String> =
+            FxHashMap::default();
+        let mut vias: Vec<Via> = Vec::new();
+        let mut via_index: FxHashMap<(String, Option<u64>), u32> = FxHashMap::default();
+        let mut node_via: Vec<u32> = Vec::with_capacity(self.n() as usize);
+        for v in 0..self.n() {
+            let (text, offset) = match self.retention.retainer(v) {
+                Retainer::Root(i) => (self.root_name(i), None),
+                Retainer::Pointer { holder, offset } => {
+                    let info = &self.infos[holder as usize];
+                    let key = (info.label, info.type_name, info.stack);
+                    let text = text_of
+                        .entry(key)
+                        .or_insert_with(|| match (info.label, info.type_name) {
+                            (Some(l), _) => l.to_string(),
+                            (None, Some(t)) => t.to_string(),
+                            (None, None) => format!("site: {}", self.names.site(info.stack)),
+                        })
+                        .clone();
+                    (text, Some(offset as u64))
+                }
+                Retainer::Cycle(c) => (format!("unreachable cycle #{}", c.0), None),
+                Retainer::Unreferenced => ("unreferenced".to_string(), None),
+            };
+            let next = vias.len() as u32;
+            let idx = *via_index.entry((text.clone(), offset)).or_insert_with(|| {
+                vias.push(Via {
+                    holder: text,
+                    offset,
+                });
+                next
             });
-            next
-        });
-        node_via.push(idx);
+            node_via.push(idx);
+        }
+        (vias, node_via)
     }
 
-    // Live groups by (stack, tag, owner, via, reachability); blocks only.
-    let mut groups: FxHashMap<(u32, u32, u32, u32, bool), Amount> = FxHashMap::default();
-    for (v, blk) in blocks.iter().enumerate() {
-        let (bytes, units) = weight(blk.size);
+    fn root_name(&self, root: u32) -> String {
+        root_name(&self.graph.roots()[root as usize].kind, &self.labels.names)
+    }
+
+    /// Live groups by (stack, tag, owner, via, reachability); blocks only.
+    fn live_groups(
+        &self,
+        node_owner: &[u32],
+        node_via: &[u32],
+        weight: impl Fn(usize) -> (u64, u64),
+    ) -> Vec<LiveGroup> {
+        let mut groups: FxHashMap<(u32, u32, u32, u32, bool), Amount> = FxHashMap::default();
+        for (v, blk) in self.blocks.iter().enumerate() {
+            let (bytes, units) = weight(blk.size);
+            let unreachable = !self.retention.is_reachable(v as u32);
+            groups
+                .entry((blk.stack, blk.tag, node_owner[v], node_via[v], unreachable))
+                .or_default()
+                .add(Amount {
+                    bytes,
+                    blocks: units,
+                });
+        }
         groups
-            .entry((
-                blk.stack,
-                blk.tag,
-                node_owner[v],
-                node_via[v],
-                !retention.is_reachable(v as u32),
-            ))
-            .or_default()
-            .add(Amount {
-                bytes,
-                blocks: units,
-            });
+            .into_iter()
+            .map(|((stack, tag, owner, via, unreachable), a)| LiveGroup {
+                stack,
+                tag,
+                blocks: a.blocks,
+                bytes: a.bytes,
+                owner: Some(owner),
+                via: Some(via),
+                unreachable,
+            })
+            .collect()
     }
-    let live: Vec<LiveGroup> = groups
-        .into_iter()
-        .map(|((stack, tag, owner, via, unreachable), a)| LiveGroup {
-            stack,
-            tag,
-            blocks: a.blocks,
-            bytes: a.bytes,
-            owner: Some(owner),
-            via: Some(via),
-            unreachable,
-        })
-        .collect();
 
-    // The stored subgraph: the largest retained objects, objects of the
-    // requested types, and everything needed for their chains.
-    // Where leaks start (unreferenced blocks, entry-cycle members) are kept
-    // too, so `retainers --site/--type` finds leaked objects of any size.
-    let mut extra: Vec<u32> = (0..n)
-        .filter(|&v| {
-            matches!(
-                retention.retainer(v),
-                Retainer::Unreferenced | Retainer::Cycle(_)
-            )
-        })
-        .take(10_000)
-        .collect();
-    extra.extend(if options.keep_types.is_empty() {
-        Vec::new()
-    } else {
-        (0..n)
+    /// The stored subgraph: the largest retained objects, objects of the
+    /// requested types, and everything needed for their chains. Where
+    /// leaks start (unreferenced blocks, entry-cycle members) are kept
+    /// too, so `retainers --site/--type` finds leaked objects of any size.
+    /// Returns the nodes and, by graph node, its stored index.
+    fn stored_subgraph(
+        &self,
+        options: &GraphOptions,
+        node_owner: &[u32],
+    ) -> (Vec<Node>, FxHashMap<u32, u32>) {
+        let mut extra: Vec<u32> = (0..self.n())
             .filter(|&v| {
-                let info = &infos[v as usize];
-                options.keep_types.iter().any(|t| {
-                    info.type_name.is_some_and(|tn| tn.contains(t.as_str()))
-                        || info.label.is_some_and(|l| l.contains(t.as_str()))
-                        || (v < blocks.len() as u32 && names.stack_mentions(info.stack, t))
-                })
+                matches!(
+                    self.retention.retainer(v),
+                    Retainer::Unreferenced | Retainer::Cycle(_)
+                )
             })
             .take(10_000)
-            .collect()
-    });
-    let kept = retention.subgraph(&SubgraphOptions::default(), &extra);
-    let stored: FxHashMap<u32, u32> = kept
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (v, i as u32))
-        .collect();
-    let nodes: Vec<Node> = kept
-        .iter()
-        .map(|&v| {
-            let info = &infos[v as usize];
-            let (parent, parent_offset, root) = match retention.retainer(v) {
-                Retainer::Pointer { holder, offset } => {
-                    (stored.get(&holder).copied(), Some(offset as u64), None)
-                }
-                Retainer::Root(i) => (
-                    None,
-                    None,
-                    Some(root_name(&graph.roots()[i as usize].kind, &label_names)),
-                ),
-                _ => (None, None, None),
-            };
-            Node {
-                address: info.address,
-                size: info.size,
-                stack: info.stack,
-                tag: info.tag,
-                owner: node_owner.get(v as usize).copied(),
-                type_name: info.type_name.map(str::to_string),
-                retained: retention.retained(v),
-                parent,
-                parent_offset: parent_offset.filter(|&o| o != OFFSET_UNKNOWN as u64),
-                root,
-                cycle: retention.cycle_of(v).map(|c| c.0),
-                unreachable: !retention.is_reachable(v),
-            }
-        })
-        .collect();
-    let cycles: Vec<Cycle> = retention
-        .cycles()
-        .iter()
-        .map(|c| Cycle {
-            id: c.id.0,
-            members: c.members,
-            retained: c.retained,
-            nodes: cycle_order(&graph, retention.cycle_members(c.id))
-                .iter()
-                .filter_map(|m| stored.get(m).copied())
-                .collect(),
-        })
-        .collect();
+            .collect();
+        if !options.keep_types.is_empty() {
+            extra.extend(
+                (0..self.n())
+                    .filter(|&v| self.kept_by_type(v, &options.keep_types))
+                    .take(10_000),
+            );
+        }
+        let kept = self.retention.subgraph(&SubgraphOptions::default(), &extra);
+        let stored: FxHashMap<u32, u32> = kept
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v, i as u32))
+            .collect();
+        let nodes = kept
+            .iter()
+            .map(|&v| self.node(v, &stored, node_owner))
+            .collect();
+        (nodes, stored)
+    }
 
-    let scanned_bytes = blocks.iter().map(|b| b.size as u64).sum();
-    Converted {
-        graph: Graph {
-            scanned: Amount {
-                bytes: scanned_bytes,
-                blocks: blocks.len() as u64,
-            },
-            edges: graph.edge_count() as u64,
-            pause_ns: scan.pause_ns,
-            thread_roots: thread_roots_text(&scan.stop, scan.incomplete),
-            stop: Some(StopStats {
-                signal: super::stop::signal_name(scan.stop.signal),
-                stopped: scan.stop.stopped as u64,
-                missed: scan.stop.missed as u64,
-                blocking_signal: scan.stop.blocking as u64,
-                stuck_in_realloc: scan.stop.stuck_in_realloc as u64,
-                in_flight: scan.stop.in_flight as u64,
-                rounds: scan.stop.rounds as u64,
-            }),
-            owners,
-            vias,
-            cycles,
-            nodes,
-        },
-        live,
+    /// Whether node `v`'s type, label or site mentions one of `texts`.
+    fn kept_by_type(&self, v: u32, texts: &[String]) -> bool {
+        let info = &self.infos[v as usize];
+        let is_block = (v as usize) < self.blocks.len();
+        texts.iter().any(|t| {
+            info.type_name.is_some_and(|tn| tn.contains(t.as_str()))
+                || info.label.is_some_and(|l| l.contains(t.as_str()))
+                || (is_block && self.names.stack_mentions(info.stack, t))
+        })
+    }
+
+    fn node(&self, v: u32, stored: &FxHashMap<u32, u32>, node_owner: &[u32]) -> Node {
+        let info = &self.infos[v as usize];
+        let (parent, parent_offset, root) = match self.retention.retainer(v) {
+            Retainer::Pointer { holder, offset } => {
+                (stored.get(&holder).copied(), Some(offset as u64), None)
+            }
+            Retainer::Root(i) => (None, None, Some(self.root_name(i))),
+            _ => (None, None, None),
+        };
+        Node {
+            address: info.address,
+            size: info.size,
+            stack: info.stack,
+            tag: info.tag,
+            owner: node_owner.get(v as usize).copied(),
+            type_name: info.type_name.map(str::to_string),
+            retained: self.retention.retained(v),
+            parent,
+            parent_offset: parent_offset.filter(|&o| o != OFFSET_UNKNOWN as u64),
+            root,
+            cycle: self.retention.cycle_of(v).map(|c| c.0),
+            unreachable: !self.retention.is_reachable(v),
+        }
+    }
+
+    /// Unreachable cycles, their stored members in reference order.
+    fn cycles(&self, stored: &FxHashMap<u32, u32>) -> Vec<Cycle> {
+        self.retention
+            .cycles()
+            .iter()
+            .map(|c| Cycle {
+                id: c.id.0,
+                members: c.members,
+                retained: c.retained,
+                nodes: cycle_order(self.graph, self.retention.cycle_members(c.id))
+                    .iter()
+                    .filter_map(|m| stored.get(m).copied())
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn stop_stats(stop: &StopReport) -> StopStats {
+    StopStats {
+        signal: super::stop::signal_name(stop.signal),
+        stopped: stop.stopped as u64,
+        missed: stop.missed as u64,
+        blocking_signal: stop.blocking as u64,
+        stuck_in_realloc: stop.stuck_in_realloc as u64,
+        in_flight: stop.in_flight as u64,
+        rounds: stop.rounds as u64,
     }
 }
 

@@ -114,15 +114,7 @@ mod armed {
         let p = &POINT[point as usize];
         p.state.store(IDLE, Ordering::Release);
         p.released.fetch_add(1, Ordering::Release);
-        // SAFETY: a valid aligned futex word; waking nobody is harmless.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                p.released.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                i32::MAX,
-            );
-        }
+        crate::record::sys::futex_wake(&p.released, i32::MAX);
     }
 
     pub(crate) fn hit(point: RacePoint) {
@@ -147,20 +139,7 @@ mod armed {
         // SAFETY: __errno_location returns this thread's errno slot.
         let errno = unsafe { *libc::__errno_location() };
         while p.released.load(Ordering::Acquire) == generation {
-            let ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 10_000_000,
-            };
-            // SAFETY: a valid aligned futex word and timeout.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    p.released.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    generation,
-                    &ts as *const libc::timespec,
-                );
-            }
+            crate::record::sys::futex_wait(&p.released, generation, 10_000_000);
         }
         // SAFETY: as above.
         unsafe { *libc::__errno_location() = errno };

@@ -164,11 +164,8 @@ pub(crate) fn take_with_graph(
 
 fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let snapshot_ns = hooks::now_ns();
-    let unit = CONFIG.block_unit.load(Ordering::Relaxed).max(1);
-    let mean = CONFIG.sample_mean.load(Ordering::Relaxed);
-
-    // Live blocks, aggregated by (stack, tag), by stack and by tag: the
-    // scan's copy when there is one, so groups and graph agree.
+    // Live blocks: the scan's copy when there is one, so groups and graph
+    // agree.
     let mut copied = Vec::new();
     let blocks: &[Block] = match &scan {
         Some(s) => s.blocks.as_slice(),
@@ -179,136 +176,19 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     };
     let n_stacks = STACKS.id_limit() as usize;
     let n_tags = TAGS.id_limit() as usize;
-    let mut stack_live = vec![Amount::default(); n_stacks];
-    let mut tag_live = vec![Amount::default(); n_tags];
-    let mut groups: FxHashMap<(u32, u32), Amount> = FxHashMap::default();
-    for b in blocks {
-        let (bytes, units) = hooks::weight_of(b.size);
-        let a = Amount {
-            bytes,
-            blocks: units,
-        };
-        if let Some(s) = stack_live.get_mut(b.stack as usize) {
-            s.add(a);
-        }
-        if let Some(t) = tag_live.get_mut(b.tag as usize) {
-            t.add(a);
-        }
-        groups.entry((b.stack, b.tag)).or_default().add(a);
-    }
-    let in_blocks = |a: Amount| Amount {
-        bytes: a.bytes,
-        blocks: (a.blocks + unit / 2) / unit,
-    };
-
-    // Allocated totals per stack, and live amounts at the last peak, summed
-    // over threads.
-    let generation = PEAK_GEN.load(Ordering::Relaxed);
-    let mut stack_alloc = vec![Amount::default(); n_stacks];
-    let mut stack_at_peak = vec![Amount::default(); n_stacks];
-    let mut allocated = Amount::default();
-    for ts in THREADS.each() {
-        allocated.bytes += ts.alloc_bytes.get();
-        allocated.blocks += ts.alloc_blocks.get();
-        for id in 0..n_stacks {
-            if let Some(c) = ts.peek_stack(id as u32) {
-                stack_alloc[id].bytes += c.alloc_bytes.get();
-                stack_alloc[id].blocks += c.alloc_blocks.get();
-                let (bytes, blocks) = c.live_at(generation);
-                stack_at_peak[id].bytes = stack_at_peak[id].bytes.wrapping_add(bytes);
-                stack_at_peak[id].blocks = stack_at_peak[id].blocks.wrapping_add(blocks);
-            }
-        }
-    }
-
-    let live_total = stack_live.iter().fold(Amount::default(), |mut acc, a| {
-        acc.add(*a);
-        acc
-    });
-    // At the peak: the last peak generation's amounts, unless now is at
-    // least as high.
-    let at_peak_now = live_total.bytes as i64 >= hooks::PEAK_BYTES.load(Ordering::Relaxed);
-    let at_peak = |id: usize| -> Amount {
-        if at_peak_now {
-            stack_live[id]
-        } else {
-            stack_at_peak[id]
-        }
-    };
-
-    let session = SESSION.lock();
-    let options = session.options.clone().unwrap_or_default();
-    let attributes = session.attributes.clone();
-    let described = session.tasks.clone();
-    let tasks_dropped = session.tasks_dropped;
-    let start_unix_ms = session.start_unix_ms;
-    let folded_outcomes = session.folded.clone();
-    let folded_retries = session.folded_retries;
-    let session_bytes = session_bytes(&session);
-    drop(session);
-
-    let peak_bytes =
-        (hooks::PEAK_BYTES.load(Ordering::Relaxed).max(0) as u64).max(live_total.bytes);
-    let peak_blocks =
-        (hooks::PEAK_BLOCKS.load(Ordering::Relaxed).max(0) as u64).max(live_total.blocks);
-    let peak_ns = if peak_bytes == live_total.bytes {
-        snapshot_ns
-    } else {
-        hooks::PEAK_NS.load(Ordering::Relaxed)
-    };
-
-    let tags = tag_table(n_tags, &tag_live, unit);
-    let tasks = task_table(&tags, described);
+    let mut live = LiveSums::of(blocks, n_stacks, n_tags);
+    let counted = Counted::collect(n_stacks);
+    let session = SessionFacts::take();
+    let tags = tag_table(n_tags, &live.by_tag, unit());
+    let tasks = task_table(&tags, session.described);
     let sym = symbols::symbolize(n_stacks as u32);
-
-    let mut graph = None;
-    let mut live: Vec<LiveGroup> = match &scan {
-        Some(scan) => {
-            let tag_of = |id: u32| TAGS.get(id).unwrap_or_default();
-            let names = heapgraph::Names {
-                stacks: &sym.stacks,
-                frames: &sym.frames,
-                tag: &tag_of,
-            };
-            let converted = heapgraph::convert(scan, &names, graph_options, hooks::weight_of);
-            graph = Some(converted.graph);
-            converted.live
-        }
-        None => groups
-            .into_iter()
-            .map(|((stack, tag), a)| {
-                let a = in_blocks(a);
-                LiveGroup {
-                    stack,
-                    tag,
-                    blocks: a.blocks,
-                    bytes: a.bytes,
-                    ..LiveGroup::default()
-                }
-            })
-            .collect(),
+    let (live_groups, graph) = match &scan {
+        Some(scan) => graph_groups(scan, &sym, graph_options),
+        None => (plain_groups(std::mem::take(&mut live.groups)), None),
     };
-    live.sort_by(|a, b| {
-        b.bytes
-            .cmp(&a.bytes)
-            .then(a.stack.cmp(&b.stack))
-            .then(a.tag.cmp(&b.tag))
-    });
-
-    let stack_stats = (0..n_stacks)
-        .filter(|&id| stack_alloc[id].blocks > 0 || stack_live[id].blocks > 0)
-        .map(|id| StackStats {
-            stack: id as u32,
-            allocated: in_blocks(stack_alloc[id]),
-            at_peak: in_blocks(at_peak(id)),
-            live: in_blocks(stack_live[id]),
-        })
-        .collect();
-
+    let stack_stats = stack_stats(&live, &counted);
     let (timeline, timeline_decimated) = timeline::copy();
-    let threads = THREADS.active_count() as u64;
     let truncated_stacks = sym.stacks.iter().filter(|s| s.truncated).count() as u64;
-
     drop(copied);
     Profile {
         format: FORMAT_NAME.to_string(),
@@ -317,42 +197,21 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         } else {
             VERSION_V1
         },
-        meta: Meta {
-            program: std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            args: std::env::args().collect(),
-            pid: std::process::id(),
-            start_unix_ms,
+        meta: meta(
             snapshot_ns,
-            leakprof_version: env!("CARGO_PKG_VERSION").to_string(),
-            options: RecordOptions {
-                mode: if mean == 0 { Mode::Full } else { Mode::Sampled },
-                sample_mean_bytes: (mean != 0).then_some(mean),
-                max_frames: CONFIG.max_frames.load(Ordering::Relaxed),
-                timeline_interval_ms: options.timeline_interval.map(|d| d.as_millis() as u64),
-            },
-            attributes,
-        },
+            session.start_unix_ms,
+            &session.options,
+            session.attributes,
+        ),
         modules: sym.modules,
         frames: sym.frames,
         stacks: sym.stacks,
         tags,
-        live,
+        live: live_groups,
         stack_stats,
         tasks,
-        folded: folded_summary(folded_outcomes, folded_retries),
-        totals: Totals {
-            live: in_blocks(live_total),
-            peak: Amount {
-                bytes: peak_bytes,
-                blocks: (peak_blocks + unit / 2) / unit,
-            },
-            peak_error_bytes: threads.saturating_sub(1) * hooks::FLUSH_BYTES as u64,
-            peak_ns,
-            allocated: in_blocks(allocated),
-            rss_bytes: sys::rss_bytes(),
-        },
+        folded: folded_summary(session.folded, session.folded_retries),
+        totals: totals(&live, &counted, snapshot_ns),
         timeline,
         dropped: Dropped {
             untracked_allocs: hooks::UNTRACKED_ALLOCS.load(Ordering::Relaxed),
@@ -361,11 +220,238 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
             truncated_stacks,
             timeline_points: 0,
             tags_overflowed: TAGS.overflowed.load(Ordering::Relaxed),
-            tasks: tasks_dropped,
+            tasks: session.tasks_dropped,
             timeline_decimated,
         },
         graph,
-        recorder: Some(recorder_memory(session_bytes)),
+        recorder: Some(recorder_memory(session.bytes)),
+    }
+}
+
+/// Block counters count in units of 1/`unit` block (see `Config`).
+fn unit() -> u64 {
+    CONFIG.block_unit.load(Ordering::Relaxed).max(1)
+}
+
+/// An amount in counter units, in blocks.
+fn in_blocks(a: Amount) -> Amount {
+    let unit = unit();
+    Amount {
+        bytes: a.bytes,
+        blocks: (a.blocks + unit / 2) / unit,
+    }
+}
+
+/// Live blocks summed by stack, by tag and by (stack, tag).
+struct LiveSums {
+    by_stack: Vec<Amount>,
+    by_tag: Vec<Amount>,
+    groups: FxHashMap<(u32, u32), Amount>,
+    total: Amount,
+}
+
+impl LiveSums {
+    fn of(blocks: &[Block], n_stacks: usize, n_tags: usize) -> LiveSums {
+        let mut sums = LiveSums {
+            by_stack: vec![Amount::default(); n_stacks],
+            by_tag: vec![Amount::default(); n_tags],
+            groups: FxHashMap::default(),
+            total: Amount::default(),
+        };
+        for b in blocks {
+            let (bytes, units) = hooks::weight_of(b.size);
+            let a = Amount {
+                bytes,
+                blocks: units,
+            };
+            if let Some(s) = sums.by_stack.get_mut(b.stack as usize) {
+                s.add(a);
+            }
+            if let Some(t) = sums.by_tag.get_mut(b.tag as usize) {
+                t.add(a);
+            }
+            sums.groups.entry((b.stack, b.tag)).or_default().add(a);
+        }
+        sums.total = sums.by_stack.iter().fold(Amount::default(), |mut acc, a| {
+            acc.add(*a);
+            acc
+        });
+        sums
+    }
+}
+
+/// What the per-thread counters say: allocated totals (overall and per
+/// stack) and each stack's live amount at the last peak.
+struct Counted {
+    allocated: Amount,
+    by_stack: Vec<Amount>,
+    at_peak: Vec<Amount>,
+}
+
+impl Counted {
+    fn collect(n_stacks: usize) -> Counted {
+        let generation = PEAK_GEN.load(Ordering::Relaxed);
+        let mut c = Counted {
+            allocated: Amount::default(),
+            by_stack: vec![Amount::default(); n_stacks],
+            at_peak: vec![Amount::default(); n_stacks],
+        };
+        for ts in THREADS.each() {
+            c.allocated.bytes += ts.alloc_bytes.get();
+            c.allocated.blocks += ts.alloc_blocks.get();
+            for id in 0..n_stacks {
+                if let Some(s) = ts.peek_stack(id as u32) {
+                    c.by_stack[id].bytes += s.alloc_bytes.get();
+                    c.by_stack[id].blocks += s.alloc_blocks.get();
+                    let (bytes, blocks) = s.live_at(generation);
+                    let p = &mut c.at_peak[id];
+                    p.bytes = p.bytes.wrapping_add(bytes);
+                    p.blocks = p.blocks.wrapping_add(blocks);
+                }
+            }
+        }
+        c
+    }
+}
+
+/// The session's facts, copied out from under its lock.
+struct SessionFacts {
+    options: Options,
+    attributes: BTreeMap<String, String>,
+    described: BTreeMap<u64, TaskDescription>,
+    tasks_dropped: u64,
+    start_unix_ms: u64,
+    folded: BTreeMap<String, u64>,
+    folded_retries: u64,
+    bytes: u64,
+}
+
+impl SessionFacts {
+    fn take() -> SessionFacts {
+        let s = SESSION.lock();
+        SessionFacts {
+            options: s.options.clone().unwrap_or_default(),
+            attributes: s.attributes.clone(),
+            described: s.tasks.clone(),
+            tasks_dropped: s.tasks_dropped,
+            start_unix_ms: s.start_unix_ms,
+            folded: s.folded.clone(),
+            folded_retries: s.folded_retries,
+            bytes: session_bytes(&s),
+        }
+    }
+}
+
+/// Live groups by owner, via and reachability, and the graph section.
+fn graph_groups(
+    scan: &ScanResult,
+    sym: &symbols::Symbolized,
+    options: &GraphOptions,
+) -> (Vec<LiveGroup>, Option<crate::format::Graph>) {
+    let tag_of = |id: u32| TAGS.get(id).unwrap_or_default();
+    let names = heapgraph::Names {
+        stacks: &sym.stacks,
+        frames: &sym.frames,
+        tag: &tag_of,
+    };
+    let converted = heapgraph::convert(scan, &names, options, hooks::weight_of);
+    (sorted(converted.live), Some(converted.graph))
+}
+
+/// Live groups by (stack, tag).
+fn plain_groups(groups: FxHashMap<(u32, u32), Amount>) -> Vec<LiveGroup> {
+    let live = groups
+        .into_iter()
+        .map(|((stack, tag), a)| {
+            let a = in_blocks(a);
+            LiveGroup {
+                stack,
+                tag,
+                blocks: a.blocks,
+                bytes: a.bytes,
+                ..LiveGroup::default()
+            }
+        })
+        .collect();
+    sorted(live)
+}
+
+/// Largest first, then by stack and tag.
+fn sorted(mut live: Vec<LiveGroup>) -> Vec<LiveGroup> {
+    live.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then(a.stack.cmp(&b.stack))
+            .then(a.tag.cmp(&b.tag))
+    });
+    live
+}
+
+/// Per-stack allocated, at-peak and live amounts. At the peak means the
+/// last peak generation's amounts, unless now is at least as high.
+fn stack_stats(live: &LiveSums, counted: &Counted) -> Vec<StackStats> {
+    let at_peak_now = live.total.bytes as i64 >= hooks::PEAK_BYTES.load(Ordering::Relaxed);
+    (0..live.by_stack.len())
+        .filter(|&id| counted.by_stack[id].blocks > 0 || live.by_stack[id].blocks > 0)
+        .map(|id| StackStats {
+            stack: id as u32,
+            allocated: in_blocks(counted.by_stack[id]),
+            at_peak: in_blocks(if at_peak_now {
+                live.by_stack[id]
+            } else {
+                counted.at_peak[id]
+            }),
+            live: in_blocks(live.by_stack[id]),
+        })
+        .collect()
+}
+
+fn meta(
+    snapshot_ns: u64,
+    start_unix_ms: u64,
+    options: &Options,
+    attributes: BTreeMap<String, String>,
+) -> Meta {
+    let mean = CONFIG.sample_mean.load(Ordering::Relaxed);
+    Meta {
+        program: std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        args: std::env::args().collect(),
+        pid: std::process::id(),
+        start_unix_ms,
+        snapshot_ns,
+        leakprof_version: env!("CARGO_PKG_VERSION").to_string(),
+        options: RecordOptions {
+            mode: if mean == 0 { Mode::Full } else { Mode::Sampled },
+            sample_mean_bytes: (mean != 0).then_some(mean),
+            max_frames: CONFIG.max_frames.load(Ordering::Relaxed),
+            timeline_interval_ms: options.timeline_interval.map(|d| d.as_millis() as u64),
+        },
+        attributes,
+    }
+}
+
+fn totals(live: &LiveSums, counted: &Counted, snapshot_ns: u64) -> Totals {
+    let total = live.total;
+    let peak_bytes = (hooks::PEAK_BYTES.load(Ordering::Relaxed).max(0) as u64).max(total.bytes);
+    let peak_blocks = (hooks::PEAK_BLOCKS.load(Ordering::Relaxed).max(0) as u64).max(total.blocks);
+    let peak_ns = if peak_bytes == total.bytes {
+        snapshot_ns
+    } else {
+        hooks::PEAK_NS.load(Ordering::Relaxed)
+    };
+    let threads = THREADS.active_count() as u64;
+    Totals {
+        live: in_blocks(total),
+        peak: in_blocks(Amount {
+            bytes: peak_bytes,
+            blocks: peak_blocks,
+        }),
+        peak_error_bytes: threads.saturating_sub(1) * hooks::FLUSH_BYTES as u64,
+        peak_ns,
+        allocated: in_blocks(counted.allocated),
+        rss_bytes: sys::rss_bytes(),
     }
 }
 

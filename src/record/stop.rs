@@ -252,7 +252,7 @@ fn park(epoch: u32, phase: u32, ctx: *mut libc::c_void) {
         .store((epoch as u64) << 2 | READY, Ordering::Release);
     ring();
     while PHASE.load(Ordering::Acquire) == phase {
-        futex_wait(&PHASE, phase, 50_000_000);
+        sys::futex_wait(&PHASE, phase, 50_000_000);
     }
 }
 
@@ -572,7 +572,7 @@ fn wait_for_answers(
         if now >= deadline {
             return false;
         }
-        futex_wait(&DOORBELL, bell, 5_000_000);
+        sys::futex_wait(&DOORBELL, bell, 5_000_000);
     }
 }
 
@@ -742,34 +742,8 @@ pub(crate) fn thread_pointer() -> usize {
     tp
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: u64) {
-    let ts = libc::timespec {
-        tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
-    };
-    // SAFETY: a valid aligned futex word and timeout; spurious wake-ups are
-    // handled by the callers' loops.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &ts as *const libc::timespec,
-        );
-    }
-}
-
 fn futex_wake_all(word: &AtomicU32) {
-    // SAFETY: a valid aligned futex word.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        );
-    }
+    sys::futex_wake(word, i32::MAX);
 }
 
 /// The address range of the slots, which the scan must not read as static

@@ -259,7 +259,7 @@ impl RawLock {
                 self.waiters.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
-            futex_wait(&self.state, 1);
+            futex_wait(&self.state, 1, 1_000_000);
             self.waiters.fetch_sub(1, Ordering::Relaxed);
             if self.try_lock() {
                 return;
@@ -271,7 +271,7 @@ impl RawLock {
     pub(crate) fn unlock(&self) {
         self.state.store(0, Ordering::Release);
         if self.waiters.load(Ordering::Relaxed) != 0 {
-            futex_wake(&self.state);
+            futex_wake(&self.state, 1);
         }
     }
 
@@ -286,19 +286,19 @@ impl RawLock {
     }
 }
 
-/// Sleeps while `*state == expected`, at most 1 ms.
-fn futex_wait(state: &AtomicU32, expected: u32) {
+/// Sleeps while `*word == expected`, at most `timeout_ns`. Spurious,
+/// interrupted and timed-out wake-ups are the caller's loop's to handle.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: u64) {
     let timeout = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 1_000_000,
+        tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
     };
     // SAFETY: the futex word is a valid aligned u32 for the duration of the
-    // call; a spurious, interrupted or timed-out wake-up is handled by the
-    // caller's loop.
+    // call, and the timeout a valid timespec.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
-            state.as_ptr(),
+            word.as_ptr(),
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             expected,
             &timeout as *const libc::timespec,
@@ -306,14 +306,15 @@ fn futex_wait(state: &AtomicU32, expected: u32) {
     }
 }
 
-fn futex_wake(state: &AtomicU32) {
+/// Wakes up to `n` threads sleeping on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
     // SAFETY: as above; waking with no waiters is harmless.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
-            state.as_ptr(),
+            word.as_ptr(),
             libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
+            n,
         );
     }
 }
