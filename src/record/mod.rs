@@ -320,7 +320,7 @@ pub fn with_tag<R>(tag: Tag, f: impl FnOnce() -> R) -> R {
 /// attribute that code's allocations to whichever tag reuses the entry.
 pub fn finish_task(task: u64) {
     if hooks::recording() {
-        hooks::guarded(|| hooks::TAGS.finish_task(task, snapshot::fold_task));
+        hooks::guarded(|| snapshot::note_finished(hooks::TAGS.finish_task(task)));
     }
 }
 

@@ -4,7 +4,7 @@
 //! allocations are not recorded). It never stops other threads: each live
 //! table shard is locked only while it is copied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::fxhash::FxHashMap;
 use std::sync::atomic::Ordering;
@@ -14,6 +14,7 @@ use super::hooks::{self, CONFIG, LIVE, PEAK_GEN, STACKS, TAGS, THREADS};
 use super::live::Block;
 use super::scan::{self, ScanError, ScanResult};
 use super::sys::{self, LockCell, RawLock};
+use super::tags::{Finished, FoldedTag, TaskSpan};
 use super::{symbols, timeline, Options, TaskDescription};
 use crate::format::{
     Amount, Dropped, Folded, LiveGroup, Meta, Mode, Profile, RecordOptions, RecorderMemory,
@@ -25,13 +26,35 @@ struct Session {
     start_unix_ms: u64,
     options: Option<Options>,
     attributes: BTreeMap<String, String>,
-    tasks: BTreeMap<u64, TaskDescription>,
+    tasks: BTreeMap<u64, TaskRecord>,
     tasks_dropped: u64,
-    /// Finished tasks folded away, by outcome.
+    /// Finished tasks whose tags were folded, oldest first; past
+    /// [`KEEP_FINISHED`] the oldest records are folded too.
+    finished: VecDeque<u64>,
+    /// Tags of finished tasks folded out of the tag table, newest last;
+    /// past [`KEEP_FINISHED_TAGS`] the oldest are summed.
+    finished_tags: VecDeque<FoldedTag>,
+    /// Finished tasks summed away, by outcome.
     folded: BTreeMap<String, u64>,
     /// Their retries (each folded task's highest retry number, summed).
     folded_retries: u64,
+    /// Finished tags summed away, and what they allocated.
+    folded_tags: u64,
+    folded_allocated: Amount,
 }
+
+/// A task's record: what the program described, and, once its tags were
+/// folded (see `finish_task`), its highest retry number.
+#[derive(Clone, Default)]
+struct TaskRecord {
+    description: TaskDescription,
+    finished: Option<TaskSpan>,
+}
+
+/// Finished tasks whose records stay listed; older ones are summed.
+const KEEP_FINISHED: usize = 10_000;
+/// Finished tags whose figures stay listed; older ones are summed.
+const KEEP_FINISHED_TAGS: usize = 20_000;
 
 static SESSION: LockCell<Session> = LockCell::new(Session {
     start_unix_ms: 0,
@@ -39,8 +62,15 @@ static SESSION: LockCell<Session> = LockCell::new(Session {
     attributes: BTreeMap::new(),
     tasks: BTreeMap::new(),
     tasks_dropped: 0,
+    finished: VecDeque::new(),
+    finished_tags: VecDeque::new(),
     folded: BTreeMap::new(),
     folded_retries: 0,
+    folded_tags: 0,
+    folded_allocated: Amount {
+        bytes: 0,
+        blocks: 0,
+    },
 });
 
 pub(crate) fn session_lock() -> &'static RawLock {
@@ -54,8 +84,12 @@ pub(crate) fn begin_session(options: &Options) {
     s.attributes.clear();
     s.tasks.clear();
     s.tasks_dropped = 0;
+    s.finished.clear();
+    s.finished_tags.clear();
     s.folded.clear();
     s.folded_retries = 0;
+    s.folded_tags = 0;
+    s.folded_allocated = Amount::default();
     drop(s);
     timeline::clear();
 }
@@ -80,7 +114,7 @@ pub(crate) fn describe_task(task: u64, d: TaskDescription) {
         s.tasks_dropped += 1;
         return;
     }
-    let e = s.tasks.entry(task).or_default();
+    let e = &mut s.tasks.entry(task).or_default().description;
     let own = |v: Option<String>| v.map(|x| x.as_str().to_owned());
     for (slot, v) in [
         (&mut e.name, d.name),
@@ -95,17 +129,40 @@ pub(crate) fn describe_task(task: u64, d: TaskDescription) {
     }
 }
 
-/// Forgets the record of a finished task whose tags were all folded,
-/// counting it under its outcome, and its retries.
-pub(crate) fn fold_task(task: u64, retries: u32) {
+/// What finishing a task folded: the tags' figures stay listed among the
+/// newest [`KEEP_FINISHED_TAGS`]; each task all of whose tags were folded
+/// keeps its record (with what its tags said) among the newest
+/// [`KEEP_FINISHED`] finished tasks. Older ones are summed.
+pub(crate) fn note_finished(done: Finished) {
     let mut s = SESSION.lock();
-    s.folded_retries += retries as u64;
-    let outcome = s
-        .tasks
-        .remove(&task)
-        .and_then(|d| d.outcome)
-        .unwrap_or_default();
-    *s.folded.entry(outcome).or_default() += 1;
+    for t in done.tags {
+        s.finished_tags.push_back(t);
+    }
+    while s.finished_tags.len() > KEEP_FINISHED_TAGS {
+        let Some(old) = s.finished_tags.pop_front() else {
+            break;
+        };
+        s.folded_tags += 1;
+        s.folded_allocated.add(Amount {
+            bytes: old.alloc_bytes,
+            blocks: old.alloc_blocks,
+        });
+    }
+    for (task, span) in done.tasks {
+        s.tasks.entry(task).or_default().finished = Some(span);
+        s.finished.push_back(task);
+    }
+    while s.finished.len() > KEEP_FINISHED {
+        let Some(old) = s.finished.pop_front() else {
+            break;
+        };
+        let Some(record) = s.tasks.remove(&old) else {
+            continue;
+        };
+        s.folded_retries += record.finished.map_or(0, |f| f.retries) as u64;
+        let outcome = record.description.outcome.unwrap_or_default();
+        *s.folded.entry(outcome).or_default() += 1;
+    }
 }
 
 /// Bytes the session uses (task records and attributes), estimated.
@@ -114,6 +171,7 @@ fn session_bytes(s: &Session) -> u64 {
     let tasks: usize = s
         .tasks
         .values()
+        .map(|r| &r.description)
         .map(|d| {
             64 + text(&d.name)
                 + text(&d.external_id)
@@ -127,7 +185,9 @@ fn session_bytes(s: &Session) -> u64 {
         .iter()
         .map(|(k, v)| 64 + k.capacity() + v.capacity())
         .sum();
-    (tasks + attributes + s.folded.len() * 64) as u64
+    let finished =
+        s.finished.capacity() * 8 + s.finished_tags.capacity() * std::mem::size_of::<FoldedTag>();
+    (tasks + attributes + s.folded.len() * 64 + finished) as u64
 }
 
 /// The recorder's own memory, table by table.
@@ -179,8 +239,9 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let mut live = LiveSums::of(blocks, n_stacks, n_tags);
     let counted = Counted::collect(n_stacks);
     let session = SessionFacts::take();
-    let tags = tag_table(n_tags, &live.by_tag, unit());
-    let tasks = task_table(&tags, session.described);
+    let tags = tag_table(n_tags, &live.by_tag, unit(), &session.finished_tags);
+    let folded = folded_summary(&session);
+    let tasks = task_table(&tags, n_tags, session.described);
     let sym = symbols::symbolize(n_stacks as u32);
     let (live_groups, graph) = match &scan {
         Some(scan) => graph_groups(scan, &sym, graph_options),
@@ -210,7 +271,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         live: live_groups,
         stack_stats,
         tasks,
-        folded: folded_summary(session.folded, session.folded_retries),
+        folded,
         totals: totals(&live, &counted, snapshot_ns),
         timeline,
         dropped: Dropped {
@@ -318,11 +379,14 @@ impl Counted {
 struct SessionFacts {
     options: Options,
     attributes: BTreeMap<String, String>,
-    described: BTreeMap<u64, TaskDescription>,
+    described: BTreeMap<u64, TaskRecord>,
     tasks_dropped: u64,
     start_unix_ms: u64,
+    finished_tags: Vec<FoldedTag>,
     folded: BTreeMap<String, u64>,
     folded_retries: u64,
+    folded_tags: u64,
+    folded_allocated: Amount,
     bytes: u64,
 }
 
@@ -335,8 +399,11 @@ impl SessionFacts {
             described: s.tasks.clone(),
             tasks_dropped: s.tasks_dropped,
             start_unix_ms: s.start_unix_ms,
+            finished_tags: s.finished_tags.iter().copied().collect(),
             folded: s.folded.clone(),
             folded_retries: s.folded_retries,
+            folded_tags: s.folded_tags,
+            folded_allocated: s.folded_allocated,
             bytes: session_bytes(&s),
         }
     }
@@ -455,25 +522,26 @@ fn totals(live: &LiveSums, counted: &Counted, snapshot_ns: u64) -> Totals {
     }
 }
 
-/// What folding finished tasks summed up, if any were folded.
-fn folded_summary(outcomes: BTreeMap<String, u64>, retries: u64) -> Option<Folded> {
-    let f = &TAGS.folded;
-    let tags = f.tags.load(Ordering::Relaxed);
-    let tasks: u64 = outcomes.values().sum();
-    (tags > 0 || tasks > 0).then(|| Folded {
+/// What finished tasks and tags summed away add up to, if any were.
+fn folded_summary(s: &SessionFacts) -> Option<Folded> {
+    let tasks: u64 = s.folded.values().sum();
+    (s.folded_tags > 0 || tasks > 0).then(|| Folded {
         tasks,
-        tags,
-        retries,
-        allocated: Amount {
-            bytes: f.alloc_bytes.load(Ordering::Relaxed),
-            blocks: f.alloc_blocks.load(Ordering::Relaxed)
-                / CONFIG.block_unit.load(Ordering::Relaxed).max(1),
-        },
-        outcomes,
+        tags: s.folded_tags,
+        retries: s.folded_retries,
+        allocated: in_blocks(s.folded_allocated),
+        outcomes: s.folded.clone(),
     })
 }
 
-fn tag_table(n_tags: usize, tag_live: &[Amount], unit: u64) -> Vec<TagInfo> {
+/// The tags in the table (index = id), then the listed tags of finished
+/// tasks (folded out of the table; no live memory refers to them).
+fn tag_table(
+    n_tags: usize,
+    tag_live: &[Amount],
+    unit: u64,
+    finished: &[FoldedTag],
+) -> Vec<TagInfo> {
     // Allocations not yet flushed from threads' pending tag counters.
     let mut pending: FxHashMap<u32, Amount> = FxHashMap::default();
     for ts in THREADS.each() {
@@ -524,35 +592,64 @@ fn tag_table(n_tags: usize, tag_live: &[Amount], unit: u64) -> Vec<TagInfo> {
             }
             info
         })
+        .chain(finished.iter().enumerate().map(|(k, f)| TagInfo {
+            id: (n_tags + k) as u32,
+            task: f.tag.task_id(),
+            retry: f.tag.retry_number(),
+            label: f.tag.label_name().map(str::to_string),
+            type_name: f.tag.type_name_str().map(str::to_string),
+            allocated: Amount {
+                bytes: f.alloc_bytes,
+                blocks: per_unit(f.alloc_blocks),
+            },
+            peak: Amount {
+                bytes: f.peak_bytes.max(0) as u64,
+                blocks: per_unit(f.peak_blocks.max(0) as u64),
+            },
+            first_ns: (f.first_ns != 0).then_some(f.first_ns),
+            last_ns: (f.last_ns != 0).then_some(f.last_ns),
+            ..TagInfo::default()
+        }))
         .collect()
 }
 
-/// Tasks: those described through the API, plus every task seen in a tag,
-/// with retries and first/last times gathered from its tags.
-fn task_table(tags: &[TagInfo], described: BTreeMap<u64, TaskDescription>) -> Vec<TaskInfo> {
+/// Tasks: those described through the API (or finished), plus every task
+/// seen in a tag of the table (the first `in_table` tags; the listed tags
+/// of finished tasks only add to tasks still listed), with retries and
+/// first/last times gathered from its tags.
+fn task_table(
+    tags: &[TagInfo],
+    in_table: usize,
+    described: BTreeMap<u64, TaskRecord>,
+) -> Vec<TaskInfo> {
     let mut tasks: BTreeMap<u64, TaskInfo> = described
         .into_iter()
-        .map(|(task, d)| {
-            (
+        .map(|(task, r)| {
+            let d = r.description;
+            let info = TaskInfo {
                 task,
-                TaskInfo {
-                    task,
-                    name: d.name,
-                    external_id: d.external_id,
-                    actor: d.actor,
-                    queue: d.queue,
-                    outcome: d.outcome,
-                    ..TaskInfo::default()
-                },
-            )
+                name: d.name,
+                external_id: d.external_id,
+                actor: d.actor,
+                queue: d.queue,
+                outcome: d.outcome,
+                retries: r.finished.map_or(0, |f| f.retries),
+                first_ns: r.finished.map(|f| f.first_ns).filter(|&t| t != 0),
+                last_ns: r.finished.map(|f| f.last_ns).filter(|&t| t != 0),
+            };
+            (task, info)
         })
         .collect();
-    for t in tags {
+    for (k, t) in tags.iter().enumerate() {
         let Some(task) = t.task else { continue };
-        let e = tasks.entry(task).or_insert_with(|| TaskInfo {
-            task,
-            ..TaskInfo::default()
-        });
+        let e = match tasks.entry(task) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) if k < in_table => v.insert(TaskInfo {
+                task,
+                ..TaskInfo::default()
+            }),
+            std::collections::btree_map::Entry::Vacant(_) => continue,
+        };
         e.retries = e.retries.max(t.retry.unwrap_or(0));
         if let Some(f) = t.first_ns {
             e.first_ns = Some(e.first_ns.map_or(f, |x| x.min(f)));

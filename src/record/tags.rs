@@ -11,9 +11,9 @@
 //!
 //! The table stays bounded for workers that run millions of tasks: when a
 //! task is finished ([`super::finish_task`]), each of its tags whose memory
-//! is all freed is *folded*: its figures are added to the folded totals and
-//! its entry is reused. Tags still holding memory (task-scoped leaks) stay
-//! until it is freed.
+//! is all freed is *folded*: its figures are handed to the session (which
+//! lists the newest and sums the older ones) and its entry is reused. Tags
+//! still holding memory (task-scoped leaks) stay until it is freed.
 
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
@@ -153,16 +153,48 @@ pub(crate) struct TagTable {
     next_id: AtomicU32,
     /// Tags that could not be interned (table full) and ran untagged.
     pub(crate) overflowed: AtomicU64,
-    /// What folded tags added up to.
-    pub(crate) folded: Folded,
 }
 
-/// The figures of folded tags (finished, nothing surviving), summed.
+/// A folded tag's figures, as its entry held them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FoldedTag {
+    pub(crate) tag: Tag,
+    pub(crate) alloc_bytes: u64,
+    pub(crate) alloc_blocks: u64,
+    pub(crate) peak_bytes: i64,
+    pub(crate) peak_blocks: i64,
+    pub(crate) first_ns: u64,
+    pub(crate) last_ns: u64,
+}
+
+/// What finishing a task folded.
 #[derive(Default)]
-pub(crate) struct Folded {
-    pub(crate) tags: AtomicU64,
-    pub(crate) alloc_bytes: AtomicU64,
-    pub(crate) alloc_blocks: AtomicU64,
+pub(crate) struct Finished {
+    /// Tags folded (of this task, or earlier ones whose memory was freed).
+    pub(crate) tags: Vec<FoldedTag>,
+    /// Tasks all of whose tags are now folded, with what their tags said.
+    pub(crate) tasks: Vec<(u64, TaskSpan)>,
+}
+
+/// What a finished task's tags said of it, gathered as they fold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TaskSpan {
+    /// The highest retry number among its tags.
+    pub(crate) retries: u32,
+    /// When code first and last ran under its tags (0: never).
+    pub(crate) first_ns: u64,
+    pub(crate) last_ns: u64,
+}
+
+impl TaskSpan {
+    fn add(&mut self, tag: Option<Tag>, e: &TagEntry) {
+        self.retries = self.retries.max(tag.and_then(|t| t.retry).unwrap_or(0));
+        let first = e.first_ns.load(Ordering::Relaxed);
+        if first != 0 && (self.first_ns == 0 || first < self.first_ns) {
+            self.first_ns = first;
+        }
+        self.last_ns = self.last_ns.max(e.last_ns.load(Ordering::Relaxed));
+    }
 }
 
 /// Tag to id, and what finishing a task needs. Behind the index lock.
@@ -182,9 +214,9 @@ struct TagIndex {
     /// finished, checked again [`SWEEP`] at a time.
     finished: Vec<u32>,
     sweep_at: usize,
-    /// Finished tasks with tags in `finished`: how many, and the highest
-    /// retry number among all the task's tags.
-    unfolded: FxHashMap<u64, (u32, u32)>,
+    /// Finished tasks with tags in `finished`: how many, and what their
+    /// folded tags said so far.
+    unfolded: FxHashMap<u64, (u32, TaskSpan)>,
 }
 
 impl TagTable {
@@ -194,11 +226,6 @@ impl TagTable {
             index: LockCell::new(None),
             next_id: AtomicU32::new(1),
             overflowed: AtomicU64::new(0),
-            folded: Folded {
-                tags: AtomicU64::new(0),
-                alloc_bytes: AtomicU64::new(0),
-                alloc_blocks: AtomicU64::new(0),
-            },
         }
     }
 
@@ -281,88 +308,99 @@ impl TagTable {
 
     /// Task `task` is finished: no code runs under its tags again. Folds
     /// each of its tags whose memory is all freed; the others are checked
-    /// again later, a few at each call. Calls `folded_task(task, retries)`
-    /// for every task all of whose tags are now folded (this one, or
-    /// earlier ones whose last tag just folded), with the highest retry
-    /// number among its tags. Caller holds the re-entrancy guard.
-    pub(crate) fn finish_task(&self, task: u64, mut folded_task: impl FnMut(u64, u32)) {
+    /// again later, a few at each call. Returns what was folded: tags, and
+    /// every task all of whose tags are now folded (this one, or earlier
+    /// ones whose last tag just folded). Caller holds the re-entrancy guard.
+    pub(crate) fn finish_task(&self, task: u64) -> Finished {
+        let mut done = Finished::default();
         let mut index = self.index.lock();
         let Some(index) = index.as_mut() else {
-            folded_task(task, 0);
-            return;
+            done.tasks.push((task, TaskSpan::default()));
+            return done;
         };
         let mut next = index.by_task.remove(&task).unwrap_or(UNTAGGED);
-        let (mut left, mut retries) = (0, 0);
+        let (mut left, mut span) = (0, TaskSpan::default());
         while next != UNTAGGED {
             let id = next;
-            next = self
-                .entry(id)
-                .map_or(UNTAGGED, |e| e.next_of_task.load(Ordering::Relaxed));
-            retries = retries.max(self.get(id).and_then(|t| t.retry).unwrap_or(0));
-            if !self.fold(index, id) {
-                index.finished.push(id);
-                left += 1;
+            let Some(e) = self.entry(id) else {
+                break;
+            };
+            next = e.next_of_task.load(Ordering::Relaxed);
+            span.add(self.get(id), e);
+            match self.fold(index, id) {
+                Some(f) => done.tags.push(f),
+                None => {
+                    index.finished.push(id);
+                    left += 1;
+                }
             }
         }
         match left {
-            0 => folded_task(task, retries),
+            0 => done.tasks.push((task, span)),
             n => {
-                index.unfolded.insert(task, (n, retries));
+                index.unfolded.insert(task, (n, span));
             }
         }
-        // A few of the earlier ones whose memory may be freed by now.
+        self.sweep(index, &mut done);
+        done
+    }
+
+    /// Folds a few of the finished tags that still held memory, whose
+    /// memory may be freed by now.
+    fn sweep(&self, index: &mut TagIndex, done: &mut Finished) {
         for _ in 0..SWEEP.min(index.finished.len()) {
             let at = index.sweep_at % index.finished.len();
             let id = index.finished[at];
-            let of = self.get(id).and_then(|t| t.task);
-            if self.fold(index, id) {
-                index.finished.swap_remove(at);
-                if let Some(t) = of {
-                    let (n, retries) = index.unfolded.entry(t).or_insert((1, 0));
-                    *n -= 1;
-                    if *n == 0 {
-                        let retries = *retries;
-                        index.unfolded.remove(&t);
-                        folded_task(t, retries);
-                    }
-                }
-            } else {
+            let Some(f) = self.fold(index, id) else {
                 index.sweep_at = at + 1;
+                continue;
+            };
+            index.finished.swap_remove(at);
+            let of = f.tag.task;
+            done.tags.push(f);
+            if let Some(t) = of {
+                let (n, span) = index.unfolded.entry(t).or_insert((1, TaskSpan::default()));
+                *n -= 1;
+                if *n == 0 {
+                    let span = *span;
+                    index.unfolded.remove(&t);
+                    done.tasks.push((t, span));
+                }
             }
         }
     }
 
     /// Folds tag `id` if nothing runs under it and nothing it allocated
-    /// survives: its figures join [`TagTable::folded`] and its entry is
-    /// free for another tag.
-    fn fold(&self, index: &mut TagIndex, id: u32) -> bool {
-        let Some(e) = self.entry(id) else {
-            return true;
-        };
+    /// survives: returns its figures, and its entry is free for another
+    /// tag.
+    fn fold(&self, index: &mut TagIndex, id: u32) -> Option<FoldedTag> {
+        let e = self.entry(id)?;
         if e.active.load(Ordering::Acquire) != 0
             || e.live_bytes.load(Ordering::Acquire) != 0
             || e.live_blocks.load(Ordering::Acquire) != 0
         {
-            return false;
+            return None;
         }
-        if let Some(tag) = self.get(id) {
-            let h = hash_of(&tag);
-            if index.by_hash.get(&h) == Some(&id) {
-                index.by_hash.remove(&h);
-            } else {
-                index.collided.remove(&tag);
-            }
+        let tag = self.get(id)?;
+        let h = hash_of(&tag);
+        if index.by_hash.get(&h) == Some(&id) {
+            index.by_hash.remove(&h);
+        } else {
+            index.collided.remove(&tag);
         }
-        let f = &self.folded;
-        f.tags.fetch_add(1, Ordering::Relaxed);
-        f.alloc_bytes
-            .fetch_add(e.alloc_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
-        f.alloc_blocks
-            .fetch_add(e.alloc_blocks.load(Ordering::Relaxed), Ordering::Relaxed);
+        let folded = FoldedTag {
+            tag,
+            alloc_bytes: e.alloc_bytes.load(Ordering::Relaxed),
+            alloc_blocks: e.alloc_blocks.load(Ordering::Relaxed),
+            peak_bytes: e.peak_bytes.load(Ordering::Relaxed),
+            peak_blocks: e.peak_blocks.load(Ordering::Relaxed),
+            first_ns: e.first_ns.load(Ordering::Relaxed),
+            last_ns: e.last_ns.load(Ordering::Relaxed),
+        };
         e.flags.store(0, Ordering::Release);
         e.reset();
         index.free.push(id);
-        true
+        Some(folded)
     }
 
     /// Forgets every tag (recording restart): entries stay published (ids
@@ -372,13 +410,6 @@ impl TagTable {
             if let Some(e) = self.entry(id) {
                 e.reset();
             }
-        }
-        for a in [
-            &self.folded.tags,
-            &self.folded.alloc_bytes,
-            &self.folded.alloc_blocks,
-        ] {
-            a.store(0, Ordering::Relaxed);
         }
     }
 
@@ -390,7 +421,10 @@ impl TagTable {
             (map(i.by_hash.capacity(), 16)
                 + map(i.by_task.capacity(), 16)
                 + map(i.collided.capacity(), std::mem::size_of::<(Tag, u32)>())
-                + map(i.unfolded.capacity(), 16)
+                + map(
+                    i.unfolded.capacity(),
+                    8 + std::mem::size_of::<(u32, TaskSpan)>(),
+                )
                 + (i.free.capacity() + i.finished.capacity()) * 4) as u64
         });
         entries + index

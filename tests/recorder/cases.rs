@@ -852,12 +852,13 @@ fn task_work(keep: bool) -> Option<Vec<u8>> {
     keep.then_some(v)
 }
 
-/// Item 8 of issue 9: finished tasks fold (their tags and records summed,
-/// the entries reused), so the recorder's memory stays bounded; a task
-/// whose memory survives keeps its tag and record until it is freed.
+/// Item 8 of issue 9: finished tasks fold (their tag entries reused, the
+/// newest 20,000 tags' and 10,000 tasks' figures listed, older ones
+/// summed), so the recorder's memory stays bounded; a task whose memory
+/// survives keeps its tag and record until it is freed.
 fn finished_tasks_fold_but_their_leaks_stay() {
     let rec = start();
-    let tasks = 20_000u64;
+    let tasks = 30_000u64;
     let mut leaked = Vec::new();
     for i in 0..tasks {
         let leaks = i % 1000 == 7;
@@ -874,21 +875,59 @@ fn finished_tasks_fold_but_their_leaks_stay() {
     }
     let p = rec.snapshot();
     let folded = p.folded.clone().expect("folded tasks");
-    assert_eq!((folded.tasks, folded.tags), (tasks - 20, tasks - 20));
-    assert_eq!(folded.allocated.bytes, (tasks - 20) * 100);
-    assert_eq!(folded.outcomes.get("succeeded"), Some(&(tasks - 20)));
-    let kept: Vec<_> = p.tags.iter().filter(|t| t.task.is_some()).collect();
-    assert_eq!(kept.len(), 20, "the leaking tasks' tags stay");
-    assert!(kept.iter().all(|t| t.live.bytes == 100));
-    assert_eq!(p.tasks.len(), 20, "and their records");
+    let finished = tasks - 30;
+    assert_eq!(
+        folded.tags,
+        finished - 20_000,
+        "tags summed past the newest 20,000"
+    );
+    assert_eq!(folded.allocated.bytes, (finished - 20_000) * 100);
+    assert_eq!(
+        folded.tasks,
+        finished - 10_000,
+        "records summed past the newest 10,000"
+    );
+    assert_eq!(folded.outcomes.get("succeeded"), Some(&(finished - 10_000)));
+    let leaking: Vec<_> = p
+        .tags
+        .iter()
+        .filter(|t| t.task.is_some() && t.live.bytes > 0)
+        .collect();
+    assert_eq!(
+        leaking.len(),
+        30,
+        "the leaking tasks' tags stay in the table"
+    );
+    assert!(leaking.iter().all(|t| t.live.bytes == 100));
+    let listed: Vec<_> = p
+        .tags
+        .iter()
+        .filter(|t| t.task.is_some() && t.live.bytes == 0)
+        .collect();
+    assert_eq!(listed.len(), 20_000, "the newest finished tags are listed");
+    assert!(listed
+        .iter()
+        .all(|t| t.allocated.bytes == 100 && t.first_ns.is_some()));
+    assert_eq!(
+        p.tasks.len(),
+        10_000 + 30,
+        "the newest records and the leaking ones"
+    );
+    assert_eq!(
+        p.tasks
+            .iter()
+            .filter(|t| t.outcome.as_deref() == Some("dead-lettered"))
+            .count(),
+        30
+    );
     assert!(p
         .tasks
         .iter()
-        .all(|t| t.outcome.as_deref() == Some("dead-lettered")));
+        .all(|t| t.first_ns.is_some() && t.last_ns.is_some()));
+    let in_table = p.tags.len() - listed.len();
     assert!(
-        p.tags.len() < 100,
-        "entries were reused: {} tags",
-        p.tags.len()
+        in_table < 100,
+        "tag entries were reused: {in_table} in the table"
     );
     let mem = p.recorder.clone().expect("recorder memory");
     assert!(mem.tags < 64 << 10, "{mem:?}");
@@ -902,12 +941,20 @@ fn finished_tasks_fold_but_their_leaks_stay() {
         leakprof::finish_task(i);
     }
     let p = rec.snapshot();
-    let folded = p.folded.expect("folded");
     assert_eq!(
-        folded.tags, tasks,
+        p.tags
+            .iter()
+            .filter(|t| t.task.is_some() && t.live.bytes > 0)
+            .count(),
+        0
+    );
+    let folded = p.folded.expect("folded");
+    let listed = p.tags.iter().filter(|t| t.task.is_some()).count() as u64;
+    assert_eq!(
+        folded.tags + listed,
+        tasks,
         "every tag folded once its memory was freed"
     );
-    assert_eq!(p.tags.iter().filter(|t| t.task.is_some()).count(), 0);
 }
 
 #[inline(never)]
