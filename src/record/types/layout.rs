@@ -1,0 +1,239 @@
+//! The type table: one record per distinct type of every loaded module,
+//! with what each word of a value may hold.
+//!
+//! Types are deduplicated across compilation units and modules by a
+//! fingerprint of their name, size and members (member types by their own
+//! fingerprint, pointers by the name of what they point to), so the same
+//! monomorphised `Vec<Job>` emitted by twenty units is one record, while two
+//! versions of a crate whose same-named types differ in layout stay apart.
+
+use super::names::NameId;
+
+/// A type in the [`TypeMaps`](super::TypeMaps) table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TypeId(pub(crate) u32);
+
+/// A range of a side table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) len: u32,
+}
+
+impl Span {
+    pub(crate) fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+}
+
+/// What a scalar word may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scalar {
+    /// Never an address: narrower than a pointer, a float, a bool, a
+    /// char, a C-like enum. Never read.
+    Plain,
+    /// As wide as an address (`usize`, `isize`, `u64`, `i64` and the
+    /// atomics wrapping them): a candidate pointer, read with its low tag
+    /// bits masked.
+    AddressWide,
+}
+
+/// What a thin pointer type is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PtrClass {
+    /// `Box<T>`: owns its pointee.
+    Box,
+    /// `&T`, `&mut T`.
+    Ref,
+    /// `*const T`, `*mut T` (and `NonNull<T>` through them): may be
+    /// dangling, tagged or interior.
+    Raw,
+    /// A function pointer: never points into the heap. Never read.
+    Code,
+}
+
+/// An enum's discriminant: where to read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Discr {
+    pub(crate) offset: u64,
+    /// 1, 2, 4 or 8 bytes.
+    pub(crate) size: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Scalar(Scalar),
+    Pointer {
+        pointee: Option<TypeId>,
+        class: PtrClass,
+    },
+    Struct {
+        fields: Span,
+    },
+    /// Every member at once: walked as the union of its members' maps.
+    Union {
+        fields: Span,
+    },
+    /// A Rust enum (a struct with a `DW_TAG_variant_part`). `discr: None`
+    /// when the enum has one variant (or rustc wrote no discriminant).
+    Enum {
+        discr: Option<Discr>,
+        variants: Span,
+    },
+    Array {
+        elem: TypeId,
+        count: u64,
+    },
+    /// Code (a subroutine type): never points into the heap.
+    Code,
+    /// A layout DWARF does not give (a declaration, `dyn Trait`, an
+    /// unknown tag): read conservatively.
+    Opaque,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TypeInfo {
+    pub(crate) name: NameId,
+    pub(crate) size: u64,
+    pub(crate) align: u32,
+    pub(crate) kind: Kind,
+    /// Template type parameters (`T`, `K`, `V`, ...), in `params`.
+    pub(crate) params: Span,
+    /// No word of a value of this type can hold a heap address.
+    pub(crate) pointer_free: bool,
+    /// Index into the containers table (`NO_CONTAINER`: an ordinary type).
+    pub(crate) container: u32,
+}
+
+pub(crate) const NO_CONTAINER: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Field {
+    pub(crate) name: NameId,
+    pub(crate) offset: u64,
+    pub(crate) ty: TypeId,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Variant {
+    /// `DW_AT_discr_value` bits; `None` for the variant that holds every
+    /// other value (the untagged/niche-holding one).
+    pub(crate) value: Option<u64>,
+    pub(crate) name: NameId,
+    pub(crate) offset: u64,
+    pub(crate) ty: TypeId,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Param {
+    pub(crate) name: NameId,
+    pub(crate) ty: TypeId,
+}
+
+/// The type tables proper (the part of `TypeMaps` the walker reads).
+#[derive(Default)]
+pub(crate) struct Tables {
+    pub(crate) types: Vec<TypeInfo>,
+    pub(crate) fields: Vec<Field>,
+    pub(crate) variants: Vec<Variant>,
+    pub(crate) params: Vec<Param>,
+    pub(crate) containers: Vec<super::containers::Container>,
+}
+
+impl Tables {
+    #[inline]
+    pub(crate) fn get(&self, t: TypeId) -> &TypeInfo {
+        &self.types[t.0 as usize]
+    }
+
+    pub(crate) fn fields(&self, s: Span) -> &[Field] {
+        &self.fields[s.range()]
+    }
+
+    pub(crate) fn variants(&self, s: Span) -> &[Variant] {
+        &self.variants[s.range()]
+    }
+
+    pub(crate) fn params(&self, t: TypeId) -> &[Param] {
+        &self.params[self.get(t).params.range()]
+    }
+
+    /// The field of struct `t` named `name`.
+    pub(crate) fn field(&self, t: TypeId, name: NameId) -> Option<Field> {
+        match self.get(t).kind {
+            Kind::Struct { fields } | Kind::Union { fields } => {
+                self.fields(fields).iter().find(|f| f.name == name).copied()
+            }
+            _ => None,
+        }
+    }
+
+    /// Computes `pointer_free` for every type (after all units are in).
+    pub(crate) fn compute_pointer_free(&mut self) {
+        // 0 unknown, 1 in progress, 2 false, 3 true.
+        let mut state = vec![0u8; self.types.len()];
+        for i in 0..self.types.len() {
+            self.pointer_free_of(TypeId(i as u32), &mut state, 0);
+        }
+        for (t, s) in self.types.iter_mut().zip(state) {
+            t.pointer_free = s == 3;
+        }
+    }
+
+    fn pointer_free_of(&self, t: TypeId, state: &mut [u8], depth: u32) -> bool {
+        match state[t.0 as usize] {
+            2 => return false,
+            3 => return true,
+            // A cycle through inline members is impossible in a real type;
+            // in malformed DWARF, assume the worst.
+            1 => return false,
+            _ => {}
+        }
+        if depth > 200 {
+            return false;
+        }
+        state[t.0 as usize] = 1;
+        let info = *self.get(t);
+        let free = match info.kind {
+            Kind::Scalar(Scalar::Plain) | Kind::Code => true,
+            Kind::Scalar(Scalar::AddressWide) | Kind::Opaque => false,
+            Kind::Pointer { class, .. } => class == PtrClass::Code,
+            Kind::Struct { fields } | Kind::Union { fields } => self
+                .fields(fields)
+                .iter()
+                .all(|f| self.pointer_free_of(f.ty, state, depth + 1)),
+            Kind::Enum { variants, .. } => self
+                .variants(variants)
+                .iter()
+                .all(|v| self.pointer_free_of(v.ty, state, depth + 1)),
+            Kind::Array { elem, count } => {
+                count == 0 || self.pointer_free_of(elem, state, depth + 1)
+            }
+        };
+        state[t.0 as usize] = if free { 3 } else { 2 };
+        free
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.types.capacity() * size_of::<TypeInfo>()
+            + self.fields.capacity() * size_of::<Field>()
+            + self.variants.capacity() * size_of::<Variant>()
+            + self.params.capacity() * size_of::<Param>()
+            + self.containers.capacity() * size_of::<super::containers::Container>()
+    }
+}
+
+impl Tables {
+    /// The kind of the type of the field at `offset` of struct `t`.
+    pub(crate) fn field_type(&self, t: TypeId, offset: u32) -> Option<Kind> {
+        let Kind::Struct { fields } = self.get(t).kind else {
+            return None;
+        };
+        let f = self
+            .fields(fields)
+            .iter()
+            .find(|f| f.offset == offset as u64)?;
+        Some(self.get(f.ty).kind)
+    }
+}
