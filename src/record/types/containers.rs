@@ -16,7 +16,7 @@
 //! | btree `NodeRef`, `LeafNode<K, V>` | `len` keys and values; `len + 1` edges when `height > 0` |
 //! | `ArcInner<T>`, `RcInner<T>` | `data` only while `strong > 0` |
 //! | `Arc`, `Rc`, `Weak` | typed pointer to the `ArcInner` (`[T]`/`str`/`dyn` included) |
-//! | `OnceLock<T>` | `value` only when the `Once` is complete (state 3) |
+//! | `OnceLock<T>` | `value` only when its `Once` is complete (state values measured on this std) |
 //! | `LazyLock<T, F>` | `value` when complete, `f` when incomplete |
 //! | `vec::IntoIter<T>` | elements in `[ptr, end)` of the buffer at `buf` |
 //! | std mpmc list `Slot<T>` | `msg` when written and not yet read |
@@ -33,11 +33,43 @@ use super::super::fxhash::FxHashMap;
 use super::layout::{Kind, PtrClass, Tables, TypeId};
 use super::names::{NameId, Names};
 
-/// The `Once` state std uses for "complete" (futex and queue
-/// implementations alike).
-pub(crate) const ONCE_COMPLETE: u64 = 3;
-/// The `Once` state "never run".
-pub(crate) const ONCE_INCOMPLETE: u64 = 0;
+/// The values of a `std::sync::Once`'s state word meaning "complete" and
+/// "never run". They are std's private constants and have changed between
+/// releases (1.95's futex `Once` uses 0 for complete and 3 for
+/// incomplete), so they are measured on a real `Once` of this process's
+/// std rather than assumed. Anything else (running, poisoned, waiters
+/// queued) is read conservatively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OnceStates {
+    pub(crate) complete: u64,
+    pub(crate) incomplete: u64,
+}
+
+impl OnceStates {
+    pub(crate) fn measure() -> OnceStates {
+        fn bits(once: &std::sync::Once) -> u64 {
+            let p = once as *const std::sync::Once;
+            // SAFETY: reads the bytes of a Once this thread owns and no
+            // other thread can touch (a local); its state is an integer
+            // (4 bytes with the futex implementation, a pointer-sized word
+            // with the queue one).
+            unsafe {
+                match std::mem::size_of::<std::sync::Once>() {
+                    4 => std::ptr::read_volatile(p as *const u32) as u64,
+                    8 => std::ptr::read_volatile(p as *const u64),
+                    _ => u64::MAX,
+                }
+            }
+        }
+        let once = std::sync::Once::new();
+        let incomplete = bits(&once);
+        once.call_once(|| {});
+        OnceStates {
+            complete: bits(&once),
+            incomplete,
+        }
+    }
+}
 /// std mpmc list slot state bits.
 pub(crate) const SLOT_WRITE: u64 = 1;
 pub(crate) const SLOT_READ: u64 = 2;
@@ -92,11 +124,14 @@ pub(crate) enum Container {
     },
     OnceLock {
         state: u32,
+        /// Bytes of the state word (4 or 8).
+        state_size: u8,
         value: u32,
         ty: TypeId,
     },
     LazyLock {
         state: u32,
+        state_size: u8,
         data: u32,
         value: TypeId,
         init: TypeId,
@@ -445,6 +480,7 @@ fn once_lock(lk: &Lookup, t: TypeId) -> Option<Container> {
     let (value, _) = lk.field(t, "value")?;
     Some(Container::OnceLock {
         state: u32_of(once + s)?,
+        state_size: size as u8,
         value: u32_of(value)?,
         ty: lk.param(t, "T")?,
     })
@@ -452,10 +488,14 @@ fn once_lock(lk: &Lookup, t: TypeId) -> Option<Container> {
 
 fn lazy_lock(lk: &Lookup, t: TypeId) -> Option<Container> {
     let (once, once_ty) = lk.field(t, "once")?;
-    let (s, _) = lk.word_in(once_ty)?;
+    let (s, size) = lk.word_in(once_ty)?;
+    if size != 4 && size != 8 {
+        return None;
+    }
     let (data, _) = lk.field(t, "data")?;
     Some(Container::LazyLock {
         state: u32_of(once + s)?,
+        state_size: size as u8,
         data: u32_of(data)?,
         value: lk.param(t, "T")?,
         init: lk.param(t, "F")?,

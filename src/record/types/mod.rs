@@ -54,7 +54,7 @@ pub use dwarf::{loaded_modules, LoadedModule, NoDebugInfo};
 pub use layout::TypeId;
 pub use names::NameId;
 pub use path::short_name;
-pub use site::{SiteRule, SiteShape, SiteType, SITE_RULES};
+pub use site::{function_path, SiteRule, SiteShape, SiteType, SITE_RULES};
 pub use statics::{find_main_arena, StaticRoot, StaticSource};
 pub use walk::{walk, BlockType, Fallback, Memory, OutPointer, PointerKind, Shape, SlotId, Traced};
 
@@ -111,6 +111,8 @@ pub struct TypeMaps {
     /// Sorted by address.
     pub(crate) vtables: Vec<Vtable>,
     pub(crate) sites: site::SiteCache,
+    /// `Once` state values of this process's std.
+    pub(crate) once: containers::OnceStates,
     stats: LoadStats,
 }
 
@@ -217,6 +219,7 @@ impl TypeMaps {
             statics,
             vtables,
             sites: site::SiteCache::default(),
+            once: containers::OnceStates::measure(),
             stats,
         };
         maps.stats.load_ns = t0.elapsed().as_nanos() as u64;
@@ -323,4 +326,12 @@ fn index_by_name(tables: &Tables) -> FxHashMap<NameId, TypeId> {
             .or_insert(id);
     }
     by_name
+}
+
+impl TypeMaps {
+    /// The field `name` of struct `t`: (offset, type).
+    pub fn field(&self, t: TypeId, name: &str) -> Option<(u64, TypeId)> {
+        let f = self.tables.field(t, self.names.lookup(name)?)?;
+        Some((f.offset, f.ty))
+    }
 }

@@ -28,18 +28,22 @@ use super::TypeMaps;
 /// How a rule's frame allocates, in terms of its type parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SiteShape {
-    /// One `T` (`Box::<T>::new`).
-    One,
+    /// A `T` (`Box::<T>::new`) or, when the block holds several, a
+    /// `Box<[T]>`.
+    Boxed,
     /// `size / size_of::<T>()` `T`s (a `Vec`/`RawVec` buffer; the live
     /// length is unknown from the site).
     Array,
-    /// `ArcInner<T>` / `RcInner<T>`.
+    /// `ArcInner<T>` (or `ArcInner<[T]>` of as many elements as fit).
     ArcInner,
+    /// `RcInner<T>` (or `RcInner<[T]>`).
     RcInner,
-    /// `ArcInner<[T]>` of as many elements as fit.
-    ArcSlice,
     /// A hashbrown table of buckets of `T`.
     HashTable,
+    /// A hash map's table: buckets of `(K, V)`.
+    HashMap,
+    /// A hash set's table: buckets of `(T, ())`.
+    HashSet,
     /// `LeafNode<K, V>` (height 0) / `InternalNode<K, V>` (height taken
     /// as 1: the site cannot tell).
     BTreeLeaf,
@@ -49,51 +53,55 @@ pub enum SiteShape {
 /// A generic frame that allocates values of its type parameter(s).
 #[derive(Clone, Copy, Debug)]
 pub struct SiteRule {
-    /// Prefix of the frame's demangled function name.
+    /// Prefix of the frame's function path, generic arguments removed
+    /// (`<alloc::boxed::Box<u8>>::new` and `alloc::boxed::Box<T>::new` are
+    /// both `alloc::boxed::Box::new`: v0 and legacy mangling alike).
     pub function: &'static str,
     /// The type parameter(s) that type the block.
     pub params: &'static [&'static str],
     pub shape: SiteShape,
 }
 
-/// The frames leakprof knows allocate typed blocks (innermost match wins).
+/// The frames leakprof knows allocate typed blocks (innermost match wins;
+/// a frame whose parameters are not in its DWARF is passed over).
 pub const SITE_RULES: &[SiteRule] = &[
-    rule("alloc::boxed::Box<[T]>::", &["T"], SiteShape::Array),
-    rule("alloc::boxed::Box<[T],A>::", &["T"], SiteShape::Array),
-    rule("alloc::boxed::Box<T>::", &["T"], SiteShape::One),
-    rule("alloc::boxed::Box<T,A>::", &["T"], SiteShape::One),
-    rule("alloc::raw_vec::RawVec<T,A>::", &["T"], SiteShape::Array),
-    rule("alloc::raw_vec::RawVec<T>::", &["T"], SiteShape::Array),
-    rule("alloc::vec::Vec<T>::", &["T"], SiteShape::Array),
-    rule("alloc::vec::Vec<T,A>::", &["T"], SiteShape::Array),
+    rule("alloc::boxed::Box::", &["T"], SiteShape::Boxed),
+    rule("alloc::raw_vec::RawVec::", &["T"], SiteShape::Array),
+    rule("alloc::vec::Vec::", &["T"], SiteShape::Array),
     rule(
-        "alloc::collections::vec_deque::VecDeque<T,A>::",
+        "alloc::collections::vec_deque::VecDeque::",
         &["T"],
         SiteShape::Array,
     ),
+    rule("hashbrown::raw::RawTable::", &["T"], SiteShape::HashTable),
     rule(
-        "hashbrown::raw::RawTable<T,A>::",
+        "hashbrown::table::HashTable::",
         &["T"],
         SiteShape::HashTable,
     ),
+    // `RawTable<T>::with_capacity` is often inlined away from the call
+    // into the type-erased `RawTableInner`: the map's own frame types it.
     rule(
-        "hashbrown::raw::RawTable<T>::",
-        &["T"],
-        SiteShape::HashTable,
+        "std::collections::hash::map::HashMap::",
+        &["K", "V"],
+        SiteShape::HashMap,
     ),
-    rule("alloc::sync::Arc<[T]>::", &["T"], SiteShape::ArcSlice),
-    rule("alloc::sync::Arc<[T],A>::", &["T"], SiteShape::ArcSlice),
-    rule("alloc::sync::Arc<T>::", &["T"], SiteShape::ArcInner),
-    rule("alloc::sync::Arc<T,A>::", &["T"], SiteShape::ArcInner),
-    rule("alloc::rc::Rc<T>::", &["T"], SiteShape::RcInner),
-    rule("alloc::rc::Rc<T,A>::", &["T"], SiteShape::RcInner),
+    rule("hashbrown::map::HashMap::", &["K", "V"], SiteShape::HashMap),
     rule(
-        "alloc::collections::btree::node::LeafNode<K,V>::new",
+        "std::collections::hash::set::HashSet::",
+        &["T"],
+        SiteShape::HashSet,
+    ),
+    rule("hashbrown::set::HashSet::", &["T"], SiteShape::HashSet),
+    rule("alloc::sync::Arc::", &["T"], SiteShape::ArcInner),
+    rule("alloc::rc::Rc::", &["T"], SiteShape::RcInner),
+    rule(
+        "alloc::collections::btree::node::LeafNode::new",
         &["K", "V"],
         SiteShape::BTreeLeaf,
     ),
     rule(
-        "alloc::collections::btree::node::InternalNode<K,V>::new",
+        "alloc::collections::btree::node::InternalNode::new",
         &["K", "V"],
         SiteShape::BTreeInternal,
     ),
@@ -109,6 +117,24 @@ const fn rule(
         params,
         shape,
     }
+}
+
+/// A function path without generic arguments or the `<...>` of an
+/// inherent impl: `<alloc::boxed::Box<u8>>::new` -> `alloc::boxed::Box::new`.
+pub fn function_path(demangled: &str) -> String {
+    let mut out = String::with_capacity(demangled.len());
+    let mut depth = 0usize;
+    for (i, c) in demangled.char_indices() {
+        match c {
+            '<' if i == 0 => {}
+            '<' => depth += 1,
+            '>' if depth > 0 => depth -= 1,
+            '>' => {}
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// A block typed by its allocation site.
@@ -174,7 +200,47 @@ impl TypeMaps {
         None
     }
 
+    /// The functions inlined at return address `pc`, innermost first:
+    /// demangled name and template type parameters (what [`SITE_RULES`]
+    /// are matched against; for diagnostics).
+    pub fn site_frames(&self, pc: u64) -> Vec<String> {
+        let mut state = self.sites.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        self.frames_at(&mut state, pc, &mut |name, params| {
+            let params: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+            out.push(format!("{name} [{}]", params.join(", ")));
+            false
+        });
+        out
+    }
+
     fn match_pc(&self, state: &mut SiteState, pc: u64) -> PcMatch {
+        let mut found = None;
+        self.frames_at(state, pc, &mut |name, params| {
+            let path = function_path(name);
+            let Some(rule) = SITE_RULES.iter().position(|r| path.starts_with(r.function)) else {
+                return false;
+            };
+            let mut args = [None, None];
+            for (slot, want) in args.iter_mut().zip(SITE_RULES[rule].params) {
+                *slot = params.iter().find(|(n, _)| n == want).and_then(|&(_, t)| t);
+            }
+            if args[0].is_some() {
+                found = Some((rule, args));
+            }
+            found.is_some()
+        });
+        found
+    }
+
+    /// Calls `visit(name, params)` for each function inlined at `pc`,
+    /// innermost first, until it returns true.
+    fn frames_at(
+        &self,
+        state: &mut SiteState,
+        pc: u64,
+        visit: &mut dyn FnMut(&str, &[(String, Option<TypeId>)]) -> bool,
+    ) -> Option<()> {
         let k = self
             .modules
             .iter()
@@ -214,59 +280,67 @@ impl TypeMaps {
             let Some((name, params)) = function_of(d, &scopes.unit, s.die) else {
                 continue;
             };
-            let Some(rule) = SITE_RULES.iter().position(|r| name.starts_with(r.function)) else {
-                continue;
-            };
-            let mut args = [None, None];
-            for (slot, want) in args.iter_mut().zip(SITE_RULES[rule].params) {
-                *slot = params
-                    .iter()
-                    .find(|(n, _)| n == want)
-                    .and_then(|&(_, off)| unit_types.type_at(off));
-            }
-            if args[0].is_some() {
-                return Some((rule, args));
+            let typed: Vec<(String, Option<TypeId>)> = params
+                .into_iter()
+                .map(|(n, off)| (n, unit_types.type_at(off)))
+                .collect();
+            if visit(&name, &typed) {
+                break;
             }
         }
-        None
+        Some(())
     }
 
     fn shape_for(&self, rule: usize, args: [Option<TypeId>; 2], size: u64) -> Option<SiteType> {
         let t = args[0]?;
         let tsize = self.type_size(t);
         let named = |prefix: &str, arg: &str| self.type_named(&format!("{prefix}{arg}>"));
-        let block = match SITE_RULES[rule].shape {
-            SiteShape::One => (size >= tsize).then_some(BlockType::one(t))?,
-            SiteShape::Array => BlockType {
-                ty: t,
-                shape: Shape::Elements {
-                    first: 0,
-                    len: size.checked_div(tsize)?,
-                },
+        let elements = |ty: TypeId| BlockType {
+            ty,
+            shape: Shape::Elements {
+                first: 0,
+                len: size / tsize.max(1),
             },
-            SiteShape::ArcInner => {
-                BlockType::one(named("alloc::sync::ArcInner<", self.type_name(t))?)
+        };
+        let counted = |prefix: &str| -> Option<BlockType> {
+            if let Some(inner) = named(prefix, self.type_name(t)) {
+                return (self.type_size(inner) <= size).then_some(BlockType::one(inner));
             }
-            SiteShape::RcInner => BlockType::one(named("alloc::rc::RcInner<", self.type_name(t))?),
-            SiteShape::ArcSlice => {
-                let inner = named(
-                    "alloc::sync::ArcInner<",
-                    &format!("[{}]", self.type_name(t)),
-                )?;
-                let header = self.type_size(inner);
+            let inner = named(prefix, &format!("[{}]", self.type_name(t)))?;
+            let header = self.type_size(inner);
+            Some(BlockType {
+                ty: inner,
+                shape: Shape::Tail {
+                    len: size.checked_sub(header)?.checked_div(tsize)?,
+                },
+            })
+        };
+        let block = match SITE_RULES[rule].shape {
+            SiteShape::Boxed if size == tsize => BlockType::one(t),
+            SiteShape::Boxed | SiteShape::Array if tsize > 0 && size % tsize == 0 => elements(t),
+            SiteShape::Boxed | SiteShape::Array => return None,
+            SiteShape::ArcInner => counted("alloc::sync::ArcInner<")?,
+            SiteShape::RcInner => counted("alloc::rc::RcInner<")?,
+            SiteShape::HashTable | SiteShape::HashMap | SiteShape::HashSet => {
+                let bucket = match SITE_RULES[rule].shape {
+                    SiteShape::HashMap => self.type_named(&format!(
+                        "({}, {})",
+                        self.type_name(t),
+                        self.type_name(args[1]?)
+                    ))?,
+                    SiteShape::HashSet => {
+                        self.type_named(&format!("({}, ())", self.type_name(t)))?
+                    }
+                    _ => t,
+                };
+                let (bsize, align) = (self.type_size(bucket), self.tables.get(bucket).align as u64);
                 BlockType {
-                    ty: inner,
-                    shape: Shape::Tail {
-                        len: size.checked_sub(header)?.checked_div(tsize)?,
+                    ty: bucket,
+                    shape: Shape::HashTable {
+                        buckets: buckets_for(size, bsize, align)?,
                     },
                 }
             }
-            SiteShape::HashTable => BlockType {
-                ty: t,
-                shape: Shape::HashTable {
-                    buckets: buckets_for(size, tsize, self.tables.get(t).align as u64)?,
-                },
-            },
             SiteShape::BTreeLeaf | SiteShape::BTreeInternal => {
                 let v = self.type_name(args[1]?);
                 let leaf = named(
@@ -448,6 +522,40 @@ fn linkage_name(
     let raw = d.attr_string(unit, v).ok()?;
     let raw = std::str::from_utf8(raw.slice()).ok()?;
     Some(format!("{:#}", rustc_demangle::demangle(raw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_paths_drop_generics_in_both_manglings() {
+        assert_eq!(
+            function_path("<alloc::boxed::Box<u8>>::new"),
+            "alloc::boxed::Box::new"
+        );
+        assert_eq!(
+            function_path("alloc::boxed::Box<T>::new"),
+            "alloc::boxed::Box::new"
+        );
+        assert_eq!(
+            function_path("<alloc::raw_vec::RawVec<(u64, u64)>>::with_capacity_in"),
+            "alloc::raw_vec::RawVec::with_capacity_in"
+        );
+        assert_eq!(
+            function_path("<alloc::vec::Vec<u8> as core::clone::Clone>::clone"),
+            "alloc::vec::Vec as core::clone::Clone::clone"
+        );
+    }
+
+    #[test]
+    fn hash_table_buckets_from_allocation_size() {
+        // 8 buckets of 16 bytes: 128 bytes of data, ctrl 8 + 16.
+        assert_eq!(buckets_for(128 + 8 + 16, 16, 8), Some(8));
+        // 4 buckets of 12 bytes (align 4): 48, padded to 48, ctrl 4 + 16.
+        assert_eq!(buckets_for(48 + 4 + 16, 12, 4), Some(4));
+        assert_eq!(buckets_for(100, 16, 8), None);
+    }
 }
 
 impl TypeMaps {

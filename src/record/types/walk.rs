@@ -7,7 +7,7 @@
 //! [`Memory`], and its recursion depth is bounded ([`MAX_DEPTH`]) as are its
 //! loops (by the region's size).
 
-use super::containers::{Container, ONCE_COMPLETE, ONCE_INCOMPLETE, SLOT_READ, SLOT_WRITE};
+use super::containers::{Container, SLOT_READ, SLOT_WRITE};
 use super::layout::{Discr, Kind, PtrClass, Scalar, Span, TypeId, NO_CONTAINER};
 use super::TypeMaps;
 
@@ -611,14 +611,21 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
                 };
                 self.shared(off + ptr as u64, ptr_ty, arc, slot, kind_if(certain, kind));
             }
-            Container::OnceLock { state, value, ty } => {
-                match self.read(off + state as u64, 4).map(|s| s & 3) {
-                    Some(ONCE_COMPLETE) => {
+            Container::OnceLock {
+                state,
+                state_size,
+                value,
+                ty,
+            } => {
+                let once = self.maps.once;
+                match self.read(off + state as u64, state_size) {
+                    Some(s) if s == once.complete => {
                         self.value(ty, off + value as u64, slot, certain, depth + 1)
                     }
-                    Some(ONCE_INCOMPLETE) | Some(1) | None => {}
+                    Some(s) if s == once.incomplete => {}
+                    None => {}
                     Some(_) => {
-                        // Running: the value may be half written.
+                        // Running or poisoned: the value may be half written.
                         self.note(Fallback::Uninit);
                         self.value(ty, off + value as u64, slot, false, depth + 1);
                     }
@@ -626,23 +633,27 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
             }
             Container::LazyLock {
                 state,
+                state_size,
                 data,
                 value,
                 init,
-            } => match self.read(off + state as u64, 4).map(|s| s & 3) {
-                Some(ONCE_COMPLETE) => {
-                    self.value(value, off + data as u64, slot, certain, depth + 1)
+            } => {
+                let once = self.maps.once;
+                match self.read(off + state as u64, state_size) {
+                    Some(s) if s == once.complete => {
+                        self.value(value, off + data as u64, slot, certain, depth + 1)
+                    }
+                    Some(s) if s == once.incomplete => {
+                        self.value(init, off + data as u64, slot, certain, depth + 1)
+                    }
+                    None => {}
+                    Some(_) => {
+                        self.note(Fallback::Uninit);
+                        self.value(value, off + data as u64, slot, false, depth + 1);
+                        self.value(init, off + data as u64, slot, false, depth + 1);
+                    }
                 }
-                Some(ONCE_INCOMPLETE) => {
-                    self.value(init, off + data as u64, slot, certain, depth + 1)
-                }
-                Some(1) | None => {}
-                Some(_) => {
-                    self.note(Fallback::Uninit);
-                    self.value(value, off + data as u64, slot, false, depth + 1);
-                    self.value(init, off + data as u64, slot, false, depth + 1);
-                }
-            },
+            }
             Container::IntoIter {
                 buf,
                 ptr,
