@@ -1,12 +1,16 @@
 //! Loads the DWARF types of an executable (default: this program) and
 //! prints what loading cost and what the layouts cover: one JSON line of
-//! figures, then (with `--list`) the types read conservatively.
+//! figures, then with `--list` the types without a layout, and with
+//! `--fallbacks` the std, tokio and hashbrown types whose walk falls back
+//! to candidate words somewhere (grouped by generic-free name, counted).
 //!
-//! `types-stats [PATH] [--list]`
+//! `types-stats [PATH] [--list] [--fallbacks]`
 
 use std::time::Instant;
 
-use leakprof::record::types::{LoadedModule, TypeMaps};
+use std::collections::BTreeMap;
+
+use leakprof::record::types::{function_path, LoadedModule, TypeMaps};
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -20,6 +24,7 @@ fn status_kib(field: &str) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let list = args.iter().any(|a| a == "--list");
+    let fallbacks = args.iter().any(|a| a == "--fallbacks");
     let path = args.iter().find(|a| !a.starts_with("--")).cloned();
     let rss_before = status_kib("VmRSS:");
     let t0 = Instant::now();
@@ -68,5 +73,36 @@ fn main() {
         for name in conservative {
             println!("{name}");
         }
+    }
+    if fallbacks {
+        print_fallbacks(&maps);
+    }
+}
+
+/// Types of std, tokio and hashbrown whose walk reads some words as
+/// candidates, by name without generic arguments, with the reason.
+fn print_fallbacks(maps: &TypeMaps) {
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (t, name, _) in maps.each_type() {
+        let Some((why, culprit)) = maps.fallback_of(t) else {
+            continue;
+        };
+        let why = format!("{why:?} in {}", function_path(maps.type_name(culprit)));
+        *by_reason
+            .entry(why.split(' ').next().unwrap_or("").to_string())
+            .or_default() += 1;
+        if ["std::", "core::", "alloc::", "tokio::", "hashbrown::"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            *groups.entry((function_path(name), why)).or_default() += 1;
+        }
+    }
+    println!("types with a fallback, by reason: {by_reason:?}");
+    let mut rows: Vec<_> = groups.into_iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    for ((name, why), n) in rows {
+        println!("{n:6} {name}: {why}");
     }
 }

@@ -5,80 +5,50 @@
 //! point, the case also checks the word is really there (so a conservative
 //! reading would have failed it).
 
+// The cases are about boxes held in vectors.
+#![allow(clippy::vec_box)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicPtr, AtomicUsize};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 
-use leakprof::record::types::{BlockType, PointerKind, Shape, TypeMaps};
+use leakprof::record::types::{BlockType, Fallback, PointerKind, Shape, Traced, TypeMaps};
 
 use super::trace::{read, trace, Graph};
 use super::tracker;
 
 pub type Case = fn(&TypeMaps) -> Result<(), String>;
 
-pub const ALL: &[(&str, Case)] = &[
-    (
-        "option_none_in_niche_is_not_an_edge",
-        option_none_in_niche_is_not_an_edge,
-    ),
-    (
-        "vec_slots_past_len_are_not_edges",
-        vec_slots_past_len_are_not_edges,
-    ),
-    (
-        "enum_follows_only_the_active_variant",
-        enum_follows_only_the_active_variant,
-    ),
-    (
-        "hash_table_tombstones_are_not_edges",
-        hash_table_tombstones_are_not_edges,
-    ),
-    (
-        "in_place_collect_owner_type_wins_over_site",
-        in_place_collect_owner_type_wins_over_site,
-    ),
-    (
-        "tagged_pointers_in_words_are_candidates",
-        tagged_pointers_in_words_are_candidates,
-    ),
-    (
-        "arc_str_and_arc_slice_are_typed_by_length",
-        arc_str_and_arc_slice_are_typed_by_length,
-    ),
-    (
-        "once_lock_value_read_only_when_complete",
-        once_lock_value_read_only_when_complete,
-    ),
-    (
-        "lazy_lock_reads_value_once_forced",
-        lazy_lock_reads_value_once_forced,
-    ),
-    (
-        "arc_inner_with_strong_zero_keeps_no_data",
-        arc_inner_with_strong_zero_keeps_no_data,
-    ),
-    (
-        "box_dyn_typed_by_vtable_and_site",
-        box_dyn_typed_by_vtable_and_site,
-    ),
-    ("vec_deque_ring_after_wrap", vec_deque_ring_after_wrap),
-    ("btree_map_nodes_to_len", btree_map_nodes_to_len),
-    (
-        "mpsc_channel_holds_only_unread_messages",
-        mpsc_channel_holds_only_unread_messages,
-    ),
-    (
-        "into_iter_holds_only_remaining",
-        into_iter_holds_only_remaining,
-    ),
-    ("edges_carry_field_paths", edges_carry_field_paths),
-    ("statics_are_named_and_typed", statics_are_named_and_typed),
-    (
-        "glibc_main_arena_is_allocator_metadata",
-        glibc_main_arena_is_allocator_metadata,
-    ),
+/// Each case by its function's name.
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        &[$((stringify!($case), $case as Case)),*]
+    };
+}
+
+pub const ALL: &[(&str, Case)] = cases![
+    option_none_in_niche_is_not_an_edge,
+    vec_slots_past_len_are_not_edges,
+    enum_follows_only_the_active_variant,
+    hash_table_tombstones_are_not_edges,
+    in_place_collect_owner_type_wins_over_site,
+    tagged_pointers_in_words_are_candidates,
+    arc_str_and_arc_slice_are_typed_by_length,
+    once_lock_value_read_only_when_complete,
+    lazy_lock_reads_value_once_forced,
+    arc_inner_with_strong_zero_keeps_no_data,
+    box_dyn_typed_by_vtable_and_site,
+    vec_deque_ring_after_wrap,
+    btree_map_nodes_to_len,
+    mpsc_channel_holds_only_unread_messages,
+    into_iter_holds_only_remaining,
+    small_vec_inline_and_spilled_to_len,
+    tokio_channel_slots_are_sound_candidates,
+    edges_carry_field_paths,
+    statics_are_named_and_typed,
+    glibc_main_arena_is_allocator_metadata,
 ];
 
 fn addr<T: ?Sized>(r: &T) -> usize {
@@ -466,8 +436,12 @@ fn once_lock_value_read_only_when_complete(maps: &TypeMaps) -> Result<(), String
     stale_present(addr(&ONCE_UNSET), 16, &[ps], "ONCE_UNSET")
 }
 
+// std's `LazyLock` (1.80) is what the case reads; the library itself keeps
+// to the crate's rust-version.
+#[allow(clippy::incompatible_msrv)]
 static LAZY: LazyLock<Box<u64>> = LazyLock::new(|| Box::new(9));
 
+#[allow(clippy::incompatible_msrv)]
 fn lazy_lock_reads_value_once_forced(maps: &TypeMaps) -> Result<(), String> {
     let g = trace_static(maps, &LAZY, "types::cases::LAZY")?;
     expect(maps, &g, &set([]), "LazyLock before forcing")?;
@@ -483,7 +457,9 @@ struct Inner {
     keep: ManuallyDrop<Box<u64>>,
     n: u64,
 }
-static WEAK: Mutex<Option<(Weak<Inner>, Option<Arc<Inner>>)>> = Mutex::new(None);
+/// A `Weak` and, while it lives, the last strong `Arc`.
+type WeakAndStrong = (Weak<Inner>, Option<Arc<Inner>>);
+static WEAK: Mutex<Option<WeakAndStrong>> = Mutex::new(None);
 
 fn arc_inner_with_strong_zero_keeps_no_data(maps: &TypeMaps) -> Result<(), String> {
     tracker::begin();
@@ -670,6 +646,87 @@ fn into_iter_holds_only_remaining(maps: &TypeMaps) -> Result<(), String> {
         "IntoIter after 4",
     )?;
     stale_present(buf, 80, &all[..4], "consumed slots")
+}
+
+type Small = smallvec::SmallVec<[Box<u64>; 4]>;
+static SMALL: Mutex<Option<(Small, Small)>> = Mutex::new(None);
+
+fn small_vec_inline_and_spilled_to_len(maps: &TypeMaps) -> Result<(), String> {
+    tracker::begin();
+    let mut inline: Small = (0..4u64).map(Box::new).collect();
+    let mut spilled: Small = (0..6u64).map(Box::new).collect();
+    tracker::end();
+    let stale_inline = addr(&**inline.last().unwrap());
+    std::mem::forget(inline.pop());
+    let stale_heap: Vec<usize> = spilled[4..].iter().map(|b| addr(&**b)).collect();
+    std::mem::forget(spilled.pop());
+    std::mem::forget(spilled.pop());
+    if inline.spilled() || !spilled.spilled() {
+        return Err("expected one inline and one spilled SmallVec".into());
+    }
+    let heap = spilled.as_ptr() as usize;
+    let mut want: Vec<usize> = inline
+        .iter()
+        .chain(spilled.iter())
+        .map(|b| addr(&**b))
+        .collect();
+    want.push(heap);
+    *SMALL.lock().unwrap() = Some((inline, spilled));
+    let g = trace_static(maps, &SMALL, "types::cases::SMALL")?;
+    expect(maps, &g, &set(want), "SmallVecs after pops")?;
+    stale_present(
+        addr(&SMALL),
+        std::mem::size_of_val(&SMALL),
+        &[stale_inline],
+        "inline slots",
+    )?;
+    stale_present(heap, 6 * 8, &stale_heap, "spilled buffer")
+}
+
+type TokioChannel = (
+    tokio::sync::mpsc::UnboundedSender<Box<u64>>,
+    tokio::sync::mpsc::UnboundedReceiver<Box<u64>>,
+);
+static TOKIO: Mutex<Option<TokioChannel>> = Mutex::new(None);
+
+/// tokio's channel blocks keep values in `MaybeUninit` slots whose state
+/// lives in the receiver: not on the containers list, so read as
+/// candidates. Sound (every unread message reached), not exact.
+fn tokio_channel_slots_are_sound_candidates(maps: &TypeMaps) -> Result<(), String> {
+    let w = tracker::begin();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Box<u64>>();
+    for i in 0..40u64 {
+        tx.send(Box::new(i)).map_err(|_| "send")?;
+    }
+    tracker::end();
+    let mut read_out = Vec::new();
+    for _ in 0..10 {
+        let b = rx.try_recv().map_err(|_| "recv")?;
+        read_out.push(addr(&*b));
+        std::mem::forget(b);
+    }
+    *TOKIO.lock().unwrap() = Some((tx, rx));
+    let want: BTreeSet<usize> = tracker::live_in(w)
+        .into_iter()
+        .filter(|a| !read_out.contains(a))
+        .collect();
+    let g = trace_static(maps, &TOKIO, "types::cases::TOKIO")?;
+    let got = g.reached();
+    let missing: Vec<_> = want.difference(&got).collect();
+    if !missing.is_empty() {
+        return Err(format!("missing (false unreachable) {missing:x?}"));
+    }
+    if !g
+        .fallbacks
+        .iter()
+        .any(|(_, t)| matches!(t, Traced::Partly(Fallback::Uninit)))
+    {
+        return Err(format!(
+            "expected the block's slots read as candidates, fallbacks {:?}",
+            g.fallbacks
+        ));
+    }
+    Ok(())
 }
 
 #[allow(dead_code)]

@@ -67,9 +67,10 @@ pub fn trace(maps: &TypeMaps, start: usize, len: usize, root: BlockType) -> Grap
                 None => format!("+{:#x}", p.offset),
             };
             g.edges.push((at, p.offset, to, p.kind, path));
-            if !g.blocks.contains_key(&to) {
-                g.blocks.insert(to, p.pointee);
-                work.push((to, to_size, p.pointee));
+            if let std::collections::btree_map::Entry::Vacant(e) = g.blocks.entry(to) {
+                let typed = p.pointee_for(maps, to, to_size);
+                e.insert(typed);
+                work.push((to, to_size, typed));
             }
         }
     }

@@ -7,7 +7,7 @@
 //! inlined frames later.
 
 use super::super::fxhash::FxHashMap;
-use super::dwarf::{self, Node, Piece, Tag, NONE};
+use super::dwarf::{DieRef, Node, Piece, Tag, NONE};
 use super::layout::{
     Discr, Field, Kind, Param, PtrClass, Scalar, Span, Tables, TypeId, TypeInfo, Variant,
     NO_CONTAINER,
@@ -52,10 +52,18 @@ pub(crate) struct Builder {
     /// Types met only as declarations (`DW_AT_declaration`, no members):
     /// resolved by name to a definition in `resolve_declarations`.
     declarations: Vec<TypeId>,
+    /// Placeholders for types referred to in another unit
+    /// (`DW_FORM_ref_addr`), by (module, `.debug_info` offset): resolved
+    /// once every unit is in (`resolve_externs`).
+    externs: FxHashMap<(u32, u64), TypeId>,
+    /// Enums whose discriminant's type is another unit's: (enum, its type),
+    /// sized in `resolve_externs`.
+    pending_discr: Vec<(TypeId, TypeId)>,
 }
 
 /// Scratch state for one unit.
 struct UnitCtx<'a> {
+    module: u32,
     nodes: &'a [Node],
     first_child: Vec<u32>,
     next_sibling: Vec<u32>,
@@ -86,7 +94,7 @@ fn finish(mut h: u64) -> u64 {
 }
 
 impl<'a> UnitCtx<'a> {
-    fn new(nodes: &'a [Node]) -> UnitCtx<'a> {
+    fn new(module: u32, nodes: &'a [Node]) -> UnitCtx<'a> {
         let n = nodes.len();
         let mut first_child = vec![NONE; n];
         let mut next_sibling = vec![NONE; n];
@@ -105,6 +113,7 @@ impl<'a> UnitCtx<'a> {
             last_child[p] = i as u32;
         }
         UnitCtx {
+            module,
             nodes,
             first_child,
             next_sibling,
@@ -129,19 +138,25 @@ impl<'a> UnitCtx<'a> {
         }
     }
 
-    /// Follows typedefs and qualifiers.
-    fn resolve(&self, mut i: usize) -> Option<usize> {
+    /// Follows typedefs and qualifiers: the unit's node a reference ends
+    /// at, or the reference it cannot follow (another unit's DIE, none).
+    fn resolve_ref(&self, mut r: DieRef) -> Result<usize, DieRef> {
         for _ in 0..16 {
+            let DieRef::Local(o) = r else { return Err(r) };
+            let Some(i) = self.index_of(o) else {
+                return Err(DieRef::None);
+            };
             if self.nodes[i].tag != Tag::Alias {
-                return Some(i);
+                return Ok(i);
             }
-            i = self.index_of(self.nodes[i].ty)?;
+            r = self.nodes[i].ty;
         }
-        None
+        Err(DieRef::None)
     }
 
+    /// The node `DW_AT_type` of node `i` ends at, in this unit.
     fn target(&self, i: usize) -> Option<usize> {
-        self.resolve(self.index_of(self.nodes[i].ty)?)
+        self.resolve_ref(self.nodes[i].ty).ok()
     }
 }
 
@@ -185,24 +200,26 @@ fn is_scope_tag(tag: Tag) -> bool {
 
 impl Builder {
     /// Adds one unit's nodes (from [`dwarf::read_unit_nodes`]).
+    ///
+    /// `unit_offset` is the unit's `.debug_info` offset; `locate` decodes a
+    /// variable's location into static pieces (false: not a static).
     pub(crate) fn add_unit(
         &mut self,
         module: u32,
-        dwarf: &dwarf::Dwarf,
-        unit: &dwarf::Unit,
+        unit_offset: usize,
         nodes: &[Node],
+        locate: &mut dyn FnMut(&[u8], &mut Vec<Piece>) -> bool,
     ) {
-        let mut cx = UnitCtx::new(nodes);
+        let mut cx = UnitCtx::new(module, nodes);
         let mut fresh: Vec<usize> = Vec::new();
         let mut offsets = Vec::new();
         let mut ids = Vec::new();
-        for i in 0..nodes.len() {
-            let tag = nodes[i].tag;
-            if !(is_type_tag(tag) || tag == Tag::Alias) {
+        for (i, node) in nodes.iter().enumerate() {
+            if !(is_type_tag(node.tag) || node.tag == Tag::Alias) {
                 continue;
             }
             if let Some(id) = self.assign(&mut cx, i, &mut fresh) {
-                offsets.push(nodes[i].offset);
+                offsets.push(node.offset);
                 ids.push(id);
             }
         }
@@ -210,13 +227,12 @@ impl Builder {
         for &i in &fresh {
             self.fill(&mut cx, i);
         }
-        self.add_variables(&mut cx, module, dwarf, unit, &mut fresh);
+        self.add_variables(&mut cx, module, locate, &mut fresh);
         for &i in &fresh {
             if cx.id[i] != NONE && self.tables.types[cx.id[i] as usize].size == u64::MAX {
                 self.fill(&mut cx, i);
             }
         }
-        let unit_offset = unit.header.offset().0;
         self.units.push(UnitTypes {
             module,
             unit: unit_offset,
@@ -227,9 +243,41 @@ impl Builder {
 
     /// The TypeId of type node `i` (aliases resolve to their target).
     fn assign(&mut self, cx: &mut UnitCtx, i: usize, fresh: &mut Vec<usize>) -> Option<TypeId> {
-        let r = cx.resolve(i)?;
+        self.ref_type(cx, DieRef::Local(cx.nodes[i].offset), fresh)
+    }
+
+    /// The TypeId a reference names: this unit's type, or a placeholder
+    /// for another unit's.
+    fn ref_type(&mut self, cx: &mut UnitCtx, r: DieRef, fresh: &mut Vec<usize>) -> Option<TypeId> {
+        match cx.resolve_ref(r) {
+            Ok(i) => Some(self.assign_resolved(cx, i, fresh)),
+            Err(DieRef::Global(g)) => Some(self.extern_type(cx.module, g)),
+            Err(_) => None,
+        }
+    }
+
+    fn extern_type(&mut self, module: u32, global: u64) -> TypeId {
+        if let Some(&id) = self.externs.get(&(module, global)) {
+            return id;
+        }
+        let id = TypeId(self.tables.types.len() as u32);
+        let name = self.names.intern("?");
+        self.tables.types.push(TypeInfo {
+            name,
+            size: 0,
+            align: 0,
+            kind: Kind::Opaque,
+            params: Span::default(),
+            pointer_free: false,
+            container: NO_CONTAINER,
+        });
+        self.externs.insert((module, global), id);
+        id
+    }
+
+    fn assign_resolved(&mut self, cx: &mut UnitCtx, r: usize, fresh: &mut Vec<usize>) -> TypeId {
         if cx.id[r] != NONE {
-            return Some(TypeId(cx.id[r]));
+            return TypeId(cx.id[r]);
         }
         let key = self.key(cx, r, 0);
         let id = match self.by_fp.get(&key) {
@@ -252,14 +300,13 @@ impl Builder {
             }
         };
         cx.id[r] = id.0;
-        Some(id)
+        id
     }
 
     /// The id of the type a node's `DW_AT_type` names (assigning it if it
     /// was not met yet, e.g. a type after its first use).
     fn type_of(&mut self, cx: &mut UnitCtx, i: usize, fresh: &mut Vec<usize>) -> Option<TypeId> {
-        let t = cx.index_of(cx.nodes[i].ty)?;
-        self.assign(cx, t, fresh)
+        self.ref_type(cx, cx.nodes[i].ty, fresh)
     }
 
     /// Identity key: fingerprint; pointers also by what they point to.
@@ -268,8 +315,9 @@ impl Builder {
         if cx.nodes[i].tag != Tag::Pointer {
             return fp;
         }
-        match cx.target(i) {
-            Some(t) if depth < 64 => finish(mix(fp, self.key(cx, t, depth + 1))),
+        match cx.resolve_ref(cx.nodes[i].ty) {
+            Ok(t) if depth < 64 => finish(mix(fp, self.key(cx, t, depth + 1))),
+            Err(DieRef::Global(g)) => finish(mix(mix(fp, 23), g)),
             _ => fp,
         }
     }
@@ -291,14 +339,13 @@ impl Builder {
         let mut h = mix(mix(node.tag as u64, name), node.size.unwrap_or(u64::MAX));
         match node.tag {
             Tag::Base => h = mix(h, node.encoding as u64),
+            Tag::Enumeration => h = mix(h, node.count.unwrap_or(0)),
             Tag::Pointer => {
-                let pointee = cx
-                    .target(i)
-                    .map_or(0, |t| self.qualified(cx, t).0 as u64 + 1);
+                let pointee = self.pointee_name_fp(cx, i);
                 h = mix(h, pointee);
             }
             Tag::Array => {
-                let elem = cx.target(i).map_or(0, |t| self.inline_fp(cx, t, depth));
+                let elem = self.ref_fp(cx, cx.nodes[i].ty, depth);
                 h = mix(mix(h, elem), array_count(cx, i));
             }
             Tag::Struct | Tag::Union => {
@@ -312,11 +359,28 @@ impl Builder {
         h
     }
 
+    /// What a pointer's fingerprint says of its pointee: its name (or,
+    /// in another unit, its offset).
+    fn pointee_name_fp(&mut self, cx: &mut UnitCtx, i: usize) -> u64 {
+        match cx.resolve_ref(cx.nodes[i].ty) {
+            Ok(t) => self.qualified(cx, t).0 as u64 + 1,
+            Err(DieRef::Global(g)) => mix(19, g),
+            Err(_) => 0,
+        }
+    }
+
+    /// The fingerprint a reference contributes to a containing type.
+    fn ref_fp(&mut self, cx: &mut UnitCtx, r: DieRef, depth: u32) -> u64 {
+        match cx.resolve_ref(r) {
+            Ok(t) => self.inline_fp(cx, t, depth),
+            Err(DieRef::Global(g)) => finish(mix(mix(29, g), cx.module as u64)),
+            Err(_) => 0,
+        }
+    }
+
     fn inline_fp(&mut self, cx: &mut UnitCtx, t: usize, depth: u32) -> u64 {
         if cx.nodes[t].tag == Tag::Pointer {
-            let pointee = cx
-                .target(t)
-                .map_or(0, |p| self.qualified(cx, p).0 as u64 + 1);
+            let pointee = self.pointee_name_fp(cx, t);
             finish(mix(mix(7, self.qualified(cx, t).0 as u64), pointee))
         } else {
             self.fingerprint(cx, t, depth + 1)
@@ -329,7 +393,7 @@ impl Builder {
             let n = cx.nodes[c];
             match n.tag {
                 Tag::Member => {
-                    let ty = cx.target(c).map_or(0, |t| self.inline_fp(cx, t, depth));
+                    let ty = self.ref_fp(cx, n.ty, depth);
                     h = mix(h, 11);
                     h = mix(h, self.names.intern_bytes(n.name).0 as u64);
                     h = mix(mix(h, n.member_offset), ty);
@@ -417,17 +481,14 @@ impl Builder {
             Tag::Enumeration | Tag::Unspecified => (Kind::Scalar(Scalar::Plain), Span::default()),
             Tag::Subroutine => (Kind::Code, Span::default()),
             Tag::Pointer => (self.pointer_kind(cx, i, &mut fresh), Span::default()),
-            Tag::Array => match cx.target(i) {
-                Some(t) => {
-                    let elem = self.assign(cx, t, &mut fresh).unwrap_or(TypeId(0));
-                    (
-                        Kind::Array {
-                            elem,
-                            count: array_count(cx, i),
-                        },
-                        Span::default(),
-                    )
-                }
+            Tag::Array => match self.type_of(cx, i, &mut fresh) {
+                Some(elem) => (
+                    Kind::Array {
+                        elem,
+                        count: array_count(cx, i),
+                    },
+                    Span::default(),
+                ),
                 None => (Kind::Opaque, Span::default()),
             },
             Tag::Struct | Tag::Union => self.aggregate(cx, i, &mut fresh),
@@ -444,9 +505,13 @@ impl Builder {
     }
 
     fn pointer_kind(&mut self, cx: &mut UnitCtx, i: usize, fresh: &mut Vec<usize>) -> Kind {
-        let target = cx.target(i);
-        let code = target.is_some_and(|t| cx.nodes[t].tag == Tag::Subroutine);
         let name = cx.nodes[i].name;
+        let code = cx
+            .target(i)
+            .is_some_and(|t| cx.nodes[t].tag == Tag::Subroutine)
+            || [&b"fn("[..], b"unsafe fn(", b"unsafe extern ", b"extern "]
+                .iter()
+                .any(|p| name.starts_with(p));
         let class = if code {
             PtrClass::Code
         } else if name.starts_with(b"&") {
@@ -456,9 +521,10 @@ impl Builder {
         } else {
             PtrClass::Raw
         };
-        let pointee = match target {
-            Some(t) if !code => self.assign(cx, t, fresh),
-            _ => None,
+        let pointee = if code {
+            None
+        } else {
+            self.type_of(cx, i, fresh)
         };
         Kind::Pointer { pointee, class }
     }
@@ -487,12 +553,20 @@ impl Builder {
             }
             return (Kind::Opaque, params);
         }
+        // `dyn Trait`: rustc gives it size 0 and no members, which would
+        // read as "nothing to scan"; its real size is the concrete type's.
+        if node.name.starts_with(b"dyn ") {
+            return (Kind::Opaque, params);
+        }
         if let Some(&vp) = kids.iter().find(|&&c| cx.nodes[c].tag == Tag::VariantPart) {
-            return (self.enum_kind(cx, vp, fresh), params);
+            return (self.enum_kind(cx, i, vp, fresh), params);
         }
         let fields = self.members(cx, &kids, fresh);
         let kind = if node.tag == Tag::Union {
-            Kind::Union { fields }
+            Kind::Union {
+                fields,
+                uninit: node.name.starts_with(b"MaybeUninit<"),
+            }
         } else {
             Kind::Struct { fields }
         };
@@ -522,13 +596,20 @@ impl Builder {
         }
     }
 
-    fn enum_kind(&mut self, cx: &mut UnitCtx, vp: usize, fresh: &mut Vec<usize>) -> Kind {
+    fn enum_kind(&mut self, cx: &mut UnitCtx, i: usize, vp: usize, fresh: &mut Vec<usize>) -> Kind {
         let discr = cx.index_of(cx.nodes[vp].discr).and_then(|d| {
             let size = node_size(cx, d);
-            matches!(size, 1 | 2 | 4 | 8).then_some(Discr {
-                offset: cx.nodes[d].member_offset,
-                size: size as u8,
-            })
+            let offset = cx.nodes[d].member_offset;
+            if matches!(size, 1 | 2 | 4 | 8) {
+                return Some(Discr {
+                    offset,
+                    size: size as u8,
+                });
+            }
+            // Its type is another unit's: sized once that is known.
+            let ty = self.type_of(cx, d, fresh)?;
+            self.pending_discr.push((TypeId(cx.id[i]), ty));
+            Some(Discr { offset, size: 0 })
         });
         let start = self.tables.variants.len() as u32;
         let variants: Vec<usize> = cx
@@ -545,7 +626,9 @@ impl Builder {
             };
             let name = self.names.intern_bytes(cx.nodes[m].name);
             self.tables.variants.push(Variant {
-                value: value.map(|x| mask(x, discr.map_or(8, |d| d.size))),
+                // Unmasked while the discriminant's size is unknown.
+                value: value
+                    .map(|x| mask(x, discr.map_or(8, |d| if d.size == 0 { 8 } else { d.size }))),
                 name,
                 offset: cx.nodes[m].member_offset,
                 ty,
@@ -565,8 +648,7 @@ impl Builder {
         &mut self,
         cx: &mut UnitCtx,
         module: u32,
-        dwarf: &dwarf::Dwarf,
-        unit: &dwarf::Unit,
+        locate: &mut dyn FnMut(&[u8], &mut Vec<Piece>) -> bool,
         fresh: &mut Vec<usize>,
     ) {
         fresh.clear();
@@ -576,24 +658,21 @@ impl Builder {
             if node.tag != Tag::Variable || node.location.is_empty() {
                 continue;
             }
-            if !dwarf::static_pieces(dwarf, unit, node.location, &mut pieces) {
+            if !locate(node.location, &mut pieces) {
                 self.skipped_variables += 1;
                 continue;
             }
-            let Some(t) = cx.index_of(node.ty).and_then(|t| cx.resolve(t)) else {
-                continue;
-            };
-            let containing = cx.nodes[t].containing;
-            if containing != NONE {
-                // rustc's `<T as Trait>::{vtable}`: its type names T.
-                if let Some(c) = cx.index_of(containing) {
-                    if let Some(concrete) = self.assign(cx, c, fresh) {
-                        self.vtables.push((module, pieces[0].addr, concrete));
-                    }
+            // rustc's `<T as Trait>::{vtable}`: its type names T.
+            let containing = cx
+                .target(i)
+                .map_or(DieRef::None, |t| cx.nodes[t].containing);
+            if containing != DieRef::None {
+                if let Some(concrete) = self.ref_type(cx, containing, fresh) {
+                    self.vtables.push((module, pieces[0].addr, concrete));
                 }
                 continue;
             }
-            let Some(ty) = self.assign(cx, t, fresh) else {
+            let Some(ty) = self.type_of(cx, i, fresh) else {
                 continue;
             };
             let name = self.qualified(cx, i);
@@ -618,6 +697,58 @@ impl Builder {
                 }
             }
         }
+        self.remap(&remap, true);
+    }
+
+    /// Points every use of a placeholder for another unit's type at that
+    /// type, then sizes what needed it (arrays of such elements, enums
+    /// whose discriminant has such a type). Call once all units are in.
+    pub(crate) fn resolve_externs(&mut self) {
+        let mut remap: FxHashMap<TypeId, TypeId> = FxHashMap::default();
+        for (&(module, global), &placeholder) in &self.externs {
+            if let Some(real) = self.type_at_global(module, global) {
+                if real != placeholder {
+                    remap.insert(placeholder, real);
+                }
+            }
+        }
+        // A unit's alias of another unit's type is itself a placeholder.
+        let chased: FxHashMap<TypeId, TypeId> = remap
+            .iter()
+            .map(|(&from, &to)| {
+                let mut to = to;
+                for _ in 0..8 {
+                    match remap.get(&to) {
+                        Some(&next) if next != to => to = next,
+                        _ => break,
+                    }
+                }
+                (from, to)
+            })
+            .collect();
+        self.remap(&chased, false);
+        self.size_arrays();
+        self.size_discriminants();
+    }
+
+    /// The type a module's `.debug_info` offset holds.
+    fn type_at_global(&self, module: u32, global: u64) -> Option<TypeId> {
+        let key = (module, global as usize);
+        let i = self
+            .units
+            .partition_point(|u| (u.module, u.unit) <= key)
+            .checked_sub(1)?;
+        let u = &self.units[i];
+        if u.module != module {
+            return None;
+        }
+        u.type_at(u32::try_from(global as usize - u.unit).ok()?)
+    }
+
+    /// Replaces every use of a key of `remap` by its value; the replaced
+    /// records take their replacement's layout (`keep_name`: and keep
+    /// their own name), so an id held elsewhere still walks.
+    fn remap(&mut self, remap: &FxHashMap<TypeId, TypeId>, keep_name: bool) {
         if remap.is_empty() {
             return;
         }
@@ -650,15 +781,64 @@ impl Builder {
         for v in &mut self.vtables {
             map(&mut v.2);
         }
+        for (e, d) in &mut self.pending_discr {
+            map(e);
+            map(d);
+        }
         for u in &mut self.units {
             u.ids.iter_mut().for_each(map);
         }
-        // The declared records themselves take the definition's layout, so
-        // a TypeId held elsewhere still walks.
-        for (&d, &def) in &remap {
-            let mut info = *self.tables.get(def);
-            info.name = self.tables.get(d).name;
-            self.tables.types[d.0 as usize] = info;
+        for (&from, &to) in remap {
+            let mut info = *self.tables.get(to);
+            if keep_name {
+                info.name = self.tables.get(from).name;
+            }
+            self.tables.types[from.0 as usize] = info;
+        }
+    }
+
+    /// Arrays whose element type was another unit's had no size yet.
+    fn size_arrays(&mut self) {
+        for i in 0..self.tables.types.len() {
+            self.array_size(TypeId(i as u32), 0);
+        }
+    }
+
+    fn array_size(&mut self, t: TypeId, depth: u32) -> u64 {
+        let info = *self.tables.get(t);
+        match info.kind {
+            Kind::Array { elem, count } if info.size == 0 && count > 0 && depth < 16 => {
+                let size = self.array_size(elem, depth + 1).saturating_mul(count);
+                self.tables.types[t.0 as usize].size = size;
+                size
+            }
+            _ => info.size,
+        }
+    }
+
+    /// Enums whose discriminant's type was another unit's: its size, and
+    /// the variants' values masked to it (no size: no discriminant, so
+    /// every variant is read as a candidate).
+    fn size_discriminants(&mut self) {
+        for k in 0..self.pending_discr.len() {
+            let (e, d) = self.pending_discr[k];
+            let size = self.tables.get(d).size;
+            let Kind::Enum {
+                discr: Some(mut discr),
+                variants,
+            } = self.tables.get(e).kind
+            else {
+                continue;
+            };
+            let known = matches!(size, 1 | 2 | 4 | 8);
+            discr.size = size as u8;
+            self.tables.types[e.0 as usize].kind = Kind::Enum {
+                discr: known.then_some(discr),
+                variants,
+            };
+            for v in &mut self.tables.variants[variants.range()] {
+                v.value = v.value.map(|x| mask(x, discr.size.max(1)));
+            }
         }
     }
 
@@ -719,12 +899,12 @@ fn node_size(cx: &UnitCtx, i: usize) -> u64 {
         }
         match node.tag {
             Tag::Pointer => return std::mem::size_of::<usize>() as u64,
-            Tag::Member | Tag::Alias => match cx.index_of(node.ty) {
-                Some(t) => i = t,
-                None => return u64::MAX,
+            Tag::Member | Tag::Alias => match cx.resolve_ref(node.ty) {
+                Ok(t) => i = t,
+                Err(_) => return u64::MAX,
             },
             Tag::Array => {
-                let Some(t) = cx.index_of(node.ty) else {
+                let Some(t) = cx.target(i) else {
                     return u64::MAX;
                 };
                 let elem = node_size(cx, t);
@@ -737,4 +917,65 @@ fn node_size(cx: &UnitCtx, i: usize) -> u64 {
         }
     }
     u64::MAX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::types::layout::{Kind, Scalar};
+
+    fn node(offset: u32, parent: u32, tag: Tag, name: &'static [u8]) -> Node {
+        let mut n = Node::new(offset, parent, tag);
+        n.name = name;
+        n
+    }
+
+    fn no_statics(_: &[u8], _: &mut Vec<Piece>) -> bool {
+        false
+    }
+
+    /// rustc refers to about one type in seven in another unit
+    /// (`DW_FORM_ref_addr`); such members must keep their type, or the
+    /// pointers in them are never read.
+    #[test]
+    fn cross_unit_member_types_are_kept() {
+        let mut b = Builder::default();
+        // Unit at 0x100: `usize` and `*const u8` at unit offsets 0x10, 0x20.
+        let mut usize_ = node(0x10, NONE, Tag::Base, b"usize");
+        usize_.size = Some(8);
+        usize_.encoding = gimli::constants::DW_ATE_unsigned.0;
+        let mut ptr = node(0x20, NONE, Tag::Pointer, b"*const u8");
+        ptr.size = Some(8);
+        b.add_unit(0, 0x100, &[usize_, ptr], &mut no_statics);
+        // Unit at 0x200: `struct S { len: usize, data: *const u8 }`, both
+        // member types in the first unit.
+        let mut st = node(0x10, NONE, Tag::Struct, b"S");
+        st.size = Some(16);
+        let mut len = node(0x18, 0, Tag::Member, b"len");
+        len.ty = DieRef::Global(0x110);
+        let mut data = node(0x20, 0, Tag::Member, b"data");
+        data.ty = DieRef::Global(0x120);
+        data.member_offset = 8;
+        b.add_unit(0, 0x200, &[st, len, data], &mut no_statics);
+        b.resolve_externs();
+        let s = b.units[1].type_at(0x10).expect("S has a type");
+        let Kind::Struct { fields } = b.tables.get(s).kind else {
+            panic!("S is not a struct");
+        };
+        let kinds: Vec<Kind> = b
+            .tables
+            .fields(fields)
+            .iter()
+            .map(|f| b.tables.get(f.ty).kind)
+            .collect();
+        assert_eq!(kinds.len(), 2, "both members kept");
+        assert_eq!(kinds[0], Kind::Scalar(Scalar::AddressWide));
+        assert!(matches!(
+            kinds[1],
+            Kind::Pointer {
+                class: PtrClass::Raw,
+                ..
+            }
+        ));
+    }
 }

@@ -365,6 +365,16 @@ fn classify(tag: gimli::DwTag) -> Option<Tag> {
     })
 }
 
+/// A reference to another DIE: in the same unit (a unit offset) or, for
+/// `DW_FORM_ref_addr` into another unit (rustc writes about one type
+/// reference in seven that way), a `.debug_info` offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DieRef {
+    None,
+    Local(u32),
+    Global(u64),
+}
+
 /// One DIE of a unit as the layout builder needs it. Offsets are unit
 /// offsets; `NONE` means absent.
 #[derive(Clone, Copy, Debug)]
@@ -374,9 +384,8 @@ pub(crate) struct Node {
     pub(crate) parent: u32,
     pub(crate) tag: Tag,
     pub(crate) name: &'static [u8],
-    pub(crate) linkage: &'static [u8],
     /// `DW_AT_type`.
-    pub(crate) ty: u32,
+    pub(crate) ty: DieRef,
     pub(crate) size: Option<u64>,
     pub(crate) align: u32,
     /// `DW_AT_data_member_location` (members).
@@ -385,26 +394,25 @@ pub(crate) struct Node {
     pub(crate) discr_value: Option<u64>,
     /// `DW_AT_discr` (variant parts).
     pub(crate) discr: u32,
-    /// `DW_AT_count` or `upper_bound - lower_bound + 1` (subranges).
+    /// `DW_AT_count` or `upper_bound - lower_bound + 1` (subranges); the
+    /// number of enumerators (enumerations: 0 means uninhabited).
     pub(crate) count: Option<u64>,
     pub(crate) encoding: u8,
-    pub(crate) artificial: bool,
     pub(crate) declaration: bool,
     /// `DW_AT_containing_type` (rustc's vtable types: the concrete type).
-    pub(crate) containing: u32,
+    pub(crate) containing: DieRef,
     /// `DW_AT_location` as an expression (variables).
     pub(crate) location: &'static [u8],
 }
 
 impl Node {
-    fn new(offset: u32, parent: u32, tag: Tag) -> Node {
+    pub(crate) fn new(offset: u32, parent: u32, tag: Tag) -> Node {
         Node {
             offset,
             parent,
             tag,
             name: b"",
-            linkage: b"",
-            ty: NONE,
+            ty: DieRef::None,
             size: None,
             align: 0,
             member_offset: 0,
@@ -412,9 +420,8 @@ impl Node {
             discr: NONE,
             count: None,
             encoding: 0,
-            artificial: false,
             declaration: false,
-            containing: NONE,
+            containing: DieRef::None,
             location: b"",
         }
     }
@@ -441,6 +448,15 @@ pub(crate) fn read_unit_nodes(
         };
         if depth > skip_deeper_than {
             entries.skip_attributes(abbrev.attributes())?;
+            // Count an enumeration's enumerators: none means uninhabited.
+            if let Some(last) = out.last_mut() {
+                if last.tag == Tag::Enumeration
+                    && depth == skip_deeper_than + 1
+                    && abbrev.tag() == dw::DW_TAG_enumerator
+                {
+                    last.count = Some(last.count.unwrap_or(0) + 1);
+                }
+            }
             continue;
         }
         skip_deeper_than = isize::MAX;
@@ -452,6 +468,9 @@ pub(crate) fn read_unit_nodes(
         } else if let Some(tag) = classify(abbrev.tag()) {
             let parent = parents.get(d.wrapping_sub(1)).copied().unwrap_or(NONE);
             let mut node = Node::new(offset, parent, tag);
+            if tag == Tag::Enumeration {
+                node.count = Some(0);
+            }
             for spec in abbrev.attributes() {
                 let attr = entries.read_attribute_inline(*spec)?;
                 read_attribute(dwarf, unit, &mut node, &attr);
@@ -476,9 +495,16 @@ pub(crate) fn read_unit_nodes(
 
 fn read_attribute(dwarf: &Dwarf, unit: &Unit, node: &mut Node, attr: &gimli::Attribute<Reader>) {
     use gimli::AttributeValue as V;
-    let unit_ref = |v: V<Reader>| match v {
-        V::UnitRef(o) => o.0 as u32,
-        V::DebugInfoRef(o) => o.to_unit_offset(&unit.header).map_or(NONE, |u| u.0 as u32),
+    let die_ref = |v: V<Reader>| match v {
+        V::UnitRef(o) => DieRef::Local(o.0 as u32),
+        V::DebugInfoRef(o) => match o.to_unit_offset(&unit.header) {
+            Some(u) => DieRef::Local(u.0 as u32),
+            None => DieRef::Global(o.0 as u64),
+        },
+        _ => DieRef::None,
+    };
+    let unit_ref = |v: V<Reader>| match die_ref(v) {
+        DieRef::Local(o) => o,
         _ => NONE,
     };
     match attr.name() {
@@ -488,32 +514,23 @@ fn read_attribute(dwarf: &Dwarf, unit: &Unit, node: &mut Node, attr: &gimli::Att
                 .map(|r| r.slice())
                 .unwrap_or(b"")
         }
-        dw::DW_AT_linkage_name | dw::DW_AT_MIPS_linkage_name => {
-            node.linkage = dwarf
-                .attr_string(unit, attr.value())
-                .map(|r| r.slice())
-                .unwrap_or(b"")
-        }
-        dw::DW_AT_type => node.ty = unit_ref(attr.value()),
-        dw::DW_AT_containing_type => node.containing = unit_ref(attr.value()),
+        dw::DW_AT_type => node.ty = die_ref(attr.value()),
+        dw::DW_AT_containing_type => node.containing = die_ref(attr.value()),
         dw::DW_AT_discr => node.discr = unit_ref(attr.value()),
         dw::DW_AT_byte_size => node.size = attr.udata_value(),
         dw::DW_AT_alignment => node.align = attr.udata_value().unwrap_or(0) as u32,
         dw::DW_AT_data_member_location => node.member_offset = attr.udata_value().unwrap_or(0),
         dw::DW_AT_discr_value => node.discr_value = discr_bits(attr.value()),
         dw::DW_AT_count => node.count = attr.udata_value(),
-        dw::DW_AT_upper_bound => {
-            // Lower bound 0 (Rust, C); `count` wins when both are present.
-            if node.count.is_none() {
-                node.count = attr.udata_value().map(|u| u.saturating_add(1));
-            }
+        // Lower bound 0 (Rust, C); `count` wins when both are present.
+        dw::DW_AT_upper_bound if node.count.is_none() => {
+            node.count = attr.udata_value().map(|u| u.saturating_add(1))
         }
         dw::DW_AT_encoding => {
             if let V::Encoding(e) = attr.value() {
                 node.encoding = e.0;
             }
         }
-        dw::DW_AT_artificial => node.artificial = matches!(attr.value(), V::Flag(true)),
         dw::DW_AT_declaration => node.declaration = matches!(attr.value(), V::Flag(true)),
         dw::DW_AT_location => {
             if let V::Exprloc(e) = attr.value() {

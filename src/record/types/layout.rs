@@ -36,6 +36,9 @@ pub(crate) enum Scalar {
     /// atomics wrapping them): a candidate pointer, read with its low tag
     /// bits masked.
     AddressWide,
+    /// No value exists (`!`, an enum without variants): an enum variant
+    /// holding one is never the active one.
+    Never,
 }
 
 /// What a thin pointer type is.
@@ -71,8 +74,10 @@ pub(crate) enum Kind {
         fields: Span,
     },
     /// Every member at once: walked as the union of its members' maps.
+    /// `uninit`: a `MaybeUninit<T>`, whose state is kept elsewhere.
     Union {
         fields: Span,
+        uninit: bool,
     },
     /// A Rust enum (a struct with a `DW_TAG_variant_part`). `discr: None`
     /// when the enum has one variant (or rustc wrote no discriminant).
@@ -161,7 +166,7 @@ impl Tables {
     /// The field of struct `t` named `name`.
     pub(crate) fn field(&self, t: TypeId, name: NameId) -> Option<Field> {
         match self.get(t).kind {
-            Kind::Struct { fields } | Kind::Union { fields } => {
+            Kind::Struct { fields } | Kind::Union { fields, .. } => {
                 self.fields(fields).iter().find(|f| f.name == name).copied()
             }
             _ => None,
@@ -195,10 +200,10 @@ impl Tables {
         state[t.0 as usize] = 1;
         let info = *self.get(t);
         let free = match info.kind {
-            Kind::Scalar(Scalar::Plain) | Kind::Code => true,
+            Kind::Scalar(Scalar::Plain | Scalar::Never) | Kind::Code => true,
             Kind::Scalar(Scalar::AddressWide) | Kind::Opaque => false,
             Kind::Pointer { class, .. } => class == PtrClass::Code,
-            Kind::Struct { fields } | Kind::Union { fields } => self
+            Kind::Struct { fields } | Kind::Union { fields, .. } => self
                 .fields(fields)
                 .iter()
                 .all(|f| self.pointer_free_of(f.ty, state, depth + 1)),
@@ -212,6 +217,64 @@ impl Tables {
         };
         state[t.0 as usize] = if free { 3 } else { 2 };
         free
+    }
+
+    /// Enums rustc wrote without a discriminant because all variants but
+    /// one are uninhabited (`Option<Infallible>`, `Result<T, !>`): keeps
+    /// only the inhabited variant, so they are walked exactly.
+    pub(crate) fn prune_uninhabited_variants(&mut self) {
+        // 0 unknown, 1 in progress, 2 inhabited, 3 uninhabited.
+        let mut state = vec![0u8; self.types.len()];
+        for i in 0..self.types.len() {
+            let Kind::Enum {
+                discr: None,
+                variants,
+            } = self.types[i].kind
+            else {
+                continue;
+            };
+            if variants.len < 2 {
+                continue;
+            }
+            let inhabited: Vec<usize> = variants
+                .range()
+                .filter(|&v| !self.uninhabited(self.variants[v].ty, &mut state, 0))
+                .collect();
+            if let [only] = inhabited[..] {
+                self.variants.swap(variants.start as usize, only);
+                if let Kind::Enum { variants: v, .. } = &mut self.types[i].kind {
+                    v.len = 1;
+                }
+            }
+        }
+    }
+
+    fn uninhabited(&self, t: TypeId, state: &mut [u8], depth: u32) -> bool {
+        match state[t.0 as usize] {
+            2 | 1 => return false,
+            3 => return true,
+            _ => {}
+        }
+        if depth > 64 {
+            return false;
+        }
+        state[t.0 as usize] = 1;
+        let info = *self.get(t);
+        let empty = match info.kind {
+            Kind::Scalar(s) => s == Scalar::Never,
+            Kind::Enum { variants, .. } => self
+                .variants(variants)
+                .iter()
+                .all(|v| self.uninhabited(v.ty, state, depth + 1)),
+            Kind::Struct { fields } => self
+                .fields(fields)
+                .iter()
+                .any(|f| self.uninhabited(f.ty, state, depth + 1)),
+            Kind::Array { elem, count } => count > 0 && self.uninhabited(elem, state, depth + 1),
+            _ => false,
+        };
+        state[t.0 as usize] = if empty { 3 } else { 2 };
+        empty
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {

@@ -54,7 +54,7 @@ pub use dwarf::{loaded_modules, LoadedModule, NoDebugInfo};
 pub use layout::TypeId;
 pub use names::NameId;
 pub use path::short_name;
-pub use site::{function_path, SiteRule, SiteShape, SiteType, SITE_RULES};
+pub use site::{function_path, SiteRule, SiteShape, SiteSpec, SiteType, SITE_RULES};
 pub use statics::{find_main_arena, StaticRoot, StaticSource};
 pub use walk::{walk, BlockType, Fallback, Memory, OutPointer, PointerKind, Shape, SlotId, Traced};
 
@@ -127,7 +127,9 @@ impl TypeMaps {
     /// of loaded modules changed (a `dlopen`). Takes the re-entrancy guard,
     /// so loading is never recorded.
     pub fn shared() -> Arc<TypeMaps> {
-        static SHARED: Mutex<Option<(Vec<(String, usize)>, Arc<TypeMaps>)>> = Mutex::new(None);
+        /// The loaded modules (path, bias) the cached maps were built for.
+        type Key = Vec<(String, usize)>;
+        static SHARED: Mutex<Option<(Key, Arc<TypeMaps>)>> = Mutex::new(None);
         super::hooks::guarded(|| {
             let modules = loaded_modules();
             let key: Vec<(String, usize)> =
@@ -184,8 +186,10 @@ impl TypeMaps {
         symbols: Vec<(u32, String, usize, usize)>,
         t0: Instant,
     ) -> TypeMaps {
+        b.resolve_externs();
         let by_name = index_by_name(&b.tables);
         b.resolve_declarations(&by_name);
+        b.tables.prune_uninhabited_variants();
         b.tables.compute_pointer_free();
         containers::recognise(&mut b.tables, &b.names, &by_name);
         let statics = statics::merge(&mut b, &modules, symbols);
@@ -301,7 +305,10 @@ fn read_units(
             continue;
         }
         if dwarf::read_unit_nodes(d, &unit, nodes).is_ok() {
-            b.add_unit(module, d, &unit, nodes);
+            let mut locate = |expr: &[u8], out: &mut Vec<dwarf::Piece>| {
+                dwarf::static_pieces(d, &unit, expr, out)
+            };
+            b.add_unit(module, unit.header.offset().0, nodes, &mut locate);
         }
     }
     if units > 0 && skeletons == units {

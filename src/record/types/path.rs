@@ -51,7 +51,7 @@ impl TypeMaps {
         }
         let user = is_user_type(self.type_name(ty));
         match info.kind {
-            Kind::Struct { fields } | Kind::Union { fields } => {
+            Kind::Struct { fields } | Kind::Union { fields, .. } => {
                 let candidates = self
                     .tables
                     .fields(fields)
@@ -122,7 +122,7 @@ impl TypeMaps {
             return false;
         };
         match info.kind {
-            Kind::Struct { fields } | Kind::Union { fields } => fields.range().any(|i| {
+            Kind::Struct { fields } | Kind::Union { fields, .. } => fields.range().any(|i| {
                 i as u32 == slot
                     || self
                         .tables

@@ -145,6 +145,23 @@ pub struct SiteType {
     pub rule: usize,
 }
 
+/// What an allocation stack says about its blocks, with every type it
+/// needs already looked up: turning it into a block's type for a given
+/// size ([`TypeMaps::site_block`]) never allocates, so it can be done
+/// during the pause while the spec is made before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteSpec {
+    /// Index into [`SITE_RULES`].
+    pub rule: usize,
+    /// The element type: `T` of a `Box<T>`, a `Vec<T>`'s buffer, a table's
+    /// bucket (`(K, V)` for maps), an `Arc<T>`'s `T`.
+    elem: TypeId,
+    /// `ArcInner<T>`/`RcInner<T>`, or a btree's `LeafNode<K, V>`.
+    inner: Option<TypeId>,
+    /// `ArcInner<[T]>`/`RcInner<[T]>`.
+    slice_inner: Option<TypeId>,
+}
+
 /// An inlined or out-of-line function's PC range in a unit.
 #[derive(Clone, Copy, Debug)]
 struct Scope {
@@ -160,6 +177,9 @@ struct UnitScopes {
     unit: dwarf::Unit,
     scopes: Vec<Scope>,
 }
+
+/// A frame's template type parameter: its name and type (when known).
+type TypeParam = (String, Option<TypeId>);
 
 /// What a PC's innermost matching frame says: rule and type arguments.
 type PcMatch = Option<(usize, [Option<TypeId>; 2])>;
@@ -179,10 +199,20 @@ pub(crate) struct SiteCache {
 
 impl TypeMaps {
     /// The type of a block of `size` bytes allocated with this stack
-    /// (return addresses, innermost first), from the innermost frame that
-    /// matches [`SITE_RULES`]. Allocates (caches per unit and address):
-    /// call it before the pause.
+    /// (return addresses, innermost first): [`TypeMaps::site_spec`] then
+    /// [`TypeMaps::site_block`].
     pub fn site_type(&self, pcs: &[u64], size: u64) -> Option<SiteType> {
+        let spec = self.site_spec(pcs)?;
+        Some(SiteType {
+            block: self.site_block(&spec, size)?,
+            rule: spec.rule,
+        })
+    }
+
+    /// What the innermost frame of this stack that matches [`SITE_RULES`]
+    /// says its blocks are. Allocates (parses and caches per unit and
+    /// address): call it before the pause, once per stack.
+    pub fn site_spec(&self, pcs: &[u64]) -> Option<SiteSpec> {
         let mut state = self.sites.state.lock().unwrap_or_else(|e| e.into_inner());
         for &pc in pcs {
             let m = match state.pcs.get(&pc) {
@@ -194,10 +224,54 @@ impl TypeMaps {
                 }
             };
             if let Some((rule, args)) = m {
-                return self.shape_for(rule, args, size);
+                return self.spec_for(rule, args);
             }
         }
         None
+    }
+
+    /// The type of a block of `size` bytes made where `spec` says: the
+    /// shape the size allows (one `T` or `n`; a table of `n` buckets).
+    /// Never allocates.
+    pub fn site_block(&self, spec: &SiteSpec, size: u64) -> Option<BlockType> {
+        let t = spec.elem;
+        let tsize = self.type_size(t);
+        let elements = BlockType {
+            ty: t,
+            shape: Shape::Elements {
+                first: 0,
+                len: size / tsize.max(1),
+            },
+        };
+        Some(match SITE_RULES.get(spec.rule)?.shape {
+            SiteShape::Boxed if size == tsize => BlockType::one(t),
+            SiteShape::Boxed | SiteShape::Array if tsize > 0 && size % tsize == 0 => elements,
+            SiteShape::Boxed | SiteShape::Array => return None,
+            SiteShape::ArcInner | SiteShape::RcInner => match (spec.inner, spec.slice_inner) {
+                (Some(inner), _) if self.type_size(inner) <= size => BlockType::one(inner),
+                (_, Some(inner)) => BlockType {
+                    ty: inner,
+                    shape: Shape::Tail {
+                        len: size
+                            .checked_sub(self.type_size(inner))?
+                            .checked_div(tsize)?,
+                    },
+                },
+                _ => return None,
+            },
+            SiteShape::HashTable | SiteShape::HashMap | SiteShape::HashSet => BlockType {
+                ty: t,
+                shape: Shape::HashTable {
+                    buckets: buckets_for(size, tsize, self.tables.get(t).align as u64)?,
+                },
+            },
+            SiteShape::BTreeLeaf | SiteShape::BTreeInternal => BlockType {
+                ty: spec.inner?,
+                shape: Shape::BTreeNode {
+                    height: u64::from(SITE_RULES[spec.rule].shape == SiteShape::BTreeInternal),
+                },
+            },
+        })
     }
 
     /// The functions inlined at return address `pc`, innermost first:
@@ -239,7 +313,7 @@ impl TypeMaps {
         &self,
         state: &mut SiteState,
         pc: u64,
-        visit: &mut dyn FnMut(&str, &[(String, Option<TypeId>)]) -> bool,
+        visit: &mut dyn FnMut(&str, &[TypeParam]) -> bool,
     ) -> Option<()> {
         let k = self
             .modules
@@ -291,70 +365,42 @@ impl TypeMaps {
         Some(())
     }
 
-    fn shape_for(&self, rule: usize, args: [Option<TypeId>; 2], size: u64) -> Option<SiteType> {
+    /// Looks up the types a rule's blocks need (by name: `ArcInner<T>`,
+    /// `(K, V)`, `LeafNode<K, V>`).
+    fn spec_for(&self, rule: usize, args: [Option<TypeId>; 2]) -> Option<SiteSpec> {
         let t = args[0]?;
-        let tsize = self.type_size(t);
-        let named = |prefix: &str, arg: &str| self.type_named(&format!("{prefix}{arg}>"));
-        let elements = |ty: TypeId| BlockType {
-            ty,
-            shape: Shape::Elements {
-                first: 0,
-                len: size / tsize.max(1),
-            },
+        let name = |t: TypeId| self.type_name(t).to_string();
+        let mut spec = SiteSpec {
+            rule,
+            elem: t,
+            inner: None,
+            slice_inner: None,
         };
-        let counted = |prefix: &str| -> Option<BlockType> {
-            if let Some(inner) = named(prefix, self.type_name(t)) {
-                return (self.type_size(inner) <= size).then_some(BlockType::one(inner));
-            }
-            let inner = named(prefix, &format!("[{}]", self.type_name(t)))?;
-            let header = self.type_size(inner);
-            Some(BlockType {
-                ty: inner,
-                shape: Shape::Tail {
-                    len: size.checked_sub(header)?.checked_div(tsize)?,
-                },
-            })
-        };
-        let block = match SITE_RULES[rule].shape {
-            SiteShape::Boxed if size == tsize => BlockType::one(t),
-            SiteShape::Boxed | SiteShape::Array if tsize > 0 && size % tsize == 0 => elements(t),
-            SiteShape::Boxed | SiteShape::Array => return None,
-            SiteShape::ArcInner => counted("alloc::sync::ArcInner<")?,
-            SiteShape::RcInner => counted("alloc::rc::RcInner<")?,
-            SiteShape::HashTable | SiteShape::HashMap | SiteShape::HashSet => {
-                let bucket = match SITE_RULES[rule].shape {
-                    SiteShape::HashMap => self.type_named(&format!(
-                        "({}, {})",
-                        self.type_name(t),
-                        self.type_name(args[1]?)
-                    ))?,
-                    SiteShape::HashSet => {
-                        self.type_named(&format!("({}, ())", self.type_name(t)))?
-                    }
-                    _ => t,
+        match SITE_RULES[rule].shape {
+            SiteShape::Boxed | SiteShape::Array | SiteShape::HashTable => {}
+            SiteShape::ArcInner | SiteShape::RcInner => {
+                let prefix = if SITE_RULES[rule].shape == SiteShape::ArcInner {
+                    "alloc::sync::ArcInner<"
+                } else {
+                    "alloc::rc::RcInner<"
                 };
-                let (bsize, align) = (self.type_size(bucket), self.tables.get(bucket).align as u64);
-                BlockType {
-                    ty: bucket,
-                    shape: Shape::HashTable {
-                        buckets: buckets_for(size, bsize, align)?,
-                    },
-                }
+                spec.inner = self.type_named(&format!("{prefix}{}>", name(t)));
+                spec.slice_inner = self.type_named(&format!("{prefix}[{}]>", name(t)));
+                spec.inner.or(spec.slice_inner)?;
             }
+            SiteShape::HashMap => {
+                spec.elem = self.type_named(&format!("({}, {})", name(t), name(args[1]?)))?
+            }
+            SiteShape::HashSet => spec.elem = self.type_named(&format!("({}, ())", name(t)))?,
             SiteShape::BTreeLeaf | SiteShape::BTreeInternal => {
-                let v = self.type_name(args[1]?);
-                let leaf = named(
-                    "alloc::collections::btree::node::LeafNode<",
-                    &format!("{}, {v}", self.type_name(t)),
-                )?;
-                let height = u64::from(SITE_RULES[rule].shape == SiteShape::BTreeInternal);
-                BlockType {
-                    ty: leaf,
-                    shape: Shape::BTreeNode { height },
-                }
+                spec.inner = Some(self.type_named(&format!(
+                    "alloc::collections::btree::node::LeafNode<{}, {}>",
+                    name(t),
+                    name(args[1]?)
+                ))?);
             }
-        };
-        Some(SiteType { block, rule })
+        }
+        Some(spec)
     }
 }
 
@@ -524,6 +570,16 @@ fn linkage_name(
     Some(format!("{:#}", rustc_demangle::demangle(raw)))
 }
 
+impl TypeMaps {
+    /// Whether a type's layout is usable by [`walk`](super::walk).
+    pub fn has_layout(&self, t: TypeId) -> bool {
+        self.tables
+            .types
+            .get(t.0 as usize)
+            .is_some_and(|i| i.kind != Kind::Opaque)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,15 +611,5 @@ mod tests {
         // 4 buckets of 12 bytes (align 4): 48, padded to 48, ctrl 4 + 16.
         assert_eq!(buckets_for(48 + 4 + 16, 12, 4), Some(4));
         assert_eq!(buckets_for(100, 16, 8), None);
-    }
-}
-
-impl TypeMaps {
-    /// Whether a type's layout is usable by [`walk`](super::walk).
-    pub fn has_layout(&self, t: TypeId) -> bool {
-        self.tables
-            .types
-            .get(t.0 as usize)
-            .is_some_and(|i| i.kind != Kind::Opaque)
     }
 }

@@ -60,6 +60,30 @@ impl BlockType {
             shape: Shape::One,
         }
     }
+
+    /// The fewest bytes a block of this type occupies (None: no block
+    /// can hold it, e.g. a length that overflows).
+    pub fn bytes(&self, maps: &TypeMaps) -> Option<u64> {
+        let size = maps.type_size(self.ty);
+        match self.shape {
+            Shape::One => Some(size),
+            Shape::Elements { first, len } => first.checked_add(len)?.checked_mul(size),
+            Shape::Ring { cap, .. } => cap.checked_mul(size),
+            Shape::HashTable { buckets } => buckets.checked_mul(size + 1)?.checked_add(GROUP_WIDTH),
+            Shape::Tail { len } => {
+                let (off, elem) = tail_of(maps, self.ty)?;
+                len.checked_mul(maps.type_size(elem))?.checked_add(off)
+            }
+            Shape::BTreeNode { height } => match container_of(maps, self.ty)? {
+                Container::BTreeLeaf {
+                    internal: Some((internal, _)),
+                    ..
+                } if height > 0 => Some(maps.type_size(internal)),
+                Container::BTreeLeaf { .. } if height == 0 => Some(size),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// What the type says about a pointer word.
@@ -115,6 +139,41 @@ pub struct OutPointer {
     pub kind: PointerKind,
 }
 
+impl OutPointer {
+    /// The type this pointer gives the block `[start, start + len)` it
+    /// points into, or `None` when it must not type it. The policy the scan
+    /// follows:
+    ///
+    /// - the pointer must point where such a pointer points in a block of
+    ///   that type: its start, or a hash table's control bytes;
+    /// - owning, shared and weak pointers type a block their type fits;
+    /// - borrowed and raw pointers only a block of exactly their type's
+    ///   size: they may point at a prefix of a larger allocation (tokio
+    ///   reaches its tasks by a pointer to their `Header`), which typed by
+    ///   the prefix would hide the rest of the block;
+    /// - candidate words never type anything.
+    pub fn pointee_for(&self, maps: &TypeMaps, start: usize, len: usize) -> Option<BlockType> {
+        let bt = self.pointee?;
+        let need = bt.bytes(maps)?;
+        let at = match bt.shape {
+            // The table's pointer is to its control bytes, at the end.
+            Shape::HashTable { buckets } => {
+                start + (len as u64).checked_sub(buckets.checked_add(GROUP_WIDTH)?)? as usize
+            }
+            _ => start,
+        };
+        if self.target != at {
+            return None;
+        }
+        let fits = match self.kind {
+            PointerKind::Owning | PointerKind::Shared | PointerKind::Weak => need <= len as u64,
+            PointerKind::Borrowed | PointerKind::Raw => need == len as u64,
+            PointerKind::Word | PointerKind::Conservative => false,
+        };
+        fits.then_some(bt)
+    }
+}
+
 /// Why part of a block was read conservatively.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fallback {
@@ -142,8 +201,9 @@ pub enum Traced {
     Mismatch,
 }
 
-/// Nesting depth beyond which values are read conservatively.
-pub const MAX_DEPTH: u32 = 48;
+/// Nesting depth beyond which values are read conservatively (async
+/// state machines nest deeply: tokio's task cells reach past 48).
+pub const MAX_DEPTH: u32 = 160;
 
 /// Addresses below this are never pointers (null, small integers,
 /// `NonNull::dangling()`).
@@ -330,8 +390,12 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
             }
             Kind::Pointer { pointee, class } => self.pointer(off, pointee, class, slot, certain),
             Kind::Struct { fields } => self.fields(fields, off, certain, depth),
-            Kind::Union { fields } => {
-                self.note(Fallback::Union);
+            Kind::Union { fields, uninit } => {
+                self.note(if uninit {
+                    Fallback::Uninit
+                } else {
+                    Fallback::Union
+                });
                 self.fields(fields, off, false, depth);
             }
             Kind::Enum { discr, variants } => {
@@ -344,7 +408,7 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
                 self.note(Fallback::Opaque);
                 self.conservative(off, info.size, slot);
             }
-            Kind::Scalar(Scalar::Plain) | Kind::Code => {}
+            Kind::Scalar(Scalar::Plain | Scalar::Never) | Kind::Code => {}
         }
     }
 
@@ -873,22 +937,8 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
         }
     }
 
-    /// The unsized last member of `ty`: (offset, element type).
     fn tail_of(&self, ty: TypeId) -> Option<(u64, TypeId)> {
-        let info = self.maps.tables.get(ty);
-        let Kind::Struct { fields } = info.kind else {
-            return None;
-        };
-        let f = self
-            .maps
-            .tables
-            .fields(fields)
-            .iter()
-            .find(|f| f.offset >= info.size)?;
-        match self.maps.tables.get(f.ty).kind {
-            Kind::Array { elem, count: 0 } => Some((f.offset, elem)),
-            _ => Some((f.offset, f.ty)),
-        }
+        tail_of(self.maps, ty)
     }
 
     fn tail(&mut self, ty: TypeId, n: u64) {
@@ -896,7 +946,7 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
             return;
         };
         if let Some(Container::Counted { strong, .. }) = self.container_of(ty) {
-            if self.read(strong as u64, 8).is_none_or(|s| s == 0) {
+            if self.read(strong as u64, 8).map_or(true, |s| s == 0) {
                 return;
             }
         }
@@ -958,6 +1008,83 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
             if let Some(e) = self.read(at, 8) {
                 self.emit(at, e, Some(down), SlotId::NONE.0, PointerKind::Owning);
             }
+        }
+    }
+}
+
+fn container_of(maps: &TypeMaps, ty: TypeId) -> Option<Container> {
+    let info = maps.tables.types.get(ty.0 as usize)?;
+    if info.container == NO_CONTAINER {
+        return None;
+    }
+    maps.tables.containers.get(info.container as usize).copied()
+}
+
+/// The unsized last member of `ty`: (offset, element type).
+fn tail_of(maps: &TypeMaps, ty: TypeId) -> Option<(u64, TypeId)> {
+    let info = maps.tables.types.get(ty.0 as usize)?;
+    let Kind::Struct { fields } = info.kind else {
+        return None;
+    };
+    let f = maps
+        .tables
+        .fields(fields)
+        .iter()
+        .find(|f| f.offset >= info.size)?;
+    match maps.tables.get(f.ty).kind {
+        Kind::Array { elem, count: 0 } => Some((f.offset, elem)),
+        _ => Some((f.offset, f.ty)),
+    }
+}
+
+impl TypeMaps {
+    /// Why walking a value of `t` would read part of it conservatively
+    /// (the first reason met in its inline parts; what it points to are
+    /// blocks of their own) and the inner type responsible, or `None`
+    /// when its walk is exact. For coverage reports.
+    pub fn fallback_of(&self, t: TypeId) -> Option<(Fallback, TypeId)> {
+        self.fallback_at(t, 0)
+    }
+
+    fn fallback_at(&self, t: TypeId, depth: u32) -> Option<(Fallback, TypeId)> {
+        let info = self.tables.types.get(t.0 as usize)?;
+        if info.pointer_free {
+            return None;
+        }
+        if depth > MAX_DEPTH {
+            return Some((Fallback::Depth, t));
+        }
+        let inner = |ts: &[TypeId]| ts.iter().find_map(|&i| self.fallback_at(i, depth + 1));
+        if let Some(c) = container_of(self, t) {
+            return match c {
+                Container::Counted { data_ty, .. } => inner(&[data_ty]),
+                Container::OnceLock { ty, .. } | Container::ListSlot { ty, .. } => inner(&[ty]),
+                Container::LazyLock { value, init, .. } => inner(&[value, init]),
+                Container::SmallVec { elem, .. } => inner(&[elem]),
+                Container::BTreeLeaf { key, val, .. } => inner(&[key, val]),
+                _ => None,
+            };
+        }
+        match info.kind {
+            Kind::Union { uninit: true, .. } => Some((Fallback::Uninit, t)),
+            Kind::Union { .. } => Some((Fallback::Union, t)),
+            Kind::Opaque => Some((Fallback::Opaque, t)),
+            Kind::Enum {
+                discr: None,
+                variants,
+            } if variants.len > 1 => Some((Fallback::Discriminant, t)),
+            Kind::Enum { variants, .. } => self
+                .tables
+                .variants(variants)
+                .iter()
+                .find_map(|v| self.fallback_at(v.ty, depth + 1)),
+            Kind::Struct { fields } => self
+                .tables
+                .fields(fields)
+                .iter()
+                .find_map(|f| self.fallback_at(f.ty, depth + 1)),
+            Kind::Array { elem, .. } => inner(&[elem]),
+            Kind::Scalar(_) | Kind::Pointer { .. } | Kind::Code => None,
         }
     }
 }
