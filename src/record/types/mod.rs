@@ -34,6 +34,7 @@
 
 mod build;
 mod containers;
+mod coverage;
 mod dwarf;
 mod layout;
 mod names;
