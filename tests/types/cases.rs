@@ -219,6 +219,8 @@ enum Planted {
     Text(String),
 }
 static ENUMS: Mutex<Vec<Planted>> = Mutex::new(Vec::new());
+type Infallible = Result<Box<u64>, std::convert::Infallible>;
+static INFALLIBLE: Mutex<Option<Infallible>> = Mutex::new(None);
 
 fn enum_follows_only_the_active_variant(maps: &TypeMaps) -> Result<(), String> {
     tracker::begin();
@@ -261,6 +263,15 @@ fn enum_follows_only_the_active_variant(maps: &TypeMaps) -> Result<(), String> {
         &set([buf, p1, pa, pbytes, pjob, pcap, ptext]),
         "Vec<Planted>",
     )?;
+    // rustc writes no discriminant for an enum whose other variants are
+    // uninhabited: the inhabited one is read exactly.
+    tracker::begin();
+    let ok = Box::new(5u64);
+    tracker::end();
+    let pok = addr(&*ok);
+    *INFALLIBLE.lock().unwrap() = Some(Ok(ok));
+    let g = trace_static(maps, &INFALLIBLE, "types::cases::INFALLIBLE")?;
+    expect(maps, &g, &set([pok]), "Result<Box<u64>, Infallible>")?;
     stale_present(
         buf,
         std::mem::size_of::<Planted>() * 7,

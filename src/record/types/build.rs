@@ -474,6 +474,10 @@ impl Builder {
         let node = cx.nodes[i];
         let size = node_size(cx, i);
         let (kind, params) = match node.tag {
+            // `!` and enums without variants: no value exists.
+            Tag::Base | Tag::Enumeration if is_never(&node) => {
+                (Kind::Scalar(Scalar::Never), Span::default())
+            }
             Tag::Base => (
                 Kind::Scalar(scalar_of(node.encoding, size)),
                 Span::default(),
@@ -859,6 +863,15 @@ fn mask(x: u64, size: u8) -> u64 {
         x
     } else {
         x & ((1u64 << (size as u32 * 8)) - 1)
+    }
+}
+
+/// `!` (a base type of that name) or an enumeration without enumerators.
+fn is_never(node: &Node) -> bool {
+    match node.tag {
+        Tag::Base => node.name == b"!",
+        Tag::Enumeration => node.count == Some(0),
+        _ => false,
     }
 }
 
