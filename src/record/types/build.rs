@@ -270,6 +270,7 @@ impl Builder {
             params: Span::default(),
             pointer_free: false,
             container: NO_CONTAINER,
+            ops: Span::default(),
         });
         self.externs.insert((module, global), id);
         id
@@ -293,6 +294,7 @@ impl Builder {
                     params: Span::default(),
                     pointer_free: false,
                     container: NO_CONTAINER,
+                    ops: Span::default(),
                 });
                 self.by_fp.insert(key, id);
                 fresh.push(r);

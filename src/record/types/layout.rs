@@ -108,7 +108,35 @@ pub(crate) struct TypeInfo {
     pub(crate) pointer_free: bool,
     /// Index into the containers table (`NO_CONTAINER`: an ordinary type).
     pub(crate) container: u32,
+    /// A struct's pointer map, flattened through nested plain structs
+    /// (in `ops`; empty for other kinds): what the walker runs instead of
+    /// descending field by field.
+    pub(crate) ops: Span,
 }
+
+/// One step of a struct's flattened pointer map. Offsets are from the
+/// start of the struct; `slot` is the innermost field's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// A thin pointer (not code).
+    Ptr {
+        off: u32,
+        slot: u32,
+        class: PtrClass,
+        pointee: Option<TypeId>,
+    },
+    /// An address-wide integer: a candidate.
+    Word { off: u32, slot: u32 },
+    /// A container (index into the containers table).
+    Container { off: u32, slot: u32, index: u32 },
+    /// A value the walker interprets (an enum, a union, a container, an
+    /// array, an opaque type).
+    Value { off: u32, slot: u32, ty: TypeId },
+}
+
+/// Most ops a struct's map is flattened into; past it the rest stays
+/// nested (a `Value`).
+const MAX_OPS: usize = 64;
 
 pub(crate) const NO_CONTAINER: u32 = u32::MAX;
 
@@ -143,6 +171,7 @@ pub(crate) struct Tables {
     pub(crate) variants: Vec<Variant>,
     pub(crate) params: Vec<Param>,
     pub(crate) containers: Vec<super::containers::Container>,
+    pub(crate) ops: Vec<Op>,
 }
 
 impl Tables {
@@ -277,6 +306,147 @@ impl Tables {
         empty
     }
 
+    /// Clears pointees that have no layout (`dyn Trait`, declarations):
+    /// a pointer to one does not type its target.
+    pub(crate) fn clear_opaque_pointees(&mut self) {
+        for i in 0..self.types.len() {
+            if let Kind::Pointer {
+                pointee: Some(p),
+                class,
+            } = self.types[i].kind
+            {
+                if self.get(p).kind == Kind::Opaque {
+                    self.types[i].kind = Kind::Pointer {
+                        pointee: None,
+                        class,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Flattens every struct's pointer map (after containers and
+    /// `pointer_free` are known).
+    pub(crate) fn build_ops(&mut self) {
+        let mut scratch = Vec::new();
+        for i in 0..self.types.len() {
+            let info = self.types[i];
+            let Kind::Struct { fields } = info.kind else {
+                continue;
+            };
+            if info.pointer_free || info.container != NO_CONTAINER {
+                continue;
+            }
+            scratch.clear();
+            self.flatten(fields, 0, &mut scratch, 0);
+            let start = self.ops.len() as u32;
+            self.ops.extend_from_slice(&scratch);
+            self.types[i].ops = Span {
+                start,
+                len: scratch.len() as u32,
+            };
+        }
+    }
+
+    fn flatten(&self, fields: Span, base: u64, out: &mut Vec<Op>, depth: u32) {
+        for i in fields.range() {
+            let f = self.fields[i];
+            let info = self.get(f.ty);
+            if info.pointer_free {
+                continue;
+            }
+            let Ok(off) = u32::try_from(base + f.offset) else {
+                continue;
+            };
+            let slot = i as u32;
+            let nested = match info.kind {
+                Kind::Struct { fields } if info.container == NO_CONTAINER => Some(fields),
+                _ => None,
+            };
+            if info.container != NO_CONTAINER {
+                out.push(Op::Container {
+                    off,
+                    slot,
+                    index: info.container,
+                });
+                continue;
+            }
+            if let Some(op) = self.nullable_pointer(f.ty, off) {
+                out.push(op);
+                continue;
+            }
+            match (info.kind, nested) {
+                (Kind::Pointer { pointee, class }, _) => out.push(Op::Ptr {
+                    off,
+                    slot,
+                    class,
+                    pointee,
+                }),
+                (Kind::Scalar(Scalar::AddressWide), _) => out.push(Op::Word { off, slot }),
+                (_, Some(inner)) if depth < 16 && out.len() + inner.len as usize <= MAX_OPS => {
+                    self.flatten(inner, off as u64, out, depth + 1)
+                }
+                _ => out.push(Op::Value {
+                    off,
+                    slot,
+                    ty: f.ty,
+                }),
+            }
+        }
+    }
+
+    /// `Option<Box<T>>`, `Option<&T>`, `Option<NonNull<T>>` and the like at
+    /// `off`: an enum whose one data-carrying variant is a single pointer
+    /// that is also the discriminant, every other variant being a
+    /// discriminant value too small to be an address. Reading the word as
+    /// that pointer is then exact (the small values are never reported),
+    /// so it becomes one `Ptr` op.
+    fn nullable_pointer(&self, ty: TypeId, off: u32) -> Option<Op> {
+        let Kind::Enum {
+            discr: Some(d),
+            variants,
+        } = self.get(ty).kind
+        else {
+            return None;
+        };
+        if d.size != 8 {
+            return None;
+        }
+        let mut data = None;
+        for v in self.variants(variants) {
+            match v.value {
+                Some(x) if x < 4096 && self.get(v.ty).pointer_free => {}
+                None if data.is_none() => data = Some(*v),
+                _ => return None,
+            }
+        }
+        let v = data?;
+        let Kind::Struct { fields } = self.get(v.ty).kind else {
+            return None;
+        };
+        let mut live = fields
+            .range()
+            .filter(|&i| !self.get(self.fields[i].ty).pointer_free);
+        let (Some(i), None) = (live.next(), live.next()) else {
+            return None;
+        };
+        let f = self.fields[i];
+        let info = self.get(f.ty);
+        match info.kind {
+            Kind::Pointer { pointee, class }
+                if info.container == NO_CONTAINER && v.offset + f.offset == d.offset =>
+            {
+                Some(Op::Ptr {
+                    off: off + u32::try_from(d.offset).ok()?,
+                    slot: i as u32,
+                    class,
+                    pointee,
+                })
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
         self.types.capacity() * size_of::<TypeInfo>()
@@ -284,6 +454,7 @@ impl Tables {
             + self.variants.capacity() * size_of::<Variant>()
             + self.params.capacity() * size_of::<Param>()
             + self.containers.capacity() * size_of::<super::containers::Container>()
+            + self.ops.capacity() * size_of::<Op>()
     }
 }
 

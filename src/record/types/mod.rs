@@ -193,6 +193,8 @@ impl TypeMaps {
         b.tables.prune_uninhabited_variants();
         b.tables.compute_pointer_free();
         containers::recognise(&mut b.tables, &b.names, &by_name);
+        b.tables.clear_opaque_pointees();
+        b.tables.build_ops();
         let statics = statics::merge(&mut b, &modules, symbols);
         let vtables = statics::vtables(&b, &modules, &by_name);
         let opaque_types = b

@@ -10,7 +10,7 @@
 mod live_part;
 
 use super::containers::Container;
-use super::layout::{Discr, Kind, PtrClass, Scalar, Span, TypeId};
+use super::layout::{Discr, Kind, Op, PtrClass, Scalar, Span, TypeId, TypeInfo, NO_CONTAINER};
 use super::TypeMaps;
 pub(crate) use live_part::container_of;
 use live_part::{tail_of, At};
@@ -299,12 +299,16 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
     }
 
     /// Reads `size` bytes (1, 2, 4 or 8) at region offset `off`.
+    #[inline]
     fn read(&self, off: u64, size: u8) -> Option<u64> {
         let end = off.checked_add(size as u64)?;
         if end > self.len || !matches!(size, 1 | 2 | 4 | 8) {
             return None;
         }
         let addr = self.start.checked_add(off as usize)?;
+        if size == 8 && addr % 8 == 0 {
+            return Some(self.mem.word(addr) as u64);
+        }
         let base = addr & !7;
         let shift = (addr - base) * 8;
         let lo = self.mem.word(base) as u64;
@@ -329,6 +333,7 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
         }
     }
 
+    #[inline]
     fn emit(
         &mut self,
         off: u64,
@@ -356,6 +361,7 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
 
     /// A value of type `ty` at region offset `off`. `certain: false` when
     /// it may not be initialised (its pointers are then only candidates).
+    #[inline]
     fn value(&mut self, ty: TypeId, off: u64, slot: u32, certain: bool, depth: u32) {
         let Some(&info) = self.maps.tables.types.get(ty.0 as usize) else {
             return;
@@ -368,25 +374,30 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
             self.conservative(off, info.size, slot);
             return;
         }
-        if let Some(c) = container_of(self.maps, ty) {
-            let at = At {
-                off,
-                slot,
-                certain,
-                depth,
-            };
-            if self.container(c, at) {
-                return;
+        if info.container != NO_CONTAINER {
+            if let Some(&c) = self.maps.tables.containers.get(info.container as usize) {
+                let at = At {
+                    off,
+                    slot,
+                    certain,
+                    depth,
+                };
+                if self.container(c, at) {
+                    return;
+                }
             }
         }
-        self.plain(ty, off, slot, certain, depth);
+        self.plain(&info, off, slot, certain, depth);
+    }
+
+    fn value_plain(&mut self, ty: TypeId, off: u64, slot: u32, certain: bool, depth: u32) {
+        if let Some(&info) = self.maps.tables.types.get(ty.0 as usize) {
+            self.plain(&info, off, slot, certain, depth);
+        }
     }
 
     /// A value by its DWARF layout alone.
-    fn plain(&mut self, ty: TypeId, off: u64, slot: u32, certain: bool, depth: u32) {
-        let Some(&info) = self.maps.tables.types.get(ty.0 as usize) else {
-            return;
-        };
+    fn plain(&mut self, info: &TypeInfo, off: u64, slot: u32, certain: bool, depth: u32) {
         match info.kind {
             Kind::Scalar(Scalar::AddressWide) => {
                 if let Some(v) = self.read(off, 8) {
@@ -399,7 +410,7 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
                 }
             }
             Kind::Pointer { pointee, class } => self.pointer(off, pointee, class, slot, certain),
-            Kind::Struct { fields } => self.fields(fields, off, certain, depth),
+            Kind::Struct { .. } => self.ops(info.ops, off, certain, depth),
             Kind::Union { fields, uninit } => {
                 self.note(if uninit {
                     Fallback::Uninit
@@ -419,6 +430,57 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
                 self.conservative(off, info.size, slot);
             }
             Kind::Scalar(Scalar::Plain | Scalar::Never) | Kind::Code => {}
+        }
+    }
+
+    /// A struct by its flattened pointer map.
+    #[inline]
+    fn ops(&mut self, ops: Span, off: u64, certain: bool, depth: u32) {
+        for i in ops.range() {
+            let Some(&op) = self.maps.tables.ops.get(i) else {
+                return;
+            };
+            match op {
+                Op::Ptr {
+                    off: o,
+                    slot,
+                    class,
+                    pointee,
+                } => self.pointer(off + o as u64, pointee, class, slot, certain),
+                Op::Word { off: o, slot } => {
+                    if let Some(v) = self.read(off + o as u64, 8) {
+                        let kind = if certain {
+                            PointerKind::Word
+                        } else {
+                            PointerKind::Conservative
+                        };
+                        self.emit(off + o as u64, v, None, slot, kind);
+                    }
+                }
+                Op::Value { off: o, slot, ty } => {
+                    self.value(ty, off + o as u64, slot, certain, depth + 1)
+                }
+                Op::Container {
+                    off: o,
+                    slot,
+                    index,
+                } => {
+                    if let Some(&c) = self.maps.tables.containers.get(index as usize) {
+                        let at = At {
+                            off: off + o as u64,
+                            slot,
+                            certain,
+                            depth: depth + 1,
+                        };
+                        if !self.container(c, at) {
+                            // A btree node met inline: its plain layout.
+                            if let Some(&f) = self.maps.tables.fields.get(slot as usize) {
+                                self.value_plain(f.ty, off + o as u64, slot, certain, depth + 1);
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -464,6 +526,7 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
         }
     }
 
+    #[inline]
     fn pointer(
         &mut self,
         off: u64,
@@ -480,10 +543,8 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
             (true, PtrClass::Raw) => PointerKind::Raw,
             (true, PtrClass::Code) => return,
         };
-        let pointee = pointee
-            .filter(|&p| self.maps.tables.get(p).kind != Kind::Opaque)
-            .map(BlockType::one);
-        self.emit(off, v, pointee, slot, kind);
+        // Pointees without a layout were cleared when the tables were built.
+        self.emit(off, v, pointee.map(BlockType::one), slot, kind);
     }
 
     fn enumeration(

@@ -72,6 +72,7 @@ pub(super) fn tail_of(maps: &TypeMaps, ty: TypeId) -> Option<(u64, TypeId)> {
 impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
     /// A container value; false when it must be read as a plain layout
     /// instead (a btree node met inline).
+    #[inline]
     pub(super) fn container(&mut self, c: Container, at: At) -> bool {
         match c {
             Container::Vec { ptr, len, elem } => self.buffer(at, ptr, len, elem),
@@ -174,6 +175,7 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
     }
 
     /// Reads the words at `offs` of the container at `at`.
+    #[inline]
     fn words<const N: usize>(&self, at: u64, offs: [u32; N]) -> Option<[u64; N]> {
         let mut out = [0u64; N];
         for (o, w) in offs.iter().zip(out.iter_mut()) {
@@ -183,6 +185,7 @@ impl<M: Memory, F: FnMut(OutPointer)> Walker<'_, M, F> {
     }
 
     /// A `Vec`'s buffer: `len` elements.
+    #[inline]
     fn buffer(&mut self, at: At, ptr: u32, len: u32, elem: TypeId) {
         let Some([p, n]) = self.words(at.off, [ptr, len]) else {
             return;
