@@ -805,6 +805,11 @@ fn statics_are_named_and_typed(maps: &TypeMaps) -> Result<(), String> {
     if !label.starts_with("libc.so") || !label.ends_with("environ") {
         return Err(format!("environ labelled {label}"));
     }
+    // This binary has debug info; this machine's libc has none.
+    let own_code = statics_are_named_and_typed as fn(&TypeMaps) -> Result<(), String> as usize;
+    if !maps.has_debug_info(own_code) || maps.has_debug_info(environ) {
+        return Err("has_debug_info: wrong for this binary or for libc".into());
+    }
     Ok(())
 }
 

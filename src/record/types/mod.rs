@@ -24,6 +24,24 @@
 //!   [`TypeMaps::allocator_metadata`] lists the allocator's own state that
 //!   is never a root.
 //!
+//! How the heap scan uses it (the order matters: everything that
+//! allocates happens before the pause):
+//!
+//! 1. Before the pause: `let maps = TypeMaps::shared();` (built once per
+//!    set of loaded modules); per allocation stack,
+//!    [`TypeMaps::site_spec`] (the site fallback); the static roots
+//!    ([`TypeMaps::statics`]) and [`TypeMaps::allocator_metadata`] (ranges
+//!    to cut out of the writable segments).
+//! 2. During the pause: seed typed roots with each static's
+//!    `BlockType::one(ty)`, call [`walk`] on each region with its type, and
+//!    give each target block the type [`OutPointer::pointee_for`] allows
+//!    (a typed owner wins; [`TypeMaps::site_block`] is the fallback and
+//!    never allocates; a block without either is scanned conservatively,
+//!    as is one whose walk says [`Traced::Mismatch`]). Count bytes and
+//!    blocks by [`Traced`] and [`Fallback`].
+//! 3. After the pause: [`TypeMaps::slot_path`] names an edge's field,
+//!    [`TypeMaps::static_label`] a static root.
+//!
 //! What it must never do: the walker never allocates, never panics, never
 //! reads a word that does not overlap the region it is given (it reads
 //! memory only through the caller's [`Memory`]), and its recursion and
@@ -284,6 +302,16 @@ impl TypeMaps {
                 t.kind != Kind::Opaque,
             )
         })
+    }
+
+    /// Whether the module containing `addr` (a return address, a static)
+    /// has debug info: a block allocated from code without it is untyped
+    /// for that reason ([`Fallback::NoDebugInfo`]).
+    pub fn has_debug_info(&self, addr: usize) -> bool {
+        self.modules
+            .iter()
+            .find(|m| m.module.contains(addr))
+            .is_some_and(|m| m.debug_info.is_ok())
     }
 
     pub(crate) fn vtable(&self, addr: usize) -> Option<&Vtable> {

@@ -191,6 +191,12 @@ pub enum Fallback {
     Discriminant,
     /// Types nested deeper than [`MAX_DEPTH`].
     Depth,
+    /// The whole block, untyped because the module that allocated it has
+    /// no debug info (the caller's verdict: [`TypeMaps::has_debug_info`]).
+    NoDebugInfo,
+    /// The whole block, untyped because neither a typed owner nor its
+    /// allocation site says what it is (the caller's verdict).
+    UnknownType,
 }
 
 /// How a block was traced.
