@@ -793,6 +793,10 @@ fn edges_carry_field_paths(maps: &TypeMaps) -> Result<(), String> {
 
 fn statics_are_named_and_typed(maps: &TypeMaps) -> Result<(), String> {
     let (_, len, bt) = root(maps, &NICHE, "types::cases::NICHE")?;
+    let s = maps.static_at(addr(&NICHE)).ok_or("NICHE not found")?;
+    if maps.name(s.name) != "types::cases::NICHE" {
+        return Err(format!("NICHE named {}", maps.name(s.name)));
+    }
     let name = maps.type_name(bt.ty);
     if len != std::mem::size_of_val(&NICHE) || !name.starts_with("std::sync::poison::mutex::Mutex<core::option::Option<(alloc::boxed::Box<types::cases::A") {
         return Err(format!("NICHE: {len} bytes of {name}"));

@@ -21,7 +21,7 @@ use gimli::constants as dw;
 
 use super::super::fxhash::FxHashMap;
 use super::dwarf::{self, Reader};
-use super::layout::{Kind, TypeId};
+use super::layout::TypeId;
 use super::walk::{BlockType, Shape};
 use super::TypeMaps;
 
@@ -568,16 +568,6 @@ fn linkage_name(
     let raw = d.attr_string(unit, v).ok()?;
     let raw = std::str::from_utf8(raw.slice()).ok()?;
     Some(format!("{:#}", rustc_demangle::demangle(raw)))
-}
-
-impl TypeMaps {
-    /// Whether a type's layout is usable by [`walk`](super::walk).
-    pub fn has_layout(&self, t: TypeId) -> bool {
-        self.tables
-            .types
-            .get(t.0 as usize)
-            .is_some_and(|i| i.kind != Kind::Opaque)
-    }
 }
 
 #[cfg(test)]
