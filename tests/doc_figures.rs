@@ -79,9 +79,13 @@ impl Row {
     }
 }
 
-/// `+92.3` -> `92.3`, `1.03x` -> `1.03`, `0.61 s` -> `0.61`.
+/// The median a cell quotes: the scripts write `median (min–max)` of
+/// their rounds (tools/benchdoc.py). `+92.3 (+90.1–+95.0)` -> `92.3`,
+/// `1.03x (1.01x–1.05x)` -> `1.03`, `0.61 s` -> `0.61`.
 fn figure(cell: &str) -> &str {
-    cell.trim_start_matches('+')
+    let median = cell.split(" (").next().unwrap_or(cell);
+    median
+        .trim_start_matches('+')
         .trim_end_matches(" s")
         .trim_end_matches('x')
 }
@@ -153,4 +157,13 @@ fn graph_snapshot_docs_quote_the_scan_benchmark() {
             figure(pause.get("measured"))
         )],
     );
+}
+
+#[test]
+fn a_cell_quotes_its_median_with_or_without_the_spread() {
+    assert_eq!(figure("+92.3 (+90.1–+95.0)"), "92.3");
+    assert_eq!(figure("1.03x (1.01x–1.05x)"), "1.03");
+    assert_eq!(figure("0.61 s (0.58–0.66)"), "0.61");
+    assert_eq!(figure("135.2"), "135.2");
+    assert_eq!(number("-1.5 (-2.0–+0.5)"), -1.5);
 }

@@ -25,7 +25,9 @@ use support::redis::RedisServer;
 const QUEUE: &str = "dramatiq:default";
 const DELAY_QUEUE: &str = "dramatiq:default.DQ";
 const DEAD_LETTERS: &str = "dramatiq:default.XQ";
-/// How long any one condition may take to come true.
+/// How long any one condition may take to come true. Generous on
+/// purpose: it tells a hang from a slow, loaded machine and never
+/// measures speed.
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn leakprof() -> Command {

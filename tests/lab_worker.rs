@@ -27,7 +27,9 @@ use leakprof::lab::worker::{Worker, WorkerConfig, WorkerStats};
 use serde_json::{json, Value};
 use support::redis::RedisServer;
 
-/// How long any one condition may take to come true.
+/// How long any one condition may take to come true. Generous on
+/// purpose: it tells a hang from a slow, loaded machine and never
+/// measures speed.
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Blocks the event loop well past its message's time limit, holding its

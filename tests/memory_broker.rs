@@ -7,7 +7,12 @@ use leakprof::lab::broker::{Broker, Delivery, MemoryBroker};
 use leakprof::lab::message::{current_millis, JsonObject, Message};
 use serde_json::{json, Value};
 
+/// How long a due message may take to be handed out: it is there at once;
+/// 10 s only tells a lost message from a loaded machine.
 const WAIT: Duration = Duration::from_secs(10);
+/// How long to wait before concluding nothing is due. `next` hands out
+/// what is already there before it looks at its deadline, so a slow
+/// machine cannot make a present message look absent.
 const NOTHING: Duration = Duration::from_millis(100);
 
 fn message(actor: &str, args: Vec<Value>) -> Message {
@@ -69,6 +74,8 @@ async fn a_waiting_consumer_wakes_as_soon_as_a_message_arrives() {
         .unwrap();
     let (actor, waited) = waiting.await.unwrap();
     assert_eq!(actor.as_deref(), Some("plain"));
+    // Woken, it returns within milliseconds; the 30 s wait would be the
+    // alternative. 2 s leaves a loaded machine ample room.
     assert!(
         waited < Duration::from_secs(2),
         "woken by the arrival, not a poll: {waited:?}"

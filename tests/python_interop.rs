@@ -20,6 +20,8 @@ use leakprof::lab::results::{result_key, RedisResults, DEFAULT_NAMESPACE};
 use serde_json::{json, Value};
 use support::redis::RedisServer;
 
+/// How long a message or result may take to appear: milliseconds; 10 s
+/// only tells a lost one from a loaded machine.
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Runs interop.py in `mode` and parses the JSON it prints.

@@ -20,7 +20,12 @@ use serde_json::{json, Value};
 use support::logs::CapturedLogs;
 use support::redis::RedisServer;
 
+/// How long a due message may take to come from Redis: milliseconds; 10 s
+/// only tells a lost message from a loaded machine.
 const WAIT: Duration = Duration::from_secs(10);
+/// How long to wait before concluding nothing is due. Used by checks
+/// that something does *not* come, and by drain loops bounded by [`WAIT`]
+/// overall, so a slow machine cannot fail them.
 const NOTHING: Duration = Duration::from_millis(200);
 
 fn config(redis: &RedisServer) -> RedisConfig {

@@ -82,6 +82,9 @@ fn main() -> std::process::ExitCode {
     harness::run(CASES)
 }
 
+/// How long a held thread may take to reach its race point. It gets there
+/// in microseconds; the bound is generous so a loaded machine's scheduling
+/// delays never fail a test, and only a thread that never arrives does.
 const ARRIVAL: Duration = Duration::from_secs(10);
 
 fn start() -> Recorder {
@@ -156,7 +159,9 @@ impl Spinner {
         }
     }
 
-    /// True if the thread counts on within `within`.
+    /// True if the thread counts on within `within`. It counts millions
+    /// per second when it runs; callers give it seconds, so only a thread
+    /// that is stuck (not one descheduled on a busy machine) fails.
     fn progresses(&self, within: Duration) -> bool {
         let before = self.count.load(Ordering::Relaxed);
         let t0 = Instant::now();
@@ -579,6 +584,9 @@ fn stop_inside_the_inner_realloc_is_deferred_until_it_returns() {
         (1, 0, 1),
         "{stop:?}"
     );
+    // Released at once, the stop takes milliseconds; only a stop that
+    // waited out the 5 s timeout takes longer than 4 s, so scheduling
+    // noise cannot fail this.
     assert!(
         took < Duration::from_secs(4),
         "the deferred stop came late: {took:?}"

@@ -49,6 +49,8 @@ fn wait_sleeping(tid: i32) {
         if state == Some('S') {
             return;
         }
+        // It sleeps within milliseconds; 10 s only tells a thread that
+        // never blocks from a slow machine.
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "thread {tid} never slept"
@@ -134,6 +136,9 @@ pub fn interrupted_system_calls_return_eintr_as_documented() {
             (-1, libc::EINTR),
             "{name} was not interrupted"
         );
+        // Interrupted, the call returns within milliseconds of the stop;
+        // not interrupted, after its 5 s timeout: 4 s keeps any scheduling
+        // noise on the right side.
         assert!(took < Duration::from_secs(4), "{name} took {took:?}");
     };
     eintr("poll", poll);
@@ -174,6 +179,9 @@ pub fn thread_blocking_the_signal_is_counted_without_costing_the_timeout() {
         (1, 1, 1),
         "{stop:?}"
     );
+    // The grace is short and the stop of the spinner takes microseconds;
+    // waiting out the timeout would take 2 s. Half of that leaves room for
+    // a loaded machine.
     assert!(
         took < Duration::from_secs(1),
         "the pause took {took:?} with a thread that blocks the signal (timeout 2 s)"

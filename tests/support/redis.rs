@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a fresh server may take to answer PING.
+/// How long a fresh server may take to answer PING (milliseconds usually;
+/// generous for a loaded machine).
 const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct RedisServer {
