@@ -614,6 +614,8 @@ pub mod attributes {
     pub const BROKER: &str = "broker";
     /// Payload size in bytes, as a decimal string.
     pub const PAYLOAD_BYTES: &str = "payload_bytes";
-    /// Why the run ended: `completed`, `duration`, `max-rss`, `signal`.
+    /// Why the run ended: `completed`, `duration`, `max-rss`, `signal`, or
+    /// with `--processes` `worker-failed` (a worker process exited with an
+    /// error or was killed by a signal; see `lab::run::StopReason`).
     pub const STOP_REASON: &str = "stop_reason";
 }
