@@ -22,6 +22,10 @@ mod intern;
 mod live;
 mod mmapvec;
 pub mod owner;
+/// Recording a Python 3.11 interpreter from inside it (issue 11): the
+/// `leakprof-python` library calls this. Not a stable API.
+#[doc(hidden)]
+pub mod python;
 #[doc(hidden)]
 pub mod race;
 mod scan;

@@ -84,6 +84,32 @@ impl Captured {
     }
 }
 
+impl Captured {
+    /// Appends a frame read by another stack source (the Python
+    /// interpreter's frame records, `record::python`), innermost first.
+    /// False, and the stack marked truncated, once `max` frames are in.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, max: usize, frame: usize) -> bool {
+        if self.len >= max.min(MAX_DEPTH) {
+            self.truncated = true;
+            return false;
+        }
+        self.frames[self.len] = std::mem::MaybeUninit::new(frame);
+        self.len += 1;
+        true
+    }
+
+    /// Computes the hash of frames given with [`Captured::push`].
+    #[inline(always)]
+    pub(crate) fn seal(&mut self) {
+        let mut hash = StackHash::new();
+        for (i, &f) in self.frames().iter().enumerate() {
+            hash.eat(i, f);
+        }
+        self.hash = hash.finish(self.len, self.truncated);
+    }
+}
+
 /// Walks the calling thread's frame-pointer chain, hashing as it goes (the
 /// hash's multiplies overlap the walk's dependent loads).
 ///

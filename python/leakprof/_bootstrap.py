@@ -1,0 +1,121 @@
+"""Start-up inside the recorded program (run by the ``sitecustomize`` that
+``leakprof run`` puts first on PYTHONPATH).
+
+It loads the native recorder, starts it, tells ``leakprof run`` whether it
+could (the file ``LEAKPROF_READY``: ``ok`` or ``error: <reason>``; on an
+error the program stops before its code runs), arranges for the profile to
+be written at exit, and installs the tag integrations when their modules
+are imported (AsyncIO, Dramatiq).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from types import ModuleType
+from typing import Callable, Dict, Optional, Sequence
+
+from leakprof import _native
+
+
+def main(sitecustomize_file: str) -> None:
+    env = os.environ
+    native, out, ready = (env.get(k) for k in ("LEAKPROF_NATIVE", "LEAKPROF_OUT", "LEAKPROF_READY"))
+    # Only the process `leakprof run` started records: the variables are
+    # taken out of the environment, so programs it starts (a worker pool's
+    # processes) run unrecorded for now.
+    if native and out and ready:
+        for key in ("LEAKPROF_NATIVE", "LEAKPROF_READY"):
+            env.pop(key, None)
+        _start(native, out, ready)
+    _chain_sitecustomize(sitecustomize_file)
+
+
+def _start(native: str, out: str, ready: str) -> None:
+    try:
+        _native.load(native)
+        _native.start(int(os.environ.get("LEAKPROF_MAX_FRAMES", "64")),
+                      int(os.environ.get("LEAKPROF_TIMELINE_MS", "100")))
+    except (OSError, RuntimeError) as e:
+        _tell(ready, f"error: {e}")
+        os._exit(3)
+    pid = os.getpid()
+    atexit.register(_write, out, pid)
+    sys.meta_path.insert(0, _AfterImport({"asyncio": _install_asyncio, "dramatiq": _install_dramatiq}))
+    _tell(ready, "ok")
+
+
+def _tell(path: str, line: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(line.replace("\n", " ") + "\n")
+
+
+def _write(out: str, pid: int) -> None:
+    if os.getpid() != pid:
+        return  # a forked child exiting normally: the profile is the parent's
+    attributes = {
+        "program": " ".join(sys.argv),
+        "python": sys.version.split()[0],
+    }
+    try:
+        _native.write(os.path.join(out, "profile.json"), attributes)
+    except RuntimeError as e:
+        print(f"leakprof: writing the profile: {e}", file=sys.stderr)
+
+
+def _install_asyncio(_module: ModuleType) -> None:
+    from leakprof import _asyncio
+
+    _asyncio.install()
+
+
+def _install_dramatiq(_module: ModuleType) -> None:
+    from leakprof import dramatiq as integration
+
+    integration.install()
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs a callback right after a top-level module's code ran."""
+
+    def __init__(self, callbacks: Dict[str, Callable[[ModuleType], None]]) -> None:
+        self._callbacks = dict(callbacks)
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Optional[Sequence[str]],
+        target: Optional[ModuleType] = None,
+    ) -> Optional[importlib.machinery.ModuleSpec]:
+        callback = self._callbacks.pop(fullname, None)
+        if callback is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        loader = spec.loader if spec is not None else None
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        def exec_then_install(module: ModuleType) -> None:
+            exec_module(module)
+            callback(module)
+
+        loader.exec_module = exec_then_install  # type: ignore[union-attr]
+        return spec
+
+
+def _chain_sitecustomize(ours: str) -> None:
+    """Runs the next ``sitecustomize`` on sys.path (a distribution's own),
+    which ours shadows."""
+    here = os.path.dirname(os.path.abspath(ours))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sitecustomize"] = module
+    spec.loader.exec_module(module)
