@@ -29,6 +29,8 @@ def load(path: str) -> None:
     lib.leakprof_py_enter.restype = ctypes.c_uint32
     lib.leakprof_py_exit.argtypes = [ctypes.c_uint32, ctypes.c_uint32]
     lib.leakprof_py_exit.restype = None
+    lib.leakprof_py_mark.argtypes = [ctypes.c_char_p]
+    lib.leakprof_py_mark.restype = None
     lib.leakprof_py_describe.argtypes = [ctypes.c_uint64] + [ctypes.c_char_p] * 3
     lib.leakprof_py_describe.restype = None
     lib.leakprof_py_write.argtypes = [
@@ -68,6 +70,12 @@ def enter(tag_id: int) -> int:
 def exit(tag_id: int, prev: int) -> None:
     assert _lib is not None
     _lib.leakprof_py_exit(tag_id, prev)
+
+
+def mark(event: str) -> None:
+    """A timeline point with this thread's tag (leakprof::format::events)."""
+    if _lib is not None:
+        _lib.leakprof_py_mark(event.encode())
 
 
 def _c(text: Optional[str]) -> Optional[bytes]:

@@ -16,7 +16,11 @@ import dramatiq
 from dramatiq.broker import Broker
 from dramatiq.message import Message
 
-from leakprof import _tags
+from leakprof import _native, _tags
+
+# leakprof::format::events: the leak slope is fitted at failures.
+_AFTER_FAILURE = "after failure"
+_AFTER_SUCCESS = "after success"
 
 __all__ = ["LeakprofMiddleware", "install"]
 
@@ -44,6 +48,7 @@ class LeakprofMiddleware(dramatiq.Middleware):  # type: ignore[misc]
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
     ) -> None:
+        _native.mark(_AFTER_SUCCESS if exception is None else _AFTER_FAILURE)
         self._leave()
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:

@@ -69,6 +69,15 @@ pub extern "C" fn leakprof_py_exit(id: u32, prev: u32) {
     python::exit(id, prev)
 }
 
+/// Marks a timeline point (an event of `leakprof::format::events`) with
+/// this thread's tag.
+#[no_mangle]
+pub extern "C" fn leakprof_py_mark(event: *const c_char) {
+    if let Some(event) = text(event) {
+        python::mark(event)
+    }
+}
+
 /// Names a task: its external id (a message id), actor and queue.
 #[no_mangle]
 pub extern "C" fn leakprof_py_describe(

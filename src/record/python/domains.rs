@@ -148,6 +148,12 @@ unsafe extern "C" fn realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) ->
     let Some(_outer) = hooks::recording().then(Outermost::enter).flatten() else {
         return call();
     };
+    if ptr.is_null() {
+        // realloc(NULL, n) is a malloc; the live table has no block 0.
+        let p = call();
+        record_alloc(p, size);
+        return p;
+    }
     // The caller sees the errno the inner allocator left, whatever the
     // recording does around it.
     let left = Cell::new(errno());

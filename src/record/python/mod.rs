@@ -70,6 +70,12 @@ pub fn exit(id: u32, prev: u32) {
     hooks::exit_tag(id, prev)
 }
 
+/// Marks a point on the timeline (`format::events`), with this thread's
+/// tag.
+pub fn mark(event: &str) {
+    super::mark(event)
+}
+
 /// Names task `task` in the profile's task table.
 pub fn describe(task: u64, description: TaskDescription) {
     super::describe_task(task, description)
