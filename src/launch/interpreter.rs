@@ -1,7 +1,8 @@
 //! Which Python a command runs, and whether leakprof can load into it.
 //!
 //! A command is a Python program when it is a Python interpreter
-//! (`python3.11 app.py`) or a script whose `#!` line names one (a virtual
+//! (`python3.11 app.py`, or anything named `python*`, such as pyenv's
+//! shims) or a script whose `#!` line names one (a virtual
 //! environment's `bin/dramatiq`, `#!/usr/bin/env python3`). The bootstrap
 //! reaches the interpreter through PYTHONPATH and `site`, which `-I`
 //! (isolated), `-E` (ignore PYTHON* variables) and `-S` (no `site`) turn
@@ -33,7 +34,11 @@ pub fn of_command(command: &[OsString]) -> anyhow::Result<Interpreter> {
         .ok_or_else(|| anyhow!("no command given"))?;
     let path = find_program(program)?;
     let shown = path.display();
-    let (python, flags): (PathBuf, Vec<OsString>) = match shebang(&path)? {
+    // A file named like an interpreter is one, even a shell script (pyenv's
+    // shims, wrappers): it passes the environment on to the real one.
+    let named_python = looks_like_python(&path);
+    let script = if named_python { None } else { shebang(&path)? };
+    let (python, flags): (PathBuf, Vec<OsString>) = match script {
         Some((interpreter, shebang_args)) => {
             let (python, mut flags) = env_target(interpreter, shebang_args)?;
             if !looks_like_python(&python) {
@@ -45,7 +50,7 @@ pub fn of_command(command: &[OsString]) -> anyhow::Result<Interpreter> {
             flags.extend(args.iter().cloned());
             (python, flags)
         }
-        None if looks_like_python(&path) => (path.clone(), args.to_vec()),
+        None if named_python => (path.clone(), args.to_vec()),
         None => bail!("{shown} is not a Python program: leakprof run records Python 3.11 programs"),
     };
     refuse_flags(&interpreter_options(&flags))?;

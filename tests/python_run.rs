@@ -1,0 +1,311 @@
+//! `leakprof run -- python ...` on real Dramatiq 2.0.0 (issue 11, first
+//! milestone): the seed's exception scenario as an AsyncIO actor, recorded
+//! from inside the interpreter, and the launcher's refusals.
+//!
+//! The interpreter is the Dramatiq 2.0.0 one of `support::python` (skipped
+//! without it, failing under CI=true); the broker is Dramatiq's StubBroker.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use leakprof::analysis::summary::Summary;
+use leakprof::format::Profile;
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/python/dramatiq_exception.py"
+);
+
+/// Builds the library the interpreter loads (`cargo test` builds only this
+/// package) and returns its path.
+fn native_library() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "-p", "leakprof-python"]);
+            if !cfg!(debug_assertions) {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("run cargo");
+            assert!(status.success(), "building leakprof-python");
+            let bin = Path::new(env!("CARGO_BIN_EXE_leakprof"));
+            bin.with_file_name("libleakprof_python.so")
+        })
+        .clone()
+}
+
+fn leakprof_run(out: &Path, command: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leakprof"));
+    cmd.args(["run", "--quiet", "--out"])
+        .arg(out)
+        .arg("--")
+        .args(command)
+        .env("LEAKPROF_NATIVE", native_library());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run leakprof")
+}
+
+/// The line of the actor that allocates the payload.
+fn payload_line() -> u32 {
+    let text = std::fs::read_to_string(SCRIPT).unwrap();
+    let index = text
+        .lines()
+        .position(|l| l.contains("LEAKPROF-PAYLOAD-LINE"))
+        .expect("marker line");
+    index as u32 + 1
+}
+
+/// The message ids the script printed, in order.
+fn message_ids(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("message "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A surviving payload chunk: its bytes, message id, retry and top frame.
+struct Chunk {
+    bytes: u64,
+    message: Option<String>,
+    retry: Option<u32>,
+    frame: (String, Option<String>, Option<u32>),
+}
+
+fn chunks(profile: &Profile, min_bytes: u64) -> Vec<Chunk> {
+    profile
+        .live
+        .iter()
+        .filter(|g| g.bytes / g.blocks.max(1) >= min_bytes)
+        .map(|g| {
+            let tag = &profile.tags[g.tag as usize];
+            let message = tag.task.and_then(|t| {
+                profile
+                    .tasks
+                    .iter()
+                    .find(|i| i.task == t)
+                    .and_then(|i| i.external_id.clone())
+            });
+            let top = profile.stacks[g.stack as usize]
+                .frames
+                .first()
+                .map(|&f| &profile.frames[f as usize]);
+            Chunk {
+                bytes: g.bytes,
+                message,
+                retry: tag.retry,
+                frame: top.map_or((String::new(), None, None), |f| {
+                    (f.function.clone(), f.file.clone(), f.line)
+                }),
+            }
+        })
+        .collect()
+}
+
+fn run_scenario(name: &str, env: &[(&str, String)]) -> Option<(Profile, Vec<String>)> {
+    let python = support::python::dramatiq()?;
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path().join(name);
+    let output = leakprof_run(&out, &[python.to_str().unwrap(), SCRIPT], env);
+    assert!(
+        output.status.success(),
+        "leakprof run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for file in ["memory.csv", "memory.svg", "flamegraph.svg", "summary.json"] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    Some((profile, message_ids(&output.stdout)))
+}
+
+/// The seed's case: one message, 5 retries, a 32 MiB payload held by each
+/// failed attempt's reference cycle (GC off): one payload per retry, each
+/// tagged with its message and retry, allocated on the actor's line.
+#[test]
+fn dramatiq_asyncio_exception_leaks_one_payload_per_retry() {
+    const PAYLOAD: u64 = 32 << 20;
+    let env = [
+        ("LEAKPROF_TEST_PAYLOAD", PAYLOAD.to_string()),
+        ("LEAKPROF_TEST_RETRIES", "5".to_string()),
+    ];
+    let Some((profile, ids)) = run_scenario("exception", &env) else {
+        return;
+    };
+    assert_eq!(ids.len(), 1, "one message sent");
+    let summary = Summary::of(&profile);
+    let per_retry = summary
+        .leak_per_retry_bytes
+        .expect("leak per retry measured");
+    let r2 = summary.leak_per_retry_r2.expect("fit quality");
+    let ratio = per_retry / PAYLOAD as f64;
+    assert!(
+        (ratio - 1.0).abs() < 0.01,
+        "leak per retry {ratio:.4} payloads"
+    );
+    assert!(r2 >= 0.99, "r² {r2}");
+
+    let chunks = chunks(&profile, PAYLOAD);
+    let total: u64 = chunks.iter().map(|c| c.bytes).sum();
+    assert!(
+        total >= 6 * PAYLOAD,
+        "six payloads survive (attempts 0..=5): {total}"
+    );
+    let right: u64 = chunks
+        .iter()
+        .filter(|c| c.message.as_deref() == Some(ids[0].as_str()))
+        .map(|c| c.bytes)
+        .sum();
+    assert!(
+        right as f64 >= 0.99 * total as f64,
+        "{right} of {total} bytes on the message"
+    );
+    let mut retries: Vec<u32> = chunks.iter().filter_map(|c| c.retry).collect();
+    retries.sort_unstable();
+    assert_eq!(
+        retries,
+        (0..=5).collect::<Vec<u32>>(),
+        "one payload per retry"
+    );
+    for c in &chunks {
+        let (function, file, line) = &c.frame;
+        assert_eq!(function, "fail");
+        assert!(file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("dramatiq_exception.py")));
+        assert_eq!(*line, Some(payload_line()));
+    }
+}
+
+/// Two worker threads whose AsyncIO actors interleave on the one event
+/// loop (each builds its payload in steps with an await between): every
+/// chunk is tagged with its own message, which a thread-local tag would
+/// get wrong.
+#[test]
+fn interleaved_asyncio_actors_keep_their_own_tags() {
+    const PAYLOAD: u64 = 8 << 20;
+    const STEPS: u64 = 4;
+    let env = [
+        ("LEAKPROF_TEST_PAYLOAD", PAYLOAD.to_string()),
+        ("LEAKPROF_TEST_RETRIES", "0".to_string()),
+        ("LEAKPROF_TEST_MESSAGES", "4".to_string()),
+        ("LEAKPROF_TEST_THREADS", "2".to_string()),
+        ("LEAKPROF_TEST_STEPS", STEPS.to_string()),
+    ];
+    let Some((profile, ids)) = run_scenario("interleaved", &env) else {
+        return;
+    };
+    assert_eq!(ids.len(), 4);
+    let chunks = chunks(&profile, PAYLOAD / STEPS);
+    let total: u64 = chunks.iter().map(|c| c.bytes).sum();
+    assert!(total >= 4 * PAYLOAD, "four payloads survive: {total}");
+    for id in &ids {
+        let on_message: u64 = chunks
+            .iter()
+            .filter(|c| c.message.as_deref() == Some(id.as_str()))
+            .map(|c| c.bytes)
+            .sum();
+        assert!(
+            on_message as f64 >= 0.99 * PAYLOAD as f64 && on_message <= PAYLOAD + PAYLOAD / 100,
+            "message {id}: {on_message} bytes, one payload expected"
+        );
+    }
+}
+
+fn fails_with(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "stderr: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+/// Flags that keep `site` or PYTHONPATH away are refused up front, as are
+/// programs that are not Python and Pythons other than 3.11.
+#[test]
+fn refuses_what_it_cannot_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // A stand-in interpreter (never run for flags refused up front).
+    let fake = dir.path().join("python3.99");
+    std::fs::write(&fake, "#!/bin/sh\necho 3.99\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fake = fake.to_str().unwrap();
+    fails_with(
+        &leakprof_run(&out, &[fake, "-I", "app.py"], &[]),
+        "-I (isolated",
+    );
+    fails_with(
+        &leakprof_run(&out, &[fake, "-uS", "app.py"], &[]),
+        "-S (no site",
+    );
+    fails_with(&leakprof_run(&out, &[fake, "app.py"], &[]), "Python 3.99");
+    let script = dir.path().join("tool");
+    std::fs::write(&script, format!("#!{fake} -E\nprint(1)\n")).unwrap();
+    fails_with(
+        &leakprof_run(&out, &[script.to_str().unwrap()], &[]),
+        "-E (PYTHON*",
+    );
+    fails_with(
+        &leakprof_run(&out, &["/bin/true"], &[]),
+        "is not a Python program",
+    );
+}
+
+/// A launcher that hides `-I` from leakprof (a wrapper named like an
+/// interpreter) keeps the bootstrap from running: leakprof says so instead
+/// of returning a run without recording. And a `sitecustomize` already on
+/// the path (a distribution's own) still runs after ours.
+#[test]
+fn bootstrap_absence_is_an_error_and_sitecustomize_is_chained() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.py");
+    std::fs::write(&script, "print('ran')\n").unwrap();
+    let wrapper = dir.path().join("python3.11");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec {} -I \"$@\"\n", python.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let command = [wrapper.to_str().unwrap(), script.to_str().unwrap()];
+    fails_with(
+        &leakprof_run(&out, &command, &[]),
+        "sitecustomize never ran",
+    );
+
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    let marker = dir.path().join("theirs-ran");
+    std::fs::write(
+        site.join("sitecustomize.py"),
+        format!("open({:?}, 'w').close()\n", marker.to_str().unwrap()),
+    )
+    .unwrap();
+    let command = [python.to_str().unwrap(), script.to_str().unwrap()];
+    let output = leakprof_run(
+        &out,
+        &command,
+        &[("PYTHONPATH", site.display().to_string())],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(marker.exists(), "the shadowed sitecustomize ran");
+    assert!(out.join("profile.json").is_file());
+}
