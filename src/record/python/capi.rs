@@ -30,16 +30,22 @@ impl MemAllocator {
     };
 }
 
+type SetAllocator = unsafe extern "C" fn(c_int, *mut MemAllocator);
+type ThreadState = unsafe extern "C" fn() -> *mut c_void;
+type AddrToLine = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
+type AsUtf8 = unsafe extern "C" fn(*mut c_void, *mut isize) -> *const c_char;
+type ErrClear = unsafe extern "C" fn();
+
 pub(crate) struct Api {
-    pub(crate) get_allocator: unsafe extern "C" fn(c_int, *mut MemAllocator),
-    pub(crate) set_allocator: unsafe extern "C" fn(c_int, *mut MemAllocator),
+    pub(crate) get_allocator: SetAllocator,
+    pub(crate) set_allocator: SetAllocator,
     /// The calling thread's own thread state (a TSS read; no GIL needed).
-    pub(crate) this_thread_state: unsafe extern "C" fn() -> *mut c_void,
+    pub(crate) this_thread_state: ThreadState,
     /// The thread state holding the GIL.
-    pub(crate) gil_holder: unsafe extern "C" fn() -> *mut c_void,
-    pub(crate) code_addr_to_line: unsafe extern "C" fn(*mut c_void, c_int) -> c_int,
-    pub(crate) unicode_as_utf8: unsafe extern "C" fn(*mut c_void, *mut isize) -> *const c_char,
-    pub(crate) err_clear: unsafe extern "C" fn(),
+    pub(crate) gil_holder: ThreadState,
+    pub(crate) code_addr_to_line: AddrToLine,
+    pub(crate) unicode_as_utf8: AsUtf8,
+    pub(crate) err_clear: ErrClear,
     /// `&PyCode_Type`.
     pub(crate) code_type: usize,
 }
@@ -53,11 +59,11 @@ unsafe impl Send for Api {}
 static API: OnceLock<Api> = OnceLock::new();
 
 macro_rules! function {
-    ($name:literal) => {{
+    ($name:literal as $signature:ty) => {{
         let address = symbol($name).ok_or(concat!($name, " not found"))?;
         // SAFETY: see the caller: a non-null address of the C function
         // `$name`, transmuted to its signature.
-        unsafe { std::mem::transmute::<usize, _>(address) }
+        unsafe { std::mem::transmute::<usize, $signature>(address) }
     }};
 }
 
@@ -76,8 +82,9 @@ pub(crate) fn load() -> Result<&'static Api, String> {
         "no Python 3.11 in this process (Py_Version not found: Python older than 3.11, or not Python)"
             .to_string()
     })?;
-    // SAFETY: `Py_Version` is a `const unsigned long` (3.11+).
-    let hex = unsafe { *(version as *const std::ffi::c_ulong) } as u64;
+    // SAFETY: `Py_Version` is a `const unsigned long` (3.11+), 64 bits on
+    // the 64-bit Linux targets leakprof supports.
+    let hex: u64 = unsafe { *(version as *const u64) };
     let (major, minor) = ((hex >> 24) as u8, (hex >> 16) as u8);
     if (major, minor) != layout::SUPPORTED {
         return Err(format!(
@@ -89,13 +96,13 @@ pub(crate) fn load() -> Result<&'static Api, String> {
     let api = Api {
         // SAFETY (each `function!`): the symbol is the C-API function of
         // that name, whose C signature the field's type spells out.
-        get_allocator: function!("PyMem_GetAllocator"),
-        set_allocator: function!("PyMem_SetAllocator"),
-        this_thread_state: function!("PyGILState_GetThisThreadState"),
-        gil_holder: function!("_PyThreadState_UncheckedGet"),
-        code_addr_to_line: function!("PyCode_Addr2Line"),
-        unicode_as_utf8: function!("PyUnicode_AsUTF8AndSize"),
-        err_clear: function!("PyErr_Clear"),
+        get_allocator: function!("PyMem_GetAllocator" as SetAllocator),
+        set_allocator: function!("PyMem_SetAllocator" as SetAllocator),
+        this_thread_state: function!("PyGILState_GetThisThreadState" as ThreadState),
+        gil_holder: function!("_PyThreadState_UncheckedGet" as ThreadState),
+        code_addr_to_line: function!("PyCode_Addr2Line" as AddrToLine),
+        unicode_as_utf8: function!("PyUnicode_AsUTF8AndSize" as AsUtf8),
+        err_clear: function!("PyErr_Clear" as ErrClear),
         code_type: symbol("PyCode_Type").ok_or("PyCode_Type not found")?,
     };
     Ok(API.get_or_init(|| api))
