@@ -98,8 +98,18 @@ fn set_errno(e: i32) {
     unsafe { *libc::__errno_location() = e };
 }
 
+/// The size a request of `size` bytes gets: CPython's allocators turn 0
+/// into 1 (`_PyMem_RawMalloc`, pymalloc's fall-through), and the recorder's
+/// accounting, written for Rust (which never allocates 0 bytes), tells an
+/// allocation from a free by the sign of the size.
+#[inline(always)]
+fn block_size(size: usize) -> usize {
+    size.max(1)
+}
+
 #[inline(always)]
 fn record_alloc(p: *mut c_void, size: usize) {
+    let size = block_size(size);
     if !p.is_null() && !hooks::skip_unsampled(size) {
         let e = errno();
         hooks::on_alloc(p as usize, size);
@@ -159,7 +169,8 @@ unsafe extern "C" fn realloc(ctx: *mut c_void, ptr: *mut c_void, size: usize) ->
     let left = Cell::new(errno());
     // The old size is unknown here (the live table knows it); passing the
     // new one turns off zero-filling, which Python recordings do not use.
-    let q = hooks::realloc(ptr as usize, size, size, || {
+    let recorded = block_size(size);
+    let q = hooks::realloc(ptr as usize, recorded, recorded, || {
         let q = call();
         left.set(errno());
         q.cast()
