@@ -2,8 +2,10 @@
 //! milestone): the seed's exception scenario as an AsyncIO actor, recorded
 //! from inside the interpreter, and the launcher's refusals.
 //!
-//! The interpreter is the Dramatiq 2.0.0 one of `support::python` (skipped
-//! without it, failing under CI=true); the broker is Dramatiq's StubBroker.
+//! The interpreters are the Dramatiq 2.0.0 and 2.2.1 ones of
+//! `support::python` (skipped without them, failing under CI=true); the
+//! seed's case runs on a real Redis (`support::redis`), the others on
+//! Dramatiq's StubBroker.
 
 mod support;
 
@@ -78,7 +80,7 @@ struct Chunk {
     frame: (String, Option<String>, Option<u32>),
 }
 
-fn chunks(profile: &Profile, min_bytes: u64) -> Vec<Chunk> {
+fn surviving_chunks(profile: &Profile, min_bytes: u64) -> Vec<Chunk> {
     profile
         .live
         .iter()
@@ -108,10 +110,15 @@ fn chunks(profile: &Profile, min_bytes: u64) -> Vec<Chunk> {
         .collect()
 }
 
-fn run_scenario(name: &str, env: &[(&str, String)]) -> Option<(Profile, Vec<String>)> {
-    let python = support::python::dramatiq()?;
-    let out = tempfile::tempdir().unwrap();
-    let out = out.path().join(name);
+/// Runs the scenario script with `python` under `leakprof run`; returns
+/// the output directory (kept in `dir`), the profile and the message ids.
+fn run_scenario(
+    python: &Path,
+    dir: &Path,
+    name: &str,
+    env: &[(&str, String)],
+) -> (PathBuf, Profile, Vec<String>) {
+    let out = dir.join(name);
     let output = leakprof_run(&out, &[python.to_str().unwrap(), SCRIPT], env);
     assert!(
         output.status.success(),
@@ -122,22 +129,33 @@ fn run_scenario(name: &str, env: &[(&str, String)]) -> Option<(Profile, Vec<Stri
         assert!(out.join(file).is_file(), "{file} written");
     }
     let profile = leakprof::format::load(out.join("profile.json")).unwrap();
-    Some((profile, message_ids(&output.stdout)))
+    (out, profile, message_ids(&output.stdout))
 }
 
-/// The seed's case: one message, 5 retries, a 32 MiB payload held by each
-/// failed attempt's reference cycle (GC off): one payload per retry, each
-/// tagged with its message and retry, allocated on the actor's line.
+/// The seed's case on Redis: one message, 5 retries, a 32 MiB payload held
+/// by each failed attempt's reference cycle (GC off) on Dramatiq 2.0.0: one
+/// payload per retry, each tagged with its message and retry, allocated on
+/// the actor's line. On 2.2.1 (upstream's fix) none survives, and `leakprof
+/// diff` of the two runs says so.
 #[test]
-fn dramatiq_asyncio_exception_leaks_one_payload_per_retry() {
+fn dramatiq_asyncio_exception_leaks_one_payload_per_retry_until_2_2_1() {
     const PAYLOAD: u64 = 32 << 20;
+    let (Some(seed), Some(fixed)) = (
+        support::python::dramatiq(),
+        support::python::dramatiq_fixed(),
+    ) else {
+        return;
+    };
+    let Some(redis) = support::redis::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
     let env = [
         ("LEAKPROF_TEST_PAYLOAD", PAYLOAD.to_string()),
         ("LEAKPROF_TEST_RETRIES", "5".to_string()),
+        ("LEAKPROF_TEST_REDIS_URL", redis.url()),
     ];
-    let Some((profile, ids)) = run_scenario("exception", &env) else {
-        return;
-    };
+    let (leaky, profile, ids) = run_scenario(&seed, dir.path(), "dramatiq-2.0.0", &env);
     assert_eq!(ids.len(), 1, "one message sent");
     let summary = Summary::of(&profile);
     let per_retry = summary
@@ -151,7 +169,7 @@ fn dramatiq_asyncio_exception_leaks_one_payload_per_retry() {
     );
     assert!(r2 >= 0.99, "r² {r2}");
 
-    let chunks = chunks(&profile, PAYLOAD);
+    let chunks = surviving_chunks(&profile, PAYLOAD);
     let total: u64 = chunks.iter().map(|c| c.bytes).sum();
     assert!(
         total >= 6 * PAYLOAD,
@@ -181,6 +199,31 @@ fn dramatiq_asyncio_exception_leaks_one_payload_per_retry() {
             .is_some_and(|f| f.ends_with("dramatiq_exception.py")));
         assert_eq!(*line, Some(payload_line()));
     }
+
+    let (fixed_out, profile, _) = run_scenario(&fixed, dir.path(), "dramatiq-2.2.1", &env);
+    assert!(
+        surviving_chunks(&profile, PAYLOAD).is_empty(),
+        "no payload survives on 2.2.1"
+    );
+    let diff = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .arg("diff")
+        .args([&leaky, &fixed_out])
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    let text = String::from_utf8_lossy(&diff.stdout);
+    let fail_row = text
+        .lines()
+        .find(|l| l.trim_end().ends_with("site: fail"))
+        .unwrap_or_else(|| panic!("no row for the actor's site in:\n{text}"));
+    assert!(
+        fail_row.contains("-192.0 MiB"),
+        "six payloads gone: {fail_row}"
+    );
 }
 
 /// Two worker threads whose AsyncIO actors interleave on the one event
@@ -198,11 +241,13 @@ fn interleaved_asyncio_actors_keep_their_own_tags() {
         ("LEAKPROF_TEST_THREADS", "2".to_string()),
         ("LEAKPROF_TEST_STEPS", STEPS.to_string()),
     ];
-    let Some((profile, ids)) = run_scenario("interleaved", &env) else {
+    let Some(python) = support::python::dramatiq() else {
         return;
     };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, profile, ids) = run_scenario(&python, dir.path(), "interleaved", &env);
     assert_eq!(ids.len(), 4);
-    let chunks = chunks(&profile, PAYLOAD / STEPS);
+    let chunks = surviving_chunks(&profile, PAYLOAD / STEPS);
     let total: u64 = chunks.iter().map(|c| c.bytes).sum();
     assert!(total >= 4 * PAYLOAD, "four payloads survive: {total}");
     for id in &ids {
