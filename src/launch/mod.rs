@@ -246,9 +246,8 @@ fn shown(command: &[OsString]) -> String {
 pub fn describe(report: &PythonReport) -> String {
     let s = &report.summary;
     format!(
-        "The program ended ({}; {}, stopped: {}) after {:.1} s\nSurviving: {:.2} MiB in {} blocks; allocated {:.2} MiB\nOutputs in {}: profile.json, memory.csv, memory.svg, flamegraph.svg, summary.json\n",
+        "The program ended ({}, stopped: {}) after {:.1} s\nSurviving: {:.2} MiB in {} blocks; allocated {:.2} MiB\nOutputs in {}: profile.json, memory.csv, memory.svg, flamegraph.svg, summary.json\n",
         report.status,
-        "Python",
         report.stop_reason,
         report.elapsed.as_secs_f64(),
         s.surviving_bytes as f64 / 1048576.0,
