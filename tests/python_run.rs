@@ -72,7 +72,8 @@ fn message_ids(stdout: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// A surviving payload chunk: its bytes, message id, retry and top frame.
+/// A surviving group (stack and tag) of at least a payload chunk's size:
+/// its bytes, message id, retry and top frame.
 struct Chunk {
     bytes: u64,
     message: Option<String>,
@@ -84,7 +85,7 @@ fn surviving_chunks(profile: &Profile, min_bytes: u64) -> Vec<Chunk> {
     profile
         .live
         .iter()
-        .filter(|g| g.bytes / g.blocks.max(1) >= min_bytes)
+        .filter(|g| g.bytes >= min_bytes)
         .map(|g| {
             let tag = &profile.tags[g.tag as usize];
             let message = tag.task.and_then(|t| {
@@ -408,4 +409,58 @@ print(f"expected {objects + array}")
         (ratio - 1.0).abs() < 0.01,
         "tagged {tagged} vs Python's {expected}"
     );
+}
+
+/// The RAW domain runs without the GIL: blocks a thread allocates with
+/// `PyMem_RawMalloc` while it has released the GIL (ctypes.CDLL calls
+/// release it) are recorded with the thread's own Python stack and tag,
+/// and their frees are seen.
+#[test]
+fn raw_domain_is_recorded_without_the_gil() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("raw.py");
+    std::fs::write(
+        &script,
+        r#"import ctypes
+import leakprof
+capi = ctypes.CDLL(None)  # CDLL: the GIL is released during each call
+capi.PyMem_RawMalloc.restype = ctypes.c_void_p
+capi.PyMem_RawMalloc.argtypes = [ctypes.c_size_t]
+capi.PyMem_RawFree.argtypes = [ctypes.c_void_p]
+with leakprof.tag(task="raw", retry=2):
+    blocks = [capi.PyMem_RawMalloc(3 << 20) for _ in range(3)]  # RAW-LINE
+capi.PyMem_RawFree(blocks.pop())
+"#,
+    )
+    .unwrap();
+    let source = std::fs::read_to_string(&script).unwrap();
+    let line = source.lines().position(|l| l.contains("RAW-LINE")).unwrap() as u32 + 1;
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    let blocks = surviving_chunks(&profile, 3 << 20);
+    // The call's own small blocks (ctypes' argument objects) share the stack.
+    let total: u64 = blocks.iter().map(|c| c.bytes).sum();
+    assert!(
+        (2 * (3 << 20)..2 * (3 << 20) + 4096).contains(&total),
+        "two of three survive: {total}"
+    );
+    for c in &blocks {
+        assert_eq!(c.message.as_deref(), Some("raw"));
+        assert_eq!(c.retry, Some(2));
+        assert_eq!(c.frame.0, "<listcomp>");
+        assert_eq!(c.frame.2, Some(line));
+    }
 }
