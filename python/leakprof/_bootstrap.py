@@ -24,7 +24,9 @@ from leakprof import _native
 
 def main(sitecustomize_file: str) -> None:
     env = os.environ
-    native, out, ready = (env.get(k) for k in ("LEAKPROF_NATIVE", "LEAKPROF_OUT", "LEAKPROF_READY"))
+    native = env.get("LEAKPROF_NATIVE")
+    out = env.get("LEAKPROF_OUT")
+    ready = env.get("LEAKPROF_READY")
     # Only the process `leakprof run` started records: the variables are
     # taken out of the environment, so programs it starts (a worker pool's
     # processes) run unrecorded for now.
@@ -38,14 +40,19 @@ def main(sitecustomize_file: str) -> None:
 def _start(native: str, out: str, ready: str) -> None:
     try:
         _native.load(native)
-        _native.start(int(os.environ.get("LEAKPROF_MAX_FRAMES", "64")),
-                      int(os.environ.get("LEAKPROF_TIMELINE_MS", "100")))
-    except (OSError, RuntimeError) as e:
+        _native.start(
+            int(os.environ.get("LEAKPROF_MAX_FRAMES", "64")),
+            int(os.environ.get("LEAKPROF_TIMELINE_MS", "100")),
+        )
+    except (OSError, RuntimeError, ValueError) as e:
         _tell(ready, f"error: {e}")
         os._exit(3)
     pid = os.getpid()
     atexit.register(_write, out, pid)
-    sys.meta_path.insert(0, _AfterImport({"asyncio": _install_asyncio, "dramatiq": _install_dramatiq}))
+    hooks = {"asyncio": _install_asyncio, "dramatiq": _install_dramatiq}
+    for name in [name for name in hooks if name in sys.modules]:
+        hooks.pop(name)(sys.modules[name])  # imported before us (a .pth file)
+    sys.meta_path.insert(0, _AfterImport(hooks))
     _tell(ready, "ok")
 
 
