@@ -464,3 +464,70 @@ capi.PyMem_RawFree(blocks.pop())
         assert_eq!(c.frame.2, Some(line));
     }
 }
+
+/// Processes the program forks (as Dramatiq's CLI does for its workers)
+/// record too: a multiprocessing child, which ends in `os._exit`, writes
+/// `profile-<pid>.json`, and `profile.json` is the merge of all of them.
+#[test]
+fn forked_children_deliver_their_profiles() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("forks.py");
+    std::fs::write(
+        &script,
+        r#"import multiprocessing
+import leakprof
+keep = []
+
+def work():
+    with leakprof.tag(task="in-child", retry=1):
+        keep.append(b"c" * (6 << 20))
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("fork").Process(target=work)
+    child.start()
+    child.join()
+    print(f"child {child.pid} {child.exitcode}")
+    with leakprof.tag(task="in-parent", retry=0):
+        keep.append(b"p" * (4 << 20))
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let pid = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("child pid");
+    let child = leakprof::format::load(out.join(format!("profile-{pid}.json"))).unwrap();
+    let on = |profile: &Profile, task: &str| -> u64 {
+        surviving_chunks(profile, 1 << 20)
+            .iter()
+            .filter(|c| c.message.as_deref() == Some(task))
+            .map(|c| c.bytes)
+            .sum()
+    };
+    assert!(on(&child, "in-child") >= 6 << 20, "the child's own profile");
+    let merged = leakprof::format::load(out.join("profile.json")).unwrap();
+    assert!(
+        on(&merged, "in-child") >= 6 << 20,
+        "merged: the child's block"
+    );
+    assert!(
+        on(&merged, "in-parent") >= 4 << 20,
+        "merged: the parent's block"
+    );
+}

@@ -47,8 +47,9 @@ def _start(native: str, out: str, ready: str) -> None:
     except (OSError, RuntimeError, ValueError) as e:
         _tell(ready, f"error: {e}")
         os._exit(3)
-    pid = os.getpid()
-    atexit.register(_write, out, pid)
+    root = os.getpid()
+    atexit.register(_write, out, root)
+    os.register_at_fork(after_in_child=lambda: _in_child(out, root))
     hooks = {"asyncio": _install_asyncio, "dramatiq": _install_dramatiq}
     for name in [name for name in hooks if name in sys.modules]:
         hooks.pop(name)(sys.modules[name])  # imported before us (a .pth file)
@@ -61,17 +62,42 @@ def _tell(path: str, line: str) -> None:
         f.write(line.replace("\n", " ") + "\n")
 
 
-def _write(out: str, pid: int) -> None:
-    if os.getpid() != pid:
-        return  # a forked child exiting normally: the profile is the parent's
+_written_by: Optional[int] = None
+
+
+def _write(out: str, root: int) -> None:
+    """Writes this process's profile once: `profile.json` for the process
+    `leakprof run` started, `profile-<pid>.json` for a forked child."""
+    global _written_by
+    pid = os.getpid()
+    if _written_by == pid:
+        return
+    _written_by = pid
+    name = "profile.json" if pid == root else f"profile-{pid}.json"
     attributes = {
         "program": " ".join(sys.argv),
         "python": sys.version.split()[0],
     }
     try:
-        _native.write(os.path.join(out, "profile.json"), attributes)
+        _native.write(os.path.join(out, name), attributes)
     except RuntimeError as e:
         print(f"leakprof: writing the profile: {e}", file=sys.stderr)
+
+
+def _in_child(out: str, root: int) -> None:
+    """A forked child records on (the recorder survives fork) under task
+    numbers of its own, and writes its profile at exit, also when it ends
+    in os._exit (multiprocessing's children do), which skips atexit."""
+    from leakprof import _tags
+
+    _tags.forked()
+    original_exit = os._exit
+
+    def exit_with_profile(code: int) -> None:
+        _write(out, root)
+        original_exit(code)
+
+    os._exit = exit_with_profile  # type: ignore[assignment]
 
 
 def _install_asyncio(_module: ModuleType) -> None:

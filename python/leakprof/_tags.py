@@ -6,6 +6,7 @@ task step re-enters its tag natively, see ``_asyncio``)."""
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 from typing import Dict, Optional, Union
 
@@ -16,6 +17,9 @@ current: contextvars.ContextVar[int] = contextvars.ContextVar("leakprof_tag", de
 
 _tasks: Dict[str, int] = {}
 _tasks_lock = threading.Lock()
+#: Task numbers start above this: a forked child takes its pid's range, so
+#: the profiles of a worker's processes merge without collisions.
+_base = 0
 
 
 def recording() -> bool:
@@ -27,10 +31,18 @@ def task_number(external_id: str, actor: Optional[str], queue: Optional[str]) ->
     with _tasks_lock:
         number = _tasks.get(external_id)
         if number is None:
-            number = len(_tasks) + 1
+            number = _base + len(_tasks) + 1
             _tasks[external_id] = number
             _native.describe(number, external_id, actor, queue)
         return number
+
+
+def forked() -> None:
+    """In a forked child: task numbers of its own (after os.fork)."""
+    global _base, _tasks_lock
+    _tasks_lock = threading.Lock()  # the parent's may have been held
+    _tasks.clear()
+    _base = os.getpid() << 32
 
 
 class Scope:

@@ -9,7 +9,9 @@
 //! recorder (`libleakprof_python.so`) and says whether it could; supervise
 //! the run (`--duration`, `--max-rss`, SIGINT/SIGTERM: the program is
 //! interrupted with SIGINT, so its `atexit` handlers, ours included, run);
-//! then turn the profile the program wrote at exit into the usual outputs.
+//! then turn the profiles the program (and each process it forked, also
+//! those that end in `os._exit`) wrote at exit into one merged profile and
+//! the usual outputs.
 
 pub mod interpreter;
 mod package;
@@ -57,7 +59,10 @@ pub fn run(cfg: &PythonRun) -> anyhow::Result<PythonReport> {
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     let dirs = package::write(&cfg.out)?;
     let profile_path = cfg.out.join("profile.json");
-    for stale in [&profile_path, &dirs.ready] {
+    for stale in [profile_path.clone(), dirs.ready.clone()]
+        .into_iter()
+        .chain(child_profiles(&cfg.out))
+    {
         let _ = std::fs::remove_file(stale);
     }
     let started = Instant::now();
@@ -70,7 +75,7 @@ pub fn run(cfg: &PythonRun) -> anyhow::Result<PythonReport> {
             shown(&cfg.command)
         );
     }
-    let mut profile = crate::format::load(&profile_path)?;
+    let mut profile = merged_profile(&profile_path, &child_profiles(&cfg.out))?;
     profile
         .meta
         .attributes
@@ -83,6 +88,37 @@ pub fn run(cfg: &PythonRun) -> anyhow::Result<PythonReport> {
         elapsed,
         summary,
     })
+}
+
+/// The profiles forked children of the program wrote
+/// (`profile-<pid>.json`), in pid order.
+fn child_profiles(out: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let pid = name.strip_prefix("profile-")?.strip_suffix(".json")?;
+            Some((pid.parse().ok()?, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, path)| path).collect()
+}
+
+/// The program's profile, with its forked children's summed in (each
+/// child's file stays as it is). A forked child's profile includes the
+/// blocks it inherited at the fork: each process holds its own copy.
+fn merged_profile(root: &Path, children: &[PathBuf]) -> anyhow::Result<crate::format::Profile> {
+    let mut profiles = vec![crate::format::load(root)?];
+    for child in children {
+        profiles.push(crate::format::load(child)?);
+    }
+    if profiles.len() == 1 {
+        return Ok(profiles.remove(0));
+    }
+    crate::analysis::merge::merge(&profiles).ok_or_else(|| anyhow!("no profile to merge"))
 }
 
 /// `libleakprof_python.so`: `$LEAKPROF_NATIVE`, else beside the `leakprof`
