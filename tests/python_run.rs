@@ -521,6 +521,12 @@ if __name__ == "__main__":
             .sum()
     };
     assert!(on(&child, "in-child") >= 6 << 20, "the child's own profile");
+    let own = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("profile-"))
+        .count();
+    assert_eq!(own, 2, "a profile of its own for each process");
     let merged = leakprof::format::load(out.join("profile.json")).unwrap();
     assert!(
         on(&merged, "in-child") >= 6 << 20,

@@ -75,7 +75,17 @@ pub fn run(cfg: &PythonRun) -> anyhow::Result<PythonReport> {
             shown(&cfg.command)
         );
     }
-    let mut profile = merged_profile(&profile_path, &child_profiles(&cfg.out))?;
+    let children = child_profiles(&cfg.out);
+    let mut profile = if children.is_empty() {
+        crate::format::load(&profile_path)?
+    } else {
+        // Every process keeps a profile of its own; profile.json becomes
+        // the merge.
+        let own = cfg.out.join(format!("profile-{}.json", child.id()));
+        std::fs::rename(&profile_path, &own)
+            .with_context(|| format!("renaming {}", profile_path.display()))?;
+        merged_profile(&own, &children)?
+    };
     profile
         .meta
         .attributes
@@ -107,16 +117,13 @@ fn child_profiles(out: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, path)| path).collect()
 }
 
-/// The program's profile, with its forked children's summed in (each
-/// child's file stays as it is). A forked child's profile includes the
-/// blocks it inherited at the fork: each process holds its own copy.
+/// The program's profile with its forked children's summed in. A forked
+/// child's profile includes the blocks it inherited at the fork: each
+/// process holds its own copy.
 fn merged_profile(root: &Path, children: &[PathBuf]) -> anyhow::Result<crate::format::Profile> {
     let mut profiles = vec![crate::format::load(root)?];
     for child in children {
         profiles.push(crate::format::load(child)?);
-    }
-    if profiles.len() == 1 {
-        return Ok(profiles.remove(0));
     }
     crate::analysis::merge::merge(&profiles).ok_or_else(|| anyhow!("no profile to merge"))
 }
