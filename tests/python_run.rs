@@ -537,3 +537,43 @@ if __name__ == "__main__":
         "merged: the parent's block"
     );
 }
+
+/// `--duration` stops a program that would run on (SIGINT, so its exit
+/// handlers run and the profile is written) and says why it stopped.
+#[test]
+fn duration_stops_the_program_with_its_profile() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("forever.py");
+    std::fs::write(
+        &script,
+        "import time\nkeep = [b'x' * (2 << 20)]\nwhile True:\n    time.sleep(0.05)\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .args(["run", "--quiet", "--duration", "2s", "--out"])
+        .arg(&out)
+        .arg("--")
+        .args([&python, &script])
+        .env("LEAKPROF_NATIVE", native_library())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    assert_eq!(
+        profile
+            .meta
+            .attributes
+            .get("stop_reason")
+            .map(String::as_str),
+        Some("duration")
+    );
+    assert!(profile.totals.live.bytes >= 2 << 20);
+}
