@@ -577,3 +577,58 @@ fn duration_stops_the_program_with_its_profile() {
     );
     assert!(profile.totals.live.bytes >= 2 << 20);
 }
+
+/// The snapshot signal, sent to leakprof, reaches the program, which
+/// writes a profile of what is live at that moment and runs on.
+#[test]
+fn snapshot_signal_writes_a_mid_run_profile() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("waits.py");
+    std::fs::write(
+        &script,
+        r#"import glob, os, time
+import leakprof
+with leakprof.tag(task="before-snapshot"):
+    keep = [b"s" * (3 << 20)]
+print("ready", flush=True)
+out = os.environ["LEAKPROF_OUT"]
+deadline = time.monotonic() + 20
+while not glob.glob(os.path.join(out, "profile-*-snapshot-1.json")):
+    if time.monotonic() > deadline:
+        raise SystemExit("no snapshot")
+    time.sleep(0.02)
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .args(["run", "--quiet", "--out"])
+        .arg(&out)
+        .arg("--")
+        .args([&python, &script])
+        .env("LEAKPROF_NATIVE", native_library())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(run.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // SAFETY: kill(2) on our own child, which has not been reaped.
+    unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGUSR1) };
+    assert!(run.wait().unwrap().success());
+    let snapshot = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-snapshot-1.json"))
+        .expect("a snapshot file");
+    let profile = leakprof::format::load(&snapshot).unwrap();
+    let tagged: u64 = surviving_chunks(&profile, 3 << 20)
+        .iter()
+        .filter(|c| c.message.as_deref() == Some("before-snapshot"))
+        .map(|c| c.bytes)
+        .sum();
+    assert!(tagged >= 3 << 20, "the live block is in the snapshot");
+}

@@ -15,6 +15,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import signal
 import sys
 from types import ModuleType
 from typing import Callable, Dict, Optional, Sequence
@@ -50,6 +51,7 @@ def _start(native: str, out: str, ready: str) -> None:
     root = os.getpid()
     atexit.register(_write, out, root)
     os.register_at_fork(after_in_child=lambda: _in_child(out, root))
+    _on_snapshot_signal(out, int(os.environ.get("LEAKPROF_SNAPSHOT_SIGNAL", "0")))
     hooks = {"asyncio": _install_asyncio, "dramatiq": _install_dramatiq}
     for name in [name for name in hooks if name in sys.modules]:
         hooks.pop(name)(sys.modules[name])  # imported before us (a .pth file)
@@ -82,6 +84,26 @@ def _write(out: str, root: int) -> None:
         _native.write(os.path.join(out, name), attributes)
     except RuntimeError as e:
         print(f"leakprof: writing the profile: {e}", file=sys.stderr)
+
+
+def _on_snapshot_signal(out: str, signum: int) -> None:
+    """The snapshot signal writes `profile-<pid>-snapshot-<n>.json`. Python
+    runs the handler in the main thread between two bytecodes, so with the
+    GIL held and never inside an allocation."""
+    if not signum:
+        return
+    count = 0
+
+    def take(_signum: int, _frame: object) -> None:
+        nonlocal count
+        count += 1
+        path = os.path.join(out, f"profile-{os.getpid()}-snapshot-{count}.json")
+        try:
+            _native.snapshot(path)
+        except RuntimeError as e:
+            print(f"leakprof: writing a snapshot: {e}", file=sys.stderr)
+
+    signal.signal(signum, take)
 
 
 def _in_child(out: str, root: int) -> None:

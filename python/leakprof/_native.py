@@ -40,6 +40,8 @@ def load(path: str) -> None:
         ctypes.c_size_t,
     ]
     lib.leakprof_py_write.restype = ctypes.c_int
+    lib.leakprof_py_snapshot.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.leakprof_py_snapshot.restype = ctypes.c_int
     _lib = lib
 
 
@@ -93,4 +95,12 @@ def write(path: str, attributes: dict[str, str]) -> None:
     err = ctypes.create_string_buffer(_ERR_LEN)
     lines = "\n".join(f"{k}={v}" for k, v in attributes.items() if "\n" not in k + v)
     if _lib.leakprof_py_write(os.fsencode(path), _c(lines), err, _ERR_LEN):
+        raise RuntimeError(err.value.decode("utf-8", "replace"))
+
+
+def snapshot(path: str) -> None:
+    """Writes a profile of everything live now; recording goes on."""
+    assert _lib is not None
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    if _lib.leakprof_py_snapshot(os.fsencode(path), err, _ERR_LEN):
         raise RuntimeError(err.value.decode("utf-8", "replace"))

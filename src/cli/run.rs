@@ -46,6 +46,11 @@ pub struct Args {
     pub actor: ActorArgs,
     #[command(flatten)]
     pub guard: GuardArgs,
+    /// With a COMMAND: the signal that makes the program write a mid-run
+    /// snapshot (`profile-<pid>-snapshot-<n>.json`; sent to leakprof, it is
+    /// passed on): USR1, USR2, HUP, WINCH or none.
+    #[arg(long, default_value = "USR1")]
+    pub snapshot_signal: crate::launch::SnapshotSignal,
     /// A Python 3.11 program to record instead of a scenario: an
     /// interpreter and its arguments, or a script run by one.
     #[arg(last = true, value_name = "COMMAND")]
@@ -124,6 +129,7 @@ fn execute_python(global: Global, args: Args) -> Outcome {
             .map_or_else(run::default_max_rss, |s| s.0),
         max_frames: crate::record::defaults::MAX_FRAMES,
         timeline_interval_ms: args.guard.timeline_interval.0.as_millis() as u64,
+        snapshot_signal: args.snapshot_signal.0,
         command: args.command,
     };
     let report = crate::launch::run(&config)?;

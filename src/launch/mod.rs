@@ -8,7 +8,8 @@
 //! `sitecustomize` before the program's code, which loads the native
 //! recorder (`libleakprof_python.so`) and says whether it could; supervise
 //! the run (`--duration`, `--max-rss`, SIGINT/SIGTERM: the program is
-//! interrupted with SIGINT, so its `atexit` handlers, ours included, run);
+//! interrupted with SIGINT, so its `atexit` handlers, ours included, run;
+//! the snapshot signal is passed on, and the program writes a snapshot);
 //! then turn the profiles the program (and each process it forked, also
 //! those that end in `os._exit`) wrote at exit into one merged profile and
 //! the usual outputs.
@@ -19,7 +20,7 @@ mod package;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -40,6 +41,37 @@ pub struct PythonRun {
     pub max_rss: u64,
     pub max_frames: u32,
     pub timeline_interval_ms: u64,
+    /// The signal that makes the program write a mid-run snapshot (sent to
+    /// leakprof, it is passed on); `None`: no snapshots.
+    pub snapshot_signal: Option<libc::c_int>,
+}
+
+/// `--snapshot-signal`: a signal, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotSignal(pub Option<libc::c_int>);
+
+impl std::str::FromStr for SnapshotSignal {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<SnapshotSignal, String> {
+        parse_snapshot_signal(name).map(SnapshotSignal)
+    }
+}
+
+/// `USR1`, `SIGUSR2`, ... or `none`.
+fn parse_snapshot_signal(name: &str) -> Result<Option<libc::c_int>, String> {
+    let upper = name.to_ascii_uppercase();
+    let short = upper.strip_prefix("SIG").unwrap_or(&upper);
+    match short {
+        "NONE" => Ok(None),
+        "USR1" => Ok(Some(libc::SIGUSR1)),
+        "USR2" => Ok(Some(libc::SIGUSR2)),
+        "HUP" => Ok(Some(libc::SIGHUP)),
+        "WINCH" => Ok(Some(libc::SIGWINCH)),
+        _ => Err(format!(
+            "{name}: not a snapshot signal (USR1, USR2, HUP, WINCH or none)"
+        )),
+    }
 }
 
 /// How a Python run ended.
@@ -157,7 +189,7 @@ fn spawn(cfg: &PythonRun, dirs: &package::Dirs, native: &Path) -> anyhow::Result
         .split_first()
         .ok_or_else(|| anyhow!("no command given"))?;
     let out = std::path::absolute(&cfg.out).unwrap_or_else(|_| cfg.out.clone());
-    install_signal_handlers();
+    install_signal_handlers(cfg.snapshot_signal);
     Command::new(program)
         .args(args)
         .env("PYTHONPATH", python_path)
@@ -166,6 +198,10 @@ fn spawn(cfg: &PythonRun, dirs: &package::Dirs, native: &Path) -> anyhow::Result
         .env("LEAKPROF_READY", &dirs.ready)
         .env("LEAKPROF_MAX_FRAMES", cfg.max_frames.to_string())
         .env("LEAKPROF_TIMELINE_MS", cfg.timeline_interval_ms.to_string())
+        .env(
+            "LEAKPROF_SNAPSHOT_SIGNAL",
+            cfg.snapshot_signal.unwrap_or(0).to_string(),
+        )
         .spawn()
         .with_context(|| format!("starting {}", shown(&cfg.command)))
 }
@@ -204,6 +240,12 @@ fn supervise(
                     "the recorder did not load into {} within {LOAD_TIMEOUT:?}",
                     shown(&cfg.command)
                 );
+            }
+        }
+        if SNAPSHOTS_ASKED.swap(0, Ordering::Relaxed) > 0 {
+            if let Some(signal) = cfg.snapshot_signal {
+                // SAFETY: kill(2) on our own child, not reaped yet.
+                unsafe { libc::kill(child.id() as libc::pid_t, signal) };
             }
         }
         if !interrupted {
@@ -251,19 +293,34 @@ fn check_loaded(
 }
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
+static SNAPSHOTS_ASKED: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn note_signal(_: libc::c_int) {
     SIGNALLED.store(true, Ordering::Relaxed);
 }
 
+extern "C" fn note_snapshot(_: libc::c_int) {
+    SNAPSHOTS_ASKED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// SIGINT and SIGTERM stop the program cleanly instead of killing
-/// leakprof; handlers (unlike an ignored disposition) are reset in the
-/// child by exec.
-fn install_signal_handlers() {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installs a handler that only stores to an atomic, which
-        // is async-signal-safe.
-        unsafe { libc::signal(signal, note_signal as *const () as libc::sighandler_t) };
+/// leakprof, and the snapshot signal is passed on; handlers (unlike an
+/// ignored disposition) are reset in the child by exec.
+fn install_signal_handlers(snapshot: Option<libc::c_int>) {
+    let handlers = [
+        (
+            Some(libc::SIGINT),
+            note_signal as extern "C" fn(libc::c_int),
+        ),
+        (Some(libc::SIGTERM), note_signal),
+        (snapshot, note_snapshot),
+    ];
+    for (signal, handler) in handlers {
+        if let Some(signal) = signal {
+            // SAFETY: installs a handler that only updates an atomic, which
+            // is async-signal-safe.
+            unsafe { libc::signal(signal, handler as *const () as libc::sighandler_t) };
+        }
     }
 }
 

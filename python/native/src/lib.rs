@@ -116,3 +116,20 @@ pub extern "C" fn leakprof_py_write(
         Err(message) => report(&message, err, err_len),
     }
 }
+
+/// Writes a snapshot of everything live now to `path`, recording on.
+/// 0 on success.
+#[no_mangle]
+pub extern "C" fn leakprof_py_snapshot(
+    path: *const c_char,
+    err: *mut c_char,
+    err_len: usize,
+) -> c_int {
+    let Some(path) = text(path) else {
+        return report("the snapshot path is not UTF-8", err, err_len);
+    };
+    match python::write_snapshot(Path::new(path)) {
+        Ok(()) => 0,
+        Err(message) => report(&message, err, err_len),
+    }
+}

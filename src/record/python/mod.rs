@@ -81,6 +81,17 @@ pub fn describe(task: u64, description: TaskDescription) {
     super::describe_task(task, description)
 }
 
+/// Writes a profile of everything live now to `path`, recording on (the
+/// mid-run snapshot). Call with the GIL held, as for [`write_profile`].
+pub fn write_snapshot(path: &Path) -> Result<(), String> {
+    let running = RECORDER.lock().map_err(|_| "recorder state poisoned")?;
+    let recorder = running
+        .as_ref()
+        .ok_or("leakprof is not recording this process")?;
+    let profile = hooks::guarded(|| recorder.snapshot());
+    hooks::guarded(|| profile.save(path)).map_err(|e| e.to_string())
+}
+
 /// Stops recording and writes the profile to `path`. Call with the GIL
 /// held (Python frames are named now, from their code objects).
 pub fn write_profile(path: &Path, attributes: &[(&str, &str)]) -> Result<(), String> {
