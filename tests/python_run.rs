@@ -632,3 +632,28 @@ while not glob.glob(os.path.join(out, "profile-*-snapshot-1.json")):
         .sum();
     assert!(tagged >= 3 << 20, "the live block is in the snapshot");
 }
+
+/// A program that ends in `os._exit` (no exit handlers) still writes its
+/// profile.
+#[test]
+fn os_exit_still_writes_the_profile() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("exits.py");
+    std::fs::write(&script, "import os\nkeep = b'e' * (2 << 20)\nos._exit(0)\n").unwrap();
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    assert!(profile.totals.live.bytes >= 2 << 20);
+}

@@ -50,7 +50,8 @@ def _start(native: str, out: str, ready: str) -> None:
         os._exit(3)
     root = os.getpid()
     atexit.register(_write, out, root)
-    os.register_at_fork(after_in_child=lambda: _in_child(out, root))
+    _write_before_os_exit(out, root)
+    os.register_at_fork(after_in_child=_in_child)
     _on_snapshot_signal(out, int(os.environ.get("LEAKPROF_SNAPSHOT_SIGNAL", "0")))
     hooks = {"asyncio": _install_asyncio, "dramatiq": _install_dramatiq}
     for name in [name for name in hooks if name in sys.modules]:
@@ -60,8 +61,12 @@ def _start(native: str, out: str, ready: str) -> None:
 
 
 def _tell(path: str, line: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """Writes the word whole: `leakprof run` may read the file the moment
+    it appears."""
+    partial = f"{path}.{os.getpid()}"
+    with open(partial, "w", encoding="utf-8") as f:
         f.write(line.replace("\n", " ") + "\n")
+    os.replace(partial, path)
 
 
 _written_by: Optional[int] = None
@@ -106,13 +111,8 @@ def _on_snapshot_signal(out: str, signum: int) -> None:
     signal.signal(signum, take)
 
 
-def _in_child(out: str, root: int) -> None:
-    """A forked child records on (the recorder survives fork) under task
-    numbers of its own, and writes its profile at exit, also when it ends
-    in os._exit (multiprocessing's children do), which skips atexit."""
-    from leakprof import _tags
-
-    _tags.forked()
+def _write_before_os_exit(out: str, root: int) -> None:
+    """os._exit skips atexit; multiprocessing's children end in it."""
     original_exit = os._exit
 
     def exit_with_profile(code: int) -> None:
@@ -120,6 +120,14 @@ def _in_child(out: str, root: int) -> None:
         original_exit(code)
 
     os._exit = exit_with_profile  # type: ignore[assignment]
+
+
+def _in_child() -> None:
+    """A forked child records on (the recorder survives fork), under task
+    numbers of its own, and writes its profile at exit like its parent."""
+    from leakprof import _tags
+
+    _tags.forked()
 
 
 def _install_asyncio(_module: ModuleType) -> None:
