@@ -79,12 +79,11 @@ impl Captured {
     /// The captured frames.
     pub(crate) fn frames(&self) -> &[usize] {
         let len = self.len.min(MAX_DEPTH);
-        // SAFETY: `capture` initialised frames[..len] before setting len.
+        // SAFETY: `capture` or `push` initialised frames[..len] before
+        // setting len.
         unsafe { std::slice::from_raw_parts(self.frames.as_ptr().cast::<usize>(), len) }
     }
-}
 
-impl Captured {
     /// Appends a frame read by another stack source (the Python
     /// interpreter's frame records, `record::python`), innermost first.
     /// False, and the stack marked truncated, once `max` frames are in.
