@@ -13,7 +13,9 @@
 //! each of its code objects (a plain increment, which the GIL makes safe),
 //! so code objects seen in a recording live until the process ends. A
 //! stack first seen without the GIL (the RAW domain) is not pinned; its
-//! frames are resolved only if the address still holds a code object.
+//! frames are resolved only if the address still holds a code object
+//! (read with `process_vm_readv`, so an unmapped one cannot fault; a new
+//! code object at the same address would lend its name).
 
 use std::ffi::{c_int, c_void};
 
@@ -133,10 +135,10 @@ pub(crate) fn resolve(word: u64) -> (String, Option<String>, Option<u32>) {
     };
     // SAFETY: both calls only read thread and runtime state.
     let holds_gil = unsafe { (api.this_thread_state)() == (api.gil_holder)() };
-    // SAFETY: `code` was a code object's address; pinned ones still are,
-    // and unpinned ones lie in memory the interpreter keeps mapped (its
-    // arenas), so reading the type word is safe and tells which.
-    let is_code = holds_gil && unsafe { read::<usize>(code, l::OBJECT_TYPE) } == api.code_type;
+    // `code` was a code object's address; pinned ones still are, but one
+    // first seen without the GIL may be gone and its memory unmapped: the
+    // type word is read without trusting the address.
+    let is_code = holds_gil && read_checked(code + l::OBJECT_TYPE) == Some(api.code_type);
     if !is_code {
         return (format!("<python code {code:#x}>"), None, None);
     }
@@ -157,6 +159,36 @@ pub(crate) fn resolve(word: u64) -> (String, Option<String>, Option<u32>) {
         .map(|line| line as u32);
     let function = capi::text(api, qualname).unwrap_or_else(|| "<python>".to_string());
     (function, capi::text(api, filename), line)
+}
+
+/// Reads a word at an address that may no longer be mapped: through
+/// `process_vm_readv` on this process, which fails instead of faulting.
+fn read_checked(addr: usize) -> Option<usize> {
+    let mut word = 0usize;
+    let local = libc::iovec {
+        iov_base: (&mut word as *mut usize).cast(),
+        iov_len: std::mem::size_of::<usize>(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: std::mem::size_of::<usize>(),
+    };
+    // SAFETY: the kernel writes at most `iov_len` bytes into `word`, which
+    // we own; the remote range is only read, and an unmapped one makes the
+    // call fail with EFAULT.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n == std::mem::size_of::<usize>() as isize {
+        return Some(word);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EFAULT) => None,
+        // The call itself is refused (a seccomp filter): read directly, as
+        // leakprof did before it checked, trusting the interpreter's
+        // arenas to stay mapped.
+        // SAFETY: see above; the rare unpinned, freed and unmapped code
+        // object is the risk taken.
+        _ => Some(unsafe { read::<usize>(addr, 0) }),
+    }
 }
 
 /// Checks the layout against the running interpreter: the innermost
