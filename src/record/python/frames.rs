@@ -182,9 +182,8 @@ fn read_checked(addr: usize) -> Option<usize> {
     }
     match std::io::Error::last_os_error().raw_os_error() {
         Some(libc::EFAULT) => None,
-        // The call itself is refused (a seccomp filter): read directly, as
-        // leakprof did before it checked, trusting the interpreter's
-        // arenas to stay mapped.
+        // The call itself is refused (a seccomp filter): read directly,
+        // trusting the memory to stay mapped.
         // SAFETY: see above; the rare unpinned, freed and unmapped code
         // object is the risk taken.
         _ => Some(unsafe { read::<usize>(addr, 0) }),
