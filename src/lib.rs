@@ -52,6 +52,8 @@ pub mod cli;
 #[cfg(feature = "cli")]
 pub mod lab;
 #[cfg(feature = "cli")]
+pub mod launch;
+#[cfg(feature = "cli")]
 pub mod render;
 
 pub use analysis::check::{assert_no_leak, check, Limits, Verdict};

@@ -137,7 +137,7 @@ impl TraceArgs {
 pub struct ScenarioArgs {
     /// Scenario (see `leakprof list`).
     #[arg(long, value_parser = PossibleValuesParser::new(crate::lab::scenarios::names()))]
-    pub scenario: String,
+    pub scenario: Option<String>,
     /// Payload size (bare numbers are MiB; scenario default).
     #[arg(long)]
     pub size: Option<HumanSize>,
@@ -153,9 +153,12 @@ impl ScenarioArgs {
     /// The scenario and its message parameters, flag defaults filled in
     /// from the scenario's own.
     pub fn resolve(&self, queue: &str) -> anyhow::Result<(&'static Scenario, Params)> {
-        let scenario = crate::lab::scenarios::find(&self.scenario).ok_or_else(|| {
-            anyhow::anyhow!("unknown scenario {:?} (see `leakprof list`)", self.scenario)
-        })?;
+        let name = self
+            .scenario
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--scenario is required (see `leakprof list`)"))?;
+        let scenario = crate::lab::scenarios::find(name)
+            .ok_or_else(|| anyhow::anyhow!("unknown scenario {name:?} (see `leakprof list`)"))?;
         let bytes = self
             .size
             .map_or(scenario.defaults.payload_mib << 20, |s| s.0);

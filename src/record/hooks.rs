@@ -60,6 +60,32 @@ pub(crate) static CONFIG: Config = Config {
     zero_fill_max: AtomicU64::new(0),
 };
 
+/// Reads the allocating code's stack into a `Captured` (at most `max`
+/// frames, sealed). Must obey the allocation path's rules.
+pub(crate) type StackSource = fn(max: usize, out: &mut Captured);
+
+/// The stack source when it is not the native frame-pointer walk: set once
+/// by `record::python` in a Python process, whose allocations are the
+/// interpreter's, with Python stacks. 0: the native walk.
+static STACK_SOURCE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Makes every allocation take its stack from `source` (before recording
+/// starts).
+pub(crate) fn set_stack_source(source: StackSource) {
+    STACK_SOURCE.store(source as usize, Ordering::Release);
+}
+
+#[inline(always)]
+fn stack_source() -> Option<StackSource> {
+    match STACK_SOURCE.load(Ordering::Acquire) {
+        0 => None,
+        // SAFETY: the only non-zero value ever stored is a `StackSource`
+        // function pointer (`set_stack_source`), and function pointers are
+        // never null.
+        f => Some(unsafe { std::mem::transmute::<usize, StackSource>(f) }),
+    }
+}
+
 /// Zeroes `len` bytes at `addr` of a fresh (or freshly grown) block when
 /// `block_size` is within the zero-fill limit. Inlined into the allocator.
 ///
@@ -360,11 +386,11 @@ fn prepare(l: &Local, ts: &ThreadState, size: usize) -> Option<Pending> {
         sample_weight(size, mean)
     };
     let mut captured = Captured::new();
-    stacks::capture(
-        CONFIG.max_frames.load(Ordering::Relaxed) as usize,
-        ts.stack_end.load(Ordering::Relaxed),
-        &mut captured,
-    );
+    let max = CONFIG.max_frames.load(Ordering::Relaxed) as usize;
+    match stack_source() {
+        None => stacks::capture(max, ts.stack_end.load(Ordering::Relaxed), &mut captured),
+        Some(source) => source(max, &mut captured),
+    }
     Some(Pending {
         stack: STACKS.intern_captured(&captured),
         tag: l.tag.get(),

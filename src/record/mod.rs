@@ -11,7 +11,9 @@
 //! Module map: `alloc` (the `GlobalAlloc` impl), `hooks` (the allocation
 //! path and process-wide state), `live`, `stacks`, `tags`, `threads`, `sys`
 //! (mmap, futex lock, clocks), `snapshot` and `symbols` (off the allocation
-//! path), `timeline` (the sampler thread), `fork` (fork safety).
+//! path), `timeline` (the sampler thread), `fork` (fork safety), `python`
+//! (recording a Python 3.11 interpreter from inside it: its allocator
+//! domains wrapped, Python stacks as the stack source).
 
 mod alloc;
 mod fork;
@@ -22,6 +24,10 @@ mod intern;
 mod live;
 mod mmapvec;
 pub mod owner;
+/// Recording a Python 3.11 interpreter from inside it (issue 11): the
+/// `leakprof-python` library calls this. Not a stable API.
+#[doc(hidden)]
+pub mod python;
 #[doc(hidden)]
 pub mod race;
 mod scan;

@@ -79,8 +79,33 @@ impl Captured {
     /// The captured frames.
     pub(crate) fn frames(&self) -> &[usize] {
         let len = self.len.min(MAX_DEPTH);
-        // SAFETY: `capture` initialised frames[..len] before setting len.
+        // SAFETY: `capture` or `push` initialised frames[..len] before
+        // setting len.
         unsafe { std::slice::from_raw_parts(self.frames.as_ptr().cast::<usize>(), len) }
+    }
+
+    /// Appends a frame read by another stack source (the Python
+    /// interpreter's frame records, `record::python`), innermost first.
+    /// False, and the stack marked truncated, once `max` frames are in.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, max: usize, frame: usize) -> bool {
+        if self.len >= max.min(MAX_DEPTH) {
+            self.truncated = true;
+            return false;
+        }
+        self.frames[self.len] = std::mem::MaybeUninit::new(frame);
+        self.len += 1;
+        true
+    }
+
+    /// Computes the hash of frames given with [`Captured::push`].
+    #[inline(always)]
+    pub(crate) fn seal(&mut self) {
+        let mut hash = StackHash::new();
+        for (i, &f) in self.frames().iter().enumerate() {
+            hash.eat(i, f);
+        }
+        self.hash = hash.finish(self.len, self.truncated);
     }
 }
 

@@ -116,6 +116,9 @@ pub(crate) fn stacks_matching(n_stacks: u32, pred: impl Fn(&str) -> bool) -> Vec
 /// Resolves one return address (looking up `pc - 1`, inside the call
 /// instruction) into its frames, innermost first.
 fn resolve(pc: u64) -> Vec<Resolved> {
+    if pc & FOREIGN_FRAME != 0 {
+        return vec![resolve_foreign(pc)];
+    }
     let mut out = Vec::new();
     backtrace::resolve(
         pc.saturating_sub(1) as usize as *mut std::ffi::c_void,
@@ -142,6 +145,39 @@ fn resolve(pc: u64) -> Vec<Resolved> {
         }),
     }
     out
+}
+
+/// Frames with this bit set are not return addresses but frames of an
+/// interpreted language (`record::python`: a code object and an
+/// instruction offset), resolved by the resolver that source registered.
+pub(crate) const FOREIGN_FRAME: u64 = 1 << 63;
+
+/// A foreign frame's function, file and line.
+pub(crate) type ForeignResolver = fn(frame: u64) -> (String, Option<String>, Option<u32>);
+
+static FOREIGN_RESOLVER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Registers the resolver of foreign frames (once, before recording).
+pub(crate) fn set_foreign_resolver(resolver: ForeignResolver) {
+    FOREIGN_RESOLVER.store(resolver as usize, std::sync::atomic::Ordering::Release);
+}
+
+fn resolve_foreign(frame: u64) -> Resolved {
+    let (function, file, line) = match FOREIGN_RESOLVER.load(std::sync::atomic::Ordering::Acquire) {
+        0 => (format!("{frame:#x}"), None, None),
+        f => {
+            // SAFETY: the only non-zero value ever stored is a
+            // `ForeignResolver` function pointer (`set_foreign_resolver`).
+            let resolver = unsafe { std::mem::transmute::<usize, ForeignResolver>(f) };
+            resolver(frame)
+        }
+    };
+    Resolved {
+        function,
+        file,
+        line,
+        inlined: false,
+    }
 }
 
 /// Frames that belong to the recorder or the allocator plumbing between the

@@ -1,19 +1,21 @@
-//! A Python that runs Dramatiq 2.0.0, for the interoperability tests.
+//! Pythons that run Dramatiq, for the interoperability tests: 2.0.0 (the
+//! seed's version) and 2.2.1 (upstream's fix of the AsyncIO leak).
 //!
 //! ```ignore
 //! let Some(python) = support::python::dramatiq() else { return }; // skipped
 //! ```
 //!
-//! The interpreter is `$LEAKPROF_PYTHON` when set (it must import dramatiq
-//! 2.0.0 and redis; nothing is installed into it), else the virtual
-//! environment `leakprof-py-venv` in the target directory, made on first use
-//! with `python3 -m venv` and `pip install 'dramatiq[redis]==2.0.0'` from the
-//! package index. Test processes making it at once take turns: the set-up
-//! holds an exclusive `flock` on `leakprof-py-venv.lock` beside it.
-//! `.ci/run` makes the same environment beforehand and exports
-//! `LEAKPROF_PYTHON`, so CI logs show the install.
+//! The 2.0.0 interpreter is `$LEAKPROF_PYTHON` when set (it must import
+//! dramatiq 2.0.0 and redis; nothing is installed into it), else the
+//! virtual environment `leakprof-py-venv` in the target directory, made on
+//! first use with `python3 -m venv` and `pip install 'dramatiq[redis]==2.0.0'`
+//! from the package index; 2.2.1 likewise with `$LEAKPROF_PYTHON_FIXED` and
+//! `leakprof-py-venv-2.2.1`. Test processes making one at once take turns:
+//! the set-up holds an exclusive `flock` on `<venv>.lock` beside it.
+//! `.ci/run` makes the same environments beforehand and exports the
+//! variables, so CI logs show the installs.
 //!
-//! When no such interpreter can be had, `dramatiq` prints a notice and
+//! When no such interpreter can be had, the function prints a notice and
 //! returns `None` so the test can skip, except with `CI=true`, where it
 //! panics: CI sets Python up, so its absence there is a failure.
 
@@ -25,35 +27,66 @@ use std::sync::OnceLock;
 
 /// What the interoperability tests are written against.
 pub const DRAMATIQ: &str = "dramatiq[redis]==2.0.0";
-const CHECK: &str =
-    "import dramatiq, redis; assert dramatiq.__version__ == '2.0.0', dramatiq.__version__";
+
+/// One Dramatiq environment.
+struct Setup {
+    /// Names an existing interpreter to use instead.
+    variable: &'static str,
+    /// Directory under the target directory.
+    venv: &'static str,
+    requirement: &'static str,
+    check: &'static str,
+}
+
+const SEED: Setup = Setup {
+    variable: "LEAKPROF_PYTHON",
+    venv: "leakprof-py-venv",
+    requirement: DRAMATIQ,
+    check: "import dramatiq, redis; assert dramatiq.__version__ == '2.0.0', dramatiq.__version__",
+};
+
+const FIXED: Setup = Setup {
+    variable: "LEAKPROF_PYTHON_FIXED",
+    venv: "leakprof-py-venv-2.2.1",
+    requirement: "dramatiq[redis]==2.2.1",
+    check: "import dramatiq, redis; assert dramatiq.__version__ == '2.2.1', dramatiq.__version__",
+};
 
 /// The interpreter to run Dramatiq 2.0.0 with; see the module docs.
 pub fn dramatiq() -> Option<PathBuf> {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match PYTHON.get_or_init(find_or_make) {
+    match PYTHON.get_or_init(|| find_or_make(&SEED)) {
         Ok(python) => Some(python.clone()),
-        Err(reason) => unavailable(reason),
+        Err(reason) => unavailable(&SEED, reason),
     }
 }
 
-fn find_or_make() -> Result<PathBuf, String> {
-    if let Some(python) = std::env::var_os("LEAKPROF_PYTHON") {
-        let python = PathBuf::from(python);
-        return check(&python)
-            .map(|()| python.clone())
-            .map_err(|e| format!("LEAKPROF_PYTHON={}: {e}", python.display()));
+/// The interpreter to run Dramatiq 2.2.1 with; see the module docs.
+pub fn dramatiq_fixed() -> Option<PathBuf> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match PYTHON.get_or_init(|| find_or_make(&FIXED)) {
+        Ok(python) => Some(python.clone()),
+        Err(reason) => unavailable(&FIXED, reason),
     }
-    let venv = target_dir()?.join("leakprof-py-venv");
+}
+
+fn find_or_make(setup: &Setup) -> Result<PathBuf, String> {
+    if let Some(python) = std::env::var_os(setup.variable) {
+        let python = PathBuf::from(python);
+        return check(setup, &python)
+            .map(|()| python.clone())
+            .map_err(|e| format!("{}={}: {e}", setup.variable, python.display()));
+    }
+    let venv = target_dir()?.join(setup.venv);
     let python = venv.join("bin").join("python");
-    if check(&python).is_ok() {
+    if check(setup, &python).is_ok() {
         return Ok(python);
     }
     let lock = lock(&venv.with_extension("lock"))?;
     // Another test process may have made it while we waited.
-    if check(&python).is_err() {
-        make(&venv)?;
-        check(&python)?;
+    if check(setup, &python).is_err() {
+        make(setup, &venv)?;
+        check(setup, &python)?;
     }
     drop(lock);
     Ok(python)
@@ -68,25 +101,26 @@ fn target_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("no target directory above {}", exe.display()))
 }
 
-fn check(python: &Path) -> Result<(), String> {
+fn check(setup: &Setup, python: &Path) -> Result<(), String> {
     let output = Command::new(python)
-        .args(["-c", CHECK])
+        .args(["-c", setup.check])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if output.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "{} cannot import {DRAMATIQ}: {}",
+            "{} cannot import {}: {}",
             python.display(),
+            setup.requirement,
             last_line(&output.stderr)
         ))
     }
 }
 
 /// `python3 -m venv` and `pip install`, from scratch.
-fn make(venv: &Path) -> Result<(), String> {
-    eprintln!("setting up {DRAMATIQ} in {}", venv.display());
+fn make(setup: &Setup, venv: &Path) -> Result<(), String> {
+    eprintln!("setting up {} in {}", setup.requirement, venv.display());
     run(Command::new("python3")
         .args(["-m", "venv", "--clear"])
         .arg(venv))?;
@@ -96,7 +130,7 @@ fn make(venv: &Path) -> Result<(), String> {
         "install",
         "--quiet",
         "--disable-pip-version-check",
-        DRAMATIQ,
+        setup.requirement,
     ]))
 }
 
@@ -140,10 +174,11 @@ fn last_line(bytes: &[u8]) -> String {
         .to_owned()
 }
 
-fn unavailable(reason: &str) -> Option<PathBuf> {
+fn unavailable(setup: &Setup, reason: &str) -> Option<PathBuf> {
+    let wanted = setup.requirement;
     if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("Python with {DRAMATIQ} is required on CI (CI=true): {reason}");
+        panic!("Python with {wanted} is required on CI (CI=true): {reason}");
     }
-    eprintln!("SKIPPED: no Python with {DRAMATIQ} ({reason}); set CI=true to make this a failure");
+    eprintln!("SKIPPED: no Python with {wanted} ({reason}); set CI=true to make this a failure");
     None
 }

@@ -1,0 +1,106 @@
+"""The native recorder (``libleakprof_python.so``, built from
+python/native), called through ``ctypes.PyDLL`` so every call holds the GIL.
+Loaded only when ``leakprof run`` says where it is (``LEAKPROF_NATIVE``)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Optional
+
+_lib: Optional[ctypes.PyDLL] = None
+_ERR_LEN = 512
+
+
+def load(path: str) -> None:
+    global _lib
+    lib = ctypes.PyDLL(path)
+    lib.leakprof_py_start.argtypes = [
+        ctypes.c_size_t,
+        ctypes.c_uint32,
+        ctypes.c_uint64,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+    ]
+    lib.leakprof_py_start.restype = ctypes.c_int
+    lib.leakprof_py_tag.argtypes = [ctypes.c_uint64, ctypes.c_int64]
+    lib.leakprof_py_tag.restype = ctypes.c_uint32
+    lib.leakprof_py_enter.argtypes = [ctypes.c_uint32]
+    lib.leakprof_py_enter.restype = ctypes.c_uint32
+    lib.leakprof_py_exit.argtypes = [ctypes.c_uint32, ctypes.c_uint32]
+    lib.leakprof_py_exit.restype = None
+    lib.leakprof_py_mark.argtypes = [ctypes.c_char_p]
+    lib.leakprof_py_mark.restype = None
+    lib.leakprof_py_describe.argtypes = [ctypes.c_uint64] + [ctypes.c_char_p] * 3
+    lib.leakprof_py_describe.restype = None
+    lib.leakprof_py_write.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+    ]
+    lib.leakprof_py_write.restype = ctypes.c_int
+    lib.leakprof_py_snapshot.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.leakprof_py_snapshot.restype = ctypes.c_int
+    _lib = lib
+
+
+def recording() -> bool:
+    return _lib is not None
+
+
+def start(max_frames: int, timeline_ms: int) -> None:
+    """Starts recording; raises RuntimeError with the recorder's reason."""
+    assert _lib is not None
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    # The recorder checks the frame layout it reads against this very
+    # function's frame: it must be the innermost one.
+    if _lib.leakprof_py_start(id(start.__code__), max_frames, timeline_ms, err, _ERR_LEN):
+        raise RuntimeError(err.value.decode("utf-8", "replace"))
+
+
+def tag(task: int, retry: Optional[int]) -> int:
+    assert _lib is not None
+    return int(_lib.leakprof_py_tag(task, -1 if retry is None else retry))
+
+
+def enter(tag_id: int) -> int:
+    assert _lib is not None
+    return int(_lib.leakprof_py_enter(tag_id))
+
+
+def exit(tag_id: int, prev: int) -> None:
+    assert _lib is not None
+    _lib.leakprof_py_exit(tag_id, prev)
+
+
+def mark(event: str) -> None:
+    """A timeline point with this thread's tag (leakprof::format::events)."""
+    if _lib is not None:
+        _lib.leakprof_py_mark(event.encode())
+
+
+def _c(text: Optional[str]) -> Optional[bytes]:
+    return None if text is None else text.encode("utf-8", "replace")
+
+
+def describe(task: int, external_id: str, actor: Optional[str], queue: Optional[str]) -> None:
+    assert _lib is not None
+    _lib.leakprof_py_describe(task, _c(external_id), _c(actor), _c(queue))
+
+
+def write(path: str, attributes: dict[str, str]) -> None:
+    """Stops recording and writes the profile."""
+    assert _lib is not None
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    lines = "\n".join(f"{k}={v}" for k, v in attributes.items() if "\n" not in k + v)
+    if _lib.leakprof_py_write(os.fsencode(path), _c(lines), err, _ERR_LEN):
+        raise RuntimeError(err.value.decode("utf-8", "replace"))
+
+
+def snapshot(path: str) -> None:
+    """Writes a profile of everything live now; recording goes on."""
+    assert _lib is not None
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    if _lib.leakprof_py_snapshot(os.fsencode(path), err, _ERR_LEN):
+        raise RuntimeError(err.value.decode("utf-8", "replace"))

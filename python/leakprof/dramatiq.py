@@ -1,0 +1,76 @@
+"""Tags for Dramatiq: each message's work is attributed to its task (the
+message id as external id, the actor and the queue) and its retry
+(``message.options["retries"]``).
+
+Under ``leakprof run`` the middleware is added to every broker when
+Dramatiq is imported; ``broker.add_middleware(LeakprofMiddleware())`` adds
+it explicitly.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker
+from dramatiq.message import Message
+
+from leakprof import _native, _tags
+
+# leakprof::format::events: the leak slope is fitted at failures.
+_AFTER_FAILURE = "after failure"
+_AFTER_SUCCESS = "after success"
+
+__all__ = ["LeakprofMiddleware", "install"]
+
+
+class LeakprofMiddleware(dramatiq.Middleware):  # type: ignore[misc]
+    """Enters the message's tag before it is processed, leaves it after.
+
+    The tag is set in the worker thread (sync actors) and in a context
+    variable that AsyncIO actors' tasks carry to the event-loop thread.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        scope = _tags.Scope(
+            message.message_id,
+            int(message.options.get("retries", 0)),
+            actor=message.actor_name,
+            queue=message.queue_name,
+        )
+        scope.enter()
+        self._local.scope = scope
+
+    def after_process_message(
+        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+    ) -> None:
+        _native.mark(_AFTER_SUCCESS if exception is None else _AFTER_FAILURE)
+        self._leave()
+
+    def after_skip_message(self, broker: Broker, message: Message) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        scope = getattr(self._local, "scope", None)
+        if scope is not None:
+            self._local.scope = None
+            scope.exit()
+
+
+def install() -> None:
+    """Makes every broker created from now on carry the middleware (once)."""
+    original = Broker.__init__
+    if getattr(original, "_leakprof", False):
+        return
+
+    def __init__(self: Broker, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if not any(isinstance(m, LeakprofMiddleware) for m in self.middleware):
+            self.add_middleware(LeakprofMiddleware())
+
+    __init__._leakprof = True  # type: ignore[attr-defined]
+    Broker.__init__ = __init__  # type: ignore[method-assign]

@@ -1,0 +1,135 @@
+//! The C ABI of leakprof's recorder inside a Python process: what the
+//! `leakprof` Python package (python/leakprof/_native.py) calls through
+//! `ctypes.PyDLL`, so always with the GIL held. Each function is a thin
+//! shim over `leakprof::record::python`; errors come back as a message in
+//! the caller's buffer and a non-zero result.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::path::Path;
+
+use leakprof::record::python;
+
+/// Copies `message` into `buf` (`len` bytes, NUL-terminated, truncated).
+fn report(message: &str, buf: *mut c_char, len: usize) -> c_int {
+    if !buf.is_null() && len > 0 {
+        let n = message.len().min(len - 1);
+        // SAFETY: the caller gave `len` writable bytes at `buf`; we write
+        // `n + 1 <= len` of them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(message.as_ptr(), buf.cast::<u8>(), n);
+            *buf.add(n) = 0;
+        }
+    }
+    1
+}
+
+/// A NUL-terminated string argument (None when null or not UTF-8).
+fn text<'a>(s: *const c_char) -> Option<&'a str> {
+    if s.is_null() {
+        return None;
+    }
+    // SAFETY: the caller passes NUL-terminated strings alive for the call.
+    unsafe { CStr::from_ptr(s) }.to_str().ok()
+}
+
+/// Starts recording. `caller_code`: `id()` of the calling function's code
+/// object. `max_frames`, `timeline_ms` (0: no timeline). 0 on success.
+#[no_mangle]
+pub extern "C" fn leakprof_py_start(
+    caller_code: usize,
+    max_frames: u32,
+    timeline_ms: u64,
+    err: *mut c_char,
+    err_len: usize,
+) -> c_int {
+    let options = leakprof::Options::default()
+        .max_frames(max_frames.into())
+        .timeline_interval_ms(timeline_ms);
+    match python::start(caller_code, options) {
+        Ok(()) => 0,
+        Err(message) => report(&message, err, err_len),
+    }
+}
+
+/// The tag id of (task, retry); `retry < 0`: no retry.
+#[no_mangle]
+pub extern "C" fn leakprof_py_tag(task: u64, retry: i64) -> u32 {
+    python::tag(task, u32::try_from(retry).ok())
+}
+
+/// Enters tag `id` on this thread; returns the previous tag id.
+#[no_mangle]
+pub extern "C" fn leakprof_py_enter(id: u32) -> u32 {
+    python::enter(id)
+}
+
+/// Leaves tag `id`, back to `prev`.
+#[no_mangle]
+pub extern "C" fn leakprof_py_exit(id: u32, prev: u32) {
+    python::exit(id, prev)
+}
+
+/// Marks a timeline point (an event of `leakprof::format::events`) with
+/// this thread's tag.
+#[no_mangle]
+pub extern "C" fn leakprof_py_mark(event: *const c_char) {
+    if let Some(event) = text(event) {
+        python::mark(event)
+    }
+}
+
+/// Names a task: its external id (a message id), actor and queue.
+#[no_mangle]
+pub extern "C" fn leakprof_py_describe(
+    task: u64,
+    external_id: *const c_char,
+    actor: *const c_char,
+    queue: *const c_char,
+) {
+    let mut d = leakprof::TaskDescription::new();
+    d.external_id = text(external_id).map(str::to_owned);
+    d.actor = text(actor).map(str::to_owned);
+    d.queue = text(queue).map(str::to_owned);
+    d.name = d.actor.clone();
+    python::describe(task, d)
+}
+
+/// Stops recording and writes the profile to `path`. `attributes`:
+/// `key=value` lines for the profile's metadata. 0 on success.
+#[no_mangle]
+pub extern "C" fn leakprof_py_write(
+    path: *const c_char,
+    attributes: *const c_char,
+    err: *mut c_char,
+    err_len: usize,
+) -> c_int {
+    let Some(path) = text(path) else {
+        return report("the profile path is not UTF-8", err, err_len);
+    };
+    let pairs: Vec<(&str, &str)> = text(attributes)
+        .unwrap_or("")
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    match python::write_profile(Path::new(path), &pairs) {
+        Ok(()) => 0,
+        Err(message) => report(&message, err, err_len),
+    }
+}
+
+/// Writes a snapshot of everything live now to `path`, recording on.
+/// 0 on success.
+#[no_mangle]
+pub extern "C" fn leakprof_py_snapshot(
+    path: *const c_char,
+    err: *mut c_char,
+    err_len: usize,
+) -> c_int {
+    let Some(path) = text(path) else {
+        return report("the snapshot path is not UTF-8", err, err_len);
+    };
+    match python::write_snapshot(Path::new(path)) {
+        Ok(()) => 0,
+        Err(message) => report(&message, err, err_len),
+    }
+}

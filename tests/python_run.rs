@@ -1,0 +1,659 @@
+//! `leakprof run -- python ...` on real Dramatiq 2.0.0 (issue 11, first
+//! milestone): the seed's exception scenario as an AsyncIO actor, recorded
+//! from inside the interpreter, and the launcher's refusals.
+//!
+//! The interpreters are the Dramatiq 2.0.0 and 2.2.1 ones of
+//! `support::python` (skipped without them, failing under CI=true); the
+//! seed's case runs on a real Redis (`support::redis`), the others on
+//! Dramatiq's StubBroker.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use leakprof::analysis::summary::Summary;
+use leakprof::format::Profile;
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/python/dramatiq_exception.py"
+);
+
+/// Builds the library the interpreter loads (`cargo test` builds only this
+/// package) and returns its path.
+fn native_library() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "-p", "leakprof-python"]);
+            if !cfg!(debug_assertions) {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("run cargo");
+            assert!(status.success(), "building leakprof-python");
+            let bin = Path::new(env!("CARGO_BIN_EXE_leakprof"));
+            bin.with_file_name("libleakprof_python.so")
+        })
+        .clone()
+}
+
+fn leakprof_run(out: &Path, command: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leakprof"));
+    cmd.args(["run", "--quiet", "--out"])
+        .arg(out)
+        .arg("--")
+        .args(command)
+        .env("LEAKPROF_NATIVE", native_library());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run leakprof")
+}
+
+/// The line of the actor that allocates the payload.
+fn payload_line() -> u32 {
+    let text = std::fs::read_to_string(SCRIPT).unwrap();
+    let index = text
+        .lines()
+        .position(|l| l.contains("LEAKPROF-PAYLOAD-LINE"))
+        .expect("marker line");
+    index as u32 + 1
+}
+
+/// The message ids the script printed, in order.
+fn message_ids(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("message "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A surviving group (stack and tag) of at least a payload chunk's size:
+/// its bytes, message id, retry and top frame.
+struct Chunk {
+    bytes: u64,
+    message: Option<String>,
+    retry: Option<u32>,
+    frame: (String, Option<String>, Option<u32>),
+}
+
+fn surviving_chunks(profile: &Profile, min_bytes: u64) -> Vec<Chunk> {
+    profile
+        .live
+        .iter()
+        .filter(|g| g.bytes >= min_bytes)
+        .map(|g| {
+            let tag = &profile.tags[g.tag as usize];
+            let message = tag.task.and_then(|t| {
+                profile
+                    .tasks
+                    .iter()
+                    .find(|i| i.task == t)
+                    .and_then(|i| i.external_id.clone())
+            });
+            let top = profile.stacks[g.stack as usize]
+                .frames
+                .first()
+                .map(|&f| &profile.frames[f as usize]);
+            Chunk {
+                bytes: g.bytes,
+                message,
+                retry: tag.retry,
+                frame: top.map_or((String::new(), None, None), |f| {
+                    (f.function.clone(), f.file.clone(), f.line)
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Runs the scenario script with `python` under `leakprof run`; returns
+/// the output directory (kept in `dir`), the profile and the message ids.
+fn run_scenario(
+    python: &Path,
+    dir: &Path,
+    name: &str,
+    env: &[(&str, String)],
+) -> (PathBuf, Profile, Vec<String>) {
+    let out = dir.join(name);
+    let output = leakprof_run(&out, &[python.to_str().unwrap(), SCRIPT], env);
+    assert!(
+        output.status.success(),
+        "leakprof run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for file in ["memory.csv", "memory.svg", "flamegraph.svg", "summary.json"] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    (out, profile, message_ids(&output.stdout))
+}
+
+/// The seed's case on Redis: one message, 5 retries, a 32 MiB payload held
+/// by each failed attempt's reference cycle (GC off) on Dramatiq 2.0.0: one
+/// payload per retry, each tagged with its message and retry, allocated on
+/// the actor's line. On 2.2.1 (upstream's fix) none survives, and `leakprof
+/// diff` of the two runs says so.
+#[test]
+fn dramatiq_asyncio_exception_leaks_one_payload_per_retry_until_2_2_1() {
+    const PAYLOAD: u64 = 32 << 20;
+    let (Some(seed), Some(fixed)) = (
+        support::python::dramatiq(),
+        support::python::dramatiq_fixed(),
+    ) else {
+        return;
+    };
+    let Some(redis) = support::redis::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("LEAKPROF_TEST_PAYLOAD", PAYLOAD.to_string()),
+        ("LEAKPROF_TEST_RETRIES", "5".to_string()),
+        ("LEAKPROF_TEST_REDIS_URL", redis.url()),
+    ];
+    let (leaky, profile, ids) = run_scenario(&seed, dir.path(), "dramatiq-2.0.0", &env);
+    assert_eq!(ids.len(), 1, "one message sent");
+    let summary = Summary::of(&profile);
+    let per_retry = summary
+        .leak_per_retry_bytes
+        .expect("leak per retry measured");
+    let r2 = summary.leak_per_retry_r2.expect("fit quality");
+    let ratio = per_retry / PAYLOAD as f64;
+    assert!(
+        (ratio - 1.0).abs() < 0.01,
+        "leak per retry {ratio:.4} payloads"
+    );
+    assert!(r2 >= 0.99, "r² {r2}");
+
+    let chunks = surviving_chunks(&profile, PAYLOAD);
+    let total: u64 = chunks.iter().map(|c| c.bytes).sum();
+    assert!(
+        total >= 6 * PAYLOAD,
+        "six payloads survive (attempts 0..=5): {total}"
+    );
+    let right: u64 = chunks
+        .iter()
+        .filter(|c| c.message.as_deref() == Some(ids[0].as_str()))
+        .map(|c| c.bytes)
+        .sum();
+    assert!(
+        right as f64 >= 0.99 * total as f64,
+        "{right} of {total} bytes on the message"
+    );
+    let mut retries: Vec<u32> = chunks.iter().filter_map(|c| c.retry).collect();
+    retries.sort_unstable();
+    assert_eq!(
+        retries,
+        (0..=5).collect::<Vec<u32>>(),
+        "one payload per retry"
+    );
+    for c in &chunks {
+        let (function, file, line) = &c.frame;
+        assert_eq!(function, "fail");
+        assert!(file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("dramatiq_exception.py")));
+        assert_eq!(*line, Some(payload_line()));
+    }
+
+    let (fixed_out, profile, _) = run_scenario(&fixed, dir.path(), "dramatiq-2.2.1", &env);
+    assert!(
+        surviving_chunks(&profile, PAYLOAD).is_empty(),
+        "no payload survives on 2.2.1"
+    );
+    let diff = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .arg("diff")
+        .args([&leaky, &fixed_out])
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    let text = String::from_utf8_lossy(&diff.stdout);
+    let fail_row = text
+        .lines()
+        .find(|l| l.trim_end().ends_with("site: fail"))
+        .unwrap_or_else(|| panic!("no row for the actor's site in:\n{text}"));
+    assert!(
+        fail_row.contains("-192.0 MiB"),
+        "six payloads gone: {fail_row}"
+    );
+}
+
+/// Two worker threads whose AsyncIO actors interleave on the one event
+/// loop (each builds its payload in steps with an await between): every
+/// chunk is tagged with its own message, which a thread-local tag would
+/// get wrong.
+#[test]
+fn interleaved_asyncio_actors_keep_their_own_tags() {
+    const PAYLOAD: u64 = 8 << 20;
+    const STEPS: u64 = 4;
+    let env = [
+        ("LEAKPROF_TEST_PAYLOAD", PAYLOAD.to_string()),
+        ("LEAKPROF_TEST_RETRIES", "0".to_string()),
+        ("LEAKPROF_TEST_MESSAGES", "4".to_string()),
+        ("LEAKPROF_TEST_THREADS", "2".to_string()),
+        ("LEAKPROF_TEST_STEPS", STEPS.to_string()),
+    ];
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, profile, ids) = run_scenario(&python, dir.path(), "interleaved", &env);
+    assert_eq!(ids.len(), 4);
+    let chunks = surviving_chunks(&profile, PAYLOAD / STEPS);
+    let total: u64 = chunks.iter().map(|c| c.bytes).sum();
+    assert!(total >= 4 * PAYLOAD, "four payloads survive: {total}");
+    for id in &ids {
+        let on_message: u64 = chunks
+            .iter()
+            .filter(|c| c.message.as_deref() == Some(id.as_str()))
+            .map(|c| c.bytes)
+            .sum();
+        assert!(
+            on_message as f64 >= 0.99 * PAYLOAD as f64 && on_message <= PAYLOAD + PAYLOAD / 100,
+            "message {id}: {on_message} bytes, one payload expected"
+        );
+    }
+}
+
+fn fails_with(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "stderr: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+/// Flags that keep `site` or PYTHONPATH away are refused up front, as are
+/// programs that are not Python and Pythons other than 3.11.
+#[test]
+fn refuses_what_it_cannot_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // A stand-in interpreter (never run for flags refused up front).
+    let fake = dir.path().join("python3.99");
+    std::fs::write(&fake, "#!/bin/sh\necho 3.99\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fake = fake.to_str().unwrap();
+    fails_with(
+        &leakprof_run(&out, &[fake, "-I", "app.py"], &[]),
+        "-I (isolated",
+    );
+    fails_with(
+        &leakprof_run(&out, &[fake, "-uS", "app.py"], &[]),
+        "-S (no site",
+    );
+    fails_with(&leakprof_run(&out, &[fake, "app.py"], &[]), "Python 3.99");
+    let script = dir.path().join("tool");
+    std::fs::write(&script, format!("#!{fake} -E\nprint(1)\n")).unwrap();
+    fails_with(
+        &leakprof_run(&out, &[script.to_str().unwrap()], &[]),
+        "-E (PYTHON*",
+    );
+    fails_with(
+        &leakprof_run(&out, &["/bin/true"], &[]),
+        "is not a Python program",
+    );
+}
+
+/// A launcher that hides `-I` from leakprof (a wrapper named like an
+/// interpreter) keeps the bootstrap from running: leakprof says so instead
+/// of returning a run without recording. And a `sitecustomize` already on
+/// the path (a distribution's own) still runs after ours.
+#[test]
+fn bootstrap_absence_is_an_error_and_sitecustomize_is_chained() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.py");
+    std::fs::write(&script, "print('ran')\n").unwrap();
+    let wrapper = dir.path().join("python3.11");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec {} -I \"$@\"\n", python.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let command = [wrapper.to_str().unwrap(), script.to_str().unwrap()];
+    fails_with(
+        &leakprof_run(&out, &command, &[]),
+        "sitecustomize never ran",
+    );
+
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    let marker = dir.path().join("theirs-ran");
+    std::fs::write(
+        site.join("sitecustomize.py"),
+        format!("open({:?}, 'w').close()\n", marker.to_str().unwrap()),
+    )
+    .unwrap();
+    let command = [python.to_str().unwrap(), script.to_str().unwrap()];
+    let output = leakprof_run(
+        &out,
+        &command,
+        &[("PYTHONPATH", site.display().to_string())],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(marker.exists(), "the shadowed sitecustomize ran");
+    assert!(out.join("profile.json").is_file());
+}
+
+/// Each allocation is counted once, at the outermost PyMem layer: bytes
+/// objects over 512 bytes go from pymalloc (OBJ) on to RAW, and small ones
+/// stay in pymalloc; what the tag keeps alive equals what Python says the
+/// objects take (`sys.getsizeof`), within 1%, and not twice that.
+#[test]
+fn python_allocations_are_counted_once() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("count.py");
+    std::fs::write(
+        &script,
+        r#"import sys
+import leakprof
+keep = []
+with leakprof.tag(task="count", retry=0):
+    for i in range(200):
+        keep.append(b"x" * (1000 + i))
+        keep.append(b"y" * (100 + i % 50))
+objects = sum(sys.getsizeof(b) for b in keep)
+array = sys.getsizeof(keep) - sys.getsizeof([])
+print(f"expected {objects + array}")
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected: u64 = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("expected ")?.parse().ok())
+        .expect("the script's figure");
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    let tagged: u64 = profile
+        .live
+        .iter()
+        .filter(|g| profile.tags[g.tag as usize].task.is_some())
+        .map(|g| g.bytes)
+        .sum();
+    let ratio = tagged as f64 / expected as f64;
+    assert!(
+        (ratio - 1.0).abs() < 0.01,
+        "tagged {tagged} vs Python's {expected}"
+    );
+}
+
+/// The RAW domain runs without the GIL: blocks a thread allocates with
+/// `PyMem_RawMalloc` while it has released the GIL (ctypes.CDLL calls
+/// release it) are recorded with the thread's own Python stack and tag,
+/// and their frees are seen.
+#[test]
+fn raw_domain_is_recorded_without_the_gil() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("raw.py");
+    std::fs::write(
+        &script,
+        r#"import ctypes
+import leakprof
+capi = ctypes.CDLL(None)  # CDLL: the GIL is released during each call
+capi.PyMem_RawMalloc.restype = ctypes.c_void_p
+capi.PyMem_RawMalloc.argtypes = [ctypes.c_size_t]
+capi.PyMem_RawFree.argtypes = [ctypes.c_void_p]
+with leakprof.tag(task="raw", retry=2):
+    blocks = [capi.PyMem_RawMalloc(3 << 20) for _ in range(3)]  # RAW-LINE
+capi.PyMem_RawFree(blocks.pop())
+"#,
+    )
+    .unwrap();
+    let source = std::fs::read_to_string(&script).unwrap();
+    let line = source.lines().position(|l| l.contains("RAW-LINE")).unwrap() as u32 + 1;
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    let blocks = surviving_chunks(&profile, 3 << 20);
+    // The call's own small blocks (ctypes' argument objects) share the stack.
+    let total: u64 = blocks.iter().map(|c| c.bytes).sum();
+    assert!(
+        (2 * (3 << 20)..2 * (3 << 20) + 4096).contains(&total),
+        "two of three survive: {total}"
+    );
+    for c in &blocks {
+        assert_eq!(c.message.as_deref(), Some("raw"));
+        assert_eq!(c.retry, Some(2));
+        assert_eq!(c.frame.0, "<listcomp>");
+        assert_eq!(c.frame.2, Some(line));
+    }
+}
+
+/// Processes the program forks (as Dramatiq's CLI does for its workers)
+/// record too: a multiprocessing child, which ends in `os._exit`, writes
+/// `profile-<pid>.json`, and `profile.json` is the merge of all of them.
+#[test]
+fn forked_children_deliver_their_profiles() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("forks.py");
+    std::fs::write(
+        &script,
+        r#"import multiprocessing
+import leakprof
+keep = []
+
+def work():
+    with leakprof.tag(task="in-child", retry=1):
+        keep.append(b"c" * (6 << 20))
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("fork").Process(target=work)
+    child.start()
+    child.join()
+    print(f"child {child.pid} {child.exitcode}")
+    with leakprof.tag(task="in-parent", retry=0):
+        keep.append(b"p" * (4 << 20))
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let pid = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("child pid");
+    let child = leakprof::format::load(out.join(format!("profile-{pid}.json"))).unwrap();
+    let on = |profile: &Profile, task: &str| -> u64 {
+        surviving_chunks(profile, 1 << 20)
+            .iter()
+            .filter(|c| c.message.as_deref() == Some(task))
+            .map(|c| c.bytes)
+            .sum()
+    };
+    assert!(on(&child, "in-child") >= 6 << 20, "the child's own profile");
+    let own = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("profile-"))
+        .count();
+    assert_eq!(own, 2, "a profile of its own for each process");
+    let merged = leakprof::format::load(out.join("profile.json")).unwrap();
+    assert!(
+        on(&merged, "in-child") >= 6 << 20,
+        "merged: the child's block"
+    );
+    assert!(
+        on(&merged, "in-parent") >= 4 << 20,
+        "merged: the parent's block"
+    );
+}
+
+/// `--duration` stops a program that would run on (SIGINT, so its exit
+/// handlers run and the profile is written) and says why it stopped.
+#[test]
+fn duration_stops_the_program_with_its_profile() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("forever.py");
+    std::fs::write(
+        &script,
+        "import time\nkeep = [b'x' * (2 << 20)]\nwhile True:\n    time.sleep(0.05)\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .args(["run", "--quiet", "--duration", "2s", "--out"])
+        .arg(&out)
+        .arg("--")
+        .args([&python, &script])
+        .env("LEAKPROF_NATIVE", native_library())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    assert_eq!(
+        profile
+            .meta
+            .attributes
+            .get("stop_reason")
+            .map(String::as_str),
+        Some("duration")
+    );
+    assert!(profile.totals.live.bytes >= 2 << 20);
+}
+
+/// The snapshot signal, sent to leakprof, reaches the program, which
+/// writes a profile of what is live at that moment and runs on.
+#[test]
+fn snapshot_signal_writes_a_mid_run_profile() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("waits.py");
+    std::fs::write(
+        &script,
+        r#"import glob, os, time
+import leakprof
+with leakprof.tag(task="before-snapshot"):
+    keep = [b"s" * (3 << 20)]
+print("ready", flush=True)
+out = os.environ["LEAKPROF_OUT"]
+deadline = time.monotonic() + 20
+while not glob.glob(os.path.join(out, "profile-*-snapshot-1.json")):
+    if time.monotonic() > deadline:
+        raise SystemExit("no snapshot")
+    time.sleep(0.02)
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .args(["run", "--quiet", "--out"])
+        .arg(&out)
+        .arg("--")
+        .args([&python, &script])
+        .env("LEAKPROF_NATIVE", native_library())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(run.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // SAFETY: kill(2) on our own child, which has not been reaped.
+    unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGUSR1) };
+    assert!(run.wait().unwrap().success());
+    let snapshot = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-snapshot-1.json"))
+        .expect("a snapshot file");
+    let profile = leakprof::format::load(&snapshot).unwrap();
+    let tagged: u64 = surviving_chunks(&profile, 3 << 20)
+        .iter()
+        .filter(|c| c.message.as_deref() == Some("before-snapshot"))
+        .map(|c| c.bytes)
+        .sum();
+    assert!(tagged >= 3 << 20, "the live block is in the snapshot");
+}
+
+/// A program that ends in `os._exit` (no exit handlers) still writes its
+/// profile.
+#[test]
+fn os_exit_still_writes_the_profile() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("exits.py");
+    std::fs::write(&script, "import os\nkeep = b'e' * (2 << 20)\nos._exit(0)\n").unwrap();
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    assert!(profile.totals.live.bytes >= 2 << 20);
+}
