@@ -60,5 +60,5 @@ pub use record::owner;
 pub use record::{
     current_tag, describe_task, finish_task, is_recording, live, mark, set_attribute, with_tag,
     FutureExt, GraphOptions, GraphUnavailable, LeakAlloc, Options, Recorder, StartError, Tag,
-    Tagged, TaskDescription,
+    TagNumber, Tagged, TaskDescription,
 };

@@ -45,7 +45,7 @@ use std::time::Duration;
 
 pub use alloc::LeakAlloc;
 pub use heapgraph::GraphOptions;
-pub use tags::Tag;
+pub use tags::{Tag, TagNumber};
 
 use crate::format::Profile;
 
@@ -321,7 +321,8 @@ pub fn with_tag<R>(tag: Tag, f: impl FnOnce() -> R) -> R {
 ///
 /// Calling it while code still runs under one of the task's tags would
 /// attribute that code's allocations to whichever tag reuses the entry.
-pub fn finish_task(task: u64) {
+pub fn finish_task(task: impl TagNumber) {
+    let task = task.to_u64();
     if hooks::recording() {
         hooks::guarded(|| snapshot::note_finished(hooks::TAGS.finish_task(task)));
     }
@@ -446,7 +447,8 @@ pub fn set_attribute(key: &str, value: &str) {
 
 /// Describes a task for the profile's task table (name, message id, actor,
 /// queue, outcome). Fields left `None` keep earlier values.
-pub fn describe_task(task: u64, description: TaskDescription) {
+pub fn describe_task(task: impl TagNumber, description: TaskDescription) {
+    let task = task.to_u64();
     hooks::guarded(|| snapshot::describe_task(task, description));
 }
 
