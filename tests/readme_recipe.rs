@@ -116,4 +116,12 @@ fn readme_recipe_builds_and_profiles_a_worker() {
             .any(|t| t.task == Some(10) && t.retry == Some(2)),
         "a retried job's third attempt keeps its tag"
     );
+    // The README's CI gate: failed attempts left 4 KiB each, no marks.
+    let limits = leakprof::Limits::new().max_leak_per_retry(1024);
+    let verdict = leakprof::check(&profile, &limits);
+    assert!(
+        verdict.reason().starts_with("leak per retry 4.0 KiB exceeds the limit 1.0 KiB"),
+        "{}",
+        verdict.reason()
+    );
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use leakprof::analysis::check::{check, Limits, Verdict};
 use leakprof::analysis::{
     grouping, merge, relative_to, Behaviour, Comparison, LeakSlope, Model, Partition, Report,
-    Summary,
+    SlopeSource, Summary,
 };
 use leakprof::format::{Profile, TagInfo};
 use leakprof::render::flamegraph::{folded, FlameGroup, Metric};
@@ -931,10 +931,124 @@ fn heap_graph_owners_and_vias_take_precedence() {
     assert_eq!(v1.rows[0].kind, "unknown (no heap graph)");
 }
 
+/// Ten tasks run interleaved, each of their four attempts failing and
+/// leaving `payload` bytes alive, among `clean` tasks that leave nothing;
+/// the timeline's marks (one per failure, in time order) see every task's
+/// leak at once, so live bytes against the retry number scatter.
+fn interleaved_retries(payload: u64, clean: u64) -> Profile {
+    let mut b = Builder::new("apalis-worker");
+    let alloc = b.frame("__rust_alloc", None, None);
+    let make = b.frame(
+        "apalis_worker::make_payload",
+        Some("examples/apalis_worker.rs"),
+        Some(64),
+    );
+    let stack = b.stack(&[alloc, make]);
+    let mut t_ms = 0;
+    let mut live = 0;
+    for attempt in 0..4u32 {
+        for task in 0..10u64 {
+            t_ms += 1;
+            let tag = b.tag(TagInfo {
+                task: Some(task),
+                retry: Some(attempt),
+                first_ns: Some(t_ms * 1_000_000),
+                last_ns: Some(t_ms * 1_000_000 + 1),
+                ..TagInfo::default()
+            });
+            b.alloc(stack, tag, 1, payload, 1);
+            live += payload;
+            b.point(
+                t_ms,
+                live,
+                Some(leakprof::format::events::AFTER_FAILURE),
+                Some(attempt),
+            );
+        }
+    }
+    for task in 100..100 + clean {
+        t_ms += 1;
+        let tag = b.tag(TagInfo {
+            task: Some(task),
+            retry: Some(0),
+            first_ns: Some(t_ms * 1_000_000),
+            last_ns: Some(t_ms * 1_000_000 + 1),
+            ..TagInfo::default()
+        });
+        b.alloc(stack, tag, 3, 100, 0);
+    }
+    b.p.meta.snapshot_ns = (t_ms + 1) * 1_000_000;
+    b.finish()
+}
+
 #[test]
-fn a_profile_without_timeline_has_no_slope_and_unknown_behaviour() {
+fn leak_per_retry_comes_from_the_tags_of_interleaved_tasks_without_marks() {
+    let payload = 4 * MIB;
+    let mut p = interleaved_retries(payload, 1000);
+    // The marks pool every task: ten payloads per retry number.
+    let marks = LeakSlope::from_marks(&p, 0).unwrap();
+    assert!(marks.bytes_per_retry > 5.0 * payload as f64, "{marks:?}");
+    let s = LeakSlope::of(&p, 0).unwrap();
+    assert_eq!(s.source, SlopeSource::Tags);
+    assert!((s.bytes_per_retry - payload as f64).abs() < 1e-3, "{s:?}");
+    assert!((s.r2 - 1.0).abs() < 1e-9);
+    assert_eq!(
+        (s.tasks, s.points, s.first_retry, s.last_retry),
+        (10, 40, 0, 3)
+    );
+    assert_eq!(
+        Summary::of(&p).behaviour,
+        Behaviour::ContinuousAccumulation,
+        "never \"stable\" while ended attempts keep their bytes"
+    );
+    let v = check(&p, &Limits::new().max_leak_per_retry(MIB));
+    assert_eq!(
+        v.reason(),
+        "leak per retry 4.0 MiB exceeds the limit 1.0 MiB (fitted over 40 ended attempts of 10 tasks, retries 0..=3, r² 1.000)"
+    );
+    assert!(check(&p, &Limits::new().max_leak_per_retry(8 * MIB)).is_pass());
+    // Without any marks at all, the same figure.
+    p.timeline.clear();
+    let s = LeakSlope::of(&p, 0).unwrap();
+    assert!((s.bytes_per_retry - payload as f64).abs() < 1e-3);
+    // Attempts that free what they allocated leave a flat line.
+    let freed = interleaved_retries(0, 10);
+    let s = LeakSlope::of(&freed, 0).unwrap();
+    assert_eq!(s.bytes_per_retry, 0.0);
+    assert_eq!(Summary::of(&freed).behaviour, Behaviour::Stable);
+}
+
+#[test]
+fn a_running_attempt_is_not_counted_until_a_later_one_ends_it() {
+    let mut p = interleaved_retries(4 * MIB, 0);
+    // Task 0's last attempt is still running at snapshot: 3 points left.
+    let last = p
+        .tags
+        .iter_mut()
+        .find(|t| t.task == Some(0) && t.retry == Some(3))
+        .unwrap();
+    last.active = true;
+    let s = LeakSlope::from_tags(&p, 0).unwrap();
+    assert_eq!(s.points, 39);
+    // An earlier attempt marked running is still ended by a later one.
+    p.tags[1].active = true;
+    assert_eq!(LeakSlope::from_tags(&p, 0).unwrap().points, 39);
+}
+
+#[test]
+fn a_profile_without_timeline_or_tagged_retries_has_no_slope_and_unknown_behaviour() {
     let mut p = exception_run(true);
     p.timeline.clear();
+    // The tags alone still give the leak per retry.
+    let from_tags = Summary::of(&p);
+    assert_eq!(
+        from_tags.leak_per_retry_bytes,
+        Some((PAYLOAD + ERROR_VALUE) as f64)
+    );
+    assert_eq!(from_tags.behaviour, Behaviour::ContinuousAccumulation);
+    for t in &mut p.tags {
+        t.retry = None;
+    }
     let s = Summary::of(&p);
     assert_eq!(s.behaviour, Behaviour::Unknown);
     assert_eq!(s.leak_per_retry_bytes, None);

@@ -5,15 +5,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::slope::{fit_line, LeakSlope};
+use super::slope::{fit_line, LeakSlope, SlopeSource};
 use crate::format::{events, Profile};
 
 /// Below this many bytes per retry a slope is noise from allocator
 /// bookkeeping and small per-retry state, not a leak worth the name.
 pub const ACCUMULATION_MIN_BYTES_PER_RETRY: f64 = 4096.0;
 
-/// A slope fitted this well (r²) is a steady per-retry accumulation; a
-/// worse fit is oscillation that happens to trend.
+/// A slope fitted to the timeline's marks this well (r²) is a steady
+/// per-retry accumulation; a worse fit is oscillation that happens to
+/// trend. (A slope from the tags needs no such test: see `behaviour`.)
 pub const ACCUMULATION_MIN_R2: f64 = 0.8;
 
 /// Without retries, live memory that ends this much higher than it started
@@ -168,10 +169,18 @@ pub fn dropped_events(profile: &Profile) -> u64 {
 
 /// Decides accumulation vs stable: from the leak slope when the run had
 /// failures to fit, else from the trend of live bytes over time.
+///
+/// A slope from the tags counts bytes that ended attempts still hold: at
+/// the threshold that is accumulation whatever r² says (uneven payloads
+/// scatter the fit, they do not make the memory come back), so the verdict
+/// can never be "stable" while ended attempts' bytes pile up.
 fn behaviour(profile: &Profile, slope: Option<LeakSlope>) -> Behaviour {
     if let Some(s) = slope {
-        let accumulating =
-            s.bytes_per_retry >= ACCUMULATION_MIN_BYTES_PER_RETRY && s.r2 >= ACCUMULATION_MIN_R2;
+        let fitted_well = match s.source {
+            SlopeSource::Tags => true,
+            SlopeSource::Marks => s.r2 >= ACCUMULATION_MIN_R2,
+        };
+        let accumulating = s.bytes_per_retry >= ACCUMULATION_MIN_BYTES_PER_RETRY && fitted_well;
         return if accumulating {
             Behaviour::ContinuousAccumulation
         } else {

@@ -178,14 +178,12 @@ fn write_text(
     match &report.slope {
         Some(slope) => writeln!(
             out,
-            "Leak per retry: {} (r² {:.3}, fitted over {} \"after failure\" points, retries {}..={})",
+            "Leak per retry: {} (r² {:.3}, {})",
             signed_bytes(slope.bytes_per_retry),
             slope.r2,
-            slope.points,
-            slope.first_retry,
-            slope.last_retry
+            slope.fitted_over()
         )?,
-        None => writeln!(out, "Leak per retry: not measured (fewer than two retries with an \"after failure\" point)")?,
+        None => writeln!(out, "Leak per retry: not measured (no task has two ended attempts in its tags, and fewer than two retries have an \"after failure\" point)")?,
     }
     writeln!(out, "Behaviour: {}", s.behaviour.describe())?;
     writeln!(out, "Retries: {} over {} tasks", s.retries, s.tasks)?;
