@@ -120,7 +120,9 @@ fn readme_recipe_builds_and_profiles_a_worker() {
     let limits = leakprof::Limits::new().max_leak_per_retry(1024);
     let verdict = leakprof::check(&profile, &limits);
     assert!(
-        verdict.reason().starts_with("leak per retry 4.0 KiB exceeds the limit 1.0 KiB"),
+        verdict
+            .reason()
+            .starts_with("leak per retry 4.0 KiB exceeds the limit 1.0 KiB"),
         "{}",
         verdict.reason()
     );

@@ -1218,3 +1218,129 @@ fn unreachable_selection_filters_before_the_largest_cap() {
     };
     assert_eq!(chains_for(&p, &by_site).unwrap().len(), 1);
 }
+
+/// A tower-like generic name: services wrapping services, 2,000+
+/// characters, as apalis and axum stacks name their frames.
+fn tower_like_name() -> String {
+    let mut s = "apalis_worker::handle::{closure#0}".to_string();
+    for k in 0..30 {
+        s = format!(
+            "tower::util::map_request::MapRequest<{s}, apalis_core::layers::retry::RetryLayer<apalis_core::backend::memory::MemoryStorage<u{k}>>>"
+        );
+    }
+    format!("<{s} as tower_service::Service<apalis_core::task::Task<alloc::vec::Vec<u8>>>>::call")
+}
+
+fn widest_line(text: &str) -> usize {
+    text.lines().map(|l| l.chars().count()).max().unwrap_or(0)
+}
+
+#[test]
+fn report_and_retainers_lines_fit_300_columns_with_tower_like_names() {
+    use leakprof::analysis::retainers::{chains_for, Matching, Query};
+    use leakprof::render::names::Names;
+    let name = tower_like_name();
+    assert!(name.len() > 2000, "{}", name.len());
+    let mut p = with_reachable_giants_and_small_leaks();
+    for f in &mut p.frames {
+        if !f.function.starts_with("__rust") {
+            f.function = name.clone();
+        }
+    }
+    let report =
+        String::from_utf8(render("text", Command::Report, &p, &Options::default())).unwrap();
+    assert!(widest_line(&report) <= 300, "{report}");
+    // The rule keeps it readable: the service and its layers, not `…`s.
+    assert!(
+        report
+            .contains("site: <MapRequest<MapRequest<…>, RetryLayer<…>> as Service<Task<…>>>::call"),
+        "{report}"
+    );
+    let full = Options::default().text_fit(true, None);
+    let report_full = String::from_utf8(render("text", Command::Report, &p, &full)).unwrap();
+    assert!(widest_line(&report_full) > 2000);
+    let query = Query {
+        matching: Matching::Any,
+        unreachable_only: false,
+        largest: Some(3),
+    };
+    let chains = chains_for(&p, &query).unwrap();
+    let shown = leakprof::render::retainers::text(&chains, &Names::of(&p, false), Some(300));
+    assert!(widest_line(&shown) <= 300, "{shown}");
+    let all = leakprof::render::retainers::text(&chains, &Names::of(&p, true), None);
+    assert!(widest_line(&all) > 1000);
+}
+
+#[test]
+fn task_tables_list_the_leaking_tasks_first() {
+    // Tasks 100.. leave nothing; tasks 0..10 leak, but come later in the
+    // profile than twenty clean ones would by id.
+    let mut p = interleaved_retries(4 * MIB, 30);
+    for t in &mut p.tags {
+        if let Some(task) = t.task.as_mut() {
+            *task = if *task >= 100 {
+                *task - 100
+            } else {
+                *task + 1000
+            };
+        }
+    }
+    let text = String::from_utf8(render("text", Command::Report, &p, &Options::default())).unwrap();
+    let per_task = text
+        .split("\nPer task:\n")
+        .nth(1)
+        .expect("a per-task table");
+    let first = per_task.lines().nth(1).unwrap();
+    assert!(first.trim_start().starts_with("100"), "{first}");
+    assert!(first.contains("16.0 MiB"), "{first}");
+    let leaks_line = text.lines().find(|l| l.starts_with("Per task: ")).unwrap();
+    assert!(
+        leaks_line.starts_with("Per task: task 1000: 16.0 MiB"),
+        "{leaks_line}"
+    );
+}
+
+#[test]
+fn a_block_shows_its_own_type_not_its_owners() {
+    use leakprof::format::{Graph, Owner, VERSION_V2};
+    let mut b = Builder::new("apalis-worker");
+    let alloc = b.frame("__rust_alloc", None, None);
+    let from_elem = b.frame(
+        "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem::<alloc::alloc::Global>",
+        None,
+        None,
+    );
+    let make = b.frame(
+        "apalis_worker::make_payload",
+        Some("examples/apalis_worker.rs"),
+        Some(64),
+    );
+    let plain = b.frame(
+        "apalis_worker::remember",
+        Some("examples/apalis_worker.rs"),
+        Some(80),
+    );
+    let typed = b.stack(&[alloc, from_elem, make]);
+    let untyped = b.stack(&[alloc, plain]);
+    let tag = b.tag(TagInfo::default());
+    b.alloc(typed, tag, 1, 4 * MIB, 1);
+    b.alloc(untyped, tag, 1, 64, 1);
+    let mut p = b.finish();
+    p.version = VERSION_V2;
+    for g in &mut p.live {
+        g.owner = Some(0);
+    }
+    p.graph = Some(Graph {
+        owners: vec![Owner {
+            name: "error history".into(),
+            kind: "labelled".into(),
+            type_name: Some("ErrorHistory".into()),
+            objects: 1,
+            ..Owner::default()
+        }],
+        ..Graph::default()
+    });
+    let rows = rows(&Partition::of(&Model::new(&p), grouping("type").unwrap()));
+    assert_eq!(rows[0].0, "Vec<u8>");
+    assert_eq!(rows[1].0, "unknown", "never the owner's ErrorHistory");
+}

@@ -10,6 +10,7 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
+use super::names::{fit_lines, Names};
 use super::{defaults, run_label, Options, Render};
 use crate::analysis::check::human_bytes;
 use crate::analysis::leaks::TaskScopedLeaks;
@@ -28,7 +29,10 @@ pub struct Csv;
 impl Render for Text {
     fn render(&self, model: &Model<'_>, options: &Options, out: &mut dyn Write) -> io::Result<()> {
         let report = Report::new(model, options.by);
-        write_text(model, &report, options, out)
+        let mut text = Vec::new();
+        write_text(model, &report, options, &mut text)?;
+        let text = String::from_utf8_lossy(&text);
+        out.write_all(fit_lines(&text, options.line_width).as_bytes())
     }
 }
 
@@ -84,6 +88,7 @@ pub fn write_partition(
     partition: &Partition,
     top: usize,
     kind_header: &str,
+    names: &Names,
     out: &mut dyn Write,
 ) -> io::Result<()> {
     writeln!(
@@ -122,7 +127,7 @@ pub fn write_partition(
             r.size_pct.round() as u64,
             r.cumulative,
             r.cumulative_pct.round() as u64,
-            r.kind
+            names.show(&r.kind)
         )?;
     }
     let more = partition.rows.len() - shown.len();
@@ -151,7 +156,14 @@ fn write_text(
         )?;
     }
     let top = options.top.unwrap_or(defaults::TEXT_ROWS);
-    write_partition(&report.partition, top, report.partition.kind_header, out)?;
+    let names = Names::of(p, options.full_names);
+    write_partition(
+        &report.partition,
+        top,
+        report.partition.kind_header,
+        &names,
+        out,
+    )?;
     writeln!(out)?;
     writeln!(out, "Run: {}", run_label(p))?;
     let gap = signed_change(s.surviving_bytes, s.rss_bytes);
@@ -232,7 +244,7 @@ fn write_text(
             human_bytes(m.session)
         )?;
     }
-    write_task_scoped(&report.task_scoped, top, out)?;
+    write_task_scoped(&report.task_scoped, top, &names, out)?;
     write_growth(report, out)
 }
 
@@ -254,10 +266,15 @@ pub fn write_task_scoped_leaks(
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let leaks = TaskScopedLeaks::of(&Model::new(profile));
-    write_task_scoped(&leaks, top, out)
+    write_task_scoped(&leaks, top, &Names::of(profile, false), out)
 }
 
-fn write_task_scoped(leaks: &TaskScopedLeaks, top: usize, out: &mut dyn Write) -> io::Result<()> {
+fn write_task_scoped(
+    leaks: &TaskScopedLeaks,
+    top: usize,
+    names: &Names,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
@@ -271,7 +288,7 @@ fn write_task_scoped(leaks: &TaskScopedLeaks, top: usize, out: &mut dyn Write) -
         .iter()
         .map(|r| {
             (
-                format!("{} [{}]", r.site, r.type_name),
+                format!("{} [{}]", names.show(&r.site), names.show(&r.type_name)),
                 crate::format::Amount {
                     bytes: r.size,
                     blocks: r.count,
@@ -280,9 +297,16 @@ fn write_task_scoped(leaks: &TaskScopedLeaks, top: usize, out: &mut dyn Write) -
         })
         .collect();
     let partition = Partition::from_sums("site-type", "site [type]", sums);
-    write_partition(&partition, top, partition.kind_header, out)?;
-    let tasks: Vec<String> = leaks
-        .per_task
+    write_partition(&partition, top, partition.kind_header, names, out)?;
+    // Largest first: the leaking tasks, not the first task ids.
+    let mut per_task: Vec<_> = leaks.per_task.iter().collect();
+    per_task.sort_by(|a, b| {
+        b.leaked
+            .bytes
+            .cmp(&a.leaked.bytes)
+            .then(a.task.cmp(&b.task))
+    });
+    let tasks: Vec<String> = per_task
         .iter()
         .take(TEXT_GROWTH_ROWS)
         .map(|t| match t.task {
@@ -307,7 +331,15 @@ fn write_growth(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             "{:>6} {:>12} {:>12} {:>18} {:>12}",
             "Retry", "Surviving", "Allocated", "Live after failure", "Growth"
         )?;
-        let rows = &report.per_retry;
+        // Largest first; the growth column still compares each retry with
+        // the one numbered before it.
+        let mut rows: Vec<_> = report.per_retry.iter().collect();
+        rows.sort_by(|a, b| {
+            b.surviving
+                .bytes
+                .cmp(&a.surviving.bytes)
+                .then(a.retry.cmp(&b.retry))
+        });
         for r in rows.iter().take(TEXT_GROWTH_ROWS) {
             writeln!(
                 out,
@@ -333,7 +365,14 @@ fn write_growth(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             "{:>6} {:>7} {:>12} {:>12} {:>12}  Outcome / name",
             "Task", "Retries", "Surviving", "Allocated", "Per attempt"
         )?;
-        for t in report.per_task.iter().take(TEXT_GROWTH_ROWS) {
+        let mut tasks: Vec<_> = report.per_task.iter().collect();
+        tasks.sort_by(|a, b| {
+            b.surviving
+                .bytes
+                .cmp(&a.surviving.bytes)
+                .then(a.task.cmp(&b.task))
+        });
+        for t in tasks.iter().take(TEXT_GROWTH_ROWS) {
             let label = [t.outcome.as_deref(), t.name.as_deref()]
                 .into_iter()
                 .flatten()
