@@ -47,6 +47,9 @@ pub mod format;
 pub mod graph;
 pub mod record;
 
+#[cfg(feature = "tower")]
+pub mod tower;
+
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "cli")]
