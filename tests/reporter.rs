@@ -1344,3 +1344,42 @@ fn a_block_shows_its_own_type_not_its_owners() {
     assert_eq!(rows[0].0, "Vec<u8>");
     assert_eq!(rows[1].0, "unknown", "never the owner's ErrorHistory");
 }
+
+#[test]
+fn idle_tasks_fold_into_sums_and_every_figure_stays() {
+    use leakprof::format::compact::fold_idle_tasks;
+    let before = interleaved_retries(4 * MIB, 50);
+    let mut after = before.clone();
+    let all = after.tags.len() as u32;
+    fold_idle_tasks(&mut after, all, 10);
+    // 40 of the 50 clean tasks summed, the 10 newest listed; every tag of
+    // the leaking tasks stays, ids renumbered to their index.
+    let folded = after.folded.as_ref().expect("a folded section");
+    assert_eq!((folded.tasks, folded.tags), (40, 40));
+    assert_eq!(folded.allocated.bytes, 40 * 300);
+    assert_eq!(after.tags.len(), before.tags.len() - 40);
+    assert!(after.tags.iter().enumerate().all(|(i, t)| t.id == i as u32));
+    let listed: Vec<u64> = after
+        .tags
+        .iter()
+        .filter_map(|t| t.task)
+        .filter(|&t| t >= 100)
+        .collect();
+    assert_eq!(listed, (140..150).collect::<Vec<u64>>(), "the newest stay");
+    for g in &after.live {
+        assert!(after.tags[g.tag as usize].task.is_some_and(|t| t < 10));
+    }
+    let (a, b) = (Summary::of(&before), Summary::of(&after));
+    assert_eq!((a.tasks, a.retries), (b.tasks, b.retries));
+    assert_eq!(a.leak_per_retry_bytes, b.leak_per_retry_bytes);
+    let by_task = |p: &Profile| rows(&Partition::of(&Model::new(p), grouping("task").unwrap()));
+    assert_eq!(by_task(&before), by_task(&after));
+    // A saved and loaded compact profile is valid.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    after.save(&path).unwrap();
+    assert_eq!(
+        leakprof::format::load(&path).unwrap().tags.len(),
+        after.tags.len()
+    );
+}

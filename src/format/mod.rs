@@ -18,6 +18,7 @@
 //! (a field removed, renamed or made required, a changed meaning or unit,
 //! a new enum value) takes a new version; every version stays readable.
 
+pub mod compact;
 pub mod frame_names;
 mod load;
 

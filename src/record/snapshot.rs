@@ -17,8 +17,8 @@ use super::sys::{self, LockCell, RawLock};
 use super::tags::{Finished, FoldedTag, TaskSpan};
 use super::{symbols, timeline, Options, TaskDescription};
 use crate::format::{
-    Amount, Dropped, Folded, LiveGroup, Meta, Mode, Profile, RecordOptions, RecorderMemory,
-    StackStats, TagInfo, TaskInfo, Totals, FORMAT_NAME, VERSION_V1, VERSION_V2,
+    compact, Amount, Dropped, Folded, LiveGroup, Meta, Mode, Profile, RecordOptions,
+    RecorderMemory, StackStats, TagInfo, TaskInfo, Totals, FORMAT_NAME, VERSION_V1, VERSION_V2,
 };
 
 /// Facts about the current recording that are not on the allocation path.
@@ -251,7 +251,7 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let (timeline, timeline_decimated) = timeline::copy();
     let truncated_stacks = sym.stacks.iter().filter(|s| s.truncated).count() as u64;
     drop(copied);
-    Profile {
+    let mut profile = Profile {
         format: FORMAT_NAME.to_string(),
         version: if graph.is_some() {
             VERSION_V2
@@ -286,7 +286,11 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         },
         graph,
         recorder: Some(recorder_memory(session.bytes)),
-    }
+    };
+    // Tasks that hold nothing and are not running, beyond the newest, are
+    // summed (tags of finished tasks, past `n_tags`, are already bounded).
+    compact::fold_idle_tasks(&mut profile, n_tags as u32, compact::KEEP_IDLE_TASKS);
+    profile
 }
 
 /// Block counters count in units of 1/`unit` block (see `Config`).

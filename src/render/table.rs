@@ -202,7 +202,7 @@ fn write_text(
     if let Some(f) = &p.folded {
         writeln!(
             out,
-            "Folded: {} finished tasks ({} tags) with nothing surviving, {} allocated in all{}",
+            "Folded: {} tasks ({} tags) finished or idle with nothing surviving, {} allocated in all{}",
             f.tasks,
             f.tags,
             human_bytes(f.allocated.bytes),
