@@ -116,6 +116,9 @@ fn readme_recipe_builds_and_profiles_a_worker() {
             .any(|t| t.task == Some(10) && t.retry == Some(2)),
         "a retried job's third attempt keeps its tag"
     );
+    // The RSS gap's split has what the recorder measured.
+    assert!(profile.meta.rss_at_start_bytes.is_some_and(|b| b > 0));
+    assert!(profile.recorder.as_ref().is_some_and(|r| r.total > 0));
     // The README's CI gate: failed attempts left 4 KiB each, no marks.
     let limits = leakprof::Limits::new().max_leak_per_retry(1024);
     let verdict = leakprof::check(&profile, &limits);

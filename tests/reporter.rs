@@ -1383,3 +1383,26 @@ fn idle_tasks_fold_into_sums_and_every_figure_stays() {
         after.tags.len()
     );
 }
+
+#[test]
+fn the_rss_gap_is_split_into_leakprofs_own_memory_what_came_before_and_the_rest() {
+    let mut p = exception_run(true);
+    // Live is the recorded blocks; RSS 2 MiB above (see Builder::finish).
+    let text = |p: &Profile| {
+        String::from_utf8(render("text", Command::Report, p, &Options::default())).unwrap()
+    };
+    assert!(text(&p)
+        .contains("2.0 MiB above live: allocator overhead, fragmentation and untracked memory)"));
+    p.recorder = Some(leakprof::format::RecorderMemory {
+        total: 1024 * KIB,
+        ..Default::default()
+    });
+    p.meta.rss_at_start_bytes = Some(768 * KIB);
+    let split = text(&p);
+    assert!(
+        split.contains("2.0 MiB above live: leakprof's own 1.0 MiB, RSS before recording 768.0 KiB, the rest 256.0 KiB: allocator overhead"),
+        "{split}"
+    );
+    let gap = leakprof::analysis::summary::RssGap::of(&p);
+    assert_eq!(gap.rest_bytes, 256 * KIB as i64);
+}

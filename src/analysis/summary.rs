@@ -162,6 +162,38 @@ impl Summary {
     }
 }
 
+/// Where the memory between the live bytes and the RSS at snapshot goes:
+/// leakprof's own tables (the profile's `recorder` section), what the
+/// process held before recording started (`meta.rss_at_start_bytes`), and
+/// the rest (allocator overhead, fragmentation, memory not allocated
+/// through the global allocator). A part the profile does not record is
+/// `None` and stays in the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RssGap {
+    /// RSS at snapshot minus live bytes.
+    pub gap_bytes: i64,
+    pub recorder_bytes: Option<u64>,
+    pub before_recording_bytes: Option<u64>,
+    /// The gap less the known parts (negative when memory held before
+    /// recording was given back since).
+    pub rest_bytes: i64,
+}
+
+impl RssGap {
+    pub fn of(profile: &Profile) -> RssGap {
+        let gap = super::signed_change(profile.totals.live.bytes, profile.totals.rss_bytes);
+        let recorder = profile.recorder.as_ref().map(|r| r.total);
+        let before = profile.meta.rss_at_start_bytes;
+        let known = recorder.unwrap_or(0).saturating_add(before.unwrap_or(0));
+        RssGap {
+            gap_bytes: gap,
+            recorder_bytes: recorder,
+            before_recording_bytes: before,
+            rest_bytes: gap.saturating_sub(i64::try_from(known).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
 /// Allocations passed through untracked plus timeline samples lost.
 pub fn dropped_events(profile: &Profile) -> u64 {
     profile.dropped.untracked_allocs + profile.dropped.timeline_points

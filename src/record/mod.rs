@@ -186,6 +186,8 @@ impl Recorder {
             {
                 return Err(StartError::AlreadyRunning);
             }
+            // Before the recorder's own tables touch any page.
+            let rss_at_start = sys::rss_bytes();
             if !hooks::init_tables() {
                 RUNNING.store(false, Ordering::Release);
                 return Err(StartError::NoMemory);
@@ -212,7 +214,7 @@ impl Recorder {
             );
             hooks::reset_counters();
             START_NS.store(sys::now_ns(), Ordering::Relaxed);
-            snapshot::begin_session(&options);
+            snapshot::begin_session(&options, rss_at_start);
             hooks::STATE.store(hooks::RECORDING, Ordering::Release);
             if let Some(period) = options.timeline_interval {
                 if let Err(e) = timeline::start_sampler(period) {

@@ -24,6 +24,8 @@ use crate::format::{
 /// Facts about the current recording that are not on the allocation path.
 struct Session {
     start_unix_ms: u64,
+    /// RSS just before recording started (0: not read).
+    rss_at_start: u64,
     options: Option<Options>,
     attributes: BTreeMap<String, String>,
     tasks: BTreeMap<u64, TaskRecord>,
@@ -58,6 +60,7 @@ const KEEP_FINISHED_TAGS: usize = 20_000;
 
 static SESSION: LockCell<Session> = LockCell::new(Session {
     start_unix_ms: 0,
+    rss_at_start: 0,
     options: None,
     attributes: BTreeMap::new(),
     tasks: BTreeMap::new(),
@@ -77,9 +80,10 @@ pub(crate) fn session_lock() -> &'static RawLock {
     SESSION.raw()
 }
 
-pub(crate) fn begin_session(options: &Options) {
+pub(crate) fn begin_session(options: &Options, rss_at_start: u64) {
     let mut s = SESSION.lock();
     s.start_unix_ms = sys::unix_ms();
+    s.rss_at_start = rss_at_start;
     s.options = Some(options.clone());
     s.attributes.clear();
     s.tasks.clear();
@@ -258,12 +262,15 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         } else {
             VERSION_V1
         },
-        meta: meta(
-            snapshot_ns,
-            session.start_unix_ms,
-            &session.options,
-            session.attributes,
-        ),
+        meta: Meta {
+            rss_at_start_bytes: (session.rss_at_start > 0).then_some(session.rss_at_start),
+            ..meta(
+                snapshot_ns,
+                session.start_unix_ms,
+                &session.options,
+                session.attributes,
+            )
+        },
         modules: sym.modules,
         frames: sym.frames,
         stacks: sym.stacks,
@@ -386,6 +393,7 @@ struct SessionFacts {
     described: BTreeMap<u64, TaskRecord>,
     tasks_dropped: u64,
     start_unix_ms: u64,
+    rss_at_start: u64,
     finished_tags: Vec<FoldedTag>,
     folded: BTreeMap<String, u64>,
     folded_retries: u64,
@@ -403,6 +411,7 @@ impl SessionFacts {
             described: s.tasks.clone(),
             tasks_dropped: s.tasks_dropped,
             start_unix_ms: s.start_unix_ms,
+            rss_at_start: s.rss_at_start,
             finished_tags: s.finished_tags.iter().copied().collect(),
             folded: s.folded.clone(),
             folded_retries: s.folded_retries,
@@ -492,6 +501,7 @@ fn meta(
         pid: std::process::id(),
         start_unix_ms,
         snapshot_ns,
+        rss_at_start_bytes: None,
         leakprof_version: env!("CARGO_PKG_VERSION").to_string(),
         options: RecordOptions {
             mode: if mean == 0 { Mode::Full } else { Mode::Sampled },

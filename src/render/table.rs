@@ -14,6 +14,7 @@ use super::names::{fit_lines, Names};
 use super::{defaults, run_label, Options, Render};
 use crate::analysis::check::human_bytes;
 use crate::analysis::leaks::TaskScopedLeaks;
+use crate::analysis::summary::RssGap;
 use crate::analysis::{signed_change, Model, Partition, Report};
 
 /// The JSON schema name and version written as `schema`.
@@ -166,15 +167,32 @@ fn write_text(
     )?;
     writeln!(out)?;
     writeln!(out, "Run: {}", run_label(p))?;
-    let gap = signed_change(s.surviving_bytes, s.rss_bytes);
+    let gap = RssGap::of(p);
+    let mut parts = Vec::new();
+    if let Some(r) = gap.recorder_bytes {
+        parts.push(format!("leakprof's own {}", human_bytes(r)));
+    }
+    if let Some(b) = gap.before_recording_bytes {
+        parts.push(format!("RSS before recording {}", human_bytes(b)));
+    }
+    let rest = "allocator overhead, fragmentation and untracked memory";
+    if parts.is_empty() {
+        parts.push(rest.to_string());
+    } else {
+        parts.push(format!(
+            "the rest {}: {rest}",
+            signed_bytes(gap.rest_bytes as f64)
+        ));
+    }
     writeln!(
         out,
-        "Surviving: {} in {} blocks; RSS at snapshot {} ({} {} live: allocator overhead, fragmentation and untracked memory)",
+        "Surviving: {} in {} blocks; RSS at snapshot {} ({} {} live: {})",
         human_bytes(s.surviving_bytes),
         s.surviving_blocks,
         human_bytes(s.rss_bytes),
-        human_bytes(gap.unsigned_abs()),
-        if gap >= 0 { "above" } else { "below" }
+        human_bytes(gap.gap_bytes.unsigned_abs()),
+        if gap.gap_bytes >= 0 { "above" } else { "below" },
+        parts.join(", ")
     )?;
     if s.timeline_points > 0 {
         writeln!(
@@ -427,6 +445,7 @@ pub fn json_value(model: &Model<'_>, report: &Report, options: &Options) -> serd
         "rss_bytes": p.totals.rss_bytes,
         "live_bytes": p.totals.live.bytes,
         "rss_gap_bytes": signed_change(p.totals.live.bytes, p.totals.rss_bytes),
+        "rss_gap": RssGap::of(p),
         "summary": s,
         "task_scoped_leaks": report.task_scoped,
         "per_retry": report.per_retry,
