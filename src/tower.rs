@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::record::{with_tag, Tag, Tagged};
+use crate::record::{call_tagged, Tag, Tagged};
 
 /// Tags each request with the [`Tag`] its extractor returns.
 #[derive(Clone, Debug)]
@@ -77,8 +77,7 @@ where
         let tag = (self.extract)(&request);
         // What `call` allocates itself (boxing the future, cloning the
         // request's parts) belongs to the request too.
-        let future = with_tag(tag, || self.inner.call(request));
-        Tagged::new(future, tag)
+        call_tagged(tag, || self.inner.call(request))
     }
 }
 

@@ -401,6 +401,21 @@ impl<F: Future> Future for Tagged<F> {
     }
 }
 
+/// Runs `call` under `tag` and returns the future it makes, tagged for
+/// every poll: the tag is interned once for both (a tower layer's `call`).
+pub(crate) fn call_tagged<F: Future>(tag: Tag, call: impl FnOnce() -> F) -> Tagged<F> {
+    let id = hooks::guarded(|| hooks::TAGS.intern(&tag));
+    let inner = {
+        let _scope = TagScope::enter(id);
+        call()
+    };
+    Tagged {
+        inner,
+        tag,
+        id: Some(id),
+    }
+}
+
 /// `.tagged(tag)` on any future.
 pub trait FutureExt: Future + Sized {
     fn tagged(self, tag: Tag) -> Tagged<Self> {
