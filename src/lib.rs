@@ -18,6 +18,8 @@
 //! - [`graph`]: the heap-graph algorithms (reachability, unreachable
 //!   cycles, dominators, owners), a layer below `record` and `analysis`,
 //!   which both use it.
+//! - `tower` (feature `tower`): a layer that tags every job or request of
+//!   a tower stack (apalis, axum) with its task and attempt.
 //! - `render`, `lab` and `cli` (feature `cli`, on by default): renderers,
 //!   the Dramatiq-faithful worker lab and the `leakprof` command.
 //!
