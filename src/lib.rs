@@ -18,6 +18,8 @@
 //! - [`graph`]: the heap-graph algorithms (reachability, unreachable
 //!   cycles, dominators, owners), a layer below `record` and `analysis`,
 //!   which both use it.
+//! - `tower` (feature `tower`): a layer that tags every job or request of
+//!   a tower stack (apalis, axum) with its task and attempt.
 //! - `render`, `lab` and `cli` (feature `cli`, on by default): renderers,
 //!   the Dramatiq-faithful worker lab and the `leakprof` command.
 //!
@@ -47,6 +49,9 @@ pub mod format;
 pub mod graph;
 pub mod record;
 
+#[cfg(feature = "tower")]
+pub mod tower;
+
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "cli")]
@@ -62,5 +67,5 @@ pub use record::owner;
 pub use record::{
     current_tag, describe_task, finish_task, is_recording, live, mark, set_attribute, with_tag,
     FutureExt, GraphOptions, GraphUnavailable, LeakAlloc, Options, Recorder, StartError, Tag,
-    Tagged, TaskDescription,
+    TagNumber, Tagged, TaskDescription,
 };

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use leakprof::analysis::check::{check, Limits, Verdict};
 use leakprof::analysis::{
     grouping, merge, relative_to, Behaviour, Comparison, LeakSlope, Model, Partition, Report,
-    Summary,
+    SlopeSource, Summary,
 };
 use leakprof::format::{Profile, TagInfo};
 use leakprof::render::flamegraph::{folded, FlameGroup, Metric};
@@ -931,10 +931,124 @@ fn heap_graph_owners_and_vias_take_precedence() {
     assert_eq!(v1.rows[0].kind, "unknown (no heap graph)");
 }
 
+/// Ten tasks run interleaved, each of their four attempts failing and
+/// leaving `payload` bytes alive, among `clean` tasks that leave nothing;
+/// the timeline's marks (one per failure, in time order) see every task's
+/// leak at once, so live bytes against the retry number scatter.
+fn interleaved_retries(payload: u64, clean: u64) -> Profile {
+    let mut b = Builder::new("apalis-worker");
+    let alloc = b.frame("__rust_alloc", None, None);
+    let make = b.frame(
+        "apalis_worker::make_payload",
+        Some("examples/apalis_worker.rs"),
+        Some(64),
+    );
+    let stack = b.stack(&[alloc, make]);
+    let mut t_ms = 0;
+    let mut live = 0;
+    for attempt in 0..4u32 {
+        for task in 0..10u64 {
+            t_ms += 1;
+            let tag = b.tag(TagInfo {
+                task: Some(task),
+                retry: Some(attempt),
+                first_ns: Some(t_ms * 1_000_000),
+                last_ns: Some(t_ms * 1_000_000 + 1),
+                ..TagInfo::default()
+            });
+            b.alloc(stack, tag, 1, payload, 1);
+            live += payload;
+            b.point(
+                t_ms,
+                live,
+                Some(leakprof::format::events::AFTER_FAILURE),
+                Some(attempt),
+            );
+        }
+    }
+    for task in 100..100 + clean {
+        t_ms += 1;
+        let tag = b.tag(TagInfo {
+            task: Some(task),
+            retry: Some(0),
+            first_ns: Some(t_ms * 1_000_000),
+            last_ns: Some(t_ms * 1_000_000 + 1),
+            ..TagInfo::default()
+        });
+        b.alloc(stack, tag, 3, 100, 0);
+    }
+    b.p.meta.snapshot_ns = (t_ms + 1) * 1_000_000;
+    b.finish()
+}
+
 #[test]
-fn a_profile_without_timeline_has_no_slope_and_unknown_behaviour() {
+fn leak_per_retry_comes_from_the_tags_of_interleaved_tasks_without_marks() {
+    let payload = 4 * MIB;
+    let mut p = interleaved_retries(payload, 1000);
+    // The marks pool every task: ten payloads per retry number.
+    let marks = LeakSlope::from_marks(&p, 0).unwrap();
+    assert!(marks.bytes_per_retry > 5.0 * payload as f64, "{marks:?}");
+    let s = LeakSlope::of(&p, 0).unwrap();
+    assert_eq!(s.source, SlopeSource::Tags);
+    assert!((s.bytes_per_retry - payload as f64).abs() < 1e-3, "{s:?}");
+    assert!((s.r2 - 1.0).abs() < 1e-9);
+    assert_eq!(
+        (s.tasks, s.points, s.first_retry, s.last_retry),
+        (10, 40, 0, 3)
+    );
+    assert_eq!(
+        Summary::of(&p).behaviour,
+        Behaviour::ContinuousAccumulation,
+        "never \"stable\" while ended attempts keep their bytes"
+    );
+    let v = check(&p, &Limits::new().max_leak_per_retry(MIB));
+    assert_eq!(
+        v.reason(),
+        "leak per retry 4.0 MiB exceeds the limit 1.0 MiB (fitted over 40 ended attempts of 10 tasks, retries 0..=3, r² 1.000)"
+    );
+    assert!(check(&p, &Limits::new().max_leak_per_retry(8 * MIB)).is_pass());
+    // Without any marks at all, the same figure.
+    p.timeline.clear();
+    let s = LeakSlope::of(&p, 0).unwrap();
+    assert!((s.bytes_per_retry - payload as f64).abs() < 1e-3);
+    // Attempts that free what they allocated leave a flat line.
+    let freed = interleaved_retries(0, 10);
+    let s = LeakSlope::of(&freed, 0).unwrap();
+    assert_eq!(s.bytes_per_retry, 0.0);
+    assert_eq!(Summary::of(&freed).behaviour, Behaviour::Stable);
+}
+
+#[test]
+fn a_running_attempt_is_not_counted_until_a_later_one_ends_it() {
+    let mut p = interleaved_retries(4 * MIB, 0);
+    // Task 0's last attempt is still running at snapshot: 3 points left.
+    let last = p
+        .tags
+        .iter_mut()
+        .find(|t| t.task == Some(0) && t.retry == Some(3))
+        .unwrap();
+    last.active = true;
+    let s = LeakSlope::from_tags(&p, 0).unwrap();
+    assert_eq!(s.points, 39);
+    // An earlier attempt marked running is still ended by a later one.
+    p.tags[1].active = true;
+    assert_eq!(LeakSlope::from_tags(&p, 0).unwrap().points, 39);
+}
+
+#[test]
+fn a_profile_without_timeline_or_tagged_retries_has_no_slope_and_unknown_behaviour() {
     let mut p = exception_run(true);
     p.timeline.clear();
+    // The tags alone still give the leak per retry.
+    let from_tags = Summary::of(&p);
+    assert_eq!(
+        from_tags.leak_per_retry_bytes,
+        Some((PAYLOAD + ERROR_VALUE) as f64)
+    );
+    assert_eq!(from_tags.behaviour, Behaviour::ContinuousAccumulation);
+    for t in &mut p.tags {
+        t.retry = None;
+    }
     let s = Summary::of(&p);
     assert_eq!(s.behaviour, Behaviour::Unknown);
     assert_eq!(s.leak_per_retry_bytes, None);
@@ -1103,4 +1217,192 @@ fn unreachable_selection_filters_before_the_largest_cap() {
         largest: Some(1),
     };
     assert_eq!(chains_for(&p, &by_site).unwrap().len(), 1);
+}
+
+/// A tower-like generic name: services wrapping services, 2,000+
+/// characters, as apalis and axum stacks name their frames.
+fn tower_like_name() -> String {
+    let mut s = "apalis_worker::handle::{closure#0}".to_string();
+    for k in 0..30 {
+        s = format!(
+            "tower::util::map_request::MapRequest<{s}, apalis_core::layers::retry::RetryLayer<apalis_core::backend::memory::MemoryStorage<u{k}>>>"
+        );
+    }
+    format!("<{s} as tower_service::Service<apalis_core::task::Task<alloc::vec::Vec<u8>>>>::call")
+}
+
+fn widest_line(text: &str) -> usize {
+    text.lines().map(|l| l.chars().count()).max().unwrap_or(0)
+}
+
+#[test]
+fn report_and_retainers_lines_fit_300_columns_with_tower_like_names() {
+    use leakprof::analysis::retainers::{chains_for, Matching, Query};
+    use leakprof::render::names::Names;
+    let name = tower_like_name();
+    assert!(name.len() > 2000, "{}", name.len());
+    let mut p = with_reachable_giants_and_small_leaks();
+    for f in &mut p.frames {
+        if !f.function.starts_with("__rust") {
+            f.function = name.clone();
+        }
+    }
+    let report =
+        String::from_utf8(render("text", Command::Report, &p, &Options::default())).unwrap();
+    assert!(widest_line(&report) <= 300, "{report}");
+    // The rule keeps it readable: the service and its layers, not `…`s.
+    assert!(
+        report
+            .contains("site: <MapRequest<MapRequest<…>, RetryLayer<…>> as Service<Task<…>>>::call"),
+        "{report}"
+    );
+    let full = Options::default().text_fit(true, None);
+    let report_full = String::from_utf8(render("text", Command::Report, &p, &full)).unwrap();
+    assert!(widest_line(&report_full) > 2000);
+    let query = Query {
+        matching: Matching::Any,
+        unreachable_only: false,
+        largest: Some(3),
+    };
+    let chains = chains_for(&p, &query).unwrap();
+    let shown = leakprof::render::retainers::text(&chains, &Names::of(&p, false), Some(300));
+    assert!(widest_line(&shown) <= 300, "{shown}");
+    let all = leakprof::render::retainers::text(&chains, &Names::of(&p, true), None);
+    assert!(widest_line(&all) > 1000);
+}
+
+#[test]
+fn task_tables_list_the_leaking_tasks_first() {
+    // Tasks 100.. leave nothing; tasks 0..10 leak, but come later in the
+    // profile than twenty clean ones would by id.
+    let mut p = interleaved_retries(4 * MIB, 30);
+    for t in &mut p.tags {
+        if let Some(task) = t.task.as_mut() {
+            *task = if *task >= 100 {
+                *task - 100
+            } else {
+                *task + 1000
+            };
+        }
+    }
+    let text = String::from_utf8(render("text", Command::Report, &p, &Options::default())).unwrap();
+    let per_task = text
+        .split("\nPer task:\n")
+        .nth(1)
+        .expect("a per-task table");
+    let first = per_task.lines().nth(1).unwrap();
+    assert!(first.trim_start().starts_with("100"), "{first}");
+    assert!(first.contains("16.0 MiB"), "{first}");
+    let leaks_line = text.lines().find(|l| l.starts_with("Per task: ")).unwrap();
+    assert!(
+        leaks_line.starts_with("Per task: task 1000: 16.0 MiB"),
+        "{leaks_line}"
+    );
+}
+
+#[test]
+fn a_block_shows_its_own_type_not_its_owners() {
+    use leakprof::format::{Graph, Owner, VERSION_V2};
+    let mut b = Builder::new("apalis-worker");
+    let alloc = b.frame("__rust_alloc", None, None);
+    let from_elem = b.frame(
+        "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem::<alloc::alloc::Global>",
+        None,
+        None,
+    );
+    let make = b.frame(
+        "apalis_worker::make_payload",
+        Some("examples/apalis_worker.rs"),
+        Some(64),
+    );
+    let plain = b.frame(
+        "apalis_worker::remember",
+        Some("examples/apalis_worker.rs"),
+        Some(80),
+    );
+    let typed = b.stack(&[alloc, from_elem, make]);
+    let untyped = b.stack(&[alloc, plain]);
+    let tag = b.tag(TagInfo::default());
+    b.alloc(typed, tag, 1, 4 * MIB, 1);
+    b.alloc(untyped, tag, 1, 64, 1);
+    let mut p = b.finish();
+    p.version = VERSION_V2;
+    for g in &mut p.live {
+        g.owner = Some(0);
+    }
+    p.graph = Some(Graph {
+        owners: vec![Owner {
+            name: "error history".into(),
+            kind: "labelled".into(),
+            type_name: Some("ErrorHistory".into()),
+            objects: 1,
+            ..Owner::default()
+        }],
+        ..Graph::default()
+    });
+    let rows = rows(&Partition::of(&Model::new(&p), grouping("type").unwrap()));
+    assert_eq!(rows[0].0, "Vec<u8>");
+    assert_eq!(rows[1].0, "unknown", "never the owner's ErrorHistory");
+}
+
+#[test]
+fn idle_tasks_fold_into_sums_and_every_figure_stays() {
+    use leakprof::format::compact::fold_idle_tasks;
+    let before = interleaved_retries(4 * MIB, 50);
+    let mut after = before.clone();
+    let all = after.tags.len() as u32;
+    fold_idle_tasks(&mut after, all, 10);
+    // 40 of the 50 clean tasks summed, the 10 newest listed; every tag of
+    // the leaking tasks stays, ids renumbered to their index.
+    let folded = after.folded.as_ref().expect("a folded section");
+    assert_eq!((folded.tasks, folded.tags), (40, 40));
+    assert_eq!(folded.allocated.bytes, 40 * 300);
+    assert_eq!(after.tags.len(), before.tags.len() - 40);
+    assert!(after.tags.iter().enumerate().all(|(i, t)| t.id == i as u32));
+    let listed: Vec<u64> = after
+        .tags
+        .iter()
+        .filter_map(|t| t.task)
+        .filter(|&t| t >= 100)
+        .collect();
+    assert_eq!(listed, (140..150).collect::<Vec<u64>>(), "the newest stay");
+    for g in &after.live {
+        assert!(after.tags[g.tag as usize].task.is_some_and(|t| t < 10));
+    }
+    let (a, b) = (Summary::of(&before), Summary::of(&after));
+    assert_eq!((a.tasks, a.retries), (b.tasks, b.retries));
+    assert_eq!(a.leak_per_retry_bytes, b.leak_per_retry_bytes);
+    let by_task = |p: &Profile| rows(&Partition::of(&Model::new(p), grouping("task").unwrap()));
+    assert_eq!(by_task(&before), by_task(&after));
+    // A saved and loaded compact profile is valid.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.json");
+    after.save(&path).unwrap();
+    assert_eq!(
+        leakprof::format::load(&path).unwrap().tags.len(),
+        after.tags.len()
+    );
+}
+
+#[test]
+fn the_rss_gap_is_split_into_leakprofs_own_memory_what_came_before_and_the_rest() {
+    let mut p = exception_run(true);
+    // Live is the recorded blocks; RSS 2 MiB above (see Builder::finish).
+    let text = |p: &Profile| {
+        String::from_utf8(render("text", Command::Report, p, &Options::default())).unwrap()
+    };
+    assert!(text(&p)
+        .contains("2.0 MiB above live: allocator overhead, fragmentation and untracked memory)"));
+    p.recorder = Some(leakprof::format::RecorderMemory {
+        total: 1024 * KIB,
+        ..Default::default()
+    });
+    p.meta.rss_at_start_bytes = Some(768 * KIB);
+    let split = text(&p);
+    assert!(
+        split.contains("2.0 MiB above live: leakprof's own 1.0 MiB, RSS before recording 768.0 KiB, the rest 256.0 KiB: allocator overhead"),
+        "{split}"
+    );
+    let gap = leakprof::analysis::summary::RssGap::of(&p);
+    assert_eq!(gap.rest_bytes, 256 * KIB as i64);
 }

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 /// The scripts that write a section of docs/BENCHMARKS.md or docs/SCENARIOS.md.
 const WRITERS: &[&str] = &[
+    "bench-apalis",
     "bench-recorder",
     "bench-scan",
     "bench-throughput",

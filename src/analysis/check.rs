@@ -85,17 +85,16 @@ pub fn check(profile: &Profile, limits: &Limits) -> Verdict {
         match LeakSlope::of(profile, limits.warmup) {
             None => {
                 return Verdict::Inconclusive(format!(
-                    "cannot measure the leak per retry: fewer than two distinct retries (from retry {}) have an \"after failure\" point on the timeline",
+                    "cannot measure the leak per retry: no task has two ended attempts (from retry {}) in its tags, and fewer than two retries have an \"after failure\" point on the timeline",
                     limits.warmup
                 ))
             }
             Some(s) if s.bytes_per_retry > max as f64 => {
                 return Verdict::Fail(format!(
-                    "leak per retry {} exceeds the limit {} (fit over retries {}..={}, r² {:.3})",
+                    "leak per retry {} exceeds the limit {} ({}, r² {:.3})",
                     human_bytes(s.bytes_per_retry.round() as u64),
                     human_bytes(max),
-                    s.first_retry,
-                    s.last_retry,
+                    s.fitted_over(),
                     s.r2
                 ))
             }

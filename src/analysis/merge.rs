@@ -383,6 +383,11 @@ impl Merger {
             pid: first.meta.pid,
             start_unix_ms: start,
             snapshot_ns,
+            // Processes' RSS add up, as their snapshots' RSS do.
+            rss_at_start_bytes: profiles
+                .iter()
+                .map(|p| p.meta.rss_at_start_bytes)
+                .sum::<Option<u64>>(),
             leakprof_version: env!("CARGO_PKG_VERSION").to_string(),
             options: RecordOptions {
                 mode: if sampled.is_some() {

@@ -38,7 +38,7 @@ pub use merge::merge;
 pub use model::Model;
 pub use partition::{grouping, Grouping, Partition, Row, GROUPINGS};
 pub use relative::relative_to;
-pub use slope::LeakSlope;
+pub use slope::{LeakSlope, SlopeSource};
 pub use summary::{Behaviour, Summary};
 
 use crate::format::{Amount, Profile};

@@ -173,18 +173,15 @@ impl<'p> Model<'p> {
     }
 
     /// Type of a live group: from the constructor frames, else from the
-    /// owner scope's type, else [`UNKNOWN`].
+    /// owner scope's type, else [`UNKNOWN`]. Never the type of a heap-graph
+    /// owner: a registered `ErrorHistory` keeps `Vec<u8>` payloads alive,
+    /// and those blocks are `Vec<u8>`s, not `ErrorHistory`s.
     pub fn type_name(&self, g: &LiveGroup) -> &str {
         if let Some(t) = &self.stacks[g.stack as usize].type_name {
             return t;
         }
         if let Some(t) = &self.profile.tags[g.tag as usize].type_name {
             return t;
-        }
-        if let (Some(o), Some(graph)) = (g.owner, &self.profile.graph) {
-            if let Some(t) = &graph.owners[o as usize].type_name {
-                return t;
-            }
         }
         UNKNOWN
     }
@@ -262,6 +259,16 @@ fn file_name(path: &str) -> &str {
 /// (v0 mangling keeps type arguments; legacy mangling prints the generic
 /// parameter, such as `Vec<T>`, which says nothing and is ignored).
 pub fn type_from_constructor(function: &str) -> Option<String> {
+    // `vec![x; n]` goes through `<u8 as SpecFromElem>::from_elem`.
+    if let Some((elem, _)) = function
+        .strip_prefix('<')
+        .and_then(|f| f.split_once(" as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"))
+    {
+        if is_generic_parameter(elem) {
+            return None;
+        }
+        return Some(format!("Vec<{}>", shorten_type(elem)));
+    }
     let f = function.trim_start_matches('<');
     for (prefix, shape) in TYPED_CONSTRUCTORS {
         let Some(rest) = f.strip_prefix(prefix) else {
@@ -350,5 +357,12 @@ mod tests {
         );
         assert_eq!(type_from_constructor("alloc::boxed::Box<T>::new"), None);
         assert_eq!(type_from_constructor("app::make"), None);
+        assert_eq!(
+            type_from_constructor(
+                "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem::<alloc::alloc::Global>"
+            )
+            .as_deref(),
+            Some("Vec<u8>")
+        );
     }
 }

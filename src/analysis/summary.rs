@@ -5,15 +5,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::slope::{fit_line, LeakSlope};
+use super::slope::{fit_line, LeakSlope, SlopeSource};
 use crate::format::{events, Profile};
 
 /// Below this many bytes per retry a slope is noise from allocator
 /// bookkeeping and small per-retry state, not a leak worth the name.
 pub const ACCUMULATION_MIN_BYTES_PER_RETRY: f64 = 4096.0;
 
-/// A slope fitted this well (r²) is a steady per-retry accumulation; a
-/// worse fit is oscillation that happens to trend.
+/// A slope fitted to the timeline's marks this well (r²) is a steady
+/// per-retry accumulation; a worse fit is oscillation that happens to
+/// trend. (A slope from the tags needs no such test: see `behaviour`.)
 pub const ACCUMULATION_MIN_R2: f64 = 0.8;
 
 /// Without retries, live memory that ends this much higher than it started
@@ -161,6 +162,38 @@ impl Summary {
     }
 }
 
+/// Where the memory between the live bytes and the RSS at snapshot goes:
+/// leakprof's own tables (the profile's `recorder` section), what the
+/// process held before recording started (`meta.rss_at_start_bytes`), and
+/// the rest (allocator overhead, fragmentation, memory not allocated
+/// through the global allocator). A part the profile does not record is
+/// `None` and stays in the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RssGap {
+    /// RSS at snapshot minus live bytes.
+    pub gap_bytes: i64,
+    pub recorder_bytes: Option<u64>,
+    pub before_recording_bytes: Option<u64>,
+    /// The gap less the known parts (negative when memory held before
+    /// recording was given back since).
+    pub rest_bytes: i64,
+}
+
+impl RssGap {
+    pub fn of(profile: &Profile) -> RssGap {
+        let gap = super::signed_change(profile.totals.live.bytes, profile.totals.rss_bytes);
+        let recorder = profile.recorder.as_ref().map(|r| r.total);
+        let before = profile.meta.rss_at_start_bytes;
+        let known = recorder.unwrap_or(0).saturating_add(before.unwrap_or(0));
+        RssGap {
+            gap_bytes: gap,
+            recorder_bytes: recorder,
+            before_recording_bytes: before,
+            rest_bytes: gap.saturating_sub(i64::try_from(known).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
 /// Allocations passed through untracked plus timeline samples lost.
 pub fn dropped_events(profile: &Profile) -> u64 {
     profile.dropped.untracked_allocs + profile.dropped.timeline_points
@@ -168,10 +201,18 @@ pub fn dropped_events(profile: &Profile) -> u64 {
 
 /// Decides accumulation vs stable: from the leak slope when the run had
 /// failures to fit, else from the trend of live bytes over time.
+///
+/// A slope from the tags counts bytes that ended attempts still hold: at
+/// the threshold that is accumulation whatever r² says (uneven payloads
+/// scatter the fit, they do not make the memory come back), so the verdict
+/// can never be "stable" while ended attempts' bytes pile up.
 fn behaviour(profile: &Profile, slope: Option<LeakSlope>) -> Behaviour {
     if let Some(s) = slope {
-        let accumulating =
-            s.bytes_per_retry >= ACCUMULATION_MIN_BYTES_PER_RETRY && s.r2 >= ACCUMULATION_MIN_R2;
+        let fitted_well = match s.source {
+            SlopeSource::Tags => true,
+            SlopeSource::Marks => s.r2 >= ACCUMULATION_MIN_R2,
+        };
+        let accumulating = s.bytes_per_retry >= ACCUMULATION_MIN_BYTES_PER_RETRY && fitted_well;
         return if accumulating {
             Behaviour::ContinuousAccumulation
         } else {

@@ -42,6 +42,11 @@ pub struct Args {
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Show every name as recorded, however long, and never cut a line
+    /// (text; by default long generic names are shortened and lines fit
+    /// the terminal, or 300 characters when not writing to one).
+    #[arg(long)]
+    full_names: bool,
 }
 
 pub fn execute(_global: Global, args: Args) -> Outcome {
@@ -52,11 +57,41 @@ pub fn execute(_global: Global, args: Args) -> Outcome {
     };
     let renderer = render::find(Command::Report, &args.format).context("unknown report format")?;
     let by = grouping(&args.by).context("unknown grouping")?;
-    let options = render::Options::default().by(by).top(args.top);
+    let options = render::Options::default()
+        .by(by)
+        .top(args.top)
+        .text_fit(args.full_names, text_width(args.output.as_deref()));
     let model = Model::new(&profile);
     let bytes = render::render_to_vec(renderer, &model, &options)?;
     emit(args.output.as_deref(), &bytes, renderer.binary)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How wide text lines may be: the terminal's width when standard output
+/// is one (and no file was given), else [`defaults::TEXT_WIDTH`].
+pub(super) fn text_width(output: Option<&Path>) -> Option<usize> {
+    let to_stdout = match output {
+        None => true,
+        Some(p) => p == Path::new("-"),
+    };
+    if to_stdout && std::io::stdout().is_terminal() {
+        if let Some(columns) = terminal_columns() {
+            return Some(columns);
+        }
+    }
+    Some(defaults::TEXT_WIDTH)
+}
+
+/// Columns of the terminal on standard output.
+fn terminal_columns() -> Option<usize> {
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct we pass, and
+    // reads nothing else; fd 1 is open for the whole process.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        return Some(size.ws_col as usize);
+    }
+    std::env::var("COLUMNS").ok()?.parse().ok()
 }
 
 /// `--format` values a command offers, with their descriptions.

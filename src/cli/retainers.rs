@@ -9,6 +9,7 @@ use super::input::load_profile_arg;
 use super::{Global, Outcome};
 use crate::analysis::retainers::{chains_for, Matching, Query};
 use crate::format::write_atomically;
+use crate::render::names::Names;
 use crate::render::retainers;
 
 /// Show the shortest chain from a root (or from the unreachable cycle that
@@ -46,6 +47,11 @@ pub struct Args {
     /// Write the text here instead of standard output.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Show every name as recorded and never cut a line (by default long
+    /// generic names are shortened and lines fit the terminal, or 300
+    /// characters when not writing to one).
+    #[arg(long)]
+    pub full_names: bool,
 }
 
 pub fn execute(_global: Global, args: Args) -> Outcome {
@@ -61,7 +67,13 @@ pub fn execute(_global: Global, args: Args) -> Outcome {
     };
     let found =
         chains_for(&profile, &query).with_context(|| format!("{}", args.profile.display()))?;
-    let text = retainers::text(&found);
+    let names = Names::of(&profile, args.full_names);
+    let width = if args.full_names {
+        None
+    } else {
+        super::report::text_width(args.output.as_deref())
+    };
+    let text = retainers::text(&found, &names, width);
     match &args.output {
         Some(path) => write_atomically(path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?,

@@ -18,6 +18,7 @@
 //! (a field removed, renamed or made required, a changed meaning or unit,
 //! a new enum value) takes a new version; every version stays readable.
 
+pub mod compact;
 pub mod frame_names;
 mod load;
 
@@ -131,6 +132,11 @@ pub struct Meta {
     pub start_unix_ms: u64,
     /// Time of this snapshot, ns since recording started.
     pub snapshot_ns: u64,
+    /// The process's RSS just before recording started: memory the
+    /// recorder never saw allocated (code, libraries, what was allocated
+    /// before `Recorder::start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_at_start_bytes: Option<u64>,
     pub leakprof_version: String,
     pub options: RecordOptions,
     /// Free-form facts a program attaches (scenario, middleware, broker, ...).

@@ -286,7 +286,7 @@ fn process(shared: &Shared, delivery: Delivery) -> JobDone {
     let retries = message.retries().unwrap_or(0);
     stats.max_retry.fetch_max(retries, Ordering::Relaxed);
     stats.attempts.fetch_add(1, Ordering::Relaxed);
-    let tag = Tag::task(task).retry(retries.min(u32::MAX as u64) as u32);
+    let tag = Tag::task(task).retry(retries);
 
     let ctx = match shared.actors.get(&message.actor_name) {
         Some(actor) => Some(MessageCtx::new(&shared.env, &message, actor, task)),

@@ -51,7 +51,7 @@ use std::time::Duration;
 
 pub use alloc::LeakAlloc;
 pub use heapgraph::GraphOptions;
-pub use tags::Tag;
+pub use tags::{Tag, TagNumber};
 
 use crate::format::Profile;
 
@@ -192,6 +192,8 @@ impl Recorder {
             {
                 return Err(StartError::AlreadyRunning);
             }
+            // Before the recorder's own tables touch any page.
+            let rss_at_start = sys::rss_bytes();
             if !hooks::init_tables() {
                 RUNNING.store(false, Ordering::Release);
                 return Err(StartError::NoMemory);
@@ -218,7 +220,7 @@ impl Recorder {
             );
             hooks::reset_counters();
             START_NS.store(sys::now_ns(), Ordering::Relaxed);
-            snapshot::begin_session(&options);
+            snapshot::begin_session(&options, rss_at_start);
             hooks::STATE.store(hooks::RECORDING, Ordering::Release);
             if let Some(period) = options.timeline_interval {
                 if let Err(e) = timeline::start_sampler(period) {
@@ -327,7 +329,8 @@ pub fn with_tag<R>(tag: Tag, f: impl FnOnce() -> R) -> R {
 ///
 /// Calling it while code still runs under one of the task's tags would
 /// attribute that code's allocations to whichever tag reuses the entry.
-pub fn finish_task(task: u64) {
+pub fn finish_task(task: impl TagNumber) {
+    let task = task.to_u64();
     if hooks::recording() {
         hooks::guarded(|| snapshot::note_finished(hooks::TAGS.finish_task(task)));
     }
@@ -404,6 +407,21 @@ impl<F: Future> Future for Tagged<F> {
     }
 }
 
+/// Runs `call` under `tag` and returns the future it makes, tagged for
+/// every poll: the tag is interned once for both (a tower layer's `call`).
+pub(crate) fn call_tagged<F: Future>(tag: Tag, call: impl FnOnce() -> F) -> Tagged<F> {
+    let id = hooks::guarded(|| hooks::TAGS.intern(&tag));
+    let inner = {
+        let _scope = TagScope::enter(id);
+        call()
+    };
+    Tagged {
+        inner,
+        tag,
+        id: Some(id),
+    }
+}
+
 /// `.tagged(tag)` on any future.
 pub trait FutureExt: Future + Sized {
     fn tagged(self, tag: Tag) -> Tagged<Self> {
@@ -452,7 +470,8 @@ pub fn set_attribute(key: &str, value: &str) {
 
 /// Describes a task for the profile's task table (name, message id, actor,
 /// queue, outcome). Fields left `None` keep earlier values.
-pub fn describe_task(task: u64, description: TaskDescription) {
+pub fn describe_task(task: impl TagNumber, description: TaskDescription) {
+    let task = task.to_u64();
     hooks::guarded(|| snapshot::describe_task(task, description));
 }
 

@@ -17,13 +17,15 @@ use super::sys::{self, LockCell, RawLock};
 use super::tags::{Finished, FoldedTag, TaskSpan};
 use super::{symbols, timeline, Options, TaskDescription};
 use crate::format::{
-    Amount, Dropped, Folded, LiveGroup, Meta, Mode, Profile, RecordOptions, RecorderMemory,
-    StackStats, TagInfo, TaskInfo, Totals, FORMAT_NAME, VERSION_V1, VERSION_V2,
+    compact, Amount, Dropped, Folded, LiveGroup, Meta, Mode, Profile, RecordOptions,
+    RecorderMemory, StackStats, TagInfo, TaskInfo, Totals, FORMAT_NAME, VERSION_V1, VERSION_V2,
 };
 
 /// Facts about the current recording that are not on the allocation path.
 struct Session {
     start_unix_ms: u64,
+    /// RSS just before recording started (0: not read).
+    rss_at_start: u64,
     options: Option<Options>,
     attributes: BTreeMap<String, String>,
     tasks: BTreeMap<u64, TaskRecord>,
@@ -58,6 +60,7 @@ const KEEP_FINISHED_TAGS: usize = 20_000;
 
 static SESSION: LockCell<Session> = LockCell::new(Session {
     start_unix_ms: 0,
+    rss_at_start: 0,
     options: None,
     attributes: BTreeMap::new(),
     tasks: BTreeMap::new(),
@@ -77,9 +80,10 @@ pub(crate) fn session_lock() -> &'static RawLock {
     SESSION.raw()
 }
 
-pub(crate) fn begin_session(options: &Options) {
+pub(crate) fn begin_session(options: &Options, rss_at_start: u64) {
     let mut s = SESSION.lock();
     s.start_unix_ms = sys::unix_ms();
+    s.rss_at_start = rss_at_start;
     s.options = Some(options.clone());
     s.attributes.clear();
     s.tasks.clear();
@@ -251,19 +255,22 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let (timeline, timeline_decimated) = timeline::copy();
     let truncated_stacks = sym.stacks.iter().filter(|s| s.truncated).count() as u64;
     drop(copied);
-    Profile {
+    let mut profile = Profile {
         format: FORMAT_NAME.to_string(),
         version: if graph.is_some() {
             VERSION_V2
         } else {
             VERSION_V1
         },
-        meta: meta(
-            snapshot_ns,
-            session.start_unix_ms,
-            &session.options,
-            session.attributes,
-        ),
+        meta: Meta {
+            rss_at_start_bytes: (session.rss_at_start > 0).then_some(session.rss_at_start),
+            ..meta(
+                snapshot_ns,
+                session.start_unix_ms,
+                &session.options,
+                session.attributes,
+            )
+        },
         modules: sym.modules,
         frames: sym.frames,
         stacks: sym.stacks,
@@ -286,7 +293,11 @@ fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
         },
         graph,
         recorder: Some(recorder_memory(session.bytes)),
-    }
+    };
+    // Tasks that hold nothing and are not running, beyond the newest, are
+    // summed (tags of finished tasks, past `n_tags`, are already bounded).
+    compact::fold_idle_tasks(&mut profile, n_tags as u32, compact::KEEP_IDLE_TASKS);
+    profile
 }
 
 /// Block counters count in units of 1/`unit` block (see `Config`).
@@ -382,6 +393,7 @@ struct SessionFacts {
     described: BTreeMap<u64, TaskRecord>,
     tasks_dropped: u64,
     start_unix_ms: u64,
+    rss_at_start: u64,
     finished_tags: Vec<FoldedTag>,
     folded: BTreeMap<String, u64>,
     folded_retries: u64,
@@ -399,6 +411,7 @@ impl SessionFacts {
             described: s.tasks.clone(),
             tasks_dropped: s.tasks_dropped,
             start_unix_ms: s.start_unix_ms,
+            rss_at_start: s.rss_at_start,
             finished_tags: s.finished_tags.iter().copied().collect(),
             folded: s.folded.clone(),
             folded_retries: s.folded_retries,
@@ -488,6 +501,7 @@ fn meta(
         pid: std::process::id(),
         start_unix_ms,
         snapshot_ns,
+        rss_at_start_bytes: None,
         leakprof_version: env!("CARGO_PKG_VERSION").to_string(),
         options: RecordOptions {
             mode: if mean == 0 { Mode::Full } else { Mode::Sampled },

@@ -28,6 +28,10 @@ use super::sys::{self, LockCell, RawLock};
 /// let tag = Tag::task(7).retry(2);
 /// assert_eq!(tag.task_id(), Some(7));
 /// assert_eq!(tag.retry_number(), Some(2));
+/// // Frameworks' own integer types, as they come:
+/// let attempt: usize = 3;
+/// let job_id: u32 = 9;
+/// assert_eq!(Tag::task(job_id).retry(attempt), Tag::task(9u64).retry(3u32));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tag {
@@ -46,20 +50,23 @@ impl Tag {
         type_name: None,
     };
 
-    /// A task, by a numeric id of the program's choosing.
-    pub const fn task(id: u64) -> Tag {
+    /// A task, by a numeric id of the program's choosing, in whichever
+    /// integer type the program counts in (`u64`, `u32`, `usize`, ...).
+    pub fn task(id: impl TagNumber) -> Tag {
         Tag {
-            task: Some(id),
+            task: Some(id.to_u64()),
             retry: None,
             label: None,
             type_name: None,
         }
     }
 
-    /// The same tag with a retry number (0 = first attempt).
-    pub const fn retry(self, retry: u32) -> Tag {
+    /// The same tag with a retry number (0 = first attempt), in whichever
+    /// integer type the framework counts attempts in (apalis and tower
+    /// count in `usize`). Numbers above `u32::MAX` are kept as `u32::MAX`.
+    pub fn retry(self, retry: impl TagNumber) -> Tag {
         Tag {
-            retry: Some(retry),
+            retry: Some(u32::try_from(retry.to_u64()).unwrap_or(u32::MAX)),
             ..self
         }
     }
@@ -96,6 +103,36 @@ impl Tag {
         self.type_name
     }
 }
+
+/// The integer types a task id or retry number may come in: frameworks
+/// count in `usize`, `u64` or `u32`, and a literal (`Tag::task(7)`) is an
+/// `i32`. Negative numbers are kept as 0.
+pub trait TagNumber: Copy {
+    fn to_u64(self) -> u64;
+}
+
+macro_rules! tag_number_unsigned {
+    ($($t:ty),*) => {$(
+        impl TagNumber for $t {
+            fn to_u64(self) -> u64 {
+                u64::try_from(self).unwrap_or(u64::MAX)
+            }
+        }
+    )*};
+}
+
+macro_rules! tag_number_signed {
+    ($($t:ty),*) => {$(
+        impl TagNumber for $t {
+            fn to_u64(self) -> u64 {
+                u64::try_from(self).unwrap_or(0)
+            }
+        }
+    )*};
+}
+
+tag_number_unsigned!(u8, u16, u32, u64, usize);
+tag_number_signed!(i32, i64, isize);
 
 /// A tag's 64-bit hash (Fx over its fields; labels by content).
 fn hash_of(tag: &Tag) -> u64 {

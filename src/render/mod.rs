@@ -14,6 +14,7 @@
 pub mod comparison;
 pub mod dhat;
 pub mod flamegraph;
+pub mod names;
 pub mod pprof;
 pub mod retainers;
 pub mod table;
@@ -154,6 +155,9 @@ pub mod defaults {
     pub const GROUP_BY: &str = "none";
     /// Flamegraph width in pixels.
     pub const WIDTH: usize = 1200;
+    /// Widest line of text output (`report`, `retainers`) when it does not
+    /// go to a terminal; a terminal's own width otherwise.
+    pub const TEXT_WIDTH: usize = 300;
 }
 
 /// Options every renderer reads; each uses the ones that concern it.
@@ -170,6 +174,12 @@ pub struct Options {
     /// Replaces the generated title.
     pub title: Option<String>,
     pub width: usize,
+    /// Text output: every name as recorded, lines as long as they come
+    /// (`--full-names`); else names shortened by the rule of [`names`].
+    pub full_names: bool,
+    /// Text output: lines longer than this many characters are cut
+    /// (`None`: never).
+    pub line_width: Option<usize>,
 }
 
 impl Default for Options {
@@ -183,6 +193,8 @@ impl Default for Options {
                 .expect("the default grouping exists"),
             title: None,
             width: defaults::WIDTH,
+            full_names: false,
+            line_width: Some(defaults::TEXT_WIDTH),
         }
     }
 }
@@ -206,6 +218,13 @@ impl Options {
     }
     pub fn title(mut self, title: Option<String>) -> Options {
         self.title = title;
+        self
+    }
+    /// Full names and uncut lines, or shortened names in lines of at most
+    /// `line_width` characters.
+    pub fn text_fit(mut self, full_names: bool, line_width: Option<usize>) -> Options {
+        self.full_names = full_names;
+        self.line_width = if full_names { None } else { line_width };
         self
     }
 }

@@ -7,9 +7,16 @@ use std::fmt::Write as _;
 use crate::analysis::check::human_bytes;
 use crate::analysis::retainers::{describe_start, Chain};
 use crate::render::flamegraph::xml_escape;
+use crate::render::names::{fit_lines, Names};
 
-/// The text form: for each chain its start, then one line per hop.
-pub fn text(chains: &[Chain]) -> String {
+/// The text form: for each chain its start, then one line per hop, names
+/// shown as `names` says and lines cut to `line_width`.
+pub fn text(chains: &[Chain], names: &Names, line_width: Option<usize>) -> String {
+    let text = text_lines(chains, names);
+    fit_lines(&text, line_width).into_owned()
+}
+
+fn text_lines(chains: &[Chain], names: &Names) -> String {
     let mut out = String::new();
     if chains.is_empty() {
         out.push_str("No object matched.\n");
@@ -20,7 +27,7 @@ pub fn text(chains: &[Chain]) -> String {
             out,
             "#{} {} at {:#x} ({} retained{})",
             k + 1,
-            t.type_name,
+            names.show(&t.type_name),
             t.address,
             human_bytes(t.retained),
             t.owner
@@ -28,7 +35,7 @@ pub fn text(chains: &[Chain]) -> String {
                 .map(|o| format!(", owner \"{o}\""))
                 .unwrap_or_default()
         );
-        let _ = writeln!(out, "  {}", describe_start(&c.start));
+        let _ = writeln!(out, "  {}", names.show(&describe_start(&c.start)));
         for h in &c.hops {
             let via = h
                 .offset
@@ -39,9 +46,9 @@ pub fn text(chains: &[Chain]) -> String {
                 "  {via}{:#x}  {:>10}  {:<24}  owner {:<16}  site {}",
                 h.address,
                 human_bytes(h.size),
-                h.type_name,
+                names.show(&h.type_name),
                 h.owner.as_deref().unwrap_or("-"),
-                h.site
+                names.show(&h.site)
             );
         }
         out.push('\n');

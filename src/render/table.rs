@@ -10,9 +10,11 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
+use super::names::{fit_lines, Names};
 use super::{defaults, run_label, Options, Render};
 use crate::analysis::check::human_bytes;
 use crate::analysis::leaks::TaskScopedLeaks;
+use crate::analysis::summary::RssGap;
 use crate::analysis::{signed_change, Model, Partition, Report};
 
 /// The JSON schema name and version written as `schema`.
@@ -28,7 +30,10 @@ pub struct Csv;
 impl Render for Text {
     fn render(&self, model: &Model<'_>, options: &Options, out: &mut dyn Write) -> io::Result<()> {
         let report = Report::new(model, options.by);
-        write_text(model, &report, options, out)
+        let mut text = Vec::new();
+        write_text(model, &report, options, &mut text)?;
+        let text = String::from_utf8_lossy(&text);
+        out.write_all(fit_lines(&text, options.line_width).as_bytes())
     }
 }
 
@@ -84,6 +89,7 @@ pub fn write_partition(
     partition: &Partition,
     top: usize,
     kind_header: &str,
+    names: &Names,
     out: &mut dyn Write,
 ) -> io::Result<()> {
     writeln!(
@@ -122,7 +128,7 @@ pub fn write_partition(
             r.size_pct.round() as u64,
             r.cumulative,
             r.cumulative_pct.round() as u64,
-            r.kind
+            names.show(&r.kind)
         )?;
     }
     let more = partition.rows.len() - shown.len();
@@ -151,18 +157,42 @@ fn write_text(
         )?;
     }
     let top = options.top.unwrap_or(defaults::TEXT_ROWS);
-    write_partition(&report.partition, top, report.partition.kind_header, out)?;
+    let names = Names::of(p, options.full_names);
+    write_partition(
+        &report.partition,
+        top,
+        report.partition.kind_header,
+        &names,
+        out,
+    )?;
     writeln!(out)?;
     writeln!(out, "Run: {}", run_label(p))?;
-    let gap = signed_change(s.surviving_bytes, s.rss_bytes);
+    let gap = RssGap::of(p);
+    let mut parts = Vec::new();
+    if let Some(r) = gap.recorder_bytes {
+        parts.push(format!("leakprof's own {}", human_bytes(r)));
+    }
+    if let Some(b) = gap.before_recording_bytes {
+        parts.push(format!("RSS before recording {}", human_bytes(b)));
+    }
+    let rest = "allocator overhead, fragmentation and untracked memory";
+    if parts.is_empty() {
+        parts.push(rest.to_string());
+    } else {
+        parts.push(format!(
+            "the rest {}: {rest}",
+            signed_bytes(gap.rest_bytes as f64)
+        ));
+    }
     writeln!(
         out,
-        "Surviving: {} in {} blocks; RSS at snapshot {} ({} {} live: allocator overhead, fragmentation and untracked memory)",
+        "Surviving: {} in {} blocks; RSS at snapshot {} ({} {} live: {})",
         human_bytes(s.surviving_bytes),
         s.surviving_blocks,
         human_bytes(s.rss_bytes),
-        human_bytes(gap.unsigned_abs()),
-        if gap >= 0 { "above" } else { "below" }
+        human_bytes(gap.gap_bytes.unsigned_abs()),
+        if gap.gap_bytes >= 0 { "above" } else { "below" },
+        parts.join(", ")
     )?;
     if s.timeline_points > 0 {
         writeln!(
@@ -178,21 +208,19 @@ fn write_text(
     match &report.slope {
         Some(slope) => writeln!(
             out,
-            "Leak per retry: {} (r² {:.3}, fitted over {} \"after failure\" points, retries {}..={})",
+            "Leak per retry: {} (r² {:.3}, {})",
             signed_bytes(slope.bytes_per_retry),
             slope.r2,
-            slope.points,
-            slope.first_retry,
-            slope.last_retry
+            slope.fitted_over()
         )?,
-        None => writeln!(out, "Leak per retry: not measured (fewer than two retries with an \"after failure\" point)")?,
+        None => writeln!(out, "Leak per retry: not measured (no task has two ended attempts in its tags, and fewer than two retries have an \"after failure\" point)")?,
     }
     writeln!(out, "Behaviour: {}", s.behaviour.describe())?;
     writeln!(out, "Retries: {} over {} tasks", s.retries, s.tasks)?;
     if let Some(f) = &p.folded {
         writeln!(
             out,
-            "Folded: {} finished tasks ({} tags) with nothing surviving, {} allocated in all{}",
+            "Folded: {} tasks ({} tags) finished or idle with nothing surviving, {} allocated in all{}",
             f.tasks,
             f.tags,
             human_bytes(f.allocated.bytes),
@@ -234,7 +262,7 @@ fn write_text(
             human_bytes(m.session)
         )?;
     }
-    write_task_scoped(&report.task_scoped, top, out)?;
+    write_task_scoped(&report.task_scoped, top, &names, out)?;
     write_growth(report, out)
 }
 
@@ -256,10 +284,15 @@ pub fn write_task_scoped_leaks(
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let leaks = TaskScopedLeaks::of(&Model::new(profile));
-    write_task_scoped(&leaks, top, out)
+    write_task_scoped(&leaks, top, &Names::of(profile, false), out)
 }
 
-fn write_task_scoped(leaks: &TaskScopedLeaks, top: usize, out: &mut dyn Write) -> io::Result<()> {
+fn write_task_scoped(
+    leaks: &TaskScopedLeaks,
+    top: usize,
+    names: &Names,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
@@ -273,7 +306,7 @@ fn write_task_scoped(leaks: &TaskScopedLeaks, top: usize, out: &mut dyn Write) -
         .iter()
         .map(|r| {
             (
-                format!("{} [{}]", r.site, r.type_name),
+                format!("{} [{}]", names.show(&r.site), names.show(&r.type_name)),
                 crate::format::Amount {
                     bytes: r.size,
                     blocks: r.count,
@@ -282,9 +315,16 @@ fn write_task_scoped(leaks: &TaskScopedLeaks, top: usize, out: &mut dyn Write) -
         })
         .collect();
     let partition = Partition::from_sums("site-type", "site [type]", sums);
-    write_partition(&partition, top, partition.kind_header, out)?;
-    let tasks: Vec<String> = leaks
-        .per_task
+    write_partition(&partition, top, partition.kind_header, names, out)?;
+    // Largest first: the leaking tasks, not the first task ids.
+    let mut per_task: Vec<_> = leaks.per_task.iter().collect();
+    per_task.sort_by(|a, b| {
+        b.leaked
+            .bytes
+            .cmp(&a.leaked.bytes)
+            .then(a.task.cmp(&b.task))
+    });
+    let tasks: Vec<String> = per_task
         .iter()
         .take(TEXT_GROWTH_ROWS)
         .map(|t| match t.task {
@@ -309,7 +349,15 @@ fn write_growth(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             "{:>6} {:>12} {:>12} {:>18} {:>12}",
             "Retry", "Surviving", "Allocated", "Live after failure", "Growth"
         )?;
-        let rows = &report.per_retry;
+        // Largest first; the growth column still compares each retry with
+        // the one numbered before it.
+        let mut rows: Vec<_> = report.per_retry.iter().collect();
+        rows.sort_by(|a, b| {
+            b.surviving
+                .bytes
+                .cmp(&a.surviving.bytes)
+                .then(a.retry.cmp(&b.retry))
+        });
         for r in rows.iter().take(TEXT_GROWTH_ROWS) {
             writeln!(
                 out,
@@ -335,7 +383,14 @@ fn write_growth(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             "{:>6} {:>7} {:>12} {:>12} {:>12}  Outcome / name",
             "Task", "Retries", "Surviving", "Allocated", "Per attempt"
         )?;
-        for t in report.per_task.iter().take(TEXT_GROWTH_ROWS) {
+        let mut tasks: Vec<_> = report.per_task.iter().collect();
+        tasks.sort_by(|a, b| {
+            b.surviving
+                .bytes
+                .cmp(&a.surviving.bytes)
+                .then(a.task.cmp(&b.task))
+        });
+        for t in tasks.iter().take(TEXT_GROWTH_ROWS) {
             let label = [t.outcome.as_deref(), t.name.as_deref()]
                 .into_iter()
                 .flatten()
@@ -390,6 +445,7 @@ pub fn json_value(model: &Model<'_>, report: &Report, options: &Options) -> serd
         "rss_bytes": p.totals.rss_bytes,
         "live_bytes": p.totals.live.bytes,
         "rss_gap_bytes": signed_change(p.totals.live.bytes, p.totals.rss_bytes),
+        "rss_gap": RssGap::of(p),
         "summary": s,
         "task_scoped_leaks": report.task_scoped,
         "per_retry": report.per_retry,
