@@ -68,7 +68,9 @@ pub enum Start {
         id: u32,
         members: u64,
         bytes: u64,
-        /// Member names in order, e.g. `["FutureState", "TaskError"]`.
+        /// Member names in order, e.g. `["FutureState", "TaskError"]`;
+        /// where the profile knows it, the field of each member that
+        /// points to the next (`TaskError.traceback`) instead.
         names: Vec<String>,
     },
     /// The first hop is leaked memory that nothing refers to.
@@ -88,6 +90,9 @@ pub struct Hop {
     /// Byte offset of the pointer, inside the previous hop, that refers to
     /// this one (`None` on the first hop).
     pub offset: Option<u64>,
+    /// The previous hop's field holding that pointer, by its type
+    /// (`TaskError.traceback`), when the scan read it by type.
+    pub field: Option<String>,
     pub owner: Option<String>,
     pub type_name: String,
     pub site: String,
@@ -251,6 +256,7 @@ fn chain_to(names: &Names, target: u32) -> Chain {
                 size: n.size,
                 retained: n.retained.bytes,
                 offset: if k == 0 { None } else { n.parent_offset },
+                field: if k == 0 { None } else { n.parent_field.clone() },
                 owner: names.owner_of(n).map(str::to_string),
                 type_name: names.type_of(n),
                 site: names.site_of(n),
@@ -277,7 +283,11 @@ fn start_of(names: &Names, first: &Node) -> Start {
                 .map(|x| {
                     x.nodes
                         .iter()
-                        .map(|&m| names.short(names.node(m)))
+                        .enumerate()
+                        .map(|(k, &m)| match x.fields.get(k) {
+                            Some(f) if !f.is_empty() => f.clone(),
+                            _ => names.short(names.node(m)),
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
