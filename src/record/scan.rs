@@ -83,12 +83,15 @@ pub(crate) enum EdgeKind {
     Candidate,
 }
 
-/// What kind of root referred to a block.
+/// What kind of root referred to a block. Roots are sorted by node, then
+/// in this order, and a block's first root names its chain: a static
+/// (read by its type when the types are known) before a stack or TLS word
+/// (which may be stale).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum RootSource {
-    Stack,
-    Tls,
     Static,
+    Tls,
+    Stack,
     /// A registered container, by index into `ScanResult::registered`.
     Registered(u32),
 }
