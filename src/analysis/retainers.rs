@@ -5,7 +5,7 @@
 
 use super::check::human_bytes;
 use super::model::{Model, UNKNOWN};
-use crate::format::{Graph, Node, Profile};
+use crate::format::{Coverage, Graph, Node, Profile};
 
 /// Which objects to show chains for (the shorthand of [`chains`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -335,4 +335,44 @@ pub fn describe_start(start: &Start) -> String {
             "(chain cut: the profile stores only the chains of its largest objects)".to_string()
         }
     }
+}
+
+/// How the graph was read, in one line, as `report` and `retainers`
+/// print it: the share read exactly by type, partly, and word by word,
+/// with why.
+pub fn describe_coverage(graph: &Graph) -> String {
+    let Some(c) = &graph.coverage else {
+        return "Graph: conservative scan (every word holding a live block's address counts as a pointer)".to_string();
+    };
+    let pct = |part: u64, all: u64| 100.0 * part as f64 / all.max(1) as f64;
+    let (bytes, blocks) = (graph.scanned.bytes, graph.scanned.blocks);
+    let mut text = format!(
+        "Graph: exact by type for {:.1}% of bytes and {:.1}% of blocks ({:.1}% / {:.1}% partly)",
+        pct(c.exact.bytes, bytes),
+        pct(c.exact.blocks, blocks),
+        pct(c.partly.bytes, bytes),
+        pct(c.partly.blocks, blocks),
+    );
+    text += &format!(
+        "; {} blocks ({}) read word by word",
+        c.conservative.blocks,
+        human_bytes(c.conservative.bytes)
+    );
+    let reasons = fallback_reasons(c);
+    if !reasons.is_empty() {
+        text += &format!(" [{reasons}]");
+    }
+    text += &format!(
+        "; {} typed statics; {} blocks typed by their owner, {} by their site ({} disagreed)",
+        c.typed_statics, c.declared_blocks, c.site_blocks, c.disagreements
+    );
+    text
+}
+
+fn fallback_reasons(c: &Coverage) -> String {
+    c.fallbacks
+        .iter()
+        .map(|f| format!("{} {}: {} blocks", f.read, f.reason, f.amount.blocks))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

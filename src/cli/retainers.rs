@@ -61,7 +61,11 @@ pub fn execute(_global: Global, args: Args) -> Outcome {
     };
     let found =
         chains_for(&profile, &query).with_context(|| format!("{}", args.profile.display()))?;
-    let text = retainers::text(&found);
+    let mut text = retainers::text(&found);
+    if let Some(g) = &profile.graph {
+        text += &crate::analysis::retainers::describe_coverage(g);
+        text.push('\n');
+    }
     match &args.output {
         Some(path) => write_atomically(path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?,
