@@ -279,10 +279,11 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
         match self.blocks.source.as_slice()[i] {
             TypeSource::Declared => {}
             TypeSource::Unseen => {
-                if let Some(site) = self.site_type(j) {
-                    if site.ty != bt.ty {
-                        self.counts.disagreements += 1;
-                    }
+                if self
+                    .site_type(j)
+                    .is_some_and(|site| !self.same_type(site, bt))
+                {
+                    self.counts.disagreements += 1;
                 }
                 self.blocks.source.as_mut_slice()[i] = TypeSource::Declared;
                 self.blocks.types.as_mut_slice()[i] = Some(bt);
@@ -292,7 +293,7 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
                 let before = self.blocks.types.as_slice()[i];
                 self.blocks.source.as_mut_slice()[i] = TypeSource::Declared;
                 if before != Some(bt) {
-                    if before.is_some() {
+                    if before.is_some_and(|site| !self.same_type(site, bt)) {
                         self.counts.disagreements += 1;
                     }
                     self.blocks.types.as_mut_slice()[i] = Some(bt);
@@ -303,6 +304,13 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
                 }
             }
         }
+    }
+
+    /// Whether two block types name the same type (a type may have more
+    /// than one id: units the deduplication could not join). Shapes may
+    /// differ: a site knows a buffer's capacity, its owner its length.
+    fn same_type(&self, a: BlockType, b: BlockType) -> bool {
+        a.ty == b.ty || self.prep.maps.type_name(a.ty) == self.prep.maps.type_name(b.ty)
     }
 
     fn site_type(&self, j: u32) -> Option<BlockType> {
