@@ -322,6 +322,18 @@ pub fn shorten_type(ty: &str) -> String {
     out
 }
 
+/// A via's grouping key when the holder was read by type: its field path
+/// (`Retries.history[3].closure`), after the holder's label when it has
+/// one (a type or site holder is already named by the path).
+fn via_field_key(holder: &str, field: &str) -> String {
+    let labelled = !holder.starts_with("site: ") && !holder.contains("::");
+    if labelled {
+        format!("{holder}: {field}")
+    } else {
+        field.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,17 +363,5 @@ mod tests {
         );
         assert_eq!(type_from_constructor("alloc::boxed::Box<T>::new"), None);
         assert_eq!(type_from_constructor("app::make"), None);
-    }
-}
-
-/// A via's grouping key when the holder was read by type: its field path
-/// (`Retries.history[3].closure`), after the holder's label when it has
-/// one (a type or site holder is already named by the path).
-fn via_field_key(holder: &str, field: &str) -> String {
-    let labelled = !holder.starts_with("site: ") && !holder.contains("::");
-    if labelled {
-        format!("{holder}: {field}")
-    } else {
-        field.to_string()
     }
 }

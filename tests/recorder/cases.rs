@@ -1327,7 +1327,10 @@ struct Kept([u64; 47]);
 
 static PLANTED_NICHE: std::sync::Mutex<Option<(Box<NicheA>, Box<NicheB>)>> =
     std::sync::Mutex::new(None);
+// Boxes on purpose: the forgotten boxes are the leaks the case plants.
+#[allow(clippy::vec_box)]
 static PLANTED_VEC: std::sync::Mutex<Vec<Box<Popped>>> = std::sync::Mutex::new(Vec::new());
+#[allow(clippy::vec_box)]
 static PLANTED_KEPT: std::sync::Mutex<Vec<Box<Kept>>> = std::sync::Mutex::new(Vec::new());
 
 /// Hides an address from the scan (a `usize` holding one is a candidate
