@@ -82,6 +82,10 @@ pub const ALL: &[Case] = &[
         "exact_graph_forgotten_boxes_behind_stale_words_are_unreachable",
         exact_graph_forgotten_boxes_behind_stale_words_are_unreachable,
     ),
+    (
+        "exact_graph_never_roots_a_block_in_glibcs_free_list_word",
+        exact_graph_never_roots_a_block_in_glibcs_free_list_word,
+    ),
 ];
 
 fn start() -> Recorder {
@@ -1440,4 +1444,147 @@ fn exact_graph_forgotten_boxes_behind_stale_words_are_unreachable() {
     let cov = g.coverage.as_ref().expect("coverage");
     assert!(cov.typed_statics > 0, "{cov:?}");
     black_box(forgotten);
+}
+
+/// libc's writable data (its `rw-p` mappings and the anonymous one right
+/// after them, where its `.bss` continues).
+fn libc_data() -> Vec<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut after_libc = false;
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let path = line.split_whitespace().nth(5).unwrap_or("");
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (a, b) = (
+            usize::from_str_radix(a, 16).unwrap_or(0),
+            usize::from_str_radix(b, 16).unwrap_or(0),
+        );
+        let libc = path.contains("/libc.so") || path.contains("/libc-");
+        if perms.starts_with("rw") && (libc || (after_libc && path.is_empty())) {
+            out.push((a, b));
+        }
+        after_libc = libc || (after_libc && path.is_empty() && perms.starts_with("rw"));
+    }
+    out
+}
+
+/// Whether a word of libc's writable data points into the 40 bytes at
+/// the hidden address (unhidden only here, so no caller frame holds it).
+#[inline(never)]
+fn libc_points_into(hidden: usize) -> bool {
+    let (x, len) = (black_box(hidden) ^ HIDE, PLANT);
+    libc_data().iter().any(|&(a, b)| {
+        (a..b).step_by(8).any(|p| {
+            // SAFETY: a readable, writable mapping of this process.
+            let w = unsafe { std::ptr::read_volatile(p as *const usize) };
+            (x..x + len).contains(&w)
+        })
+    })
+}
+
+/// The planted block's size and its chunk's (glibc: 8 bytes of header,
+/// 16-byte granules, the next chunk's first 8 bytes usable).
+const PLANT: usize = 1000;
+const PLANT_CHUNK: usize = 1008;
+
+/// Plants a 1000-byte block `x` right before a freed chunk of the same
+/// size that glibc keeps in the main arena's bins (its tcache bin is
+/// filled first): the arena's pointer to that chunk's header lands in
+/// `x`'s last 8 bytes, and nothing else refers to `x`. Returns `x` hidden (`HIDE`)
+/// when the layout came out that way.
+#[inline(never)]
+fn plant_behind_free_list() -> Option<usize> {
+    let layout = Layout::from_size_align(PLANT, 8).unwrap();
+    // SAFETY: plain allocations of a non-zero size, freed with their layout.
+    unsafe {
+        let fill: Vec<*mut u8> = (0..7).map(|_| std::alloc::alloc(layout)).collect();
+        // Until three chunks in a row come from the top of the heap (the
+        // bins' scattered free chunks of this size used up).
+        let (mut a, mut b) = (std::alloc::alloc(layout), std::alloc::alloc(layout));
+        let mut c = std::alloc::alloc(layout);
+        for _ in 0..1_000_000 {
+            if b as usize == a as usize + PLANT_CHUNK && c as usize == b as usize + PLANT_CHUNK {
+                break;
+            }
+            (a, b, c) = (b, c, std::alloc::alloc(layout)); // the older ones leak
+        }
+        let (x, y) = (a, b);
+        black_box(c); // kept: y must not merge forward
+        for p in fill {
+            std::alloc::dealloc(p, layout); // the tcache bin is full now
+        }
+        std::alloc::dealloc(y, layout); // into the arena's bins
+        let hidden = x as usize ^ HIDE;
+        (y as usize == x as usize + PLANT_CHUNK).then_some(hidden)
+    }
+}
+
+/// The root a stored node's chain starts at ("" for a leak).
+fn chain_root(p: &Profile, address: u64) -> String {
+    let g = p.graph.as_ref().expect("graph");
+    let mut at = g
+        .nodes
+        .iter()
+        .position(|n| n.address == address)
+        .expect("the planted block is stored (keep_type)");
+    while let Some(parent) = g.nodes[at].parent {
+        at = parent as usize;
+    }
+    g.nodes[at].root.clone().unwrap_or_default()
+}
+
+/// The apalis finding: glibc's own free-list pointer in
+/// `main_arena` (libc's writable data) points at a chunk header inside
+/// the last bytes of a live block and, read as a root, kept a leak
+/// "owned by root: static". The conservative scan still shows that (which
+/// proves the plant); the exact graph never reads the allocator's
+/// metadata as roots. The layout is glibc's to make: the case retries
+/// until the arena word is there before, between and after the two
+/// snapshots. (A stale word on this thread's stack may still reach the
+/// block: stacks stay conservative roots.)
+fn exact_graph_never_roots_a_block_in_glibcs_free_list_word() {
+    let rec = start();
+    // Load the types once, so the measured snapshot allocates little.
+    let _ = rec.snapshot_with_graph(&leakprof::GraphOptions::default());
+    let options = leakprof::GraphOptions::default().keep_type("plant_behind_free_list");
+    let mut tested = 0;
+    for _attempt in 0..20 {
+        let Some(hidden) = plant_behind_free_list() else {
+            continue;
+        };
+        if !libc_points_into(hidden) {
+            continue;
+        }
+        let conservative = rec
+            .snapshot_with_graph(&options.clone().conservative())
+            .expect("graph");
+        if !libc_points_into(hidden) {
+            continue;
+        }
+        let exact = rec.snapshot_with_graph(&options).expect("graph");
+        if !libc_points_into(hidden) {
+            continue; // the snapshot's own allocations moved the chunk
+        }
+        tested += 1;
+        // Unhidden only now (black_box: not computed before the snapshots
+        // and kept in a register the scan reads).
+        let x = (black_box(hidden) ^ HIDE) as u64;
+        let before = chain_root(&conservative, x);
+        assert!(
+            before.starts_with("root: static"),
+            "the conservative scan roots the plant in static data: {before:?}"
+        );
+        let after = chain_root(&exact, x);
+        assert!(
+            !after.starts_with("root: static"),
+            "the exact graph roots a block only glibc's free list points into at {after:?}"
+        );
+    }
+    assert!(tested > 0, "glibc never kept the planted layout");
 }
