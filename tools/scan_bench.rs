@@ -4,6 +4,10 @@
 //! bytes (`Box<[u64]>`), each pointing at another (a random graph), filled
 //! otherwise with data: by type, every word is an address-wide integer, a
 //! candidate pointer (the exact trace's worst case).
+//! `scan-bench records N 1024 [exact|conservative]`: N 1 KiB structs
+//! (`Record`: a pointer to an earlier record, an id, and pointer-free
+//! measurements), each pointing at another: by type, two words of each
+//! are read.
 //! `scan-bench flat N SIZE [exact|conservative]`: N pointer-free blocks of
 //! SIZE bytes (`Box<[u8]>`: by type, never read).
 //!
@@ -15,6 +19,16 @@
 
 use std::hint::black_box;
 use std::time::Instant;
+
+/// A 1 KiB object with one pointer: the exact trace reads its pointer
+/// and its address-wide id, never its measurements.
+#[allow(dead_code)] // held for the scan, never read
+struct Record {
+    peer: Option<*const Record>,
+    id: u64,
+    weights: [f64; 64],
+    samples: [u32; 124],
+}
 
 #[global_allocator]
 static GLOBAL: leakprof::LeakAlloc = leakprof::LeakAlloc::system();
@@ -33,13 +47,30 @@ fn main() {
     let words = size / 8;
     let mut objects: Vec<Box<[u64]>> = Vec::with_capacity(n);
     let mut flat: Vec<Box<[u8]>> = Vec::new();
+    let mut records: Vec<Box<Record>> = Vec::new();
+    if mode == "records" {
+        records = Vec::with_capacity(n);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let peer = (i > 0).then(|| &*records[(x % i as u64) as usize] as *const Record);
+            records.push(Box::new(Record {
+                peer,
+                id: i as u64,
+                weights: [i as f64; 64],
+                samples: [i as u32; 124],
+            }));
+        }
+    }
     if mode == "flat" {
         flat = (0..n)
             .map(|i| vec![0x5a ^ i as u8; size].into_boxed_slice())
             .collect();
     }
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in (0..n).filter(|_| mode != "flat") {
+    for i in (0..n).filter(|_| mode == "objects") {
         let mut o = vec![0x5a5a_5a5a_5a5a_5a5au64 ^ i as u64; words].into_boxed_slice();
         if mode == "objects" && i > 0 {
             x ^= x << 13;
@@ -83,4 +114,5 @@ fn main() {
     );
     black_box(&objects);
     black_box(&flat);
+    black_box(&records);
 }

@@ -13,7 +13,7 @@ use super::live::Block;
 use super::scan::{RootSource, ScanResult, StopReport, TypedScan};
 use super::tags::Tag;
 use super::trace::{BlockTrace, TypeSource};
-use super::types::{Fallback, SlotId};
+use super::types::{short_name, BlockType, Fallback, Shape, SlotId};
 use crate::format::frame_names;
 use crate::format::{
     Amount, Coverage, Cycle, FallbackCount, Graph, LiveGroup, Node, Owner, Stack, StopStats, Via,
@@ -401,10 +401,9 @@ impl Conversion<'_> {
         self.infos.len() as u32
     }
 
-    /// The field path of the pointer at `offset` in `holder` that refers
-    /// to `target` (`TaskError.traceback`), when the holder was read by
-    /// type.
-    fn field(&self, holder: u32, target: u32, offset: u32) -> Option<String> {
+    /// The holder's type and the slot of its pointer at `offset` that
+    /// refers to `target`, when the holder was read by type.
+    fn edge_slot(&self, holder: u32, target: u32, offset: u32) -> Option<(BlockType, SlotId)> {
         let typed = self.scan.typed.as_ref()?;
         let h = holder as usize;
         if matches!(
@@ -414,18 +413,52 @@ impl Conversion<'_> {
             return None;
         }
         let bt = (*typed.blocks.types.as_slice().get(h)?)?;
+        // Edges are sorted by (source, offset): see `trace::Tracer::finish`.
         let edges = self.scan.edges.as_slice();
-        let lo = edges.partition_point(|e| e.from < holder);
+        let lo = edges.partition_point(|e| (e.from, e.offset) < (holder, offset));
         let e = edges[lo..]
             .iter()
-            .take_while(|e| e.from == holder)
-            .find(|e| e.to == target && e.offset == offset)?;
-        Some(
-            typed
-                .prep
-                .maps
-                .slot_path(bt, e.offset as usize, SlotId(e.slot)),
-        )
+            .take_while(|e| e.from == holder && e.offset == offset)
+            .find(|e| e.to == target)?;
+        Some((bt, SlotId(e.slot)))
+    }
+
+    /// The field path of the pointer at `offset` in `holder` that refers
+    /// to `target` (`Retries.history[3].closure`), when the holder was
+    /// read by type.
+    fn field(&self, holder: u32, target: u32, offset: u32) -> Option<String> {
+        let (bt, slot) = self.edge_slot(holder, target, offset)?;
+        let maps = &self.scan.typed.as_ref()?.prep.maps;
+        Some(maps.slot_path(bt, offset as usize, slot))
+    }
+
+    /// Like [`Conversion::field`] with element indices left out
+    /// (`Retries.history[..].closure`), so a via groups every element's
+    /// pointer; one text per (type, offset in the element, slot).
+    fn via_field(
+        &self,
+        cache: &mut FxHashMap<(u32, u64, u32), String>,
+        holder: u32,
+        target: u32,
+        offset: u32,
+    ) -> Option<String> {
+        let (bt, slot) = self.edge_slot(holder, target, offset)?;
+        let maps = &self.scan.typed.as_ref()?.prep.maps;
+        let size = maps.type_size(bt.ty).max(1);
+        let within = match bt.shape {
+            Shape::Elements { .. } | Shape::Ring { .. } => u64::from(offset) % size,
+            // One value, or a shape whose path needs the whole offset.
+            _ => return Some(maps.slot_path(bt, offset as usize, slot)),
+        };
+        let text = cache.entry((bt.ty.0, within, slot.0)).or_insert_with(|| {
+            let path = maps.slot_path(BlockType::one(bt.ty), within as usize, slot);
+            let name = short_name(maps.type_name(bt.ty));
+            match path.strip_prefix(name.as_str()) {
+                Some(rest) => format!("{name}[..]{rest}"),
+                None => path,
+            }
+        });
+        Some(text.clone())
     }
 
     /// Owners: one per label, then one per site of unowned top-most
@@ -530,6 +563,7 @@ impl Conversion<'_> {
         let mut vias: Vec<Via> = Vec::new();
         let mut via_index: FxHashMap<(String, Option<u64>, Option<String>), u32> =
             FxHashMap::default();
+        let mut field_cache = FxHashMap::default();
         let mut node_via: Vec<u32> = Vec::with_capacity(self.n() as usize);
         for v in 0..self.n() {
             let (text, offset, field) = match self.retention.retainer(v) {
@@ -545,13 +579,20 @@ impl Conversion<'_> {
                             (None, None) => format!("site: {}", self.names.site(info.stack)),
                         })
                         .clone();
-                    (text, Some(offset as u64), self.field(holder, v, offset))
+                    let field = self.via_field(&mut field_cache, holder, v, offset);
+                    (text, Some(offset as u64), field)
                 }
                 Retainer::Cycle(c) => (format!("unreachable cycle #{}", c.0), None, None),
                 Retainer::Unreferenced => ("unreferenced".to_string(), None, None),
             };
             let next = vias.len() as u32;
-            let key = (text.clone(), offset, field.clone());
+            // A field path groups every element's pointer (one via, the
+            // first offset kept); without one, the offset tells them apart.
+            let key = (
+                text.clone(),
+                if field.is_some() { None } else { offset },
+                field.clone(),
+            );
             let idx = *via_index.entry(key).or_insert_with(|| {
                 vias.push(Via {
                     holder: text,

@@ -765,24 +765,18 @@ impl Paused<'_> {
             incomplete |= !covered.push(area);
             // SAFETY: the static lies inside a readable mapping.
             unsafe {
-                tracer.static_root(
-                    load_word,
-                    area.start,
-                    s.len,
-                    BlockType::one(ty),
-                    &mut |j, at| {
-                        incomplete |= !roots.push(RootRef {
-                            node: j,
-                            source: RootSource::Static,
-                            at,
-                        });
-                    },
-                )
+                tracer.static_root(area.start, s.len, BlockType::one(ty), &mut |j, at| {
+                    incomplete |= !roots.push(RootRef {
+                        node: j,
+                        source: RootSource::Static,
+                        at,
+                    });
+                })
             };
             self.result.scanned_bytes += s.len as u64;
         }
         self.result.roots = roots;
-        tracer.trace_all(load_word);
+        tracer.trace_all();
         let (edges, blocks, counts, lost) = tracer.finish();
         self.result.edges = edges;
         self.result.scanned_bytes += heap.blocks.iter().map(|b| b.size as u64).sum::<u64>();
@@ -920,22 +914,39 @@ impl HeapLookup for HeapView<'_> {
         self.heap.blocks
     }
 
-    fn find_any(&self, addr: usize, hit: &mut dyn FnMut(u32)) {
+    #[inline(always)]
+    fn find_any(&self, addr: usize, hit: impl FnMut(u32)) {
         self.heap.find_any(addr, hit)
     }
 
-    fn find_candidate(&self, addr: usize, hit: &mut dyn FnMut(u32)) {
+    #[inline(always)]
+    fn find_candidate(&self, addr: usize, hit: impl FnMut(u32)) {
         self.heap.find_from_root(addr, hit)
     }
 
-    fn scan_block(&self, node: u32, hit: &mut dyn FnMut(usize, u32)) {
+    #[inline(always)]
+    unsafe fn word(&self, addr: usize) -> usize {
+        // SAFETY: the caller's guarantee.
+        unsafe { load_word(addr) }
+    }
+
+    fn scan_block(&self, node: u32, mut hit: impl FnMut(usize, u32)) {
         let b = self.heap.blocks[node as usize];
         if self.unsafe_to_read(node) {
-            scan_copied(self.heap, b.addr, b.size, &mut |o, j| hit(o, j));
+            scan_copied(self.heap, b.addr, b.size, &mut hit);
         } else {
             // SAFETY: the block is live (see `Paused::scan_blocks`).
             unsafe { scan_words(self.heap, b.addr, b.addr + b.size, Rule::FromRoot, hit) };
         }
+    }
+
+    #[inline(always)]
+    fn scan_words_of(&self, node: u32, from: usize, to: usize, mut hit: impl FnMut(usize, u32)) {
+        let b = self.heap.blocks[node as usize];
+        let (lo, hi) = (b.addr + from, b.addr + to.min(b.size));
+        // SAFETY: the block is live and readable (the tracer reads only
+        // blocks `unsafe_to_read` said no to), and [lo, hi) lies inside it.
+        unsafe { scan_words(self.heap, lo, hi, Rule::FromRoot, |o, j| hit(from + o, j)) };
     }
 
     fn unsafe_to_read(&self, node: u32) -> bool {

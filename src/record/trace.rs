@@ -29,7 +29,7 @@ use std::sync::Arc;
 use super::hooks;
 use super::mmapvec::MmapVec;
 use super::scan::{Edge, EdgeKind};
-use super::types::{walk, BlockType, Fallback, SiteSpec, Traced, TypeMaps};
+use super::types::{walk, BlockType, Fallback, Shape, SiteSpec, SlotId, Traced, TypeMaps};
 
 /// What the exact trace needs, gathered before the pause.
 pub(crate) struct TypedPrep {
@@ -138,16 +138,26 @@ pub(crate) struct TraceCounts {
 pub(crate) trait HeapLookup {
     fn blocks(&self) -> &[super::live::Block];
     /// Every node `addr` points into (any byte).
-    fn find_any(&self, addr: usize, hit: &mut dyn FnMut(u32));
+    fn find_any(&self, addr: usize, hit: impl FnMut(u32));
     /// Every node a candidate word `addr` refers to under the
     /// conservative scan's rule for heap words.
-    fn find_candidate(&self, addr: usize, hit: &mut dyn FnMut(u32));
+    fn find_candidate(&self, addr: usize, hit: impl FnMut(u32));
     /// Scans a block word by word (the conservative scan), `hit(offset,
     /// node)` per reference.
-    fn scan_block(&self, node: u32, hit: &mut dyn FnMut(usize, u32));
+    fn scan_block(&self, node: u32, hit: impl FnMut(usize, u32));
+    /// Scans bytes `[from, to)` of a readable block word by word under
+    /// the conservative rule for heap words, `hit(offset in the block,
+    /// node)` per reference.
+    fn scan_words_of(&self, node: u32, from: usize, to: usize, hit: impl FnMut(usize, u32));
     /// Whether the block must not be read directly (a realloc stuck in
     /// the inner allocator): it is scanned conservatively, by copy.
     fn unsafe_to_read(&self, node: u32) -> bool;
+    /// The word at `addr`.
+    ///
+    /// # Safety
+    /// `addr` is 8-byte aligned and inside a live block or a static in a
+    /// readable mapping.
+    unsafe fn word(&self, addr: usize) -> usize;
 }
 
 /// The trace while the world is stopped. Never calls `malloc`.
@@ -164,9 +174,6 @@ pub(crate) struct Tracer<'a, H: HeapLookup> {
     /// Scratch memory ran out: some edges are missing.
     pub(crate) incomplete: bool,
 }
-
-/// Reads one word of memory for the walker.
-pub(crate) type ReadWord = unsafe fn(usize) -> usize;
 
 impl<'a, H: HeapLookup> Tracer<'a, H> {
     pub(crate) fn new(prep: &'a TypedPrep, heap: &'a H) -> Tracer<'a, H> {
@@ -204,7 +211,6 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
     /// The range must lie inside a readable mapping for the whole call.
     pub(crate) unsafe fn static_root(
         &mut self,
-        read: ReadWord,
         start: usize,
         len: usize,
         ty: BlockType,
@@ -217,11 +223,11 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
         declared.clear();
         // SAFETY: the walker reads only aligned words overlapping the
         // static, which the caller guarantees is readable.
-        let mem = |a: usize| unsafe { read(a) };
+        let mem = |a: usize| unsafe { heap.word(a) };
         let mut incomplete = false;
         walk(maps, start, len, ty, &mem, &mut |p| {
             if p.kind.exact() {
-                heap.find_any(p.target, &mut |j| {
+                heap.find_any(p.target, |j| {
                     root(j, start + p.offset);
                     let b = &heap.blocks()[j as usize];
                     if let Some(bt) = p.pointee_for(maps, b.addr, b.size) {
@@ -231,7 +237,7 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
             } else {
                 // Candidate words in static data: any byte of a block, as
                 // the conservative scan reads static data.
-                heap.find_any(p.target, &mut |j| root(j, start + p.offset));
+                heap.find_any(p.target, |j| root(j, start + p.offset));
             }
         });
         self.incomplete |= incomplete;
@@ -245,8 +251,8 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
     /// block left by its site's type or word by word, until every block
     /// has been read once (and again if a later declaration changed its
     /// type).
-    pub(crate) fn trace_all(&mut self, read: ReadWord) {
-        self.drain(read);
+    pub(crate) fn trace_all(&mut self) {
+        self.drain();
         for i in 0..self.heap.blocks().len() as u32 {
             if self.blocks.source.as_slice()[i as usize] != TypeSource::Unseen {
                 continue;
@@ -267,7 +273,7 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
             self.blocks.source.as_mut_slice()[i as usize] = source;
             self.blocks.types.as_mut_slice()[i as usize] = bt;
             self.incomplete |= !self.queue.push(i);
-            self.drain(read);
+            self.drain();
         }
     }
 
@@ -319,9 +325,9 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
         self.prep.maps.site_block(&spec, b.size as u64)
     }
 
-    fn drain(&mut self, read: ReadWord) {
+    fn drain(&mut self) {
         while let Some(i) = self.pop() {
-            self.read_block(read, i);
+            self.read_block(i);
         }
     }
 
@@ -334,11 +340,11 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
 
     /// Reads block `i` with its current type (or word by word), replacing
     /// any edges an earlier read gave it.
-    fn read_block(&mut self, read: ReadWord, i: u32) {
+    fn read_block(&mut self, i: u32) {
         let from = self.edges.len() as u32;
         let bt = self.blocks.types.as_slice()[i as usize];
         let traced = match bt {
-            Some(bt) if !self.heap.unsafe_to_read(i) => self.walk_block(read, i, bt),
+            Some(bt) if !self.heap.unsafe_to_read(i) => self.walk_block(i, bt),
             _ => {
                 self.conservative(i);
                 let why = if self.blocks.source.as_slice()[i as usize] == TypeSource::Untyped
@@ -360,10 +366,13 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
         self.blocks.range.as_mut_slice()[i as usize] = (from, self.edges.len() as u32);
     }
 
-    fn walk_block(&mut self, read: ReadWord, i: u32, bt: BlockType) -> BlockTrace {
+    fn walk_block(&mut self, i: u32, bt: BlockType) -> BlockTrace {
         let maps = &*self.prep.maps;
         if maps.pointer_free(bt.ty) && bt.bytes(maps).is_some_and(|n| n <= self.size(i)) {
             return BlockTrace::Exact { pointer_free: true };
+        }
+        if let Some(words) = self.address_words(bt, i) {
+            return self.candidate_words(i, words);
         }
         let heap = self.heap;
         let b = heap.blocks()[i as usize];
@@ -374,11 +383,11 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
         // SAFETY: the block is live and readable (the caller checked it is
         // not a realloc's stuck copy); the walker reads only aligned words
         // overlapping it.
-        let mem = |a: usize| unsafe { read(a) };
+        let mem = |a: usize| unsafe { heap.word(a) };
         let traced = walk(maps, b.addr, b.size, bt, &mem, &mut |p| {
             let offset = p.offset.min(u32::MAX as usize) as u32;
             if p.kind.exact() {
-                heap.find_any(p.target, &mut |j| {
+                heap.find_any(p.target, |j| {
                     incomplete |= !edges.push(Edge {
                         from: i,
                         to: j,
@@ -392,7 +401,7 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
                     }
                 });
             } else {
-                heap.find_candidate(p.target, &mut |j| {
+                heap.find_candidate(p.target, |j| {
                     incomplete |= !edges.push(Edge {
                         from: i,
                         to: j,
@@ -426,6 +435,41 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
         }
     }
 
+    /// The byte range of a block of address-wide integers (`Box<[u64]>`,
+    /// a `Vec<usize>`'s elements) that holds values: every word of it is
+    /// a candidate the walk would report one by one; read in one loop.
+    fn address_words(&self, bt: BlockType, i: u32) -> Option<(usize, usize)> {
+        if !self.prep.maps.is_address_word(bt.ty) {
+            return None;
+        }
+        let (first, len) = match bt.shape {
+            Shape::One => (0, 1),
+            Shape::Elements { first, len } => (first, len),
+            _ => return None,
+        };
+        let end = first.checked_add(len)?.checked_mul(8)?;
+        (end <= self.size(i)).then_some((first as usize * 8, end as usize))
+    }
+
+    /// Reads `[from, to)` of block `i` as candidate words.
+    fn candidate_words(&mut self, i: u32, (from, to): (usize, usize)) -> BlockTrace {
+        let edges = &mut self.edges;
+        let mut incomplete = false;
+        self.heap.scan_words_of(i, from, to, |off, j| {
+            incomplete |= !edges.push(Edge {
+                from: i,
+                to: j,
+                offset: off.min(u32::MAX as usize) as u32,
+                slot: SlotId::NONE.0,
+                kind: EdgeKind::Candidate,
+            });
+        });
+        self.incomplete |= incomplete;
+        BlockTrace::Exact {
+            pointer_free: false,
+        }
+    }
+
     fn size(&self, i: u32) -> u64 {
         self.heap.blocks()[i as usize].size as u64
     }
@@ -434,7 +478,7 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
     fn conservative(&mut self, i: u32) {
         let edges = &mut self.edges;
         let mut incomplete = false;
-        self.heap.scan_block(i, &mut |off, j| {
+        self.heap.scan_block(i, |off, j| {
             incomplete |= !edges.push(Edge {
                 from: i,
                 to: j,
@@ -456,6 +500,10 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
                 incomplete |= !out.push(*e);
             }
         }
+        // By offset within each block, so a (holder, offset) is found by
+        // binary search (field paths after the pause).
+        out.as_mut_slice()
+            .sort_unstable_by_key(|e| (e.from, e.offset, e.to));
         (out, self.blocks, self.counts, incomplete)
     }
 }

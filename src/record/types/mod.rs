@@ -288,6 +288,16 @@ impl TypeMaps {
             .is_some_and(|i| i.pointer_free)
     }
 
+    /// True when a `t` is one address-wide integer (`usize`, `u64`, an
+    /// atomic of one): every word of an array of them is a candidate
+    /// pointer, read as the conservative scan reads a word.
+    pub fn is_address_word(&self, t: TypeId) -> bool {
+        self.tables
+            .types
+            .get(t.0 as usize)
+            .is_some_and(|i| i.kind == Kind::Scalar(layout::Scalar::AddressWide) && i.size == 8)
+    }
+
     pub fn name(&self, n: NameId) -> &str {
         self.names.get(n)
     }
