@@ -735,6 +735,8 @@ impl Paused<'_> {
         let (slots_lo, slots_hi) = stop::slots_area();
         let statics = prep.maps.statics();
         let mut roots = std::mem::replace(&mut self.result.roots, MmapVec::new());
+        let mut registered_edges =
+            std::mem::replace(&mut self.result.registered_edges, MmapVec::new());
         for &k in &prep.typed_statics {
             let Some(s) = statics.get(k as usize) else {
                 continue;
@@ -745,12 +747,21 @@ impl Paused<'_> {
                 end: s.start + s.len,
             };
             let overlaps = |m: &Mapping| m.start < area.end && area.start < m.end;
-            // The stop slots, registered containers (their own labelled
-            // roots) and the allocator's state stay out of the typed roots.
+            // A registered container that is exactly this static is read
+            // by its type, its pointers edges of its labelled node.
+            let registered = self
+                .prepared
+                .statics
+                .iter()
+                .position(|(m, _)| m.start == area.start && m.end == area.end);
+            // The stop slots, other registered containers (their own
+            // labelled roots, read word by word) and the allocator's state
+            // stay out of the typed roots.
             if overlaps(&Mapping {
                 start: slots_lo,
                 end: slots_hi,
-            }) || self.prepared.statics.iter().any(|(m, _)| overlaps(m))
+            }) || (registered.is_none()
+                && self.prepared.statics.iter().any(|(m, _)| overlaps(m)))
                 || prep
                     .allocator_metadata
                     .iter()
@@ -766,16 +777,20 @@ impl Paused<'_> {
             // SAFETY: the static lies inside a readable mapping.
             unsafe {
                 tracer.static_root(area.start, s.len, BlockType::one(ty), &mut |j, at| {
-                    incomplete |= !roots.push(RootRef {
-                        node: j,
-                        source: RootSource::Static,
-                        at,
-                    });
+                    incomplete |= !match registered {
+                        Some(r) => registered_edges.push((r as u32, j)),
+                        None => roots.push(RootRef {
+                            node: j,
+                            source: RootSource::Static,
+                            at,
+                        }),
+                    };
                 })
             };
             self.result.scanned_bytes += s.len as u64;
         }
         self.result.roots = roots;
+        self.result.registered_edges = registered_edges;
         tracer.trace_all();
         let (edges, blocks, counts, lost) = tracer.finish();
         self.result.edges = edges;
@@ -847,10 +862,14 @@ impl Paused<'_> {
             }
         }
         for (k, (area, _)) in self.prepared.statics.iter().enumerate() {
-            if self
-                .world
-                .mapping_of(area.start)
-                .is_some_and(|m| area.end <= m.end)
+            let typed = covered
+                .iter()
+                .any(|c| c.start == area.start && c.end == area.end);
+            if !typed
+                && self
+                    .world
+                    .mapping_of(area.start)
+                    .is_some_and(|m| area.end <= m.end)
             {
                 // SAFETY: the registered static lies in a readable mapping.
                 unsafe {

@@ -1477,8 +1477,8 @@ fn libc_data() -> Vec<(usize, usize)> {
 /// Whether a word of libc's writable data points into the 40 bytes at
 /// the hidden address (unhidden only here, so no caller frame holds it).
 #[inline(never)]
-fn libc_points_into(hidden: usize) -> bool {
-    let (x, len) = (black_box(hidden) ^ HIDE, PLANT);
+fn libc_points_into(hidden: usize, len: usize) -> bool {
+    let x = black_box(hidden) ^ HIDE;
     libc_data().iter().any(|&(a, b)| {
         (a..b).step_by(8).any(|p| {
             // SAFETY: a readable, writable mapping of this process.
@@ -1488,19 +1488,25 @@ fn libc_points_into(hidden: usize) -> bool {
     })
 }
 
-/// The planted block's size and its chunk's (glibc: 8 bytes of header,
-/// 16-byte granules, the next chunk's first 8 bytes usable).
-const PLANT: usize = 1000;
-const PLANT_CHUNK: usize = 1008;
+/// Sizes the planted block is tried with (whether glibc's later requests
+/// take the freed neighbour depends on its size class).
+const PLANT_SIZES: [usize; 6] = [1000, 600, 1512, 2984, 808, 1256];
 
-/// Plants a 1000-byte block `x` right before a freed chunk of the same
+/// glibc's chunk for a request: 8 bytes of header, 16-byte granules (the
+/// next chunk's first 8 bytes usable).
+fn chunk_of(size: usize) -> usize {
+    (size + 8 + 15) & !15
+}
+
+/// Plants a block `x` of `size` bytes right before a freed chunk of the same
 /// size that glibc keeps in the main arena's bins (its tcache bin is
 /// filled first): the arena's pointer to that chunk's header lands in
 /// `x`'s last 8 bytes, and nothing else refers to `x`. Returns `x` hidden (`HIDE`)
 /// when the layout came out that way.
 #[inline(never)]
-fn plant_behind_free_list() -> Option<usize> {
-    let layout = Layout::from_size_align(PLANT, 8).unwrap();
+fn plant_behind_free_list(size: usize) -> Option<usize> {
+    let layout = Layout::from_size_align(size, 8).unwrap();
+    let chunk = chunk_of(size);
     // SAFETY: plain allocations of a non-zero size, freed with their layout.
     unsafe {
         let fill: Vec<*mut u8> = (0..7).map(|_| std::alloc::alloc(layout)).collect();
@@ -1509,7 +1515,7 @@ fn plant_behind_free_list() -> Option<usize> {
         let (mut a, mut b) = (std::alloc::alloc(layout), std::alloc::alloc(layout));
         let mut c = std::alloc::alloc(layout);
         for _ in 0..1_000_000 {
-            if b as usize == a as usize + PLANT_CHUNK && c as usize == b as usize + PLANT_CHUNK {
+            if b as usize == a as usize + chunk && c as usize == b as usize + chunk {
                 break;
             }
             (a, b, c) = (b, c, std::alloc::alloc(layout)); // the older ones leak
@@ -1521,7 +1527,7 @@ fn plant_behind_free_list() -> Option<usize> {
         }
         std::alloc::dealloc(y, layout); // into the arena's bins
         let hidden = x as usize ^ HIDE;
-        (y as usize == x as usize + PLANT_CHUNK).then_some(hidden)
+        (y as usize == x as usize + chunk).then_some(hidden)
     }
 }
 
@@ -1554,22 +1560,30 @@ fn exact_graph_never_roots_a_block_in_glibcs_free_list_word() {
     let _ = rec.snapshot_with_graph(&leakprof::GraphOptions::default());
     let options = leakprof::GraphOptions::default().keep_type("plant_behind_free_list");
     let mut tested = 0;
-    for _attempt in 0..20 {
-        let Some(hidden) = plant_behind_free_list() else {
+    // Attempts lost at each step: no layout, no arena word, moved by the
+    // first snapshot, moved by the second.
+    let mut lost = [0; 4];
+    for attempt in 0..36 {
+        let size = PLANT_SIZES[attempt % PLANT_SIZES.len()];
+        let Some(hidden) = plant_behind_free_list(size) else {
+            lost[0] += 1;
             continue;
         };
-        if !libc_points_into(hidden) {
+        if !libc_points_into(hidden, size) {
+            lost[1] += 1;
             continue;
         }
         let conservative = rec
             .snapshot_with_graph(&options.clone().conservative())
             .expect("graph");
-        if !libc_points_into(hidden) {
+        if !libc_points_into(hidden, size) {
+            lost[2] += 1;
             continue;
         }
         let exact = rec.snapshot_with_graph(&options).expect("graph");
-        if !libc_points_into(hidden) {
-            continue; // the snapshot's own allocations moved the chunk
+        if !libc_points_into(hidden, size) {
+            lost[3] += 1; // the snapshot's own allocations moved the chunk
+            continue;
         }
         tested += 1;
         // Unhidden only now (black_box: not computed before the snapshots
@@ -1586,5 +1600,8 @@ fn exact_graph_never_roots_a_block_in_glibcs_free_list_word() {
             "the exact graph roots a block only glibc's free list points into at {after:?}"
         );
     }
-    assert!(tested > 0, "glibc never kept the planted layout");
+    assert!(
+        tested > 0,
+        "glibc never kept the planted layout (attempts lost by step: {lost:?})"
+    );
 }
