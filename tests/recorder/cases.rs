@@ -1548,11 +1548,11 @@ fn chain_root(p: &Profile, address: u64) -> String {
 /// The apalis finding: glibc's own free-list pointer in
 /// `main_arena` (libc's writable data) points at a chunk header inside
 /// the last bytes of a live block and, read as a root, kept a leak
-/// "owned by root: static". The conservative scan still shows that (which
-/// proves the plant); the exact graph never reads the allocator's
-/// metadata as roots. The layout is glibc's to make: the case retries
-/// until the arena word is there before, between and after the two
-/// snapshots. (A stale word on this thread's stack may still reach the
+/// "owned by root: static". The exact graph never reads the allocator's
+/// metadata as roots. The layout is glibc's to make: an attempt counts
+/// when the arena word is there before, between and after the two
+/// snapshots and the conservative scan roots the plant in static data
+/// (the plant works); the case fails if no attempt counts. (A stale word on this thread's stack may still reach the
 /// block: stacks stay conservative roots.)
 fn exact_graph_never_roots_a_block_in_glibcs_free_list_word() {
     let rec = start();
@@ -1561,7 +1561,8 @@ fn exact_graph_never_roots_a_block_in_glibcs_free_list_word() {
     let options = leakprof::GraphOptions::default().keep_type("plant_behind_free_list");
     let mut tested = 0;
     // Attempts lost at each step: no layout, no arena word, moved by the
-    // first snapshot, moved by the second.
+    // first snapshot (or not seen by its conservative scan), moved by the
+    // second.
     let mut lost = [0; 4];
     for attempt in 0..36 {
         let size = PLANT_SIZES[attempt % PLANT_SIZES.len()];
@@ -1585,15 +1586,16 @@ fn exact_graph_never_roots_a_block_in_glibcs_free_list_word() {
             lost[3] += 1; // the snapshot's own allocations moved the chunk
             continue;
         }
-        tested += 1;
         // Unhidden only now (black_box: not computed before the snapshots
         // and kept in a register the scan reads).
         let x = (black_box(hidden) ^ HIDE) as u64;
-        let before = chain_root(&conservative, x);
-        assert!(
-            before.starts_with("root: static"),
-            "the conservative scan roots the plant in static data: {before:?}"
-        );
+        if !chain_root(&conservative, x).starts_with("root: static") {
+            // The snapshot took the neighbour while it ran and gave it
+            // back: the word was not there during its pause.
+            lost[2] += 1;
+            continue;
+        }
+        tested += 1;
         let after = chain_root(&exact, x);
         assert!(
             !after.starts_with("root: static"),
