@@ -29,7 +29,7 @@ use std::sync::Arc;
 use super::hooks;
 use super::mmapvec::MmapVec;
 use super::scan::{Edge, EdgeKind};
-use super::types::{walk, BlockType, Fallback, Shape, SiteSpec, SlotId, Traced, TypeMaps};
+use super::types::{walk, BlockType, Fallback, Shape, SiteSpec, SlotId, Traced, TypeId, TypeMaps};
 
 /// What the exact trace needs, gathered before the pause.
 pub(crate) struct TypedPrep {
@@ -313,10 +313,14 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
     }
 
     /// Whether two block types name the same type (a type may have more
-    /// than one id: units the deduplication could not join). Shapes may
-    /// differ: a site knows a buffer's capacity, its owner its length.
+    /// than one id: units the deduplication could not join), or one is an
+    /// array of the other (`Box<[T; n]>` made, `Box<[T]>` kept). Shapes
+    /// may differ: a site knows a buffer's capacity, its owner its length.
     fn same_type(&self, a: BlockType, b: BlockType) -> bool {
-        a.ty == b.ty || self.prep.maps.type_name(a.ty) == self.prep.maps.type_name(b.ty)
+        let maps = &self.prep.maps;
+        let named = |x: TypeId, y: TypeId| x == y || maps.type_name(x) == maps.type_name(y);
+        let elem = |t: TypeId| maps.array_elem(t).map_or(t, |(e, _)| e);
+        named(a.ty, b.ty) || named(elem(a.ty), elem(b.ty))
     }
 
     fn site_type(&self, j: u32) -> Option<BlockType> {

@@ -298,6 +298,14 @@ impl TypeMaps {
             .is_some_and(|i| i.kind == Kind::Scalar(layout::Scalar::AddressWide) && i.size == 8)
     }
 
+    /// The element type and length of an array type (`[T; n]`).
+    pub fn array_elem(&self, t: TypeId) -> Option<(TypeId, u64)> {
+        match self.tables.types.get(t.0 as usize)?.kind {
+            Kind::Array { elem, count } => Some((elem, count)),
+            _ => None,
+        }
+    }
+
     pub fn name(&self, n: NameId) -> &str {
         self.names.get(n)
     }
