@@ -86,6 +86,10 @@ pub const ALL: &[Case] = &[
         "exact_graph_never_roots_a_block_in_glibcs_free_list_word",
         exact_graph_never_roots_a_block_in_glibcs_free_list_word,
     ),
+    (
+        "exact_graph_in_place_collect_owner_type_wins_over_site",
+        exact_graph_in_place_collect_owner_type_wins_over_site,
+    ),
 ];
 
 fn start() -> Recorder {
@@ -1606,4 +1610,74 @@ fn exact_graph_never_roots_a_block_in_glibcs_free_list_word() {
         tested > 0,
         "glibc never kept the planted layout (attempts lost by step: {lost:?})"
     );
+}
+
+#[allow(dead_code)] // held, never read: its size is what is looked for
+struct Collected([u64; 53]);
+
+#[allow(clippy::vec_box)] // boxes on purpose: the forgotten ones are the leaks
+static COLLECTED: std::sync::Mutex<Vec<Box<Collected>>> = std::sync::Mutex::new(Vec::new());
+
+/// Collects boxes in place into a `Vec<(u64, u64)>`'s buffer (so the
+/// buffer's site says `(u64, u64)`), keeps them in a static, pops two and
+/// forgets them. Returns the buffer's address, hidden.
+#[inline(never)]
+fn plant_in_place_collect() -> usize {
+    let pairs: Vec<(u64, u64)> = (0..6).map(|k| (k, k)).collect();
+    let before = pairs.as_ptr() as usize;
+    let boxes: Vec<Box<Collected>> = pairs
+        .into_iter()
+        .map(|(k, _)| Box::new(Collected([k; 53])))
+        .collect();
+    assert_eq!(
+        boxes.as_ptr() as usize,
+        before,
+        "std collected in place (the case needs it)"
+    );
+    let mut kept = COLLECTED.lock().unwrap();
+    *kept = boxes;
+    for _ in 0..2 {
+        std::mem::forget(kept.pop());
+    }
+    before ^ HIDE
+}
+
+/// In-place `collect` reuses a `Vec<(u64, u64)>` buffer for a
+/// `Vec<Box<Collected>>`: the buffer was made for pairs, the owning
+/// static's field says boxes, and how many. Through the real scan the
+/// owner's type wins: the two boxes popped off (stale slots past `len`)
+/// are unreachable, the four kept are not. (The conservative scan keeps
+/// all six: checked by hand with `GraphOptions::conservative`.)
+fn exact_graph_in_place_collect_owner_type_wins_over_site() {
+    let rec = start();
+    let hidden = black_box(plant_in_place_collect());
+    let p = rec
+        .snapshot_with_graph(&leakprof::GraphOptions::default())
+        .expect("graph");
+    let size = std::mem::size_of::<Collected>() as u64;
+    let (mut kept, mut lost) = (0, 0);
+    for x in p
+        .live
+        .iter()
+        .filter(|x| x.blocks > 0 && x.bytes == size * x.blocks)
+    {
+        if x.unreachable {
+            lost += x.blocks;
+        } else {
+            kept += x.blocks;
+        }
+    }
+    assert_eq!((kept, lost), (4, 2), "{:?}", p.live);
+    let cov = p
+        .graph
+        .as_ref()
+        .unwrap()
+        .coverage
+        .as_ref()
+        .expect("coverage");
+    assert!(
+        cov.declared_blocks >= 5,
+        "the buffer and the kept boxes: {cov:?}"
+    );
+    black_box(hidden);
 }
