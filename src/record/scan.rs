@@ -465,6 +465,12 @@ pub(crate) fn scan(
         // ---- the world runs again ----
         result.pause_ns = sys::now_ns().saturating_sub(t0);
         if let (Some(prep), Some((blocks, counts))) = (typed, traced) {
+            // By (source, offset), so a holder's pointer at an offset is
+            // found by binary search (field paths); sorted out of the pause.
+            result
+                .edges
+                .as_mut_slice()
+                .sort_unstable_by_key(|e| (e.from, e.offset, e.to));
             let mut sizes = MmapVec::with_capacity(result.blocks.len());
             for b in result.blocks.as_slice() {
                 let _ = sizes.push(b.size as u64);

@@ -495,7 +495,8 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
     }
 
     /// Every block's current edges, grouped by block in node order (the
-    /// ranges a re-read replaced are left out).
+    /// ranges a re-read replaced are left out). `scan` sorts them by
+    /// offset within each block once the world runs again.
     pub(crate) fn finish(self) -> (MmapVec<Edge>, BlockTypes, TraceCounts, bool) {
         let mut out: MmapVec<Edge> = MmapVec::with_capacity(self.edges.len());
         let mut incomplete = self.incomplete;
@@ -504,10 +505,7 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
                 incomplete |= !out.push(*e);
             }
         }
-        // By offset within each block, so a (holder, offset) is found by
-        // binary search (field paths after the pause).
-        out.as_mut_slice()
-            .sort_unstable_by_key(|e| (e.from, e.offset, e.to));
+
         (out, self.blocks, self.counts, incomplete)
     }
 }
