@@ -206,3 +206,85 @@ fn fixed_leaves_no_payload_owned_after_its_task() {
         );
     }
 }
+
+/// Runs `exception` with 8 MiB payloads and 6 retries (7 failed attempts,
+/// 7 leaked error values), as the issue measured it on the conservative
+/// scan: returns the run directory.
+fn exception_run_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .args(["--quiet", "run", "--scenario", "exception"])
+        .args(["--size", "8MiB", "--retries", "6"])
+        .args(["--min-backoff", "1ms", "--max-backoff", "1ms"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// The exact graph (issue 10): no stale word in a retry message keeps an
+/// error value "reachable from the stack"; every leaked error value is in
+/// its own unreachable cycle, and `retainers` names the fields that close
+/// it. Three runs: the conservative scan misplaced one in some of them.
+#[test]
+fn exact_graph_puts_every_leaked_error_value_in_its_cycle_with_field_names() {
+    const BIG: u64 = 8 << 20;
+    for run in 0..3 {
+        let dir = exception_run_dir();
+        let p = leakprof::format::load(dir.path().join("profile.json")).unwrap();
+        let g = p.graph.as_ref().expect("graph");
+        let payloads: Vec<_> = p
+            .live
+            .iter()
+            .filter(|x| x.blocks > 0 && x.bytes / x.blocks == BIG)
+            .collect();
+        let count: u64 = payloads.iter().map(|x| x.blocks).sum();
+        assert_eq!(count, 7, "run {run}: 7 leaked payloads");
+        for x in &payloads {
+            assert!(x.unreachable, "run {run}: a payload is reachable: {x:?}");
+            let owner = &g.owners[x.owner.unwrap() as usize].name;
+            assert_eq!(owner, "error value", "run {run}");
+        }
+        let cycles = g.cycles.iter().filter(|c| c.retained.bytes >= BIG).count();
+        assert_eq!(cycles, 7, "run {run}: one cycle per leaked error value");
+
+        let cov = g.coverage.as_ref().expect("exact graphs report coverage");
+        let typed = cov.exact.bytes + cov.partly.bytes - cov.pointer_free.bytes;
+        let holding = g.scanned.bytes - cov.pointer_free.bytes;
+        assert!(
+            typed as f64 >= 0.99 * holding as f64,
+            "run {run}: {typed} of {holding} pointer-holding bytes read by type: {cov:?}"
+        );
+        let typed_blocks = cov.exact.blocks + cov.partly.blocks;
+        assert!(
+            typed_blocks as f64 >= 0.95 * g.scanned.blocks as f64,
+            "run {run}: {typed_blocks} of {} blocks read by type: {cov:?}",
+            g.scanned.blocks
+        );
+
+        let out = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+            .args(["retainers"])
+            .arg(dir.path())
+            .args(["--largest", "1"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        let cycle = text
+            .lines()
+            .find(|l| l.contains("unreachable cycle"))
+            .unwrap_or_else(|| panic!("run {run}: no cycle printed:\n{text}"));
+        // The error's traceback -> the frame's locals -> the future ->
+        // its outcome: the error again.
+        for field in [".traceback", ".locals", ".outcome"] {
+            assert!(cycle.contains(field), "run {run}: {field} in {cycle}");
+        }
+        assert!(text.contains("TaskError"), "{text}");
+    }
+}

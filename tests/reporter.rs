@@ -880,6 +880,7 @@ fn with_graph() -> Profile {
         vias: vec![Via {
             holder: "TaskError".into(),
             offset: Some(8),
+            field: None,
         }],
         ..Graph::default()
     });
@@ -1168,6 +1169,7 @@ fn with_reachable_giants_and_small_leaks() -> Profile {
             blocks: 3,
         },
         nodes: members.to_vec(),
+        fields: Vec::new(),
     };
     p.graph = Some(Graph {
         thread_roots: "quiescent".into(),

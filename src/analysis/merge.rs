@@ -68,7 +68,7 @@ struct Merger {
     recorder: Option<RecorderMemory>,
     graph: Option<Graph>,
     owner_ids: HashMap<(String, String), u32>,
-    via_ids: HashMap<(String, Option<u64>), u32>,
+    via_ids: HashMap<(String, Option<u64>, Option<String>), u32>,
 }
 
 impl Merger {
@@ -339,11 +339,12 @@ impl Merger {
             .map(|v| {
                 *self
                     .via_ids
-                    .entry((v.holder.clone(), v.offset))
+                    .entry((v.holder.clone(), v.offset, v.field.clone()))
                     .or_insert_with(|| {
                         merged.vias.push(Via {
                             holder: v.holder.clone(),
                             offset: v.offset,
+                            field: v.field.clone(),
                         });
                         merged.vias.len() as u32 - 1
                     })

@@ -97,9 +97,10 @@ impl<'p> Model<'p> {
             .map(|g| {
                 g.vias
                     .iter()
-                    .map(|v| match v.offset {
-                        Some(off) => format!("{} +{off}", v.holder),
-                        None => v.holder.clone(),
+                    .map(|v| match (&v.field, v.offset) {
+                        (Some(field), _) => via_field_key(&v.holder, field),
+                        (None, Some(off)) => format!("{} +{off}", v.holder),
+                        (None, None) => v.holder.clone(),
                     })
                     .collect()
             })
@@ -326,6 +327,18 @@ pub fn shorten_type(ty: &str) -> String {
     }
     out.push_str(segment.rsplit("::").next().unwrap_or(&segment));
     out
+}
+
+/// A via's grouping key when the holder was read by type: its field path
+/// (`Retries.history[3].closure`), after the holder's label when it has
+/// one (a type or site holder is already named by the path).
+fn via_field_key(holder: &str, field: &str) -> String {
+    let labelled = !holder.starts_with("site: ") && !holder.contains("::");
+    if labelled {
+        format!("{holder}: {field}")
+    } else {
+        field.to_string()
+    }
 }
 
 #[cfg(test)]

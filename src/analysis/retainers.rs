@@ -5,7 +5,7 @@
 
 use super::check::human_bytes;
 use super::model::{Model, UNKNOWN};
-use crate::format::{Graph, Node, Profile};
+use crate::format::{Coverage, Graph, Node, Profile};
 
 /// Which objects to show chains for (the shorthand of [`chains`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +68,9 @@ pub enum Start {
         id: u32,
         members: u64,
         bytes: u64,
-        /// Member names in order, e.g. `["FutureState", "TaskError"]`.
+        /// Member names in order, e.g. `["FutureState", "TaskError"]`;
+        /// where the profile knows it, the field of each member that
+        /// points to the next (`TaskError.traceback`) instead.
         names: Vec<String>,
     },
     /// The first hop is leaked memory that nothing refers to.
@@ -88,6 +90,9 @@ pub struct Hop {
     /// Byte offset of the pointer, inside the previous hop, that refers to
     /// this one (`None` on the first hop).
     pub offset: Option<u64>,
+    /// The previous hop's field holding that pointer, by its type
+    /// (`TaskError.traceback`), when the scan read it by type.
+    pub field: Option<String>,
     pub owner: Option<String>,
     pub type_name: String,
     pub site: String,
@@ -251,6 +256,7 @@ fn chain_to(names: &Names, target: u32) -> Chain {
                 size: n.size,
                 retained: n.retained.bytes,
                 offset: if k == 0 { None } else { n.parent_offset },
+                field: if k == 0 { None } else { n.parent_field.clone() },
                 owner: names.owner_of(n).map(str::to_string),
                 type_name: names.type_of(n),
                 site: names.site_of(n),
@@ -277,7 +283,11 @@ fn start_of(names: &Names, first: &Node) -> Start {
                 .map(|x| {
                     x.nodes
                         .iter()
-                        .map(|&m| names.short(names.node(m)))
+                        .enumerate()
+                        .map(|(k, &m)| match x.fields.get(k) {
+                            Some(f) if !f.is_empty() => f.clone(),
+                            _ => names.short(names.node(m)),
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -325,4 +335,44 @@ pub fn describe_start(start: &Start) -> String {
             "(chain cut: the profile stores only the chains of its largest objects)".to_string()
         }
     }
+}
+
+/// How the graph was read, in one line, as `report` and `retainers`
+/// print it: the share read exactly by type, partly, and word by word,
+/// with why.
+pub fn describe_coverage(graph: &Graph) -> String {
+    let Some(c) = &graph.coverage else {
+        return "Graph: conservative scan (every word holding a live block's address counts as a pointer)".to_string();
+    };
+    let pct = |part: u64, all: u64| 100.0 * part as f64 / all.max(1) as f64;
+    let (bytes, blocks) = (graph.scanned.bytes, graph.scanned.blocks);
+    let mut text = format!(
+        "Graph: exact by type for {:.1}% of bytes and {:.1}% of blocks ({:.1}% / {:.1}% partly)",
+        pct(c.exact.bytes, bytes),
+        pct(c.exact.blocks, blocks),
+        pct(c.partly.bytes, bytes),
+        pct(c.partly.blocks, blocks),
+    );
+    text += &format!(
+        "; {} blocks ({}) read word by word",
+        c.conservative.blocks,
+        human_bytes(c.conservative.bytes)
+    );
+    let reasons = fallback_reasons(c);
+    if !reasons.is_empty() {
+        text += &format!(" [{reasons}]");
+    }
+    text += &format!(
+        "; {} typed statics; {} blocks typed by their owner, {} by their site ({} disagreed)",
+        c.typed_statics, c.declared_blocks, c.site_blocks, c.disagreements
+    );
+    text
+}
+
+fn fallback_reasons(c: &Coverage) -> String {
+    c.fallbacks
+        .iter()
+        .map(|f| format!("{} {}: {} blocks", f.read, f.reason, f.amount.blocks))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

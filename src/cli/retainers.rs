@@ -73,7 +73,11 @@ pub fn execute(_global: Global, args: Args) -> Outcome {
     } else {
         super::report::text_width(args.output.as_deref())
     };
-    let text = retainers::text(&found, &names, width);
+    let mut text = retainers::text(&found, &names, width);
+    if let Some(g) = &profile.graph {
+        text += &crate::analysis::retainers::describe_coverage(g);
+        text.push('\n');
+    }
     match &args.output {
         Some(path) => write_atomically(path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?,

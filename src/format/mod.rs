@@ -401,6 +401,55 @@ pub struct Graph {
     /// Objects kept for offline retainer chains.
     #[serde(default)]
     pub nodes: Vec<Node>,
+    /// How much of the heap was read by the program's types (absent in
+    /// older profiles and for the conservative scan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
+}
+
+/// How the exact trace read the heap: blocks and bytes read by type, and
+/// those read word by word (conservatively), with why.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Coverage {
+    /// Read by type, every word typed (pointer-free blocks included:
+    /// those are never read).
+    pub exact: Amount,
+    /// Of `exact`: blocks whose type holds no pointer.
+    pub pointer_free: Amount,
+    /// Read by type, some part of them as candidate words.
+    pub partly: Amount,
+    /// Read word by word, as the conservative scan reads every block.
+    pub conservative: Amount,
+    /// Why, for `partly` and `conservative` blocks (the first reason met
+    /// in each block).
+    #[serde(default)]
+    pub fallbacks: Vec<FallbackCount>,
+    /// Blocks typed by the field of the owner that points to them.
+    pub declared_blocks: u64,
+    /// Blocks typed by their allocation site (no typed owner reached them
+    /// first).
+    pub site_blocks: u64,
+    /// Blocks whose owner's declared type differs from their site's.
+    pub disagreements: u64,
+    /// Blocks read again because an owner declared them after they were
+    /// read by their site's type.
+    pub rewalked: u64,
+    /// Statics read by their DWARF type as roots.
+    pub typed_statics: u64,
+    /// Time to get the types ready before the pause (the one-time DWARF
+    /// load included when this snapshot made it), not part of `pause_ns`.
+    pub prepare_ns: u64,
+}
+
+/// Blocks read partly or wholly word by word for one reason.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct FallbackCount {
+    /// `partly` or `conservative`.
+    pub read: String,
+    /// `union`, `uninit`, `opaque`, `discriminant`, `depth`,
+    /// `no debug info`, `unknown type`.
+    pub reason: String,
+    pub amount: Amount,
 }
 
 /// How a heap-graph scan stopped the other threads.
@@ -451,6 +500,10 @@ pub struct Via {
     /// Byte offset of the pointer inside the holder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// The field the pointer sits in, by the holder's type
+    /// (`Retries.history[3].closure`), when the holder was read by type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// An unreachable strongly connected group of blocks.
@@ -463,6 +516,10 @@ pub struct Cycle {
     pub retained: Amount,
     /// Node indices of the members (into `graph.nodes`).
     pub nodes: Vec<u32>,
+    /// Parallel to `nodes`: the field of each member that points to the
+    /// next one (the last to the first), "" where unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
 }
 
 /// A heap object kept in the profile for retainer chains.
@@ -485,6 +542,10 @@ pub struct Node {
     pub parent: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_offset: Option<u64>,
+    /// The field of the parent holding the pointer, by the parent's type
+    /// (`TaskError.traceback`), when the parent was read by type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_field: Option<String>,
     /// Set when a root refers to this object directly: "stack", "static",
     /// "tls", "registered: <name>".
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,10 +10,14 @@
 use super::fxhash::FxHashMap;
 
 use super::live::Block;
-use super::scan::{RootSource, ScanResult, StopReport};
+use super::scan::{RootSource, ScanResult, StopReport, TypedScan};
 use super::tags::Tag;
+use super::trace::{BlockTrace, TypeSource};
+use super::types::{short_name, BlockType, Fallback, Shape, SlotId};
 use crate::format::frame_names;
-use crate::format::{Amount, Cycle, Graph, LiveGroup, Node, Owner, Stack, StopStats, Via};
+use crate::format::{
+    Amount, Coverage, Cycle, FallbackCount, Graph, LiveGroup, Node, Owner, Stack, StopStats, Via,
+};
 use crate::graph::{
     Attribution, HeapGraph, HeapGraphBuilder, LabelId, Retainer, Retention, RootKind,
     SubgraphOptions, OFFSET_UNKNOWN,
@@ -34,6 +38,12 @@ pub struct GraphOptions {
     /// How long every thread gets to stop before the scan goes on without
     /// it (its stack is then not a root, and the profile says so).
     pub stop_timeout: std::time::Duration,
+    /// Read blocks by the program's types from DWARF (the exact trace,
+    /// the default) rather than taking every word that holds a live
+    /// address for a pointer (the conservative scan). Without debug info
+    /// the exact trace falls back to the conservative scan block by block
+    /// and says so in the graph's coverage.
+    pub exact: bool,
 }
 
 impl Default for GraphOptions {
@@ -42,6 +52,7 @@ impl Default for GraphOptions {
             keep_types: Vec::new(),
             stop_signal: libc::SIGPWR,
             stop_timeout: std::time::Duration::from_secs(2),
+            exact: true,
         }
     }
 }
@@ -56,6 +67,13 @@ impl GraphOptions {
     /// Stops threads with `signal` instead of `SIGPWR`.
     pub fn stop_signal(mut self, signal: i32) -> GraphOptions {
         self.stop_signal = signal;
+        self
+    }
+
+    /// Takes the conservative scan (every word holding a live address is
+    /// a pointer) instead of the exact trace: no DWARF is read.
+    pub fn conservative(mut self) -> GraphOptions {
+        self.exact = false;
         self
     }
 
@@ -165,6 +183,7 @@ pub(crate) fn convert(
     };
     let retention = Retention::compute(&graph);
     let c = Conversion {
+        scan,
         blocks: scan.blocks.as_slice(),
         names,
         infos,
@@ -191,8 +210,91 @@ pub(crate) fn convert(
             vias,
             cycles,
             nodes,
+            coverage: scan.typed.as_ref().map(coverage),
         },
         live,
+    }
+}
+
+/// What the exact trace read by type and what word by word.
+fn coverage(t: &TypedScan) -> Coverage {
+    const REASONS: [Fallback; 7] = [
+        Fallback::Union,
+        Fallback::Uninit,
+        Fallback::Opaque,
+        Fallback::Discriminant,
+        Fallback::Depth,
+        Fallback::NoDebugInfo,
+        Fallback::UnknownType,
+    ];
+    let mut c = Coverage {
+        disagreements: t.counts.disagreements,
+        rewalked: t.counts.rewalked,
+        typed_statics: t.counts.typed_statics,
+        prepare_ns: t.prep.prepare_ns,
+        ..Coverage::default()
+    };
+    // (partly, conservative) amounts by reason.
+    let mut by_reason = [(Amount::default(), Amount::default()); REASONS.len()];
+    let reason_index = |f: Fallback| REASONS.iter().position(|&r| r == f).unwrap_or(0);
+    let blocks = t.blocks.traced.as_slice();
+    let sources = t.blocks.source.as_slice();
+    for (k, (traced, source)) in blocks.iter().zip(sources).enumerate() {
+        let size = t.block_size(k);
+        let a = Amount {
+            bytes: size,
+            blocks: 1,
+        };
+        match source {
+            TypeSource::Declared => c.declared_blocks += 1,
+            TypeSource::Site => c.site_blocks += 1,
+            _ => {}
+        }
+        match *traced {
+            BlockTrace::Exact { pointer_free } => {
+                c.exact.add(a);
+                if pointer_free {
+                    c.pointer_free.add(a);
+                }
+            }
+            BlockTrace::Partly(f) => {
+                c.partly.add(a);
+                by_reason[reason_index(f)].0.add(a);
+            }
+            BlockTrace::Conservative(f) => {
+                c.conservative.add(a);
+                by_reason[reason_index(f)].1.add(a);
+            }
+            // Every block is read before the pause ends.
+            BlockTrace::Pending => {
+                c.conservative.add(a);
+                by_reason[reason_index(Fallback::UnknownType)].1.add(a);
+            }
+        }
+    }
+    for (f, (partly, conservative)) in REASONS.iter().zip(by_reason) {
+        for (read, amount) in [("partly", partly), ("conservative", conservative)] {
+            if amount.blocks > 0 {
+                c.fallbacks.push(FallbackCount {
+                    read: read.to_string(),
+                    reason: fallback_name(*f).to_string(),
+                    amount,
+                });
+            }
+        }
+    }
+    c
+}
+
+fn fallback_name(f: Fallback) -> &'static str {
+    match f {
+        Fallback::Union => "union",
+        Fallback::Uninit => "uninit",
+        Fallback::Opaque => "opaque",
+        Fallback::Discriminant => "discriminant",
+        Fallback::Depth => "depth",
+        Fallback::NoDebugInfo => "no debug info",
+        Fallback::UnknownType => "unknown type",
     }
 }
 
@@ -263,15 +365,16 @@ fn build_graph(
         }
     }
     for r in scan.roots.as_slice() {
-        let kind = match r.source {
-            RootSource::Stack => RootKind::Stack,
-            RootSource::Tls => RootKind::Tls,
-            RootSource::Static => RootKind::Static,
-            RootSource::Registered(k) => {
-                RootKind::Registered(labels.id(scan.registered[k as usize].label))
-            }
+        let (kind, at) = match r.source {
+            RootSource::Stack => (RootKind::Stack, None),
+            RootSource::Tls => (RootKind::Tls, None),
+            RootSource::Static => (RootKind::Static, Some(r.at as u64)),
+            RootSource::Registered(k) => (
+                RootKind::Registered(labels.id(scan.registered[k as usize].label)),
+                None,
+            ),
         };
-        b.add_root(r.node, kind, None);
+        b.add_root(r.node, kind, at);
     }
     for (k, &n) in static_node {
         let label = labels.id(scan.registered[*k as usize].label);
@@ -282,6 +385,7 @@ fn build_graph(
 
 /// What the conversion's steps share.
 struct Conversion<'a> {
+    scan: &'a ScanResult,
     blocks: &'a [Block],
     names: &'a Names<'a>,
     infos: Vec<NodeInfo>,
@@ -295,6 +399,66 @@ const NO_LABEL: u32 = u32::MAX;
 impl Conversion<'_> {
     fn n(&self) -> u32 {
         self.infos.len() as u32
+    }
+
+    /// The holder's type and the slot of its pointer at `offset` that
+    /// refers to `target`, when the holder was read by type.
+    fn edge_slot(&self, holder: u32, target: u32, offset: u32) -> Option<(BlockType, SlotId)> {
+        let typed = self.scan.typed.as_ref()?;
+        let h = holder as usize;
+        if matches!(
+            typed.blocks.traced.as_slice().get(h)?,
+            BlockTrace::Conservative(_) | BlockTrace::Pending
+        ) {
+            return None;
+        }
+        let bt = (*typed.blocks.types.as_slice().get(h)?)?;
+        // Edges are sorted by (source, offset): see `trace::Tracer::finish`.
+        let edges = self.scan.edges.as_slice();
+        let lo = edges.partition_point(|e| (e.from, e.offset) < (holder, offset));
+        let e = edges[lo..]
+            .iter()
+            .take_while(|e| e.from == holder && e.offset == offset)
+            .find(|e| e.to == target)?;
+        Some((bt, SlotId(e.slot)))
+    }
+
+    /// The field path of the pointer at `offset` in `holder` that refers
+    /// to `target` (`Retries.history[3].closure`), when the holder was
+    /// read by type.
+    fn field(&self, holder: u32, target: u32, offset: u32) -> Option<String> {
+        let (bt, slot) = self.edge_slot(holder, target, offset)?;
+        let maps = &self.scan.typed.as_ref()?.prep.maps;
+        Some(maps.slot_path(bt, offset as usize, slot))
+    }
+
+    /// Like [`Conversion::field`] with element indices left out
+    /// (`Retries.history[..].closure`), so a via groups every element's
+    /// pointer; one text per (type, offset in the element, slot).
+    fn via_field(
+        &self,
+        cache: &mut FxHashMap<(u32, u64, u32), String>,
+        holder: u32,
+        target: u32,
+        offset: u32,
+    ) -> Option<String> {
+        let (bt, slot) = self.edge_slot(holder, target, offset)?;
+        let maps = &self.scan.typed.as_ref()?.prep.maps;
+        let size = maps.type_size(bt.ty).max(1);
+        let within = match bt.shape {
+            Shape::Elements { .. } | Shape::Ring { .. } => u64::from(offset) % size,
+            // One value, or a shape whose path needs the whole offset.
+            _ => return Some(maps.slot_path(bt, offset as usize, slot)),
+        };
+        let text = cache.entry((bt.ty.0, within, slot.0)).or_insert_with(|| {
+            let path = maps.slot_path(BlockType::one(bt.ty), within as usize, slot);
+            let name = short_name(maps.type_name(bt.ty));
+            match path.strip_prefix(name.as_str()) {
+                Some(rest) => format!("{name}[..]{rest}"),
+                None => path,
+            }
+        });
+        Some(text.clone())
     }
 
     /// Owners: one per label, then one per site of unowned top-most
@@ -397,11 +561,13 @@ impl Conversion<'_> {
         let mut text_of: FxHashMap<(Option<&'static str>, Option<&'static str>, u32), String> =
             FxHashMap::default();
         let mut vias: Vec<Via> = Vec::new();
-        let mut via_index: FxHashMap<(String, Option<u64>), u32> = FxHashMap::default();
+        let mut via_index: FxHashMap<(String, Option<u64>, Option<String>), u32> =
+            FxHashMap::default();
+        let mut field_cache = FxHashMap::default();
         let mut node_via: Vec<u32> = Vec::with_capacity(self.n() as usize);
         for v in 0..self.n() {
-            let (text, offset) = match self.retention.retainer(v) {
-                Retainer::Root(i) => (self.root_name(i), None),
+            let (text, offset, field) = match self.retention.retainer(v) {
+                Retainer::Root(i) => (self.root_name(i), None, None),
                 Retainer::Pointer { holder, offset } => {
                     let info = &self.infos[holder as usize];
                     let key = (info.label, info.type_name, info.stack);
@@ -413,16 +579,25 @@ impl Conversion<'_> {
                             (None, None) => format!("site: {}", self.names.site(info.stack)),
                         })
                         .clone();
-                    (text, Some(offset as u64))
+                    let field = self.via_field(&mut field_cache, holder, v, offset);
+                    (text, Some(offset as u64), field)
                 }
-                Retainer::Cycle(c) => (format!("unreachable cycle #{}", c.0), None),
-                Retainer::Unreferenced => ("unreferenced".to_string(), None),
+                Retainer::Cycle(c) => (format!("unreachable cycle #{}", c.0), None, None),
+                Retainer::Unreferenced => ("unreferenced".to_string(), None, None),
             };
             let next = vias.len() as u32;
-            let idx = *via_index.entry((text.clone(), offset)).or_insert_with(|| {
+            // A field path groups every element's pointer (one via, the
+            // first offset kept); without one, the offset tells them apart.
+            let key = (
+                text.clone(),
+                if field.is_some() { None } else { offset },
+                field.clone(),
+            );
+            let idx = *via_index.entry(key).or_insert_with(|| {
                 vias.push(Via {
                     holder: text,
                     offset,
+                    field,
                 });
                 next
             });
@@ -431,8 +606,22 @@ impl Conversion<'_> {
         (vias, node_via)
     }
 
+    /// A root's name; a static one with its `module!symbol` when the
+    /// type maps know the static its word lies in.
     fn root_name(&self, root: u32) -> String {
-        root_name(&self.graph.roots()[root as usize].kind, &self.labels.names)
+        let r = &self.graph.roots()[root as usize];
+        let symbol = match (r.kind, r.offset, &self.scan.typed) {
+            (RootKind::Static, Some(at), Some(t)) => t
+                .prep
+                .maps
+                .static_at(at as usize)
+                .map(|s| t.prep.maps.static_label(s)),
+            _ => None,
+        };
+        match symbol {
+            Some(sym) => format!("root: static {sym}"),
+            None => root_name(&r.kind, &self.labels.names),
+        }
     }
 
     /// Live groups by (stack, tag, owner, via, reachability); blocks only.
@@ -520,12 +709,15 @@ impl Conversion<'_> {
 
     fn node(&self, v: u32, stored: &FxHashMap<u32, u32>, node_owner: &[u32]) -> Node {
         let info = &self.infos[v as usize];
-        let (parent, parent_offset, root) = match self.retention.retainer(v) {
-            Retainer::Pointer { holder, offset } => {
-                (stored.get(&holder).copied(), Some(offset as u64), None)
-            }
-            Retainer::Root(i) => (None, None, Some(self.root_name(i))),
-            _ => (None, None, None),
+        let (parent, parent_offset, parent_field, root) = match self.retention.retainer(v) {
+            Retainer::Pointer { holder, offset } => (
+                stored.get(&holder).copied(),
+                Some(offset as u64),
+                self.field(holder, v, offset),
+                None,
+            ),
+            Retainer::Root(i) => (None, None, None, Some(self.root_name(i))),
+            _ => (None, None, None, None),
         };
         Node {
             address: info.address,
@@ -537,6 +729,7 @@ impl Conversion<'_> {
             retained: self.retention.retained(v),
             parent,
             parent_offset: parent_offset.filter(|&o| o != OFFSET_UNKNOWN as u64),
+            parent_field,
             root,
             cycle: self.retention.cycle_of(v).map(|c| c.0),
             unreachable: !self.retention.is_reachable(v),
@@ -548,14 +741,35 @@ impl Conversion<'_> {
         self.retention
             .cycles()
             .iter()
-            .map(|c| Cycle {
-                id: c.id.0,
-                members: c.members,
-                retained: c.retained,
-                nodes: cycle_order(self.graph, self.retention.cycle_members(c.id))
-                    .iter()
-                    .filter_map(|m| stored.get(m).copied())
-                    .collect(),
+            .map(|c| {
+                let order: Vec<u32> = cycle_order(self.graph, self.retention.cycle_members(c.id))
+                    .into_iter()
+                    .filter(|m| stored.contains_key(m))
+                    .collect();
+                let fields = (0..order.len())
+                    .map(|k| {
+                        let (from, to) = (order[k], order[(k + 1) % order.len()]);
+                        self.graph
+                            .edges(from)
+                            .find(|&(t, _)| t == to)
+                            .and_then(|(_, off)| self.field(from, to, off))
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<String>>();
+                Cycle {
+                    id: c.id.0,
+                    members: c.members,
+                    retained: c.retained,
+                    nodes: order
+                        .iter()
+                        .filter_map(|m| stored.get(m).copied())
+                        .collect(),
+                    fields: if fields.iter().all(String::is_empty) {
+                        Vec::new()
+                    } else {
+                        fields
+                    },
+                }
             })
             .collect()
     }

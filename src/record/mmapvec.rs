@@ -82,6 +82,11 @@ impl<T: Copy> MmapVec<T> {
         self.len = 0;
     }
 
+    /// Keeps the first `len` elements (no-op when there are fewer).
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }

@@ -39,6 +39,7 @@ pub(crate) mod sys;
 mod tags;
 mod threads;
 mod timeline;
+mod trace;
 /// The program's types from DWARF for an exact heap graph (issue 10).
 /// Public for leakprof's own tests and tools; not a stable API.
 pub mod types;

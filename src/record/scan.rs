@@ -42,6 +42,8 @@ use super::mmapvec::MmapVec;
 use super::owner;
 use super::stop::{self, FlightNode, StopConfig, StoppedThread, SAVED_REGISTERS};
 use super::sys;
+use super::trace::{BlockTypes, HeapLookup, TraceCounts, Tracer, TypedPrep};
+use super::types::BlockType;
 
 /// A word (on a stack, in a register, in TLS or in a heap block) counts as
 /// a reference to a block only if it points into the block's first bytes
@@ -66,14 +68,30 @@ pub(crate) struct Edge {
     pub(crate) from: u32,
     pub(crate) to: u32,
     pub(crate) offset: u32,
+    /// The field the pointer sits in (`types::SlotId`), for its path;
+    /// `u32::MAX` for a word read without a type.
+    pub(crate) slot: u32,
+    pub(crate) kind: EdgeKind,
 }
 
-/// What kind of root referred to a block.
+/// Whether an edge's word is a pointer by its type or only a candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum EdgeKind {
+    /// The source's type says the word is a pointer.
+    Exact,
+    /// A word that holds a live block's address (the conservative rule).
+    Candidate,
+}
+
+/// What kind of root referred to a block. Roots are sorted by node, then
+/// in this order, and a block's first root names its chain: a static
+/// (read by its type when the types are known) before a stack or TLS word
+/// (which may be stale).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum RootSource {
-    Stack,
-    Tls,
     Static,
+    Tls,
+    Stack,
     /// A registered container, by index into `ScanResult::registered`.
     Registered(u32),
 }
@@ -82,6 +100,9 @@ pub(crate) enum RootSource {
 pub(crate) struct RootRef {
     pub(crate) node: u32,
     pub(crate) source: RootSource,
+    /// Address of the referring word for a static root (its name is
+    /// looked up after the pause), else 0.
+    pub(crate) at: usize,
 }
 
 /// A registered container as scanned: a static area (`block: None`, its
@@ -130,6 +151,23 @@ pub(crate) struct ScanResult {
     pub(crate) stop: StopReport,
     /// The kernel refused scratch memory: some edges or roots are missing.
     pub(crate) incomplete: bool,
+    /// The exact trace's types and counts (`None`: conservative scan).
+    pub(crate) typed: Option<TypedScan>,
+}
+
+/// What the exact trace adds to a scan.
+pub(crate) struct TypedScan {
+    pub(crate) prep: TypedPrep,
+    pub(crate) blocks: BlockTypes,
+    pub(crate) counts: TraceCounts,
+    /// Block sizes by node (copied: the scan's blocks move into the result).
+    sizes: MmapVec<u64>,
+}
+
+impl TypedScan {
+    pub(crate) fn block_size(&self, node: usize) -> u64 {
+        self.sizes.as_slice().get(node).copied().unwrap_or(0)
+    }
 }
 
 /// Why no scan was made.
@@ -321,7 +359,11 @@ pub(crate) struct OwnThread {
 /// leakprof's own frames below `own.stack_from` are not scanned: they
 /// occupy stack memory the caller's earlier calls left full of stale
 /// addresses.
-pub(crate) fn scan(own: OwnThread, config: StopConfig) -> Result<ScanResult, ScanError> {
+pub(crate) fn scan(
+    own: OwnThread,
+    config: StopConfig,
+    exact: bool,
+) -> Result<ScanResult, ScanError> {
     if !hooks::recording() {
         return Err(ScanError::NotRecording);
     }
@@ -332,6 +374,9 @@ pub(crate) fn scan(own: OwnThread, config: StopConfig) -> Result<ScanResult, Sca
         stop::install(config.signal).map_err(ScanError::Signal)?;
         let _one_scan = SCANNING.lock();
         let prepared = prepare();
+        // SAFETY (of the read): `allocator_metadata` reads only libc's
+        // writable segments, which are mapped.
+        let typed = exact.then(|| TypedPrep::prepare(&|a| unsafe { load_word(a) }));
         // Registered heap containers are looked up while stopped; hold the
         // registry so none is dropped meanwhile (LockCells come before the
         // shard locks, the one lock order).
@@ -362,6 +407,7 @@ pub(crate) fn scan(own: OwnThread, config: StopConfig) -> Result<ScanResult, Sca
                 ..StopReport::default()
             },
             incomplete: false,
+            typed: None,
         };
         // Filled while stopped: its capacity is reserved now (no malloc later).
         let mut heap_registered = Vec::with_capacity(registered_heap.len());
@@ -390,9 +436,19 @@ pub(crate) fn scan(own: OwnThread, config: StopConfig) -> Result<ScanResult, Sca
             result: &mut result,
         };
         let heap = paused.heap(&index);
-        paused.scan_blocks(&heap);
         paused.scan_threads(&heap, &stopped, own);
-        paused.scan_statics(&heap);
+        let traced = match &typed {
+            Some(prep) => {
+                let (blocks, counts, covered) = paused.trace_typed(&heap, prep);
+                paused.scan_statics(&heap, covered.as_slice());
+                Some((blocks, counts))
+            }
+            None => {
+                paused.scan_blocks(&heap);
+                paused.scan_statics(&heap, &[]);
+                None
+            }
+        };
         for (addr, reg) in &registered_heap {
             if let Some(j) = heap.find(*addr) {
                 if heap_registered.len() < heap_registered.capacity() {
@@ -408,6 +464,24 @@ pub(crate) fn scan(own: OwnThread, config: StopConfig) -> Result<ScanResult, Sca
         LIVE.unlock_all();
         // ---- the world runs again ----
         result.pause_ns = sys::now_ns().saturating_sub(t0);
+        if let (Some(prep), Some((blocks, counts))) = (typed, traced) {
+            // By (source, offset), so a holder's pointer at an offset is
+            // found by binary search (field paths); sorted out of the pause.
+            result
+                .edges
+                .as_mut_slice()
+                .sort_unstable_by_key(|e| (e.from, e.offset, e.to));
+            let mut sizes = MmapVec::with_capacity(result.blocks.len());
+            for b in result.blocks.as_slice() {
+                let _ = sizes.push(b.size as u64);
+            }
+            result.typed = Some(TypedScan {
+                prep,
+                blocks,
+                counts,
+                sizes,
+            });
+        }
         drop(registry);
 
         for (j, mut reg) in heap_registered {
@@ -418,6 +492,7 @@ pub(crate) fn scan(own: OwnThread, config: StopConfig) -> Result<ScanResult, Sca
             let _ = result.roots.push(RootRef {
                 node: j,
                 source: RootSource::Registered(k),
+                at: 0,
             });
         }
         Ok(result)
@@ -523,6 +598,8 @@ impl Paused<'_> {
                     from: i as u32,
                     to: j,
                     offset: off.min(u32::MAX as usize) as u32,
+                    slot: u32::MAX,
+                    kind: EdgeKind::Candidate,
                 });
             };
             if self
@@ -557,7 +634,11 @@ impl Paused<'_> {
         let mut roots = std::mem::replace(&mut self.result.roots, MmapVec::new());
         let mut incomplete = false;
         let mut root = |node: u32, source: RootSource| {
-            incomplete |= !roots.push(RootRef { node, source });
+            incomplete |= !roots.push(RootRef {
+                node,
+                source,
+                at: 0,
+            });
         };
         for &r in &own.registers {
             heap.find_from_root(r, |j| root(j, RootSource::Stack));
@@ -637,16 +718,105 @@ impl Paused<'_> {
         scanned
     }
 
-    /// Writable segments of every loaded object (but the stop slots and the
-    /// registered static containers, scanned as their own labelled roots),
-    /// then the registered static containers.
-    fn scan_statics(&mut self, heap: &Heap) {
+    /// The exact trace (see [`super::trace`]): typed statics as roots, then
+    /// every block by its declared or site type, or word by word. Returns
+    /// the blocks' types, the counts, and the static data the typed
+    /// statics covered and the allocator's metadata (both left out of the
+    /// conservative scan of writable segments).
+    fn trace_typed(
+        &mut self,
+        heap: &Heap,
+        prep: &TypedPrep,
+    ) -> (BlockTypes, TraceCounts, MmapVec<Mapping>) {
+        let view = HeapView {
+            heap,
+            flights: self.world.flights.as_slice(),
+        };
+        let mut tracer = Tracer::new(prep, &view);
+        let mut covered: MmapVec<Mapping> = MmapVec::new();
+        let mut incomplete = false;
+        for &(start, end) in &prep.allocator_metadata {
+            incomplete |= !covered.push(Mapping { start, end });
+        }
+        let (slots_lo, slots_hi) = stop::slots_area();
+        let statics = prep.maps.statics();
+        let mut roots = std::mem::replace(&mut self.result.roots, MmapVec::new());
+        let mut registered_edges =
+            std::mem::replace(&mut self.result.registered_edges, MmapVec::new());
+        for &k in &prep.typed_statics {
+            let Some(s) = statics.get(k as usize) else {
+                continue;
+            };
+            let Some(ty) = s.ty else { continue };
+            let area = Mapping {
+                start: s.start,
+                end: s.start + s.len,
+            };
+            let overlaps = |m: &Mapping| m.start < area.end && area.start < m.end;
+            // A registered container that is exactly this static is read
+            // by its type, its pointers edges of its labelled node.
+            let registered = self
+                .prepared
+                .statics
+                .iter()
+                .position(|(m, _)| m.start == area.start && m.end == area.end);
+            // The stop slots, other registered containers (their own
+            // labelled roots, read word by word) and the allocator's state
+            // stay out of the typed roots.
+            if overlaps(&Mapping {
+                start: slots_lo,
+                end: slots_hi,
+            }) || (registered.is_none()
+                && self.prepared.statics.iter().any(|(m, _)| overlaps(m)))
+                || prep
+                    .allocator_metadata
+                    .iter()
+                    .any(|&(start, end)| overlaps(&Mapping { start, end }))
+                || !self
+                    .world
+                    .mapping_of(area.start)
+                    .is_some_and(|m| area.end <= m.end)
+            {
+                continue;
+            }
+            incomplete |= !covered.push(area);
+            // SAFETY: the static lies inside a readable mapping.
+            unsafe {
+                tracer.static_root(area.start, s.len, BlockType::one(ty), &mut |j, at| {
+                    incomplete |= !match registered {
+                        Some(r) => registered_edges.push((r as u32, j)),
+                        None => roots.push(RootRef {
+                            node: j,
+                            source: RootSource::Static,
+                            at,
+                        }),
+                    };
+                })
+            };
+            self.result.scanned_bytes += s.len as u64;
+        }
+        self.result.roots = roots;
+        self.result.registered_edges = registered_edges;
+        tracer.trace_all();
+        let (edges, blocks, counts, lost) = tracer.finish();
+        self.result.edges = edges;
+        self.result.scanned_bytes += heap.blocks.iter().map(|b| b.size as u64).sum::<u64>();
+        self.result.incomplete |= incomplete | lost;
+        (blocks, counts, covered)
+    }
+
+    /// Writable segments of every loaded object (but the stop slots, the
+    /// registered static containers, scanned as their own labelled roots,
+    /// and `covered`: statics the exact trace read by type, the
+    /// allocator's metadata), then the registered static containers.
+    fn scan_statics(&mut self, heap: &Heap, covered: &[Mapping]) {
         let (slots_lo, slots_hi) = stop::slots_area();
         let excluded = std::iter::once(Mapping {
             start: slots_lo,
             end: slots_hi,
         })
-        .chain(self.prepared.statics.iter().map(|(m, _)| *m));
+        .chain(self.prepared.statics.iter().map(|(m, _)| *m))
+        .chain(covered.iter().copied());
         let mut pieces: MmapVec<Mapping> = MmapVec::new();
         let mut incomplete = false;
         for seg in &self.prepared.segments {
@@ -682,10 +852,11 @@ impl Paused<'_> {
                         let end = m.end.min(seg.end);
                         // SAFETY: [addr, end) is inside a readable mapping.
                         unsafe {
-                            scan_words(heap, addr, end, Rule::Any, |_, j| {
+                            scan_words(heap, addr, end, Rule::Any, |off, j| {
                                 incomplete |= !r.roots.push(RootRef {
                                     node: j,
                                     source: RootSource::Static,
+                                    at: addr + off,
                                 })
                             })
                         };
@@ -697,10 +868,14 @@ impl Paused<'_> {
             }
         }
         for (k, (area, _)) in self.prepared.statics.iter().enumerate() {
-            if self
-                .world
-                .mapping_of(area.start)
-                .is_some_and(|m| area.end <= m.end)
+            let typed = covered
+                .iter()
+                .any(|c| c.start == area.start && c.end == area.end);
+            if !typed
+                && self
+                    .world
+                    .mapping_of(area.start)
+                    .is_some_and(|m| area.end <= m.end)
             {
                 // SAFETY: the registered static lies in a readable mapping.
                 unsafe {
@@ -751,6 +926,60 @@ fn scan_copied(heap: &Heap, addr: usize, size: usize, hit: &mut impl FnMut(usize
     }
     // SAFETY: the scratch came from `map` with this size.
     unsafe { sys::unmap(scratch.cast(), CHUNK) };
+}
+
+/// The scan's heap for the exact trace.
+struct HeapView<'h> {
+    heap: &'h Heap<'h>,
+    flights: &'h [FlightNode],
+}
+
+impl HeapLookup for HeapView<'_> {
+    fn blocks(&self) -> &[Block] {
+        self.heap.blocks
+    }
+
+    #[inline(always)]
+    fn find_any(&self, addr: usize, hit: impl FnMut(u32)) {
+        self.heap.find_any(addr, hit)
+    }
+
+    #[inline(always)]
+    fn find_candidate(&self, addr: usize, hit: impl FnMut(u32)) {
+        self.heap.find_from_root(addr, hit)
+    }
+
+    #[inline(always)]
+    unsafe fn word(&self, addr: usize) -> usize {
+        // SAFETY: the caller's guarantee.
+        unsafe { load_word(addr) }
+    }
+
+    fn scan_block(&self, node: u32, mut hit: impl FnMut(usize, u32)) {
+        let b = self.heap.blocks[node as usize];
+        if self.unsafe_to_read(node) {
+            scan_copied(self.heap, b.addr, b.size, &mut hit);
+        } else {
+            // SAFETY: the block is live (see `Paused::scan_blocks`).
+            unsafe { scan_words(self.heap, b.addr, b.addr + b.size, Rule::FromRoot, hit) };
+        }
+    }
+
+    #[inline(always)]
+    fn scan_words_of(&self, node: u32, from: usize, to: usize, mut hit: impl FnMut(usize, u32)) {
+        let b = self.heap.blocks[node as usize];
+        let (lo, hi) = (b.addr + from, b.addr + to.min(b.size));
+        // SAFETY: the block is live and readable (the tracer reads only
+        // blocks `unsafe_to_read` said no to), and [lo, hi) lies inside it.
+        unsafe { scan_words(self.heap, lo, hi, Rule::FromRoot, |o, j| hit(from + o, j)) };
+    }
+
+    fn unsafe_to_read(&self, node: u32) -> bool {
+        let addr = self.heap.blocks[node as usize].addr;
+        self.flights
+            .iter()
+            .any(|f| f.unsafe_to_read && f.content.addr == addr)
+    }
 }
 
 /// Which words count as references: see [`ROOT_INTERIOR_LIMIT`].

@@ -221,7 +221,7 @@ pub(crate) fn take_with_graph(
     own: scan::OwnThread,
 ) -> Result<Profile, ScanError> {
     hooks::guarded(|| {
-        let scan = scan::scan(own, options.stop_config())?;
+        let scan = scan::scan(own, options.stop_config(), options.exact)?;
         Ok(build(Some(scan), options))
     })
 }

@@ -37,10 +37,11 @@ fn text_lines(chains: &[Chain], names: &Names) -> String {
         );
         let _ = writeln!(out, "  {}", names.show(&describe_start(&c.start)));
         for h in &c.hops {
-            let via = h
-                .offset
-                .map(|o| format!("+{o:#x} -> "))
-                .unwrap_or_else(|| "   ".to_string());
+            let via = match (&h.field, h.offset) {
+                (Some(f), _) => format!("{f} -> "),
+                (None, Some(o)) => format!("+{o:#x} -> "),
+                (None, None) => "   ".to_string(),
+            };
             let _ = writeln!(
                 out,
                 "  {via}{:#x}  {:>10}  {:<24}  owner {:<16}  site {}",
@@ -122,7 +123,9 @@ pub fn svg(chains: &[Chain], title: &str) -> String {
 <text x="{}" y="{}" fill="#444">{}</text>"##,
                     ax + 8,
                     ay0 + GAP / 2 + 4,
-                    next.offset.map(|o| format!("+{o:#x}")).unwrap_or_default()
+                    xml_escape(&next.field.clone().unwrap_or_else(|| {
+                        next.offset.map(|o| format!("+{o:#x}")).unwrap_or_default()
+                    }))
                 );
             }
         }

@@ -242,6 +242,9 @@ fn write_text(
         "Dropped events: {} ({} allocations untracked, {} bytes; {} timeline samples lost; {} stacks overflowed, {} truncated)",
         s.dropped_events, d.untracked_allocs, d.untracked_bytes, d.timeline_points, d.stacks_overflowed, d.truncated_stacks
     )?;
+    if let Some(g) = &p.graph {
+        writeln!(out, "{}", crate::analysis::retainers::describe_coverage(g))?;
+    }
     if d.timeline_decimated > 0 {
         writeln!(
             out,

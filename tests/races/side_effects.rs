@@ -160,10 +160,14 @@ pub fn interrupted_system_calls_return_eintr_as_documented() {
 /// timeout, and counts it.
 pub fn thread_blocking_the_signal_is_counted_without_costing_the_timeout() {
     let rec = start();
+    // Spins until the snapshot is taken (the exact graph's type loading
+    // before the pause can take seconds on a loaded machine), at most 60 s.
+    static SNAPSHOT_TAKEN: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
     let blocker = std::thread::spawn(|| {
         block_stop_signal();
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(3) {
+        while !SNAPSHOT_TAKEN.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
             std::hint::spin_loop();
         }
     });
@@ -172,6 +176,7 @@ pub fn thread_blocking_the_signal_is_counted_without_costing_the_timeout() {
     let p = rec
         .snapshot_with_graph(&GraphOptions::default())
         .expect("graph");
+    SNAPSHOT_TAKEN.store(true, Ordering::Relaxed);
     let took = Duration::from_nanos(p.graph.as_ref().unwrap().pause_ns);
     let stop = stop_stats(&p);
     assert_eq!(

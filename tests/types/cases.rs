@@ -49,6 +49,7 @@ pub const ALL: &[(&str, Case)] = cases![
     edges_carry_field_paths,
     statics_are_named_and_typed,
     glibc_main_arena_is_allocator_metadata,
+    arc_new_in_a_closure_is_typed_by_its_site,
 ];
 
 fn addr<T: ?Sized>(r: &T) -> usize {
@@ -851,4 +852,38 @@ fn glibc_main_arena_is_allocator_metadata(maps: &TypeMaps) -> Result<(), String>
             "no range of {ranges:x?} holds main_arena.top (brk {brk:#x})"
         ))
     }
+}
+
+#[allow(dead_code)]
+struct Subscribed {
+    topic: String,
+    buffer: Vec<u8>,
+    peer: Mutex<Option<Arc<Subscribed>>>,
+}
+
+#[inline(never)]
+fn in_scope<R>(f: impl FnOnce() -> R) -> R {
+    std::hint::black_box(f())
+}
+
+/// `Arc::new` called from a closure run by a generic function (the
+/// example service's `owner::scope_typed(|| Arc::new(..))`): the block is
+/// an `ArcInner<Subscribed>` by its site. (Where the inlined `Box::new`
+/// carries no template parameter in DWARF, the frame's name types it:
+/// tests/example_service checks that through the recorder.)
+fn arc_new_in_a_closure_is_typed_by_its_site(maps: &TypeMaps) -> Result<(), String> {
+    tracker::begin();
+    let sub = in_scope(|| {
+        Arc::new(Subscribed {
+            topic: String::new(),
+            buffer: Vec::new(),
+            peer: Mutex::new(None),
+        })
+    });
+    tracker::end();
+    let (site, shape) = site_type_name(maps, Arc::as_ptr(&sub) as usize - 16)?;
+    if !site.contains("ArcInner<types::cases::Subscribed>") {
+        return Err(format!("site of Arc::new: {site} {shape:?}"));
+    }
+    Ok(())
 }

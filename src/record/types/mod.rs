@@ -288,6 +288,24 @@ impl TypeMaps {
             .is_some_and(|i| i.pointer_free)
     }
 
+    /// True when a `t` is one address-wide integer (`usize`, `u64`, an
+    /// atomic of one): every word of an array of them is a candidate
+    /// pointer, read as the conservative scan reads a word.
+    pub fn is_address_word(&self, t: TypeId) -> bool {
+        self.tables
+            .types
+            .get(t.0 as usize)
+            .is_some_and(|i| i.kind == Kind::Scalar(layout::Scalar::AddressWide) && i.size == 8)
+    }
+
+    /// The element type and length of an array type (`[T; n]`).
+    pub fn array_elem(&self, t: TypeId) -> Option<(TypeId, u64)> {
+        match self.tables.types.get(t.0 as usize)?.kind {
+            Kind::Array { elem, count } => Some((elem, count)),
+            _ => None,
+        }
+    }
+
     pub fn name(&self, n: NameId) -> &str {
         self.names.get(n)
     }

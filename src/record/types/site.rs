@@ -299,12 +299,50 @@ impl TypeMaps {
             for (slot, want) in args.iter_mut().zip(SITE_RULES[rule].params) {
                 *slot = params.iter().find(|(n, _)| n == want).and_then(|&(_, t)| t);
             }
+            if args[0].is_none() {
+                args = self.args_from_name(name, rule);
+            }
             if args[0].is_some() {
                 found = Some((rule, args));
             }
             found.is_some()
         });
         found
+    }
+
+    /// The type arguments a frame's name spells, for an inlined frame
+    /// whose DWARF lists no template parameters (seen for `Box::new`
+    /// inlined into a closure): `<alloc::boxed::Box<X>>::new` gives `X`,
+    /// looked up by its name (`None` when the name's spelling is not
+    /// DWARF's, e.g. a defaulted parameter left out).
+    fn args_from_name(&self, name: &str, rule: usize) -> [Option<TypeId>; 2] {
+        let mut out = [None, None];
+        let Some(path) = SITE_RULES[rule].function.strip_suffix("::") else {
+            return out;
+        };
+        let Some(at) = name.find(&format!("{path}<")) else {
+            return out;
+        };
+        let rest = &name[at + path.len() + 1..];
+        let (mut depth, mut start, mut k) = (0usize, 0usize, 0usize);
+        for (i, c) in rest.char_indices() {
+            match c {
+                '<' | '(' | '[' => depth += 1,
+                '>' | ')' | ']' if depth > 0 => depth -= 1,
+                ',' | '>' if depth == 0 => {
+                    if let Some(slot) = out.get_mut(k) {
+                        *slot = self.type_named(rest[start..i].trim());
+                    }
+                    k += 1;
+                    start = i + 1;
+                    if c == '>' {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Calls `visit(name, params)` for each function inlined at `pc`,
