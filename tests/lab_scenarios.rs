@@ -4,7 +4,7 @@
 //! second):
 //!
 //! - `original`: the error-value scenarios and `retry-args` leak one payload
-//!   per retry, `nested` two, `concurrent` five per retry round; `sleep` and
+//!   per retry, `nested` two, `concurrent` one per retry of each of its five tasks; `sleep` and
 //!   `sleep-no-ref` do not grow; `large-results` holds each result until its
 //!   TTL, then drops it.
 //! - `fixed`: nothing leaks across retries (on the same sizes as the
