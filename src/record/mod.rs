@@ -412,6 +412,7 @@ impl<F: Future> Future for Tagged<F> {
 
 /// Runs `call` under `tag` and returns the future it makes, tagged for
 /// every poll: the tag is interned once for both (a tower layer's `call`).
+#[cfg(feature = "tower")]
 pub(crate) fn call_tagged<F: Future>(tag: Tag, call: impl FnOnce() -> F) -> Tagged<F> {
     let id = hooks::guarded(|| hooks::TAGS.intern(&tag));
     let inner = {
