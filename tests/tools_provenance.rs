@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 /// The scripts that write a section of docs/BENCHMARKS.md or docs/SCENARIOS.md.
 const WRITERS: &[&str] = &[
     "bench-apalis",
+    "bench-profile-size",
     "bench-recorder",
     "bench-scan",
     "bench-throughput",
