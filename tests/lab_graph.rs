@@ -135,29 +135,44 @@ fn original_exception_payloads_are_owned_by_the_error_value_in_a_cycle() {
     assert!(types.iter().any(|t| t.contains("TaskError")), "{types:?}");
 }
 
+/// Every payload of an ended attempt is unreachable (its error value's
+/// cycle keeps it, nothing else): all surviving payload bytes but those of
+/// the attempts running when the run stopped (`in_flight` payloads, which
+/// the running task still holds).
+fn assert_every_ended_error_value_unreachable(scenario: &str, in_flight: u64) {
+    let p = assert_owned_by(scenario, "error value");
+    let (by, unreachable) = payloads_by_owner(&p);
+    let total: u64 = by.values().sum();
+    assert!(
+        total - unreachable <= in_flight * PAYLOAD,
+        "{scenario}: {} payload bytes reachable (at most {in_flight} payloads in flight): {by:?}",
+        total - unreachable
+    );
+}
+
 #[test]
 fn original_nested_payloads_are_owned_by_the_error_value() {
-    assert_owned_by("nested", "error value");
+    assert_every_ended_error_value_unreachable("nested", 2);
 }
 
 #[test]
 fn original_concurrent_payloads_are_owned_by_the_error_value() {
-    assert_owned_by("concurrent", "error value");
+    assert_every_ended_error_value_unreachable("concurrent", 5);
 }
 
 #[test]
 fn original_traceback_payloads_are_owned_by_the_error_value() {
-    assert_owned_by("traceback", "error value");
+    assert_every_ended_error_value_unreachable("traceback", 1);
 }
 
 #[test]
 fn original_stream_buffers_are_owned_by_the_error_value() {
-    assert_owned_by("stream", "error value");
+    assert_every_ended_error_value_unreachable("stream", 1);
 }
 
 #[test]
 fn original_context_manager_data_is_owned_by_the_error_value() {
-    assert_owned_by("context-manager", "error value");
+    assert_every_ended_error_value_unreachable("context-manager", 1);
 }
 
 #[test]
