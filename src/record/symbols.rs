@@ -209,73 +209,115 @@ fn module_of(modules: &[Module], pc: u64) -> Option<u32> {
 /// Every loaded object: path, build-id, load bias and executable range.
 pub(crate) fn loaded_modules() -> Vec<Module> {
     let mut modules: Vec<Module> = Vec::new();
-    // SAFETY: the callback only reads the `dl_phdr_info` the loader hands it
-    // (valid during the call) and pushes onto the Vec passed as `data`, which
-    // outlives the call.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(visit_module),
-            (&mut modules as *mut Vec<Module>).cast(),
-        );
-    }
-    modules
-}
-
-unsafe extern "C" fn visit_module(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut libc::c_void,
-) -> libc::c_int {
-    // SAFETY: `data` is the &mut Vec<Module> passed by `loaded_modules`;
-    // `info` and its program headers are valid for this call.
-    unsafe {
-        let modules = &mut *data.cast::<Vec<Module>>();
-        let info = &*info;
-        let name = if info.dlpi_name.is_null() || *info.dlpi_name == 0 {
-            if modules.is_empty() {
-                std::env::current_exe()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            }
-        } else {
-            std::ffi::CStr::from_ptr(info.dlpi_name)
-                .to_string_lossy()
-                .into_owned()
-        };
-        let base = info.dlpi_addr;
-        let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
-            &[]
-        } else {
-            std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize)
-        };
+    for_each_loaded_object(|object| {
+        let base = object.bias as u64;
         let (mut start, mut end) = (u64::MAX, 0u64);
         let mut build_id = None;
-        for ph in phdrs {
+        for ph in object.phdrs {
             if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
                 start = start.min(base + ph.p_vaddr);
                 end = end.max(base + ph.p_vaddr + ph.p_memsz);
             }
             if ph.p_type == libc::PT_NOTE && build_id.is_none() {
-                let notes = std::slice::from_raw_parts(
-                    (base + ph.p_vaddr) as *const u8,
-                    ph.p_memsz as usize,
-                );
+                // SAFETY: a PT_NOTE segment of a loaded object is mapped
+                // readable at bias + p_vaddr for p_memsz bytes while the
+                // object stays loaded, which it does during this call.
+                let notes = unsafe {
+                    std::slice::from_raw_parts(
+                        (base + ph.p_vaddr) as *const u8,
+                        ph.p_memsz as usize,
+                    )
+                };
                 build_id = gnu_build_id(notes);
             }
         }
         if end > 0 {
             modules.push(Module {
-                path: name,
+                path: object.path,
                 build_id,
                 load_address: base,
                 start,
                 end,
             });
         }
-        0
+    });
+    modules
+}
+
+/// One object the dynamic loader has mapped, as `dl_iterate_phdr` reports
+/// it.
+pub(crate) struct LoadedObject<'a> {
+    /// Its path: for the executable (which the loader reports without a
+    /// name) the path of `/proc/self/exe`; empty for other unnamed objects
+    /// (the vDSO).
+    pub(crate) path: String,
+    /// Load bias: runtime address = bias + link-time address.
+    pub(crate) bias: usize,
+    /// Its program headers.
+    pub(crate) phdrs: &'a [libc::Elf64_Phdr],
+}
+
+/// Calls `f` for every loaded object, in the loader's order (the
+/// executable first). The one walk of the loader's list for code that may
+/// allocate (`loaded_modules` here, the type maps' modules); the scan's
+/// pause has its own, allocation-free one.
+pub(crate) fn for_each_loaded_object(mut f: impl FnMut(LoadedObject<'_>)) {
+    let mut first = true;
+    let mut visit = |info: &libc::dl_phdr_info| {
+        let named = !info.dlpi_name.is_null()
+            // SAFETY: a non-null `dlpi_name` is a NUL-terminated string,
+            // valid during the callback.
+            && unsafe { *info.dlpi_name } != 0;
+        let path = if named {
+            // SAFETY: as above.
+            unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }
+                .to_string_lossy()
+                .into_owned()
+        } else if first {
+            std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        first = false;
+        let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+            &[]
+        } else {
+            // SAFETY: the loader's program headers, `dlpi_phnum` of them,
+            // valid during the callback.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+        };
+        f(LoadedObject {
+            path,
+            bias: info.dlpi_addr as usize,
+            phdrs,
+        });
+    };
+    let mut visit: &mut dyn FnMut(&libc::dl_phdr_info) = &mut visit;
+    // SAFETY: the callback casts `data` back to the `&mut dyn FnMut` passed
+    // here, which outlives the call, and only hands it the loader's
+    // `dl_phdr_info`, valid during the callback.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(visit_object),
+            (&mut visit as *mut &mut dyn FnMut(&libc::dl_phdr_info)).cast(),
+        );
     }
+}
+
+unsafe extern "C" fn visit_object(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: `data` is the `&mut dyn FnMut` passed by
+    // `for_each_loaded_object`; `info` is valid for this call.
+    unsafe {
+        let visit = &mut *data.cast::<&mut dyn FnMut(&libc::dl_phdr_info)>();
+        visit(&*info);
+    }
+    0
 }
 
 /// Finds the NT_GNU_BUILD_ID note in an ELF note segment.

@@ -8,7 +8,6 @@
 //! long as the process); after loading, their pages are dropped from RSS
 //! with `MADV_DONTNEED` (they are file-backed, so nothing is lost).
 
-use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -73,49 +72,19 @@ impl LoadedModule {
 /// vDSO and objects without a file are left out.
 pub fn loaded_modules() -> Vec<LoadedModule> {
     let mut out: Vec<LoadedModule> = Vec::new();
-    // SAFETY: the callback only reads the loader's `dl_phdr_info` (valid
-    // for the call) and pushes onto `out`, which outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(visit_module), (&mut out as *mut Vec<_>).cast()) };
-    out
-}
-
-unsafe extern "C" fn visit_module(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut libc::c_void,
-) -> libc::c_int {
-    // SAFETY: `data` is the Vec passed by `loaded_modules`; `info` and its
-    // program headers are valid during this call.
-    unsafe {
-        let out = &mut *data.cast::<Vec<LoadedModule>>();
-        let info = &*info;
-        let first = out.is_empty();
-        let path = if info.dlpi_name.is_null() || *info.dlpi_name == 0 {
-            if !first {
-                return 0;
-            }
-            std::fs::read_link("/proc/self/exe")
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        } else {
-            CStr::from_ptr(info.dlpi_name)
-                .to_string_lossy()
-                .into_owned()
-        };
-        if path.is_empty() || path.starts_with("linux-vdso") || !Path::new(&path).exists() {
-            return 0;
+    crate::record::symbols::for_each_loaded_object(|object| {
+        if object.path.is_empty()
+            || object.path.starts_with("linux-vdso")
+            || !Path::new(&object.path).exists()
+        {
+            return;
         }
-        let bias = info.dlpi_addr as usize;
-        let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
-            &[]
-        } else {
-            std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize)
-        };
-        let segments = phdrs
+        let segments = object
+            .phdrs
             .iter()
             .filter(|ph| ph.p_type == libc::PT_LOAD)
             .map(|ph| {
-                let start = bias + ph.p_vaddr as usize;
+                let start = object.bias + ph.p_vaddr as usize;
                 (
                     start,
                     start + ph.p_memsz as usize,
@@ -124,12 +93,12 @@ unsafe extern "C" fn visit_module(
             })
             .collect();
         out.push(LoadedModule {
-            path,
-            bias,
+            path: object.path,
+            bias: object.bias,
             segments,
         });
-    }
-    0
+    });
+    out
 }
 
 /// Files mapped so far, by path: mapped once, never unmapped, so every
