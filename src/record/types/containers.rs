@@ -30,7 +30,7 @@
 //! `Vec` shows only the elements before the drained range while it lives).
 
 use super::super::fxhash::FxHashMap;
-use super::layout::{Kind, PtrClass, Tables, TypeId};
+use super::layout::{Kind, PtrClass, Span, Tables, TypeId};
 use super::names::{NameId, Names};
 
 /// The values of a `std::sync::Once`'s state word meaning "complete" and
@@ -251,15 +251,9 @@ impl Lookup<'_> {
                     if is_fat(self, ty) {
                         return Some((off, ty));
                     }
-                    let sized: Vec<_> = self
-                        .tables
-                        .fields(fields)
-                        .iter()
-                        .filter(|f| self.tables.get(f.ty).size > 0)
-                        .collect();
-                    let [f] = sized[..] else { return None };
-                    off += f.offset;
-                    ty = f.ty;
+                    let (offset, field) = self.sole_sized_field(fields)?;
+                    off += offset;
+                    ty = field;
                 }
                 _ => return None,
             }
@@ -276,20 +270,27 @@ impl Lookup<'_> {
             match info.kind {
                 Kind::Scalar(_) => return Some((off, info.size)),
                 Kind::Struct { fields } => {
-                    let sized: Vec<_> = self
-                        .tables
-                        .fields(fields)
-                        .iter()
-                        .filter(|f| self.tables.get(f.ty).size > 0)
-                        .collect();
-                    let [f] = sized[..] else { return None };
-                    off += f.offset;
-                    ty = f.ty;
+                    let (offset, field) = self.sole_sized_field(fields)?;
+                    off += offset;
+                    ty = field;
                 }
                 _ => return None,
             }
         }
         None
+    }
+
+    /// A wrapper struct's one field of non-zero size (markers such as
+    /// `PhantomData` left aside): (offset, type), or `None` when there are
+    /// more or none.
+    fn sole_sized_field(&self, fields: Span) -> Option<(u64, TypeId)> {
+        let mut sized = self
+            .tables
+            .fields(fields)
+            .iter()
+            .filter(|f| self.tables.get(f.ty).size > 0);
+        let f = sized.next()?;
+        sized.next().is_none().then_some((f.offset, f.ty))
     }
 
     fn pointee(&self, ptr_ty: TypeId) -> Option<TypeId> {
