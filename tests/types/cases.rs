@@ -50,6 +50,7 @@ pub const ALL: &[(&str, Case)] = cases![
     statics_are_named_and_typed,
     glibc_main_arena_is_allocator_metadata,
     arc_new_in_a_closure_is_typed_by_its_site,
+    compressed_debug_sections_give_the_same_types,
 ];
 
 fn addr<T: ?Sized>(r: &T) -> usize {
@@ -884,6 +885,83 @@ fn arc_new_in_a_closure_is_typed_by_its_site(maps: &TypeMaps) -> Result<(), Stri
     let (site, shape) = site_type_name(maps, Arc::as_ptr(&sub) as usize - 16)?;
     if !site.contains("ArcInner<types::cases::Subscribed>") {
         return Err(format!("site of Arc::new: {site} {shape:?}"));
+    }
+    Ok(())
+}
+
+/// This binary's file rewritten by `objcopy` with `flag`, in `dir`.
+fn objcopy(dir: &std::path::Path, flag: &str, name: &str) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = dir.join(name);
+    let status = std::process::Command::new("objcopy")
+        .arg(flag)
+        .arg(&exe)
+        .arg(&out)
+        .status()
+        .map_err(|e| format!("objcopy (binutils) cannot run: {e}"))?;
+    if !status.success() {
+        return Err(format!("objcopy {flag} failed: {status}"));
+    }
+    Ok(out.to_string_lossy().into_owned())
+}
+
+/// A file's types and their figures, loaded at link-time addresses.
+fn load_file(path: &str) -> Result<(TypeMaps, Vec<u64>), String> {
+    let module = leakprof::record::types::LoadedModule::from_file(path)
+        .ok_or_else(|| format!("cannot read {path}"))?;
+    let maps = TypeMaps::load_modules(vec![module]);
+    let s = maps.stats();
+    let figures = [
+        s.modules_with_debug_info,
+        s.units,
+        s.type_dies as usize,
+        s.types,
+        s.containers,
+        s.statics,
+        s.vtables,
+    ];
+    let figures = figures.iter().map(|&f| f as u64).collect();
+    Ok((maps, figures))
+}
+
+/// The same file with its debug sections plain, zlib-compressed the
+/// standard way (`SHF_COMPRESSED`, as `ld --compress-debug-sections` and
+/// Debian's debug packages write them) and GNU's way (`.zdebug_*`) loads the
+/// same types; zstd, which no linked decompressor reads, is named as the
+/// reason the types are missing. Debug builds of this package link
+/// compressed (build.rs), so the plain copy must be the larger there.
+fn compressed_debug_sections_give_the_same_types(_: &TypeMaps) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let plain = objcopy(dir.path(), "--decompress-debug-sections", "plain")?;
+    let zlib = objcopy(dir.path(), "--compress-debug-sections=zlib", "zlib")?;
+    let gnu = objcopy(dir.path(), "--compress-debug-sections=zlib-gnu", "gnu")?;
+    let size = |p: &str| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let own = std::fs::metadata(exe).map(|m| m.len()).unwrap_or(0);
+    if cfg!(debug_assertions) && own * 2 > size(&plain) {
+        return Err(format!(
+            "this debug build is {own} bytes, its decompressed copy {}: build.rs did not compress it",
+            size(&plain)
+        ));
+    }
+    let (_, want) = load_file(&plain)?;
+    if want[0] != 1 || want[3] < 1000 {
+        return Err(format!("the plain copy has too few types: {want:?}"));
+    }
+    for path in [&zlib, &gnu] {
+        if size(path) * 2 > size(&plain) {
+            return Err(format!("{path} is not compressed"));
+        }
+        let (_, got) = load_file(path)?;
+        if got != want {
+            return Err(format!("{path}: {got:?}, plain: {want:?}"));
+        }
+    }
+    let zstd = objcopy(dir.path(), "--compress-debug-sections=zstd", "zstd")?;
+    let (maps, got) = load_file(&zstd)?;
+    let reason = maps.modules()[0].debug_info;
+    if got[0] != 0 || reason != Err(leakprof::record::types::NoDebugInfo::Compressed) {
+        return Err(format!("zstd copy: {got:?}, {reason:?}"));
     }
     Ok(())
 }

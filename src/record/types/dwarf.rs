@@ -7,6 +7,8 @@
 //! Files are `mmap`ed read-only and never unmapped (the type maps live as
 //! long as the process); after loading, their pages are dropped from RSS
 //! with `MADV_DONTNEED` (they are file-backed, so nothing is lost).
+//! Compressed debug sections are inflated once into unlinked temporary
+//! files, mapped and released the same way.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -140,14 +142,20 @@ pub(crate) fn map_file(path: &Path) -> Option<&'static [u8]> {
     Some(bytes)
 }
 
-/// Drops the pages of every mapped file from this process's RSS. They are
-/// clean and file-backed: a later read faults them back in.
+/// Drops the pages of every mapped file, and of every section inflated
+/// into a temporary file, from this process's RSS. They are file-backed: a
+/// later read faults them back in.
 pub(crate) fn release_mapped_pages() {
     let mapped = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
-    for (_, bytes) in mapped.iter() {
+    let inflated = INFLATED.lock().unwrap_or_else(|e| e.into_inner());
+    let files = mapped.iter().map(|(_, bytes)| *bytes);
+    let temporary = inflated.iter().filter(|i| i.file_backed).map(|i| i.bytes);
+    for bytes in files.chain(temporary) {
         // SAFETY: the range is one of our own file mappings, page aligned
-        // at its start; MADV_DONTNEED on a private clean file mapping only
-        // discards cached pages (contents are re-read from the file).
+        // at its start: a private clean mapping of a file (MAPPED) or a
+        // shared one of a temporary file (INFLATED). MADV_DONTNEED on
+        // either only discards this process's page table entries; the
+        // contents stay in the file and its page cache.
         unsafe {
             libc::madvise(
                 bytes.as_ptr() as *mut libc::c_void,
@@ -166,7 +174,8 @@ pub enum NoDebugInfo {
     /// Neither the file nor a debug file found by build-id or
     /// `.gnu_debuglink` has `.debug_info`.
     Stripped,
-    /// Compressed debug sections (not supported: no decompressor is linked).
+    /// Debug sections compressed other than with zlib (zstd): no such
+    /// decompressor is linked.
     Compressed,
     /// Split DWARF (`.dwo`/`.dwp`; `-C split-debuginfo=packed|unpacked`).
     SplitDwarf,
@@ -177,7 +186,7 @@ impl std::fmt::Display for NoDebugInfo {
         f.write_str(match self {
             NoDebugInfo::Unreadable => "file unreadable",
             NoDebugInfo::Stripped => "no debug info",
-            NoDebugInfo::Compressed => "compressed debug info (unsupported)",
+            NoDebugInfo::Compressed => "zstd-compressed debug info (unsupported)",
             NoDebugInfo::SplitDwarf => "split DWARF (unsupported)",
         })
     }
@@ -244,20 +253,20 @@ pub(crate) fn open_module(path: &str) -> Option<ModuleFiles> {
 
 fn has_dwarf(file: &object::File<'static>) -> Result<(), NoDebugInfo> {
     use object::{Object, ObjectSection};
-    if file.section_by_name(".debug_info").is_none() {
-        return Err(if file.section_by_name(".zdebug_info").is_some() {
-            NoDebugInfo::Compressed
-        } else {
-            NoDebugInfo::Stripped
-        });
+    if debug_section(file, ".debug_info").is_none() {
+        return Err(NoDebugInfo::Stripped);
     }
     for s in file.sections() {
-        if s.name().is_ok_and(|n| n.starts_with(".debug_")) {
-            let compressed = s
+        let Ok(name) = s.name() else { continue };
+        if name.starts_with(".debug_") || name.starts_with(".zdebug_") {
+            let format = s
                 .compressed_file_range()
-                .map(|r| r.format != object::CompressionFormat::None)
-                .unwrap_or(true);
-            if compressed {
+                .map(|r| r.format)
+                .map_err(|_| NoDebugInfo::Compressed)?;
+            if !matches!(
+                format,
+                object::CompressionFormat::None | object::CompressionFormat::Zlib
+            ) {
                 return Err(NoDebugInfo::Compressed);
             }
         }
@@ -265,7 +274,32 @@ fn has_dwarf(file: &object::File<'static>) -> Result<(), NoDebugInfo> {
     Ok(())
 }
 
-/// The DWARF of a file with debug sections.
+/// A debug section by its `.debug_*` name: the section itself, or its
+/// GNU-compressed `.zdebug_*` form (`objcopy --compress-debug-sections=zlib-gnu`).
+fn debug_section<'f>(
+    file: &'f object::File<'static>,
+    name: &str,
+) -> Option<object::Section<'static, 'f>> {
+    use object::Object;
+    file.section_by_name(name).or_else(|| {
+        let rest = name.strip_prefix(".debug_")?;
+        file.section_by_name(&format!(".zdebug_{rest}"))
+    })
+}
+
+/// Sections the type maps never read: location lists and macros are most
+/// of a debug build's DWARF after `.debug_info`, so a compressed file's
+/// are left compressed.
+const UNREAD_SECTIONS: &[gimli::SectionId] = &[
+    gimli::SectionId::DebugLoc,
+    gimli::SectionId::DebugLocLists,
+    gimli::SectionId::DebugMacinfo,
+    gimli::SectionId::DebugMacro,
+];
+
+/// The DWARF of a file with debug sections. Compressed sections (zlib,
+/// either as `ld --compress-debug-sections` and Debian's debug packages
+/// write them, or GNU's `.zdebug_*`) are inflated once, see [`inflated`].
 pub(crate) fn load_dwarf(bytes: &'static [u8]) -> Option<Dwarf> {
     use object::{Object, ObjectSection};
     let file = object::File::parse(bytes).ok()?;
@@ -275,13 +309,140 @@ pub(crate) fn load_dwarf(bytes: &'static [u8]) -> Option<Dwarf> {
         gimli::RunTimeEndian::Big
     };
     let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
-        let data = file
-            .section_by_name(id.name())
-            .and_then(|s| s.data().ok())
-            .unwrap_or(&[]);
+        let mut data: &'static [u8] = &[];
+        if !UNREAD_SECTIONS.contains(&id) {
+            if let Some(section) = debug_section(&file, id.name()) {
+                let compressed = section.compressed_data().map_err(|_| gimli::Error::Io)?;
+                data = match compressed.format {
+                    object::CompressionFormat::None => compressed.data,
+                    object::CompressionFormat::Zlib => {
+                        inflated(bytes, id.name(), compressed).ok_or(gimli::Error::Io)?
+                    }
+                    _ => return Err(gimli::Error::Io),
+                };
+            }
+        }
         Ok(gimli::EndianSlice::new(data, endian))
     };
     gimli::Dwarf::load(load).ok()
+}
+
+/// Sections inflated so far, by (file mapping, section name): inflated
+/// once, never unmapped, like [`MAPPED`].
+static INFLATED: Mutex<Vec<Inflated>> = Mutex::new(Vec::new());
+
+struct Inflated {
+    file: usize,
+    section: &'static str,
+    bytes: &'static [u8],
+    /// Backed by an unlinked temporary file: its pages can be dropped from
+    /// RSS like a mapped file's. Otherwise anonymous memory, which must stay.
+    file_backed: bool,
+}
+
+/// A zlib-compressed section's contents, inflated into an unlinked
+/// temporary file mapped shared (so that [`release_mapped_pages`] can drop
+/// its pages: the loaded types cost no RSS, as with an uncompressed file),
+/// or into anonymous memory if no temporary file can be made.
+fn inflated(
+    file: &'static [u8],
+    section: &'static str,
+    compressed: object::CompressedData<'static>,
+) -> Option<&'static [u8]> {
+    let mut done = INFLATED.lock().unwrap_or_else(|e| e.into_inner());
+    let key = file.as_ptr() as usize;
+    if let Some(i) = done.iter().find(|i| i.file == key && i.section == section) {
+        return Some(i.bytes);
+    }
+    let len = usize::try_from(compressed.uncompressed_size).ok()?;
+    if len == 0 {
+        return Some(&[]);
+    }
+    let (map, file_backed) = writable_mapping(len)?;
+    // SAFETY: `map` is a fresh private-to-us mapping of `len` writable
+    // bytes that nothing else refers to yet.
+    let out = unsafe { std::slice::from_raw_parts_mut(map, len) };
+    use miniz_oxide::inflate::core::inflate_flags::{
+        TINFL_FLAG_PARSE_ZLIB_HEADER, TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+    };
+    let (status, read, written) = miniz_oxide::inflate::core::decompress(
+        &mut miniz_oxide::inflate::core::DecompressorOxide::new(),
+        compressed.data,
+        out,
+        0,
+        TINFL_FLAG_PARSE_ZLIB_HEADER | TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+    );
+    let complete = status == miniz_oxide::inflate::TINFLStatus::Done
+        && read == compressed.data.len()
+        && written == len;
+    // SAFETY: `map`/`len` is the mapping made above; from here on it is
+    // only read (on failure it is unmapped and never referred to again).
+    unsafe {
+        if !complete {
+            libc::munmap(map.cast(), len);
+            return None;
+        }
+        libc::mprotect(map.cast(), len, libc::PROT_READ);
+    }
+    // SAFETY: the mapping is never unmapped (INFLATED keeps it), so the
+    // slice stays valid for 'static; it is read-only from here on.
+    let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(map, len) };
+    done.push(Inflated {
+        file: key,
+        section,
+        bytes,
+        file_backed,
+    });
+    Some(bytes)
+}
+
+/// `len` writable bytes: a shared mapping of an unlinked temporary file
+/// (`O_TMPFILE` in the temporary directory), else anonymous memory. The
+/// bool says which.
+fn writable_mapping(len: usize) -> Option<(*mut u8, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(std::env::temp_dir().as_os_str().as_bytes()).ok();
+    if let Some(dir) = dir {
+        // SAFETY: open/ftruncate/mmap/close on a descriptor we own; the
+        // file has no name, so it disappears with its last reference (the
+        // mapping, which is never unmapped).
+        unsafe {
+            let fd = libc::open(
+                dir.as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            );
+            if fd >= 0 {
+                let mut map = libc::MAP_FAILED;
+                if libc::ftruncate(fd, len as libc::off_t) == 0 {
+                    map = libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        fd,
+                        0,
+                    );
+                }
+                libc::close(fd);
+                if map != libc::MAP_FAILED {
+                    return Some((map.cast(), true));
+                }
+            }
+        }
+    }
+    // SAFETY: a fresh anonymous private mapping; the kernel picks the address.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    (map != libc::MAP_FAILED).then_some((map.cast(), false))
 }
 
 /// What kind of DIE a [`Node`] is (only the kinds layouts need).
