@@ -363,10 +363,13 @@ pub fn describe_coverage(graph: &Graph) -> String {
         text += &format!(" [{reasons}]");
     }
     text += &format!(
-        "; {} typed statics; {} blocks typed by their owner, {} by their site ({} disagreed)",
+        "; {} typed statics; {} blocks typed by their owner, {} by their site ({} disagreed",
         c.typed_statics, c.declared_blocks, c.site_blocks, c.disagreements
     );
-    text
+    if c.conflicts > 0 {
+        text += &format!("; {} declared as two types, the first kept", c.conflicts);
+    }
+    text + ")"
 }
 
 fn fallback_reasons(c: &Coverage) -> String {

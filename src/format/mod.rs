@@ -432,8 +432,13 @@ pub struct Coverage {
     /// Blocks whose owner's declared type differs from their site's.
     pub disagreements: u64,
     /// Blocks read again because an owner declared them after they were
-    /// read by their site's type.
+    /// read by their site's type (or their declaring owner was read again
+    /// with another type).
     pub rewalked: u64,
+    /// Blocks two owners declared as different types (the first owner's
+    /// was kept). Absent from profiles before it was counted.
+    #[serde(default)]
+    pub conflicts: u64,
     /// Statics read by their DWARF type as roots.
     pub typed_statics: u64,
     /// Time to get the types ready before the pause (the one-time DWARF
@@ -447,7 +452,7 @@ pub struct FallbackCount {
     /// `partly` or `conservative`.
     pub read: String,
     /// `union`, `uninit`, `opaque`, `discriminant`, `depth`,
-    /// `no debug info`, `unknown type`.
+    /// `no debug info`, `unknown type`, `contradictory types`.
     pub reason: String,
     pub amount: Amount,
 }

@@ -218,7 +218,7 @@ pub(crate) fn convert(
 
 /// What the exact trace read by type and what word by word.
 fn coverage(t: &TypedScan) -> Coverage {
-    const REASONS: [Fallback; 7] = [
+    const REASONS: [Fallback; 8] = [
         Fallback::Union,
         Fallback::Uninit,
         Fallback::Opaque,
@@ -226,10 +226,12 @@ fn coverage(t: &TypedScan) -> Coverage {
         Fallback::Depth,
         Fallback::NoDebugInfo,
         Fallback::UnknownType,
+        Fallback::Contradicted,
     ];
     let mut c = Coverage {
         disagreements: t.counts.disagreements,
         rewalked: t.counts.rewalked,
+        conflicts: t.counts.conflicts,
         typed_statics: t.counts.typed_statics,
         prepare_ns: t.prep.prepare_ns,
         ..Coverage::default()
@@ -295,6 +297,7 @@ fn fallback_name(f: Fallback) -> &'static str {
         Fallback::Depth => "depth",
         Fallback::NoDebugInfo => "no debug info",
         Fallback::UnknownType => "unknown type",
+        Fallback::Contradicted => "contradictory types",
     }
 }
 

@@ -120,7 +120,27 @@ pub(crate) struct BlockTypes {
     pub(crate) traced: MmapVec<BlockTrace>,
     /// Each block's current edges: `[start, end)` into the tracer's edges.
     range: MmapVec<(u32, u32)>,
+    /// The block whose walk declared this block's type ([`NO_BLOCK`]: a
+    /// static, or none).
+    declarer: MmapVec<u32>,
+    /// How many times this block's type changed after its first read.
+    changes: MmapVec<u8>,
+    /// In the tracer's queue (a block is queued at most once).
+    queued: MmapVec<bool>,
 }
+
+/// "No block" in [`BlockTypes::declarer`].
+const NO_BLOCK: u32 = u32::MAX;
+
+/// In [`BlockTypes::declarer`]: the block that declared this one is being
+/// read again with a new type; the next declaration, from any block, is
+/// taken (see [`Tracer::read_block`]).
+const ORPHAN: u32 = u32::MAX - 1;
+
+/// A block whose type changed this many times is read word by word from
+/// then on: declarations that keep contradicting each other (a cycle of
+/// wrongly typed blocks retyping one another) end there, soundly.
+const MAX_TYPE_CHANGES: u8 = 4;
 
 /// Counts of the trace (see `format::Coverage`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -129,6 +149,9 @@ pub(crate) struct TraceCounts {
     pub(crate) disagreements: u64,
     /// Blocks walked again after a later declaration.
     pub(crate) rewalked: u64,
+    /// Blocks declared by two owners as different types: the first
+    /// declaration was kept.
+    pub(crate) conflicts: u64,
     /// Typed statics walked.
     pub(crate) typed_statics: u64,
 }
@@ -170,6 +193,8 @@ pub(crate) struct Tracer<'a, H: HeapLookup> {
     /// Declarations found by the walk in progress (kept to reuse its
     /// mapping).
     scratch: MmapVec<(u32, BlockType)>,
+    /// The orphans of the block being read again (kept likewise).
+    orphans: MmapVec<u32>,
     pub(crate) counts: TraceCounts,
     /// Scratch memory ran out: some edges are missing.
     pub(crate) incomplete: bool,
@@ -183,6 +208,9 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
             source: MmapVec::with_capacity(n),
             traced: MmapVec::with_capacity(n),
             range: MmapVec::with_capacity(n),
+            declarer: MmapVec::with_capacity(n),
+            changes: MmapVec::with_capacity(n),
+            queued: MmapVec::with_capacity(n),
         };
         let mut ok = true;
         for _ in 0..n {
@@ -190,6 +218,9 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
             ok &= blocks.source.push(TypeSource::Unseen);
             ok &= blocks.traced.push(BlockTrace::Pending);
             ok &= blocks.range.push((0, 0));
+            ok &= blocks.declarer.push(NO_BLOCK);
+            ok &= blocks.changes.push(0);
+            ok &= blocks.queued.push(false);
         }
         Tracer {
             prep,
@@ -198,6 +229,7 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
             edges: MmapVec::with_capacity(n * 2 + 1024),
             queue: MmapVec::with_capacity(1024),
             scratch: MmapVec::with_capacity(1024),
+            orphans: MmapVec::with_capacity(64),
             counts: TraceCounts::default(),
             incomplete: !ok,
         }
@@ -242,7 +274,7 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
         });
         self.incomplete |= incomplete;
         for &(j, bt) in declared.as_slice() {
-            self.declare(j, bt);
+            self.declare(j, bt, NO_BLOCK);
         }
         self.scratch = declared;
     }
@@ -272,18 +304,37 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
             };
             self.blocks.source.as_mut_slice()[i as usize] = source;
             self.blocks.types.as_mut_slice()[i as usize] = bt;
-            self.incomplete |= !self.queue.push(i);
+            self.enqueue(i);
             self.drain();
         }
     }
 
-    /// Gives block `j` the type its owner declares: the first declaration
-    /// wins; a block already read by its site's type (or untyped) is read
-    /// again with the declared one.
-    fn declare(&mut self, j: u32, bt: BlockType) {
+    /// Gives block `j` the type its owner `from` declares (`NO_BLOCK`: a
+    /// static). The first declaration wins over later ones from other
+    /// owners (counted as conflicts when they differ); a block read by its
+    /// site's type (or untyped) is read again with the declared one; and
+    /// a block whose declarer is being read again with a new type (an
+    /// orphan) takes the new declaration.
+    fn declare(&mut self, j: u32, bt: BlockType, from: u32) {
         let i = j as usize;
         match self.blocks.source.as_slice()[i] {
-            TypeSource::Declared => {}
+            TypeSource::Declared => {
+                let before = self.blocks.types.as_slice()[i];
+                if before == Some(bt) {
+                    if self.blocks.declarer.as_slice()[i] == ORPHAN {
+                        self.blocks.declarer.as_mut_slice()[i] = from;
+                    }
+                    return;
+                }
+                let declarer = self.blocks.declarer.as_slice()[i];
+                if from == NO_BLOCK || (declarer != from && declarer != ORPHAN) {
+                    if before.is_some_and(|b| !self.same_type(b, bt)) {
+                        self.counts.conflicts += 1;
+                    }
+                    return;
+                }
+                self.retype(j, Some(bt), TypeSource::Declared, from);
+            }
             TypeSource::Unseen => {
                 if self
                     .site_type(j)
@@ -293,23 +344,46 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
                 }
                 self.blocks.source.as_mut_slice()[i] = TypeSource::Declared;
                 self.blocks.types.as_mut_slice()[i] = Some(bt);
-                self.incomplete |= !self.queue.push(j);
+                self.blocks.declarer.as_mut_slice()[i] = from;
+                self.enqueue(j);
             }
             TypeSource::Site | TypeSource::Untyped => {
                 let before = self.blocks.types.as_slice()[i];
-                self.blocks.source.as_mut_slice()[i] = TypeSource::Declared;
-                if before != Some(bt) {
-                    if before.is_some_and(|site| !self.same_type(site, bt)) {
-                        self.counts.disagreements += 1;
-                    }
-                    self.blocks.types.as_mut_slice()[i] = Some(bt);
-                    if self.blocks.traced.as_slice()[i] != BlockTrace::Pending {
-                        self.counts.rewalked += 1;
-                    }
-                    self.incomplete |= !self.queue.push(j);
+                if before.is_some_and(|site| !self.same_type(site, bt)) {
+                    self.counts.disagreements += 1;
                 }
+                self.retype(j, Some(bt), TypeSource::Declared, from);
             }
         }
+    }
+
+    /// Sets block `j`'s type and where it came from, and queues it to be
+    /// read (again) if its type changed. A block already read counts the
+    /// change; past [`MAX_TYPE_CHANGES`] it is read word by word for good.
+    fn retype(&mut self, j: u32, bt: Option<BlockType>, source: TypeSource, from: u32) {
+        let i = j as usize;
+        let before = self.blocks.types.as_slice()[i];
+        self.blocks.source.as_mut_slice()[i] = source;
+        self.blocks.declarer.as_mut_slice()[i] = from;
+        if before == bt {
+            return;
+        }
+        if self.blocks.traced.as_slice()[i] != BlockTrace::Pending {
+            let changes = &mut self.blocks.changes.as_mut_slice()[i];
+            if *changes >= MAX_TYPE_CHANGES {
+                // Already read word by word for good.
+                return;
+            }
+            *changes += 1;
+            self.counts.rewalked += 1;
+            if *changes == MAX_TYPE_CHANGES {
+                self.blocks.types.as_mut_slice()[i] = None;
+                self.enqueue(j);
+                return;
+            }
+        }
+        self.blocks.types.as_mut_slice()[i] = bt;
+        self.enqueue(j);
     }
 
     /// Whether two block types name the same type (a type may have more
@@ -335,23 +409,85 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
         }
     }
 
+    fn enqueue(&mut self, j: u32) {
+        let queued = &mut self.blocks.queued.as_mut_slice()[j as usize];
+        if !*queued {
+            *queued = true;
+            self.incomplete |= !self.queue.push(j);
+        }
+    }
+
     fn pop(&mut self) -> Option<u32> {
         let n = self.queue.len();
         let top = *self.queue.as_slice().last()?;
         self.queue.truncate(n - 1);
+        self.blocks.queued.as_mut_slice()[top as usize] = false;
         Some(top)
+    }
+
+    /// Before block `i` is read again with a new type: the blocks its
+    /// earlier read declared become orphans, pushed on `orphans`. Its new
+    /// read declares most of them again (usually with the same type:
+    /// nothing changes); [`Tracer::settle_orphans`] then gives those it
+    /// no longer declares their site's type (or none).
+    fn orphan_children(&mut self, i: u32, orphans: &mut MmapVec<u32>) {
+        let (start, end) = self.blocks.range.as_slice()[i as usize];
+        for k in start..end {
+            let e = self.edges.as_slice()[k as usize];
+            let j = e.to as usize;
+            if e.kind == EdgeKind::Exact
+                && self.blocks.source.as_slice()[j] == TypeSource::Declared
+                && self.blocks.declarer.as_slice()[j] == i
+            {
+                self.blocks.declarer.as_mut_slice()[j] = ORPHAN;
+                self.incomplete |= !orphans.push(e.to);
+            }
+        }
+    }
+
+    /// Orphans no walk declared again fall back to their site's type.
+    fn settle_orphans(&mut self, orphans: &MmapVec<u32>) {
+        for &j in orphans.as_slice() {
+            if self.blocks.declarer.as_slice()[j as usize] != ORPHAN {
+                continue;
+            }
+            let site = self.site_type(j);
+            let source = if site.is_some() {
+                TypeSource::Site
+            } else {
+                TypeSource::Untyped
+            };
+            self.retype(j, site, source, NO_BLOCK);
+        }
     }
 
     /// Reads block `i` with its current type (or word by word), replacing
     /// any edges an earlier read gave it.
     fn read_block(&mut self, i: u32) {
+        let again = self.blocks.traced.as_slice()[i as usize] != BlockTrace::Pending;
+        let mut orphans = std::mem::replace(&mut self.orphans, MmapVec::new());
+        orphans.clear();
+        if again {
+            self.orphan_children(i, &mut orphans);
+        }
+        self.read_block_once(i);
+        if again {
+            self.settle_orphans(&orphans);
+        }
+        self.orphans = orphans;
+    }
+
+    fn read_block_once(&mut self, i: u32) {
         let from = self.edges.len() as u32;
         let bt = self.blocks.types.as_slice()[i as usize];
         let traced = match bt {
             Some(bt) if !self.heap.unsafe_to_read(i) => self.walk_block(i, bt),
             _ => {
                 self.conservative(i);
-                let why = if self.blocks.source.as_slice()[i as usize] == TypeSource::Untyped
+                let changes = self.blocks.changes.as_slice()[i as usize];
+                let why = if changes >= MAX_TYPE_CHANGES {
+                    Fallback::Contradicted
+                } else if self.blocks.source.as_slice()[i as usize] == TypeSource::Untyped
                     && self
                         .prep
                         .no_debug_info
@@ -421,12 +557,13 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
             // The type does not fit the block (the walk reported nothing):
             // read it word by word.
             Traced::Mismatch => {
+                self.scratch = declared;
                 self.conservative(i);
                 BlockTrace::Conservative(Fallback::UnknownType)
             }
             Traced::Exact | Traced::Partly(_) => {
                 for &(j, pt) in declared.as_slice() {
-                    self.declare(j, pt);
+                    self.declare(j, pt, i);
                 }
                 self.scratch = declared;
                 match traced {
@@ -507,5 +644,174 @@ impl<'a, H: HeapLookup> Tracer<'a, H> {
         }
 
         (out, self.blocks, self.counts, incomplete)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::live::Block;
+    use crate::record::types::SITE_RULES;
+
+    // Fixed layouts, so that both readings of the buffer see a pointer in
+    // its first word.
+    #[repr(C)]
+    struct Item {
+        leaf: Box<Leaf>,
+        n: u64,
+    }
+    #[repr(C)]
+    struct Decoy {
+        bytes: Box<[u8; 16]>,
+        n: u64,
+    }
+    #[repr(C)]
+    struct Leaf {
+        next: Box<u64>,
+        n: u64,
+    }
+    struct Holder {
+        items: Vec<Item>,
+    }
+
+    /// The blocks in the order given (the tracer seeds unseen blocks in
+    /// index order), looked up by address.
+    struct FakeHeap {
+        blocks: Vec<Block>,
+    }
+
+    impl FakeHeap {
+        fn find(&self, addr: usize, mut hit: impl FnMut(u32)) {
+            for (k, b) in self.blocks.iter().enumerate() {
+                if b.addr <= addr && addr < b.addr + b.size {
+                    hit(k as u32);
+                }
+            }
+        }
+    }
+
+    impl HeapLookup for FakeHeap {
+        fn blocks(&self) -> &[Block] {
+            &self.blocks
+        }
+        fn find_any(&self, addr: usize, hit: impl FnMut(u32)) {
+            self.find(addr, hit)
+        }
+        fn find_candidate(&self, addr: usize, hit: impl FnMut(u32)) {
+            self.find(addr, hit)
+        }
+        fn scan_block(&self, node: u32, hit: impl FnMut(usize, u32)) {
+            let b = self.blocks[node as usize];
+            self.scan_words_of(node, 0, b.size, hit);
+        }
+        fn scan_words_of(
+            &self,
+            node: u32,
+            from: usize,
+            to: usize,
+            mut hit: impl FnMut(usize, u32),
+        ) {
+            let b = self.blocks[node as usize];
+            for o in (from..to.min(b.size)).step_by(8) {
+                // SAFETY: inside a live block of this test.
+                let w = unsafe { self.word(b.addr + o) };
+                self.find(w, |j| hit(o, j));
+            }
+        }
+        fn unsafe_to_read(&self, _: u32) -> bool {
+            false
+        }
+        unsafe fn word(&self, addr: usize) -> usize {
+            // SAFETY: the caller's guarantee (an aligned word of a block).
+            unsafe { *(addr as *const usize) }
+        }
+    }
+
+    fn rule(prefix: &str) -> usize {
+        SITE_RULES
+            .iter()
+            .position(|r| r.function == prefix)
+            .unwrap()
+    }
+
+    /// A buffer first read by a wrong site type (merged generic code named
+    /// `Decoy` for what is an `Item`) declares its pointee as pointer-free
+    /// bytes; its owner then declares it `Item`s. The pointee must be read
+    /// again as the `Leaf` it is, so the `u64` the leaf points to keeps its
+    /// edge (with the first declaration kept, it was unreachable).
+    #[test]
+    fn a_block_read_again_redeclares_what_it_declared() {
+        let maps = TypeMaps::shared();
+        let named = |n: &str| {
+            maps.type_named(n)
+                .unwrap_or_else(|| panic!("no DWARF type {n}"))
+        };
+        let item = named("leakprof::record::trace::tests::Item");
+        let decoy = named("leakprof::record::trace::tests::Decoy");
+        let holder_type = named("leakprof::record::trace::tests::Holder");
+        let holder = Box::new(Holder {
+            items: vec![Item {
+                leaf: Box::new(Leaf {
+                    next: Box::new(7),
+                    n: 1,
+                }),
+                n: 2,
+            }],
+        });
+        let _unused = Decoy {
+            bytes: Box::new([0; 16]),
+            n: 0,
+        };
+        let at = |p: *const u8| p as usize;
+        let buffer = at(holder.items.as_ptr().cast());
+        let leaf = at((&*holder.items[0].leaf as *const Leaf).cast());
+        let target = at((&*holder.items[0].leaf.next as *const u64).cast());
+        // Stack 0: the buffer's site, typed `Decoy` (wrongly); stack 1:
+        // the holder's box, typed right; stack 2: no type.
+        let prep = TypedPrep {
+            maps: Arc::clone(&maps),
+            sites: vec![
+                Some(SiteSpec::for_test(rule("alloc::raw_vec::RawVec::"), decoy)),
+                Some(SiteSpec::for_test(rule("alloc::boxed::Box::"), holder_type)),
+                None,
+            ],
+            no_debug_info: vec![false; 3],
+            allocator_metadata: Vec::new(),
+            typed_statics: Vec::new(),
+            prepare_ns: 0,
+        };
+        let heap = FakeHeap {
+            blocks: vec![
+                Block::new(buffer, std::mem::size_of::<Item>(), 0, 0, 0),
+                Block::new(
+                    at((&*holder as *const Holder).cast()),
+                    std::mem::size_of::<Holder>(),
+                    1,
+                    0,
+                    0,
+                ),
+                Block::new(leaf, std::mem::size_of::<Leaf>(), 2, 0, 0),
+                Block::new(target, 8, 2, 0, 0),
+            ],
+        };
+        let mut tracer = Tracer::new(&prep, &heap);
+        tracer.trace_all();
+        let (edges, blocks, _, incomplete) = tracer.finish();
+        assert!(!incomplete);
+        let has = |from: u32, to: u32| {
+            edges
+                .as_slice()
+                .iter()
+                .any(|e| e.from == from && e.to == to && e.kind == EdgeKind::Exact)
+        };
+        assert_eq!(blocks.types.as_slice()[0].map(|t| t.ty), Some(item));
+        assert!(has(1, 0), "holder -> buffer");
+        assert!(has(0, 2), "buffer -> leaf");
+        let leaf_type = blocks.types.as_slice()[2].map(|t| maps.type_name(t.ty).to_string());
+        assert_eq!(
+            leaf_type.as_deref(),
+            Some("leakprof::record::trace::tests::Leaf")
+        );
+        assert!(has(2, 3), "leaf -> u64: the edge a stale declaration drops");
     }
 }

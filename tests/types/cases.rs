@@ -51,6 +51,7 @@ pub const ALL: &[(&str, Case)] = cases![
     glibc_main_arena_is_allocator_metadata,
     arc_new_in_a_closure_is_typed_by_its_site,
     compressed_debug_sections_give_the_same_types,
+    merged_generic_code_is_typed_by_its_caller,
 ];
 
 fn addr<T: ?Sized>(r: &T) -> usize {
@@ -811,12 +812,38 @@ fn statics_are_named_and_typed(maps: &TypeMaps) -> Result<(), String> {
     if !label.starts_with("libc.so") || !label.ends_with("environ") {
         return Err(format!("environ labelled {label}"));
     }
-    // This binary has debug info; this machine's libc has none.
+    // This binary has debug info; libc has it only where its debug file
+    // is installed (Debian's libc6-dbg, zlib-compressed, by build id).
     let own_code = statics_are_named_and_typed as fn(&TypeMaps) -> Result<(), String> as usize;
-    if !maps.has_debug_info(own_code) || maps.has_debug_info(environ) {
-        return Err("has_debug_info: wrong for this binary or for libc".into());
+    if !maps.has_debug_info(own_code) {
+        return Err("has_debug_info: false for this binary".into());
+    }
+    let libc = maps
+        .modules()
+        .iter()
+        .find(|m| m.module.contains(environ))
+        .ok_or("no module holds environ")?;
+    let libc_debug = libc_debug_file(&libc.module.path)?;
+    if maps.has_debug_info(environ) != libc_debug.is_some() {
+        return Err(format!(
+            "has_debug_info for libc: {}, its debug file: {libc_debug:?}",
+            maps.has_debug_info(environ)
+        ));
     }
     Ok(())
+}
+
+/// Where a build-id debug file for `path` is installed, if one is.
+fn libc_debug_file(path: &str) -> Result<Option<String>, String> {
+    use object::Object;
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let file = object::File::parse(&*bytes).map_err(|e| format!("{path}: {e}"))?;
+    let Some(id) = file.build_id().ok().flatten() else {
+        return Ok(None);
+    };
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let debug = format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..]);
+    Ok(std::path::Path::new(&debug).exists().then_some(debug))
 }
 
 /// The `[heap]` mapping (glibc's main arena grows it with brk).
@@ -962,6 +989,97 @@ fn compressed_debug_sections_give_the_same_types(_: &TypeMaps) -> Result<(), Str
     let reason = maps.modules()[0].debug_info;
     if got[0] != 0 || reason != Err(leakprof::record::types::NoDebugInfo::Compressed) {
         return Err(format!("zstd copy: {got:?}, {reason:?}"));
+    }
+    Ok(())
+}
+
+/// The names of the function containing `pc` in this binary, when the
+/// compiler merged it with others of identical code (several symbols at
+/// one address), else nothing.
+fn merged_names(maps: &TypeMaps, pc: u64) -> Result<Vec<String>, String> {
+    use object::{Object, ObjectSymbol, SymbolKind};
+    let Some(m) = maps
+        .modules()
+        .iter()
+        .find(|m| m.module.contains(pc as usize))
+    else {
+        return Ok(Vec::new());
+    };
+    let bytes = std::fs::read(&m.module.path).map_err(|e| e.to_string())?;
+    let file = object::File::parse(&*bytes).map_err(|e| e.to_string())?;
+    let at = pc - 1 - m.module.bias as u64;
+    let text: Vec<_> = file
+        .symbols()
+        .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+        .collect();
+    let Some(start) = text
+        .iter()
+        .find(|s| s.address() <= at && at < s.address() + s.size())
+        .map(|s| s.address())
+    else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = text
+        .iter()
+        .filter(|s| s.address() == start)
+        .filter_map(|s| s.name().ok())
+        .map(|n| format!("{:#}", rustc_demangle::demangle(n)))
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(if names.len() > 1 { names } else { Vec::new() })
+}
+
+/// A `Vec<String>` grows through std's `RawVec::grow_one`, which the
+/// compiler merged with every other instance for 24-byte elements (one
+/// function, a symbol per type: `OsString`, `Vec<u8>`, a gimli value...).
+/// The site must be typed `String` by the caller's `Vec::<String>::push`.
+/// (std ships without DWARF type parameters, so here the merged frame
+/// names no type; in an optimised build of one's own code it names one
+/// of the merged types, which `site_spec` then checks against the
+/// caller: the unit tests of `site` and `trace`, and the release runs of
+/// docs/SCENARIOS.md.)
+fn merged_generic_code_is_typed_by_its_caller(maps: &TypeMaps) -> Result<(), String> {
+    tracker::begin();
+    let names = in_scope(|| {
+        let mut names: Vec<String> = Vec::new();
+        for k in 0..5 {
+            names.push(format!("name {k}"));
+        }
+        names
+    });
+    tracker::end();
+    let buffer = names.as_ptr() as usize;
+    let e = tracker::entry(buffer).ok_or("buffer not tracked")?;
+    let pcs: Vec<u64> = e
+        .frames
+        .iter()
+        .take_while(|&&f| f != 0)
+        .map(|&f| f as u64)
+        .collect();
+    let mut merged = Vec::new();
+    for &pc in &pcs {
+        merged = merged_names(maps, pc)?;
+        if !merged.is_empty() {
+            break;
+        }
+    }
+    if !merged
+        .iter()
+        .any(|n| n.contains("RawVec<alloc::string::String>"))
+    {
+        return Err(format!(
+            "the buffer's stack passes through no merged RawVec<String> code ({merged:?}): \
+             the case tests nothing on this toolchain"
+        ));
+    }
+    let site = maps.site_type(&pcs, e.size as u64);
+    let name = site.map(|s| maps.type_name(s.block.ty));
+    if name != Some("alloc::string::String") {
+        let frames: Vec<Vec<String>> = pcs.iter().map(|&pc| maps.site_frames(pc)).collect();
+        return Err(format!(
+            "site of Vec<String>::push: {name:?}; frames {frames:#?}"
+        ));
     }
     Ok(())
 }

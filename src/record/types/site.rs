@@ -162,6 +162,20 @@ pub struct SiteSpec {
     slice_inner: Option<TypeId>,
 }
 
+impl SiteSpec {
+    /// A spec for `n` elements or one `elem` by rule index, as a site
+    /// would give it (tests of the tracer).
+    #[cfg(test)]
+    pub(crate) fn for_test(rule: usize, elem: TypeId) -> SiteSpec {
+        SiteSpec {
+            rule,
+            elem,
+            inner: None,
+            slice_inner: None,
+        }
+    }
+}
+
 /// An inlined or out-of-line function's PC range in a unit.
 #[derive(Clone, Copy, Debug)]
 struct Scope {
@@ -182,7 +196,83 @@ struct UnitScopes {
 type TypeParam = (String, Option<TypeId>);
 
 /// What a PC's innermost matching frame says: rule and type arguments.
-type PcMatch = Option<(usize, [Option<TypeId>; 2])>;
+#[derive(Clone, Debug)]
+struct Found {
+    rule: usize,
+    args: [Option<TypeId>; 2],
+    /// The PC lies in a function the compiler merged with others of the
+    /// same code ([`Merged`]): its DWARF names the type arguments of one
+    /// of them, not necessarily this stack's. These are the first type
+    /// arguments of the rule's type the merged functions' symbols spell
+    /// (normalised, see [`normalise`]): the stack's is one of them.
+    merged: Option<Arc<[String]>>,
+}
+
+type PcMatch = Option<Found>;
+
+/// Functions merged because their machine code is identical (rustc's
+/// `merge-functions`, on in optimised builds: `RawVec<A>::grow_one` and
+/// `RawVec<B>::grow_one` for two types of one size and alignment become
+/// one function with two symbols). DWARF describes the function once,
+/// with the generic arguments of whichever instance was kept, so a site
+/// in one must not be typed by its DWARF alone.
+#[derive(Default)]
+struct Merged {
+    /// Sorted link-time (start, end, index into `names`).
+    ranges: Vec<(u64, u64, u32)>,
+    /// The demangled names of each merged function's symbols.
+    names: Vec<Vec<String>>,
+}
+
+impl Merged {
+    /// Text symbols of a module's file sharing an address under two or
+    /// more names.
+    fn read(path: &str) -> Merged {
+        use object::{Object, ObjectSymbol, SymbolKind};
+        let mut out = Merged::default();
+        let Some(bytes) = dwarf::map_file(std::path::Path::new(path)) else {
+            return out;
+        };
+        let Ok(file) = object::File::parse(bytes) else {
+            return out;
+        };
+        let mut syms: Vec<(u64, u64, &str)> = file
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0 && !s.is_undefined())
+            .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?)))
+            .collect();
+        syms.sort_unstable();
+        for group in syms.chunk_by(|a, b| a.0 == b.0) {
+            let mut names: Vec<String> = group
+                .iter()
+                .map(|&(_, _, n)| format!("{:#}", rustc_demangle::demangle(n)))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            if names.len() > 1 {
+                let (start, size, _) = group[0];
+                out.ranges
+                    .push((start, start + size, out.names.len() as u32));
+                out.names.push(names);
+            }
+        }
+        out
+    }
+
+    /// The names of the merged function containing link-time address `at`.
+    fn at(&self, at: u64) -> Option<&[String]> {
+        let i = self.ranges.partition_point(|r| r.0 <= at).checked_sub(1)?;
+        let (_, end, k) = self.ranges[i];
+        (at < end).then(|| self.names[k as usize].as_slice())
+    }
+}
+
+/// A type's name as symbols and DWARF both spell it: symbols leave out
+/// default generic arguments (`Vec<u8>`), DWARF spells them (`Vec<u8,
+/// alloc::alloc::Global>`).
+fn normalise(name: &str) -> String {
+    name.replace(", alloc::alloc::Global", "")
+}
 
 #[derive(Default)]
 struct SiteState {
@@ -190,6 +280,8 @@ struct SiteState {
     aranges: FxHashMap<u32, Vec<(u64, u64, usize)>>,
     scopes: FxHashMap<(u32, usize), Arc<UnitScopes>>,
     pcs: FxHashMap<u64, PcMatch>,
+    /// Per module: its merged functions.
+    merged: FxHashMap<u32, Arc<Merged>>,
 }
 
 #[derive(Default)]
@@ -212,19 +304,41 @@ impl TypeMaps {
     /// What the innermost frame of this stack that matches [`SITE_RULES`]
     /// says its blocks are. Allocates (parses and caches per unit and
     /// address): call it before the pause, once per stack.
+    ///
+    /// A frame in a merged function ([`Merged`]) is only believed when an
+    /// outer frame of the stack names one of the types the merged
+    /// function may be for (the merged `RawVec::grow_one` called from
+    /// `Vec::<TraceFrame>::push` is for `TraceFrame`); otherwise the stack
+    /// gives no type.
     pub fn site_spec(&self, pcs: &[u64]) -> Option<SiteSpec> {
         let mut state = self.sites.state.lock().unwrap_or_else(|e| e.into_inner());
+        // (rule, the types it may be for) of an innermost merged match.
+        let mut ambiguous: Option<(usize, Vec<String>)> = None;
         for &pc in pcs {
             let m = match state.pcs.get(&pc) {
-                Some(m) => *m,
+                Some(m) => m.clone(),
                 None => {
                     let m = self.match_pc(&mut state, pc);
-                    state.pcs.insert(pc, m);
+                    state.pcs.insert(pc, m.clone());
                     m
                 }
             };
-            if let Some((rule, args)) = m {
-                return self.spec_for(rule, args);
+            let Some(found) = m else { continue };
+            match ambiguous.as_mut() {
+                None => match &found.merged {
+                    None => return self.spec_for(found.rule, found.args),
+                    Some(may_be) => ambiguous = Some((found.rule, may_be.to_vec())),
+                },
+                Some((rule, may_be)) => {
+                    let t = found.args[0]?;
+                    if !may_be.contains(&normalise(self.type_name(t))) {
+                        return None;
+                    }
+                    match &found.merged {
+                        None => return self.spec_for(*rule, [Some(t), None]),
+                        Some(outer) => may_be.retain(|n| outer.contains(n)),
+                    }
+                }
             }
         }
         None
@@ -303,11 +417,36 @@ impl TypeMaps {
                 args = self.args_from_name(name, rule);
             }
             if args[0].is_some() {
-                found = Some((rule, args));
+                found = Some(Found {
+                    rule,
+                    args,
+                    merged: None,
+                });
             }
             found.is_some()
         });
-        found
+        let mut found = found?;
+        let k = self
+            .modules
+            .iter()
+            .position(|m| m.module.contains(pc as usize))?;
+        let module = &self.modules[k].module;
+        let merged = Arc::clone(
+            state
+                .merged
+                .entry(k as u32)
+                .or_insert_with(|| Arc::new(Merged::read(&module.path))),
+        );
+        let at = pc.wrapping_sub(1).wrapping_sub(module.bias as u64);
+        if let Some(names) = merged.at(at) {
+            let may_be: Vec<String> = names
+                .iter()
+                .filter_map(|n| name_args(n, found.rule).into_iter().next())
+                .map(normalise)
+                .collect();
+            found.merged = Some(may_be.into());
+        }
+        Some(found)
     }
 
     /// The type arguments a frame's name spells, for an inlined frame
@@ -317,30 +456,8 @@ impl TypeMaps {
     /// DWARF's, e.g. a defaulted parameter left out).
     fn args_from_name(&self, name: &str, rule: usize) -> [Option<TypeId>; 2] {
         let mut out = [None, None];
-        let Some(path) = SITE_RULES[rule].function.strip_suffix("::") else {
-            return out;
-        };
-        let Some(at) = name.find(&format!("{path}<")) else {
-            return out;
-        };
-        let rest = &name[at + path.len() + 1..];
-        let (mut depth, mut start, mut k) = (0usize, 0usize, 0usize);
-        for (i, c) in rest.char_indices() {
-            match c {
-                '<' | '(' | '[' => depth += 1,
-                '>' | ')' | ']' if depth > 0 => depth -= 1,
-                ',' | '>' if depth == 0 => {
-                    if let Some(slot) = out.get_mut(k) {
-                        *slot = self.type_named(rest[start..i].trim());
-                    }
-                    k += 1;
-                    start = i + 1;
-                    if c == '>' {
-                        break;
-                    }
-                }
-                _ => {}
-            }
+        for (slot, arg) in out.iter_mut().zip(name_args(name, rule)) {
+            *slot = self.type_named(arg);
         }
         out
     }
@@ -440,6 +557,35 @@ impl TypeMaps {
         }
         Some(spec)
     }
+}
+
+/// The generic arguments of the rule's type as a function name spells
+/// them: `<alloc::boxed::Box<X>>::new` gives `["X"]` for the `Box` rule.
+fn name_args(name: &str, rule: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let Some(path) = SITE_RULES[rule].function.strip_suffix("::") else {
+        return out;
+    };
+    let Some(at) = name.find(&format!("{path}<")) else {
+        return out;
+    };
+    let rest = &name[at + path.len() + 1..];
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in rest.char_indices() {
+        match c {
+            '<' | '(' | '[' => depth += 1,
+            '>' | ')' | ']' if depth > 0 => depth -= 1,
+            ',' | '>' if depth == 0 => {
+                out.push(rest[start..i].trim());
+                start = i + 1;
+                if c == '>' {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The bucket count of a hashbrown allocation of `size` bytes with
@@ -630,6 +776,52 @@ mod tests {
             function_path("<alloc::vec::Vec<u8> as core::clone::Clone>::clone"),
             "alloc::vec::Vec as core::clone::Clone::clone"
         );
+    }
+
+    #[test]
+    fn type_arguments_from_symbol_names() {
+        let raw_vec = SITE_RULES
+            .iter()
+            .position(|r| r.function == "alloc::raw_vec::RawVec::")
+            .unwrap();
+        assert_eq!(
+            name_args(
+                "<alloc::raw_vec::RawVec<std::collections::hash::map::HashMap<u8, (u16, [u8; 2])>>>::grow_one",
+                raw_vec
+            ),
+            ["std::collections::hash::map::HashMap<u8, (u16, [u8; 2])>"]
+        );
+        assert!(name_args("<alloc::vec::Vec<u8>>::push", raw_vec).is_empty());
+        assert_eq!(
+            normalise(
+                "alloc::vec::Vec<alloc::vec::Vec<u8, alloc::alloc::Global>, alloc::alloc::Global>"
+            ),
+            "alloc::vec::Vec<alloc::vec::Vec<u8>>"
+        );
+    }
+
+    /// std ships with its `RawVec::grow_one` for 24-byte elements merged
+    /// into one function under many symbols (`String`, `Vec<u8>`,
+    /// `OsString`...): this binary links it.
+    #[test]
+    fn merged_functions_are_found_with_all_their_names() {
+        let exe = std::env::current_exe().unwrap();
+        let merged = Merged::read(exe.to_str().unwrap());
+        let group = merged
+            .names
+            .iter()
+            .find(|names| {
+                names
+                    .iter()
+                    .any(|n| n == "<alloc::raw_vec::RawVec<alloc::string::String>>::grow_one")
+            })
+            .expect("std's merged RawVec<String>::grow_one");
+        assert!(group.len() > 1, "{group:?}");
+        let k = merged.names.iter().position(|n| n == group).unwrap() as u32;
+        let &(start, end, _) = merged.ranges.iter().find(|r| r.2 == k).unwrap();
+        assert_eq!(merged.at(start), Some(group.as_slice()));
+        assert_eq!(merged.at(end - 1), Some(group.as_slice()));
+        assert!(merged.at(end).is_none_or(|other| other != group.as_slice()));
     }
 
     #[test]

@@ -197,6 +197,9 @@ pub enum Fallback {
     /// The whole block, untyped because neither a typed owner nor its
     /// allocation site says what it is (the caller's verdict).
     UnknownType,
+    /// The whole block, because the types its owners declared kept
+    /// contradicting each other (the caller's verdict).
+    Contradicted,
 }
 
 /// How a block was traced.
