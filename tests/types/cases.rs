@@ -135,20 +135,24 @@ fn set(items: impl IntoIterator<Item = usize>) -> BTreeSet<usize> {
     items.into_iter().collect()
 }
 
-fn site_type_name(maps: &TypeMaps, block: usize) -> Result<(String, Shape), String> {
+/// A tracked block's allocation stack (return addresses, innermost
+/// first) and size.
+fn allocation_stack(block: usize) -> Result<(Vec<u64>, u64), String> {
     let e = tracker::entry(block).ok_or("block not tracked")?;
-    let pcs: Vec<u64> = e
+    let pcs = e
         .frames
         .iter()
         .take_while(|&&f| f != 0)
         .map(|&f| f as u64)
         .collect();
-    let s = maps.site_type(&pcs, e.size as u64).ok_or_else(|| {
+    Ok((pcs, e.size as u64))
+}
+
+fn site_type_name(maps: &TypeMaps, block: usize) -> Result<(String, Shape), String> {
+    let (pcs, size) = allocation_stack(block)?;
+    let s = maps.site_type(&pcs, size).ok_or_else(|| {
         let frames: Vec<Vec<String>> = pcs.iter().map(|&pc| maps.site_frames(pc)).collect();
-        format!(
-            "no site type for the {}-byte block at {block:#x}; frames {frames:#?}",
-            e.size
-        )
+        format!("no site type for the {size}-byte block at {block:#x}; frames {frames:#?}")
     })?;
     Ok((maps.type_name(s.block.ty).to_string(), s.block.shape))
 }
@@ -1049,14 +1053,7 @@ fn merged_generic_code_is_typed_by_its_caller(maps: &TypeMaps) -> Result<(), Str
         names
     });
     tracker::end();
-    let buffer = names.as_ptr() as usize;
-    let e = tracker::entry(buffer).ok_or("buffer not tracked")?;
-    let pcs: Vec<u64> = e
-        .frames
-        .iter()
-        .take_while(|&&f| f != 0)
-        .map(|&f| f as u64)
-        .collect();
+    let (pcs, size) = allocation_stack(names.as_ptr() as usize)?;
     let mut merged = Vec::new();
     for &pc in &pcs {
         merged = merged_names(maps, pc)?;
@@ -1073,7 +1070,7 @@ fn merged_generic_code_is_typed_by_its_caller(maps: &TypeMaps) -> Result<(), Str
              the case tests nothing on this toolchain"
         ));
     }
-    let site = maps.site_type(&pcs, e.size as u64);
+    let site = maps.site_type(&pcs, size);
     let name = site.map(|s| maps.type_name(s.block.ty));
     if name != Some("alloc::string::String") {
         let frames: Vec<Vec<String>> = pcs.iter().map(|&pc| maps.site_frames(pc)).collect();
