@@ -419,14 +419,25 @@ fn assert_results_retained_until_ttl(middleware: &str) {
         .collect();
     // A few samples at least (fewer when a loaded machine slows the stores).
     assert!(held.len() >= 2, "{}: {} samples", run.label, held.len());
-    for live in &held {
-        assert!(
-            (TASKS * PAYLOAD..(TASKS + 1) * PAYLOAD).contains(live),
-            "{}: {} live while {TASKS} results are held",
-            run.label,
-            Run::in_payloads(*live as f64)
-        );
-    }
+    // A sample reads the threads' counters one after another, not at one
+    // instant: a block allocated on one thread and freed on another while
+    // it reads can be counted without its free (seen once in CI: 4.09
+    // payloads). So one sample may be over by one payload; every other
+    // must be in range.
+    let outside: Vec<u64> = held
+        .iter()
+        .copied()
+        .filter(|live| !(TASKS * PAYLOAD..(TASKS + 1) * PAYLOAD).contains(live))
+        .collect();
+    let one_over = |live: &u64| (TASKS * PAYLOAD..(TASKS + 2) * PAYLOAD).contains(live);
+    assert!(
+        outside.len() <= 1 && outside.iter().all(one_over),
+        "{}: {:?} payloads live while {TASKS} results are held",
+        run.label,
+        held.iter()
+            .map(|&l| Run::in_payloads(l as f64))
+            .collect::<Vec<_>>()
+    );
     // Each expiry gives one payload back; after the last, nothing is held.
     for (i, e) in expired.iter().enumerate() {
         let left = TASKS - 1 - i as u64;
