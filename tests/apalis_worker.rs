@@ -14,6 +14,20 @@ const MIB: u64 = 1 << 20;
 const PAYLOAD: u64 = 4 * MIB;
 const FAILING: u64 = 4;
 const ATTEMPTS: u64 = 4;
+/// What the failing jobs keep in the error history.
+const PLANTED: u64 = FAILING * ATTEMPTS * PAYLOAD;
+
+/// Runs the example: `jobs` jobs, `FAILING` of them failing every
+/// attempt, profiled into `profile`.
+fn run_worker(profile: &std::path::Path, jobs: u32) {
+    let run = Command::new(example("apalis_worker"))
+        .arg(profile)
+        .args([jobs.to_string(), FAILING.to_string()])
+        .output()
+        .unwrap();
+    let said = stdout(&run);
+    assert!(said.contains("16 failed attempts kept"), "{said}");
+}
 
 fn leakprof(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_leakprof"))
@@ -48,15 +62,8 @@ fn rows(report: &str) -> Vec<(u64, String)> {
 fn apalis_worker_leak_is_found_from_the_tags_by_task_owner_and_retry() {
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("profile.json");
-    let run = Command::new(example("apalis_worker"))
-        .arg(&profile)
-        .args(["2000", &FAILING.to_string()])
-        .output()
-        .unwrap();
-    let said = stdout(&run);
-    assert!(said.contains("16 failed attempts kept"), "{said}");
+    run_worker(&profile, 2000);
     let path = profile.to_str().unwrap();
-    let planted = FAILING * ATTEMPTS * PAYLOAD;
 
     // By task: the failing jobs first, each with its 4 payloads.
     let by_task = stdout(&leakprof(&["report", path, "--by", "task"]));
@@ -71,14 +78,14 @@ fn apalis_worker_leak_is_found_from_the_tags_by_task_owner_and_retry() {
     let by_owner = stdout(&leakprof(&["report", path, "--by", "owner"]));
     let owners = rows(&by_owner);
     assert_eq!(owners[0].1, "error history", "{by_owner}");
-    assert!(owners[0].0 >= planted, "{by_owner}");
+    assert!(owners[0].0 >= PLANTED, "{by_owner}");
     assert!(owners[1..].iter().all(|(s, _)| *s < PAYLOAD), "{by_owner}");
 
     // By type: the payloads are Vec<u8>s, not the owner's type.
     let by_type = stdout(&leakprof(&["report", path, "--by", "type"]));
     let types = rows(&by_type);
     assert_eq!(types[0].1, "Vec<u8>", "{by_type}");
-    assert!(types[0].0 >= planted, "{by_type}");
+    assert!(types[0].0 >= PLANTED, "{by_type}");
 
     // One payload per retry, from the tags (the example marks nothing).
     let json = stdout(&leakprof(&["report", path, "--format", "json"]));
@@ -119,19 +126,12 @@ fn apalis_payloads_are_owned_by_the_error_history_in_every_one_of_20_runs() {
                     break;
                 }
                 let profile = dir.path().join(format!("run-{k}.json"));
-                let run = Command::new(example("apalis_worker"))
-                    .arg(&profile)
-                    .args(["200", &FAILING.to_string()])
-                    .output()
-                    .unwrap();
-                let said = stdout(&run);
-                assert!(said.contains("16 failed attempts kept"), "{said}");
+                run_worker(&profile, 200);
                 let path = profile.to_str().unwrap();
                 let by_owner = stdout(&leakprof(&["report", path, "--by", "owner"]));
                 let owners = rows(&by_owner);
-                let planted = FAILING * ATTEMPTS * PAYLOAD;
                 if owners[0].1 != "error history"
-                    || owners[0].0 < planted
+                    || owners[0].0 < PLANTED
                     || owners[1..].iter().any(|(s, _)| *s >= PAYLOAD)
                 {
                     failures
