@@ -84,7 +84,14 @@ fn leakprof_names_the_example_services_four_leaks() {
         "{cov:?}"
     );
 
-    // The command line tells the same story.
+    // The command line tells the same story (it needs the `cli` feature;
+    // `cargo test --no-default-features` checks the library alone).
+    #[cfg(feature = "cli")]
+    command_line_tells_the_same_story(&out);
+}
+
+#[cfg(feature = "cli")]
+fn command_line_tells_the_same_story(out: &std::path::Path) {
     let leakprof = env!("CARGO_BIN_EXE_leakprof");
     let chains = Command::new(leakprof)
         .args(["retainers", out.to_str().unwrap(), "--type", "Subscription"])

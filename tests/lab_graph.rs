@@ -9,6 +9,7 @@
 //! Runs use small payloads and stop at `--duration` after hundreds of
 //! retries, so one payload legitimately in flight (a retry waiting in the
 //! broker) is far below 1% of what leaked.
+#![cfg(feature = "cli")]
 
 use std::collections::BTreeMap;
 use std::process::Command;
