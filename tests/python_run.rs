@@ -200,6 +200,29 @@ fn dramatiq_asyncio_exception_leaks_one_payload_per_retry_until_2_2_1() {
             .is_some_and(|f| f.ends_with("dramatiq_exception.py")));
         assert_eq!(*line, Some(payload_line()));
     }
+    assert_payloads_are_cyclic_garbage(&profile, PAYLOAD);
+    let retainers = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .args(["retainers", "--largest", "1", "--full-names"])
+        .arg(&leaky)
+        .output()
+        .unwrap();
+    assert!(retainers.status.success());
+    let text = String::from_utf8_lossy(&retainers.stdout);
+    let ring = text
+        .lines()
+        .find(|l| l.contains("cyclic garbage"))
+        .unwrap_or_else(|| panic!("no cyclic garbage in:\n{text}"));
+    // The ring of the seed: exception -> traceback -> run_coroutine's
+    // frame -> its local future -> Future._exception -> exception.
+    for hop in [
+        "BigError.__traceback__",
+        "run_coroutine: local future",
+        "Future._exception",
+    ] {
+        assert!(ring.contains(hop), "{hop} in the ring: {ring}");
+    }
+    assert!(text.contains("owner \"error value\""), "{text}");
+    assert!(text.contains("BigError.args"), "{text}");
 
     let (fixed_out, profile, _) = run_scenario(&fixed, dir.path(), "dramatiq-2.2.1", &env);
     assert!(
@@ -217,13 +240,109 @@ fn dramatiq_asyncio_exception_leaks_one_payload_per_retry_until_2_2_1() {
         String::from_utf8_lossy(&diff.stderr)
     );
     let text = String::from_utf8_lossy(&diff.stdout);
+    // Profiles with an object graph are compared by owner.
     let fail_row = text
         .lines()
-        .find(|l| l.trim_end().ends_with("site: fail"))
-        .unwrap_or_else(|| panic!("no row for the actor's site in:\n{text}"));
+        .find(|l| l.trim_end().ends_with("error value"))
+        .unwrap_or_else(|| panic!("no row for the error values in:\n{text}"));
     assert!(
         fail_row.contains("-192.0 MiB"),
         "six payloads gone: {fail_row}"
+    );
+}
+
+/// Every payload-sized block is owned by an exception ("error value") and
+/// is cyclic garbage (unreachable in the object graph), checked against
+/// the profile's live groups, byte for byte.
+fn assert_payloads_are_cyclic_garbage(profile: &Profile, payload: u64) {
+    let graph = profile.graph.as_ref().expect("an object graph");
+    assert!(graph.python.is_some(), "a Python object graph");
+    let payloads: Vec<_> = profile.live.iter().filter(|g| g.bytes >= payload).collect();
+    assert!(!payloads.is_empty(), "payloads survive");
+    let total: u64 = payloads.iter().map(|g| g.bytes).sum();
+    let owned: u64 = payloads
+        .iter()
+        .filter(|g| {
+            g.owner
+                .and_then(|o| graph.owners.get(o as usize))
+                .is_some_and(|o| o.name == "error value")
+        })
+        .map(|g| g.bytes)
+        .sum();
+    assert!(
+        owned as f64 >= 0.99 * total as f64,
+        "{owned} of {total} payload bytes owned by \"error value\""
+    );
+    assert!(
+        payloads.iter().all(|g| g.unreachable),
+        "every payload is cyclic garbage"
+    );
+}
+
+/// With the collector on (a low threshold, so it runs during the test),
+/// the snapshot taken while payloads await it shows them as cyclic
+/// garbage, and every payload is freed inside a collection's window on
+/// the timeline (the script pauses the collector for the last attempt,
+/// takes the snapshot, then collects).
+#[test]
+fn collector_frees_each_payload_inside_a_collection() {
+    const PAYLOAD: u64 = 16 << 20;
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let Some(redis) = support::redis::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("LEAKPROF_TEST_PAYLOAD", PAYLOAD.to_string()),
+        ("LEAKPROF_TEST_RETRIES", "5".to_string()),
+        ("LEAKPROF_TEST_REDIS_URL", redis.url()),
+        ("LEAKPROF_TEST_GC", "100".to_string()),
+        ("LEAKPROF_TEST_SNAPSHOT_SIGNAL", libc::SIGUSR1.to_string()),
+    ];
+    let (out, profile, _) = run_scenario(&python, dir.path(), "gc-on", &env);
+    let snapshot = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-snapshot-1.json"))
+        .expect("the script's snapshot");
+    let snapshot = leakprof::format::load(&snapshot).unwrap();
+    assert_payloads_are_cyclic_garbage(&snapshot, PAYLOAD);
+    assert!(
+        surviving_chunks(&profile, PAYLOAD).is_empty(),
+        "the last collection freed every payload"
+    );
+    let mut points = profile.timeline.clone();
+    points.sort_by_key(|p| p.t_ns);
+    let (mut inside, mut freed_inside, mut windows) = (false, 0u64, 0);
+    for pair in points.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        match a.event.as_deref() {
+            Some(leakprof::format::events::GC_START) => inside = true,
+            Some(leakprof::format::events::GC_END) => inside = false,
+            _ => {}
+        }
+        let drop = a.live_bytes.saturating_sub(b.live_bytes);
+        if drop >= PAYLOAD / 2 {
+            let ends_window = b.event.as_deref() == Some(leakprof::format::events::GC_END);
+            assert!(
+                inside || ends_window,
+                "{drop} bytes freed outside a collection at {} ns",
+                b.t_ns
+            );
+            freed_inside += drop;
+        }
+        if b.event.as_deref() == Some(leakprof::format::events::GC_END) {
+            windows += 1;
+        }
+    }
+    assert!(windows >= 2, "collections that freed objects: {windows}");
+    let payloads = freed_inside as f64 / PAYLOAD as f64;
+    assert!(
+        (5.9..6.1).contains(&payloads),
+        "{payloads:.2} payloads freed inside collections (6 attempts)"
     );
 }
 
@@ -631,6 +750,61 @@ while not glob.glob(os.path.join(out, "profile-*-snapshot-1.json")):
         .map(|c| c.bytes)
         .sum();
     assert!(tagged >= 3 << 20, "the live block is in the snapshot");
+}
+
+/// `leakprof.owner.register` names an owner: what the registered dict
+/// alone keeps alive is its, and what something else also holds is not.
+#[test]
+fn registered_owner_gets_what_it_alone_keeps() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("owner.py");
+    std::fs::write(
+        &script,
+        r#"import leakprof
+cache = {}
+leakprof.owner.register("session cache", cache)
+shared = bytearray(b"s" * (2 << 20))
+cache["mine"] = b"m" * (3 << 20)
+cache["shared"] = shared
+keep = [shared]
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    let graph = profile.graph.as_ref().expect("an object graph");
+    let owner = graph
+        .owners
+        .iter()
+        .position(|o| o.name == "session cache")
+        .expect("the registered owner") as u32;
+    let owned: u64 = profile
+        .live
+        .iter()
+        .filter(|g| g.owner == Some(owner))
+        .map(|g| g.bytes)
+        .sum();
+    assert!(
+        (3 << 20..(3 << 20) + (64 << 10)).contains(&owned),
+        "the cache owns its own 3 MiB value, not the shared 2 MiB: {owned}"
+    );
+    assert_eq!(
+        graph.owners[owner as usize].type_name.as_deref(),
+        Some("dict")
+    );
 }
 
 /// A program that ends in `os._exit` (no exit handlers) still writes its

@@ -1170,6 +1170,7 @@ fn with_reachable_giants_and_small_leaks() -> Profile {
         },
         nodes: members.to_vec(),
         fields: Vec::new(),
+        ring: None,
     };
     p.graph = Some(Graph {
         thread_roots: "quiescent".into(),

@@ -13,9 +13,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Optional, Union
 
-from leakprof import _tags
+from leakprof import _tags, owner
 
-__all__ = ["tag", "recording"]
+__all__ = ["tag", "recording", "owner"]
 
 
 def recording() -> bool:

@@ -11,6 +11,7 @@ are imported (AsyncIO, Dramatiq).
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -52,12 +53,21 @@ def _start(native: str, out: str, ready: str) -> None:
     atexit.register(_write, out, root)
     _write_before_os_exit(out, root)
     os.register_at_fork(after_in_child=_in_child)
+    gc.callbacks.append(_collection_on_timeline)
     _on_snapshot_signal(out, int(os.environ.get("LEAKPROF_SNAPSHOT_SIGNAL", "0")))
     hooks = {"asyncio": _install_asyncio, "dramatiq": _install_dramatiq}
     for name in [name for name in hooks if name in sys.modules]:
         hooks.pop(name)(sys.modules[name])  # imported before us (a .pth file)
     sys.meta_path.insert(0, _AfterImport(hooks))
     _tell(ready, "ok")
+
+
+def _collection_on_timeline(phase: str, info: Dict[str, int]) -> None:
+    """Marks the start and end of each collection that freed objects on
+    the timeline (`leakprof::format::events`): what the collector frees,
+    it frees between the two."""
+    freed = info.get("collected", 0) + info.get("uncollectable", 0)
+    _native.collection(phase == "start", freed)
 
 
 def _tell(path: str, line: str) -> None:

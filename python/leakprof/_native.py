@@ -5,8 +5,10 @@ Loaded only when ``leakprof run`` says where it is (``LEAKPROF_NATIVE``)."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple
 
 _lib: Optional[ctypes.PyDLL] = None
 _ERR_LEN = 512
@@ -31,16 +33,28 @@ def load(path: str) -> None:
     lib.leakprof_py_exit.restype = None
     lib.leakprof_py_mark.argtypes = [ctypes.c_char_p]
     lib.leakprof_py_mark.restype = None
+    lib.leakprof_py_collection.argtypes = [ctypes.c_int, ctypes.c_uint64]
+    lib.leakprof_py_collection.restype = None
     lib.leakprof_py_describe.argtypes = [ctypes.c_uint64] + [ctypes.c_char_p] * 3
     lib.leakprof_py_describe.restype = None
     lib.leakprof_py_write.argtypes = [
         ctypes.c_char_p,
         ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_size_t,
+        ctypes.c_int,
         ctypes.c_char_p,
         ctypes.c_size_t,
     ]
     lib.leakprof_py_write.restype = ctypes.c_int
-    lib.leakprof_py_snapshot.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.leakprof_py_snapshot.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+    ]
     lib.leakprof_py_snapshot.restype = ctypes.c_int
     _lib = lib
 
@@ -80,6 +94,13 @@ def mark(event: str) -> None:
         _lib.leakprof_py_mark(event.encode())
 
 
+def collection(start: bool, collected: int) -> None:
+    """The collector starts a collection, or ends one that freed
+    ``collected`` objects: those that freed any are marked on the timeline."""
+    if _lib is not None:
+        _lib.leakprof_py_collection(int(start), max(collected, 0))
+
+
 def _c(text: Optional[str]) -> Optional[bytes]:
     return None if text is None else text.encode("utf-8", "replace")
 
@@ -89,18 +110,51 @@ def describe(task: int, external_id: str, actor: Optional[str], queue: Optional[
     _lib.leakprof_py_describe(task, _c(external_id), _c(actor), _c(queue))
 
 
-def write(path: str, attributes: dict[str, str]) -> None:
-    """Stops recording and writes the profile."""
+@contextmanager
+def _graph_inputs(graph: bool) -> Iterator[Tuple[int, int, int]]:
+    """The object graph's inputs for the native walk: the collector's
+    objects, the registered owners, and whether the collector was on. The
+    collector stays paused until the walk is over, so nothing it would
+    free (the cyclic garbage under study) goes while it is read."""
+    enabled = gc.isenabled()
+    gc.disable()
+    objects: Optional[List[object]] = None
+    try:
+        if not graph:
+            yield 0, 0, int(enabled)
+            return
+        from leakprof import owner
+
+        owners = owner.registered()
+        objects = gc.get_objects()
+        yield id(objects), id(owners) if owners else 0, int(enabled)
+    finally:
+        del objects
+        if enabled:
+            gc.enable()
+
+
+def write(path: str, attributes: dict[str, str], graph: bool = True) -> None:
+    """Stops recording and writes the profile, with the object graph."""
     assert _lib is not None
     err = ctypes.create_string_buffer(_ERR_LEN)
     lines = "\n".join(f"{k}={v}" for k, v in attributes.items() if "\n" not in k + v)
-    if _lib.leakprof_py_write(os.fsencode(path), _c(lines), err, _ERR_LEN):
+    with _graph_inputs(graph) as (objects, owners, enabled):
+        failed = _lib.leakprof_py_write(
+            os.fsencode(path), _c(lines), objects, owners, enabled, err, _ERR_LEN
+        )
+    if failed:
         raise RuntimeError(err.value.decode("utf-8", "replace"))
 
 
-def snapshot(path: str) -> None:
-    """Writes a profile of everything live now; recording goes on."""
+def snapshot(path: str, graph: bool = True) -> None:
+    """Writes a profile of everything live now, with the object graph;
+    recording goes on."""
     assert _lib is not None
     err = ctypes.create_string_buffer(_ERR_LEN)
-    if _lib.leakprof_py_snapshot(os.fsencode(path), err, _ERR_LEN):
+    with _graph_inputs(graph) as (objects, owners, enabled):
+        failed = _lib.leakprof_py_snapshot(
+            os.fsencode(path), objects, owners, enabled, err, _ERR_LEN
+        )
+    if failed:
         raise RuntimeError(err.value.decode("utf-8", "replace"))

@@ -312,6 +312,15 @@ impl Merger {
         if merged.thread_roots != g.thread_roots {
             merged.thread_roots = "mixed".to_string();
         }
+        if let Some(py) = &g.python {
+            let m = merged.python.get_or_insert_with(Default::default);
+            m.objects = m.objects.saturating_add(py.objects);
+            m.recorded = m.recorded.saturating_add(py.recorded);
+            m.externally_held = m.externally_held.saturating_add(py.externally_held);
+            m.garbage = m.garbage.saturating_add(py.garbage);
+            m.gc_enabled |= py.gc_enabled;
+            m.walk_ns = m.walk_ns.saturating_add(py.walk_ns);
+        }
         let owners = g
             .owners
             .iter()

@@ -70,8 +70,15 @@ pub enum Start {
         bytes: u64,
         /// Member names in order, e.g. `["FutureState", "TaskError"]`;
         /// where the profile knows it, the field of each member that
-        /// points to the next (`TaskError.traceback`) instead.
+        /// points to the next (`TaskError.traceback`) instead. When the
+        /// profile knows the shortest ring through a labelled member, only
+        /// that ring.
         names: Vec<String>,
+        /// Members of the cycle left out of `names` (off the ring).
+        others: u64,
+        /// The graph is a Python object graph: the cycle is garbage the
+        /// cyclic collector has not collected yet.
+        awaiting_gc: bool,
     },
     /// The first hop is leaked memory that nothing refers to.
     Unreferenced,
@@ -275,13 +282,17 @@ fn start_of(names: &Names, first: &Node) -> Start {
         Start::Root(r.clone())
     } else if let Some(c) = first.cycle {
         let cycle = names.graph.cycles.iter().find(|x| x.id == c);
+        let shown = cycle.map_or(0, |x| {
+            x.ring
+                .map_or(x.nodes.len(), |r| (r as usize).min(x.nodes.len()))
+        });
         Start::Cycle {
             id: c,
             members: cycle.map_or(0, |x| x.members.blocks),
             bytes: cycle.map_or(0, |x| x.retained.bytes),
             names: cycle
                 .map(|x| {
-                    x.nodes
+                    x.nodes[..shown]
                         .iter()
                         .enumerate()
                         .map(|(k, &m)| match x.fields.get(k) {
@@ -291,6 +302,8 @@ fn start_of(names: &Names, first: &Node) -> Start {
                         .collect()
                 })
                 .unwrap_or_default(),
+            others: cycle.map_or(0, |x| x.members.blocks.saturating_sub(shown as u64)),
+            awaiting_gc: names.graph.python.is_some(),
         }
     } else if first.unreachable {
         Start::Unreferenced
@@ -319,13 +332,37 @@ pub fn describe_start(start: &Start) -> String {
             members,
             bytes,
             names,
+            others,
+            awaiting_gc,
         } => {
-            let mut ring = names.clone();
+            // Runs of one hop (a traceback's `tb_next`s) are shown once,
+            // with their count.
+            let mut ring: Vec<String> = Vec::new();
+            let mut k = 0;
+            while k < names.len() {
+                let run = names[k..].iter().take_while(|n| **n == names[k]).count();
+                ring.push(if run > 1 {
+                    format!("{} (x{run})", names[k])
+                } else {
+                    names[k].clone()
+                });
+                k += run;
+            }
             if let Some(first) = names.first() {
                 ring.push(first.clone());
             }
+            let what = if *awaiting_gc {
+                format!("cyclic garbage #{id}, awaiting the cyclic GC")
+            } else {
+                format!("unreachable cycle #{id}")
+            };
+            let more = if *others > 0 {
+                format!(" (and {others} more members)")
+            } else {
+                String::new()
+            };
             format!(
-                "unreachable cycle #{id}: {members} blocks, {}: {}",
+                "{what}: {members} blocks, {}: {}{more}",
                 human_bytes(*bytes),
                 ring.join(" -> ")
             )
@@ -341,6 +378,17 @@ pub fn describe_start(start: &Start) -> String {
 /// print it: the share read exactly by type, partly, and word by word,
 /// with why.
 pub fn describe_coverage(graph: &Graph) -> String {
+    if let Some(p) = &graph.python {
+        return format!(
+            "Graph: Python objects, exact (each type's own traversal): {} objects, {} in recorded blocks, {} held from outside the graph, {} cyclic garbage awaiting the collector (collector {} in the program; paused for the {:.0} ms walk)",
+            p.objects,
+            p.recorded,
+            p.externally_held,
+            p.garbage,
+            if p.gc_enabled { "on" } else { "off" },
+            p.walk_ns as f64 / 1e6
+        );
+    }
     let Some(c) = &graph.coverage else {
         return "Graph: conservative scan (every word holding a live block's address counts as a pointer)".to_string();
     };

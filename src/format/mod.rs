@@ -405,6 +405,36 @@ pub struct Graph {
     /// older profiles and for the conservative scan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<Coverage>,
+    /// Set for a Python object graph: its unreachable blocks are cyclic
+    /// garbage awaiting Python's collector (absent in older profiles and
+    /// for Rust heaps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<PythonGraph>,
+}
+
+/// How a Python object graph was taken: objects from the collector's own
+/// lists and the references their types' traversal shows, reachability as
+/// the collector decides it (reference counts minus the references found
+/// inside the graph), taken with the collector paused so nothing is freed
+/// meanwhile.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PythonGraph {
+    /// Objects found: those the collector tracks plus every object they
+    /// refer to.
+    pub objects: u64,
+    /// Of those, objects in a recorded block (the others are static or
+    /// were allocated before recording started).
+    pub recorded: u64,
+    /// Objects referred to from outside the object graph (C code, a
+    /// running frame, an object the collector does not track).
+    pub externally_held: u64,
+    /// Objects nothing outside the graph keeps alive: cyclic garbage,
+    /// freed at the collector's next full collection.
+    pub garbage: u64,
+    /// Whether the collector was enabled in the program.
+    pub gc_enabled: bool,
+    /// How long the walk took, with the GIL held.
+    pub walk_ns: u64,
 }
 
 /// How the exact trace read the heap: blocks and bytes read by type, and
@@ -525,6 +555,11 @@ pub struct Cycle {
     /// next one (the last to the first), "" where unknown.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
+    /// How many of the first `nodes` form the shortest ring of references
+    /// through a labelled member (each pointing to the next, the last to
+    /// the first); the other members follow. Absent in older profiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<u32>,
 }
 
 /// A heap object kept in the profile for retainer chains.
@@ -674,6 +709,11 @@ pub mod events {
     pub const RESULT_EXPIRED: &str = "result expired";
     /// Recording stopped early because RSS reached `--max-rss`.
     pub const MAX_RSS: &str = "max rss reached";
+    /// Python's cyclic collector starts and ends a collection (recorded
+    /// by `leakprof run` for Python programs): what it frees is freed
+    /// between the two.
+    pub const GC_START: &str = "gc start";
+    pub const GC_END: &str = "gc end";
 }
 
 /// Well-known keys of `Meta::attributes`.

@@ -32,6 +32,10 @@ const PACKAGE: &[(&str, &str)] = &[
         "leakprof/dramatiq.py",
         include_str!("../../python/leakprof/dramatiq.py"),
     ),
+    (
+        "leakprof/owner.py",
+        include_str!("../../python/leakprof/owner.py"),
+    ),
 ];
 const SITECUSTOMIZE: &str = include_str!("../../python/bootstrap/sitecustomize.py");
 

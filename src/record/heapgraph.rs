@@ -211,6 +211,7 @@ pub(crate) fn convert(
             cycles,
             nodes,
             coverage: scan.typed.as_ref().map(coverage),
+            python: scan.python.as_ref().map(|p| p.summary.clone()),
         },
         live,
     }
@@ -308,7 +309,8 @@ fn node_infos(scan: &ScanResult, names: &Names) -> (Vec<NodeInfo>, FxHashMap<u32
         .blocks
         .as_slice()
         .iter()
-        .map(|b| {
+        .enumerate()
+        .map(|(k, b)| {
             let tag = (names.tag)(b.tag);
             NodeInfo {
                 address: b.addr as u64,
@@ -316,7 +318,9 @@ fn node_infos(scan: &ScanResult, names: &Names) -> (Vec<NodeInfo>, FxHashMap<u32
                 stack: b.stack,
                 tag: b.tag,
                 label: tag.label_name(),
-                type_name: tag.type_name_str(),
+                type_name: tag
+                    .type_name_str()
+                    .or_else(|| scan.python.as_ref().and_then(|p| p.type_of(k))),
             }
         })
         .collect();
@@ -430,6 +434,9 @@ impl Conversion<'_> {
     /// to `target` (`Retries.history[3].closure`), when the holder was
     /// read by type.
     fn field(&self, holder: u32, target: u32, offset: u32) -> Option<String> {
+        if let Some(p) = &self.scan.python {
+            return self.python_field(p, holder, target, offset);
+        }
         let (bt, slot) = self.edge_slot(holder, target, offset)?;
         let maps = &self.scan.typed.as_ref()?.prep.maps;
         Some(maps.slot_path(bt, offset as usize, slot))
@@ -445,6 +452,10 @@ impl Conversion<'_> {
         target: u32,
         offset: u32,
     ) -> Option<String> {
+        if let Some(p) = &self.scan.python {
+            let field = self.python_field(p, holder, target, offset)?;
+            return Some(elide_indices(&field));
+        }
         let (bt, slot) = self.edge_slot(holder, target, offset)?;
         let maps = &self.scan.typed.as_ref()?.prep.maps;
         let size = maps.type_size(bt.ty).max(1);
@@ -462,6 +473,27 @@ impl Conversion<'_> {
             }
         });
         Some(text.clone())
+    }
+
+    /// The name a Python object graph gave the edge (`BigError.args`,
+    /// `tuple[0]`), found like [`Conversion::edge_slot`] finds a slot.
+    fn python_field(
+        &self,
+        p: &super::scan::PythonNames,
+        holder: u32,
+        target: u32,
+        offset: u32,
+    ) -> Option<String> {
+        let edges = self.scan.edges.as_slice();
+        let lo = edges.partition_point(|e| (e.from, e.offset) < (holder, offset));
+        let e = edges[lo..]
+            .iter()
+            .take_while(|e| e.from == holder && e.offset == offset)
+            .find(|e| e.to == target)?;
+        p.fields
+            .get(e.slot as usize)
+            .filter(|f| !f.is_empty())
+            .cloned()
     }
 
     /// Owners: one per label, then one per site of unowned top-most
@@ -486,7 +518,13 @@ impl Conversion<'_> {
                 retained: s.retained,
             });
         }
-        let nearest_labelled = self.nearest_labelled();
+        // An exact Python graph has no stale words to discount: a block
+        // is a labelled object's only if that object dominates it.
+        let nearest_labelled = if self.scan.python.is_some() {
+            vec![NO_LABEL; self.n() as usize]
+        } else {
+            self.nearest_labelled()
+        };
         let labelled_owner = |v: u32| {
             self.graph
                 .label(v)
@@ -613,6 +651,11 @@ impl Conversion<'_> {
     /// type maps know the static its word lies in.
     fn root_name(&self, root: u32) -> String {
         let r = &self.graph.roots()[root as usize];
+        if let (Some(p), Some(at)) = (&self.scan.python, r.offset) {
+            if let Some(text) = p.roots.get(at as usize) {
+                return format!("root: {text}");
+            }
+        }
         let symbol = match (r.kind, r.offset, &self.scan.typed) {
             (RootKind::Static, Some(at), Some(t)) => t
                 .prep
@@ -745,13 +788,28 @@ impl Conversion<'_> {
             .cycles()
             .iter()
             .map(|c| {
-                let order: Vec<u32> = cycle_order(self.graph, self.retention.cycle_members(c.id))
+                let members = self.retention.cycle_members(c.id);
+                // The shortest ring through a labelled member first (what
+                // holds the error value in a loop), then the rest.
+                let ring = shortest_ring(self.graph, members)
+                    .filter(|r| r.iter().all(|m| stored.contains_key(m)));
+                let ring_len = ring.as_ref().map_or(0, Vec::len);
+                let mut order = ring.unwrap_or_default();
+                let rest: Vec<u32> = cycle_order(self.graph, members)
                     .into_iter()
-                    .filter(|m| stored.contains_key(m))
+                    .filter(|m| stored.contains_key(m) && !order.contains(m))
                     .collect();
+                order.extend(rest);
+                let next = |k: usize| {
+                    if k < ring_len {
+                        order[(k + 1) % ring_len]
+                    } else {
+                        order[(k + 1) % order.len()]
+                    }
+                };
                 let fields = (0..order.len())
                     .map(|k| {
-                        let (from, to) = (order[k], order[(k + 1) % order.len()]);
+                        let (from, to) = (order[k], next(k));
                         self.graph
                             .edges(from)
                             .find(|&(t, _)| t == to)
@@ -772,10 +830,46 @@ impl Conversion<'_> {
                     } else {
                         fields
                     },
+                    ring: (ring_len > 0).then_some(ring_len as u32),
                 }
             })
             .collect()
     }
+}
+
+/// The shortest closed path of references through the cycle's first
+/// labelled member (else its lowest): a breadth-first search inside the
+/// cycle from that member back to itself. `None` for a one-member cycle
+/// without a self reference.
+fn shortest_ring(graph: &HeapGraph, members: &[u32]) -> Option<Vec<u32>> {
+    let start = members
+        .iter()
+        .copied()
+        .filter(|&m| graph.label(m).is_some())
+        .min()
+        .or_else(|| members.iter().copied().min())?;
+    let inside: FxHashMap<u32, ()> = members.iter().map(|&m| (m, ())).collect();
+    let mut parent: FxHashMap<u32, u32> = FxHashMap::default();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(u) = queue.pop_front() {
+        for &t in graph.targets(u) {
+            if t == start {
+                let mut ring = vec![u];
+                let mut cur = u;
+                while cur != start {
+                    cur = parent[&cur];
+                    ring.push(cur);
+                }
+                ring.reverse();
+                return Some(ring);
+            }
+            if inside.contains_key(&t) && !parent.contains_key(&t) {
+                parent.insert(t, u);
+                queue.push_back(t);
+            }
+        }
+    }
+    None
 }
 
 fn stop_stats(stop: &StopReport) -> StopStats {
@@ -833,6 +927,26 @@ fn cycle_order(graph: &HeapGraph, members: &[u32]) -> Vec<u32> {
             .or_else(|| members.iter().copied().filter(|m| !seen.contains(m)).min());
     }
     order
+}
+
+/// A field path with its element indices left out (`tuple[3]` ->
+/// `tuple[..]`), so a via groups every element.
+fn elide_indices(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..=open]);
+        rest = &rest[open + 1..];
+        match rest.find(']') {
+            Some(close) if close > 0 && rest[..close].bytes().all(|b| b.is_ascii_digit()) => {
+                out.push_str("..");
+                rest = &rest[close..];
+            }
+            _ => {}
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn root_name(kind: &RootKind, labels: &[&'static str]) -> String {

@@ -153,6 +153,31 @@ pub(crate) struct ScanResult {
     pub(crate) incomplete: bool,
     /// The exact trace's types and counts (`None`: conservative scan).
     pub(crate) typed: Option<TypedScan>,
+    /// Set when the graph is a Python object graph (`python::objects`):
+    /// its names for types, fields and roots.
+    pub(crate) python: Option<PythonNames>,
+}
+
+/// The names a Python object graph gives what the scan of a Rust heap
+/// reads from DWARF: each block's Python type, each edge's field (by
+/// `Edge::slot`) and each root's referrer (by `RootRef::at`).
+#[derive(Default)]
+pub(crate) struct PythonNames {
+    /// By block: an index into `type_names`, or `u32::MAX` for a block
+    /// that is no Python object.
+    pub(crate) block_types: Vec<u32>,
+    pub(crate) type_names: Vec<&'static str>,
+    pub(crate) fields: Vec<String>,
+    pub(crate) roots: Vec<String>,
+    /// What the walk found, for the profile's graph section.
+    pub(crate) summary: crate::format::PythonGraph,
+}
+
+impl PythonNames {
+    pub(crate) fn type_of(&self, block: usize) -> Option<&'static str> {
+        let t = *self.block_types.get(block)?;
+        self.type_names.get(t as usize).copied()
+    }
 }
 
 /// What the exact trace adds to a scan.
@@ -408,6 +433,7 @@ pub(crate) fn scan(
             },
             incomplete: false,
             typed: None,
+            python: None,
         };
         // Filled while stopped: its capacity is reserved now (no malloc later).
         let mut heap_registered = Vec::with_capacity(registered_heap.len());

@@ -226,6 +226,12 @@ pub(crate) fn take_with_graph(
     })
 }
 
+/// A profile whose graph is `scan`, made by a walk of its own (the Python
+/// object graph) rather than by stopping the world.
+pub(crate) fn take_with_scan(scan: ScanResult) -> Profile {
+    hooks::guarded(|| build(Some(scan), &GraphOptions::default()))
+}
+
 fn build(scan: Option<ScanResult>, graph_options: &GraphOptions) -> Profile {
     let snapshot_ns = hooks::now_ns();
     // Live blocks: the scan's copy when there is one, so groups and graph

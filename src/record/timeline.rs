@@ -113,12 +113,17 @@ fn point(tag_id: u32, event: Option<&str>) -> TimelinePoint {
 
 fn push(p: TimelinePoint) {
     let mut t = TIMELINE.lock();
+    make_room(&mut t);
+    t.points.push(p);
+}
+
+/// Decimates the older points when the buffer is full.
+fn make_room(t: &mut Buffer) {
     if t.points.len() >= 2 * RECENT_POINTS {
         let before = t.points.len();
         decimate(&mut t.points, before - RECENT_POINTS);
         t.decimated += (before - t.points.len()) as u64;
     }
-    t.points.push(p);
 }
 
 /// Decimates `points[..older]` in place: each bucket of [`BUCKET`] points
@@ -157,6 +162,21 @@ fn decimate(points: &mut Vec<TimelinePoint>, older: usize) {
 /// guard.
 pub(crate) fn mark(event: &str) {
     push(point(hooks::current_tag_id(), Some(event)));
+}
+
+/// A marked point taken now, to be pushed later with [`push_point`] (or
+/// dropped): the start of a window whose end decides whether it is kept.
+pub(crate) fn point_now(event: &str) -> TimelinePoint {
+    point(hooks::current_tag_id(), Some(event))
+}
+
+/// Pushes `p` in time order: a point taken before others were pushed
+/// goes before them.
+pub(crate) fn push_point(p: TimelinePoint) {
+    let mut t = TIMELINE.lock();
+    make_room(&mut t);
+    let at = t.points.partition_point(|q| q.t_ns <= p.t_ns);
+    t.points.insert(at, p);
 }
 
 /// Starts the sampler thread. Caller holds the guard.

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::analysis::check::human_bytes;
-use crate::analysis::retainers::{describe_start, Chain};
+use crate::analysis::retainers::{describe_start, Chain, Start};
 use crate::render::flamegraph::xml_escape;
 use crate::render::names::{fit_lines, Names};
 
@@ -35,7 +35,7 @@ fn text_lines(chains: &[Chain], names: &Names) -> String {
                 .map(|o| format!(", owner \"{o}\""))
                 .unwrap_or_default()
         );
-        let _ = writeln!(out, "  {}", names.show(&describe_start(&c.start)));
+        let _ = writeln!(out, "  {}", start_text(&c.start, names));
         for h in &c.hops {
             let via = match (&h.field, h.offset) {
                 (Some(f), _) => format!("{f} -> "),
@@ -55,6 +55,23 @@ fn text_lines(chains: &[Chain], names: &Names) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A chain's start as `text` prints it: a cycle's ring with each member
+/// shortened (the ring itself is kept whole), any other start shortened.
+fn start_text(start: &Start, names: &Names) -> String {
+    match start {
+        Start::Cycle { .. } => {
+            let mut shown = start.clone();
+            if let Start::Cycle { names: ring, .. } = &mut shown {
+                for member in ring.iter_mut() {
+                    *member = names.show(member).into_owned();
+                }
+            }
+            describe_start(&shown)
+        }
+        other => names.show(&describe_start(other)).into_owned(),
+    }
 }
 
 /// The SVG form: each chain a column of boxes joined by arrows labelled

@@ -8,15 +8,24 @@ Dramatiq's StubBroker, which itself keeps every failed message's exception)
 and LEAKPROF_TEST_STEPS: the payload is built in that
 many chunks with an `await` between them, so the actors of several worker
 threads interleave on the one event loop. The garbage collector is off, so
-every payload the reference cycle holds stays until the end.
+every payload the reference cycle holds stays until the end, unless
+LEAKPROF_TEST_GC is set: then the collector runs with that gen-0 threshold,
+is paused for the last attempt (so its payload is certain to await it),
+and after the attempts the script sends itself LEAKPROF_TEST_SNAPSHOT_SIGNAL
+(a snapshot with the object graph), then collects.
 """
 
 import asyncio
 import gc
 import os
+import signal
 import threading
 
-gc.disable()
+GC_THRESHOLD = int(os.environ.get("LEAKPROF_TEST_GC", "0"))
+if GC_THRESHOLD:
+    gc.set_threshold(GC_THRESHOLD, 2, 2)
+else:
+    gc.disable()
 
 import dramatiq  # noqa: E402
 from dramatiq.brokers.redis import RedisBroker  # noqa: E402
@@ -44,6 +53,10 @@ class Attempts(dramatiq.Middleware):
         self.left = expected
         self.lock = threading.Lock()
         self.done = threading.Event()
+
+    def before_process_message(self, broker, message):
+        if GC_THRESHOLD and message.options.get("retries", 0) >= RETRIES:
+            gc.disable()
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         with self.lock:
@@ -86,6 +99,11 @@ def main() -> None:
         worker.join()
     finally:
         worker.stop()
+    if GC_THRESHOLD:
+        # raise_signal runs the handler (the snapshot) before it returns.
+        signal.raise_signal(int(os.environ["LEAKPROF_TEST_SNAPSHOT_SIGNAL"]))
+        gc.enable()
+        gc.collect()
 
 
 if __name__ == "__main__":

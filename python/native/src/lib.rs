@@ -78,6 +78,13 @@ pub extern "C" fn leakprof_py_mark(event: *const c_char) {
     }
 }
 
+/// The cyclic collector starts (`start` non-zero) or ends a collection
+/// that freed `collected` objects.
+#[no_mangle]
+pub extern "C" fn leakprof_py_collection(start: c_int, collected: u64) {
+    python::collection(start != 0, collected)
+}
+
 /// Names a task: its external id (a message id), actor and queue.
 #[no_mangle]
 pub extern "C" fn leakprof_py_describe(
@@ -94,12 +101,28 @@ pub extern "C" fn leakprof_py_describe(
     python::describe(task, d)
 }
 
+/// The object graph's inputs: `objects`, the list `gc.get_objects()`
+/// returned (0: no graph); `owners`, a list of `(object, label)` tuples
+/// (0: none); `gc_enabled`, whether the program had the collector on.
+fn graph_inputs(objects: usize, owners: usize, gc_enabled: c_int) -> Option<python::GraphInputs> {
+    (objects != 0).then_some(python::GraphInputs {
+        tracked: objects,
+        owners,
+        gc_enabled: gc_enabled != 0,
+    })
+}
+
 /// Stops recording and writes the profile to `path`. `attributes`:
-/// `key=value` lines for the profile's metadata. 0 on success.
+/// `key=value` lines for the profile's metadata; the graph's inputs as
+/// for [`graph_inputs`], with the collector paused by the caller. 0 on
+/// success.
 #[no_mangle]
 pub extern "C" fn leakprof_py_write(
     path: *const c_char,
     attributes: *const c_char,
+    objects: usize,
+    owners: usize,
+    gc_enabled: c_int,
     err: *mut c_char,
     err_len: usize,
 ) -> c_int {
@@ -111,24 +134,29 @@ pub extern "C" fn leakprof_py_write(
         .lines()
         .filter_map(|line| line.split_once('='))
         .collect();
-    match python::write_profile(Path::new(path), &pairs) {
+    let graph = graph_inputs(objects, owners, gc_enabled);
+    match python::write_profile(Path::new(path), &pairs, graph.as_ref()) {
         Ok(()) => 0,
         Err(message) => report(&message, err, err_len),
     }
 }
 
-/// Writes a snapshot of everything live now to `path`, recording on.
-/// 0 on success.
+/// Writes a snapshot of everything live now to `path`, recording on, with
+/// the object graph as for [`leakprof_py_write`]. 0 on success.
 #[no_mangle]
 pub extern "C" fn leakprof_py_snapshot(
     path: *const c_char,
+    objects: usize,
+    owners: usize,
+    gc_enabled: c_int,
     err: *mut c_char,
     err_len: usize,
 ) -> c_int {
     let Some(path) = text(path) else {
         return report("the snapshot path is not UTF-8", err, err_len);
     };
-    match python::write_snapshot(Path::new(path)) {
+    let graph = graph_inputs(objects, owners, gc_enabled);
+    match python::write_snapshot(Path::new(path), graph.as_ref()) {
         Ok(()) => 0,
         Err(message) => report(&message, err, err_len),
     }

@@ -35,6 +35,10 @@ type ThreadState = unsafe extern "C" fn() -> *mut c_void;
 type AddrToLine = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
 type AsUtf8 = unsafe extern "C" fn(*mut c_void, *mut isize) -> *const c_char;
 type ErrClear = unsafe extern "C" fn();
+type DictNext =
+    unsafe extern "C" fn(*mut c_void, *mut isize, *mut *mut c_void, *mut *mut c_void) -> c_int;
+type InterpHead = unsafe extern "C" fn() -> *mut c_void;
+type ThreadHead = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
 
 pub(crate) struct Api {
     pub(crate) get_allocator: SetAllocator,
@@ -48,6 +52,25 @@ pub(crate) struct Api {
     pub(crate) err_clear: ErrClear,
     /// `&PyCode_Type`.
     pub(crate) code_type: usize,
+    pub(crate) dict_next: DictNext,
+    pub(crate) interpreter_head: InterpHead,
+    pub(crate) thread_head: ThreadHead,
+    pub(crate) thread_next: ThreadHead,
+    /// The built-in types the object graph names edges of.
+    pub(crate) types: Types,
+}
+
+/// Addresses of built-in type objects.
+pub(crate) struct Types {
+    pub(crate) tuple: usize,
+    pub(crate) list: usize,
+    pub(crate) dict: usize,
+    pub(crate) unicode: usize,
+    pub(crate) frame: usize,
+    pub(crate) traceback: usize,
+    pub(crate) cell: usize,
+    /// Generators, coroutines, async generators: each holds a frame.
+    pub(crate) generators: [usize; 3],
 }
 
 // SAFETY: the API is a set of function pointers and one address, all
@@ -104,8 +127,30 @@ pub(crate) fn load() -> Result<&'static Api, String> {
         unicode_as_utf8: function!("PyUnicode_AsUTF8AndSize" as AsUtf8),
         err_clear: function!("PyErr_Clear" as ErrClear),
         code_type: symbol("PyCode_Type").ok_or("PyCode_Type not found")?,
+        dict_next: function!("PyDict_Next" as DictNext),
+        interpreter_head: function!("PyInterpreterState_Head" as InterpHead),
+        thread_head: function!("PyInterpreterState_ThreadHead" as ThreadHead),
+        thread_next: function!("PyThreadState_Next" as ThreadHead),
+        types: Types {
+            tuple: type_object("PyTuple_Type")?,
+            list: type_object("PyList_Type")?,
+            dict: type_object("PyDict_Type")?,
+            unicode: type_object("PyUnicode_Type")?,
+            frame: type_object("PyFrame_Type")?,
+            traceback: type_object("PyTraceBack_Type")?,
+            cell: type_object("PyCell_Type")?,
+            generators: [
+                type_object("PyGen_Type")?,
+                type_object("PyCoro_Type")?,
+                type_object("PyAsyncGen_Type")?,
+            ],
+        },
     };
     Ok(API.get_or_init(|| api))
+}
+
+fn type_object(name: &str) -> Result<usize, String> {
+    symbol(name).ok_or_else(|| format!("{name} not found"))
 }
 
 fn symbol(name: &str) -> Option<usize> {

@@ -39,3 +39,86 @@ pub(crate) const CODE_UNIT_BYTES: usize = 2;
 
 /// The `PyMemAllocatorDomain` values: RAW, MEM, OBJ.
 pub(crate) const DOMAINS: [i32; 3] = [0, 1, 2];
+
+// The object graph (`objects`): public object layouts and the private
+// ones the graph names edges by.
+
+/// `PyVarObject.ob_size`.
+pub(crate) const VAR_SIZE: usize = 16;
+
+/// `PyTypeObject` fields.
+pub(crate) const TYPE_NAME: usize = 24;
+pub(crate) const TYPE_BASICSIZE: usize = 32;
+pub(crate) const TYPE_FLAGS: usize = 168;
+pub(crate) const TYPE_TRAVERSE: usize = 184;
+pub(crate) const TYPE_MEMBERS: usize = 240;
+pub(crate) const TYPE_BASE: usize = 256;
+pub(crate) const TYPE_DICTOFFSET: usize = 288;
+pub(crate) const TYPE_IS_GC: usize = 328;
+/// `PyHeapTypeObject.ht_cached_keys`: the shared keys of instances'
+/// managed dicts.
+pub(crate) const HEAPTYPE_CACHED_KEYS: usize = 872;
+
+/// `tp_flags` bits.
+pub(crate) const FLAG_MANAGED_DICT: u64 = 1 << 4;
+pub(crate) const FLAG_HEAPTYPE: u64 = 1 << 9;
+pub(crate) const FLAG_HAVE_GC: u64 = 1 << 14;
+pub(crate) const FLAG_BASE_EXC_SUBCLASS: u64 = 1 << 30;
+
+/// `sizeof(PyGC_Head)`, before every GC object; a managed dict adds two
+/// words before that (`_PyType_PreHeaderSize`): values at -4 words, dict
+/// at -3 words from the object.
+pub(crate) const GC_HEAD: usize = 16;
+pub(crate) const MANAGED_DICT_WORDS: usize = 2;
+
+/// `PyMemberDef`: size, `type` (`int`), `offset` (`Py_ssize_t`); the
+/// object member types.
+pub(crate) const MEMBERDEF_SIZE: usize = 40;
+pub(crate) const MEMBERDEF_TYPE: usize = 8;
+pub(crate) const MEMBERDEF_OFFSET: usize = 16;
+pub(crate) const T_OBJECT: i32 = 6;
+pub(crate) const T_OBJECT_EX: i32 = 16;
+
+/// `PyTupleObject.ob_item` and `PyListObject.ob_item`.
+pub(crate) const TUPLE_ITEMS: usize = 24;
+pub(crate) const LIST_ITEMS: usize = 24;
+/// `PyDictObject.ma_keys` and `ma_values`.
+pub(crate) const DICT_KEYS: usize = 32;
+pub(crate) const DICT_VALUES: usize = 40;
+/// `PyDictKeysObject`: `dk_log2_index_bytes` (`uint8_t`), `dk_nentries`,
+/// `dk_indices`; `sizeof(PyDictUnicodeEntry)` (key, value).
+pub(crate) const KEYS_LOG2_INDEX_BYTES: usize = 9;
+pub(crate) const KEYS_NENTRIES: usize = 24;
+pub(crate) const KEYS_INDICES: usize = 32;
+pub(crate) const UNICODE_ENTRY: usize = 16;
+
+/// `PyBaseExceptionObject` fields, with the names Python shows them by.
+pub(crate) const EXCEPTION_FIELDS: [(usize, &str); 6] = [
+    (16, "__dict__"),
+    (24, "args"),
+    (32, "__notes__"),
+    (40, "__traceback__"),
+    (48, "__context__"),
+    (56, "__cause__"),
+];
+/// `PyTracebackObject` fields.
+pub(crate) const TRACEBACK_FIELDS: [(usize, &str); 2] = [(16, "tb_next"), (24, "tb_frame")];
+/// `PyFrameObject`: `f_back`, `f_frame` (its `_PyInterpreterFrame`),
+/// `f_trace`.
+pub(crate) const FRAMEOBJ_FIELDS: [(usize, &str); 2] = [(16, "f_back"), (32, "f_trace")];
+pub(crate) const FRAMEOBJ_FRAME: usize = 24;
+/// `_PyInterpreterFrame` fields and where its `localsplus` start.
+pub(crate) const IFRAME_FIELDS: [(usize, &str); 4] = [
+    (0, "f_func"),
+    (8, "f_globals"),
+    (16, "f_builtins"),
+    (24, "f_locals"),
+];
+pub(crate) const IFRAME_LOCALSPLUS: usize = 72;
+/// `PyCodeObject.co_nlocalsplus` (`int`) and `co_localsplusnames`.
+pub(crate) const CODE_NLOCALSPLUS: usize = 76;
+pub(crate) const CODE_LOCALSPLUSNAMES: usize = 96;
+/// `PyGenObject.gi_iframe` (coroutines and async generators alike).
+pub(crate) const GEN_IFRAME: usize = 80;
+/// `PyCellObject.ob_ref`.
+pub(crate) const CELL_REF: usize = 16;

@@ -22,11 +22,15 @@ mod capi;
 mod domains;
 mod frames;
 mod layout;
+mod objects;
+
+pub use objects::Inputs as GraphInputs;
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::{hooks, snapshot, symbols, Options, Recorder, Tag, TaskDescription};
+use super::{hooks, snapshot, symbols, timeline, Options, Recorder, Tag, TaskDescription};
+use crate::format::events;
 
 /// The running Python recording.
 static RECORDER: Mutex<Option<Recorder>> = Mutex::new(None);
@@ -76,25 +80,57 @@ pub fn mark(event: &str) {
     super::mark(event)
 }
 
+/// The start of the collection under way, kept until its end says
+/// whether it freed anything.
+static COLLECTION: Mutex<Option<crate::format::TimelinePoint>> = Mutex::new(None);
+
+/// Python's cyclic collector starts (`start`) or ends a collection that
+/// freed `collected` objects (a `gc.callbacks` callback, GIL held). A
+/// collection that freed objects is marked on the timeline by its start
+/// and its end (`format::events::GC_START`, `GC_END`); the many that free
+/// nothing leave no point.
+pub fn collection(start: bool, collected: u64) {
+    if !hooks::recording() {
+        return;
+    }
+    hooks::guarded(|| {
+        let mut pending = COLLECTION.lock().unwrap_or_else(|e| e.into_inner());
+        if start {
+            *pending = Some(timeline::point_now(events::GC_START));
+        } else if let Some(begun) = pending.take() {
+            if collected > 0 {
+                timeline::push_point(begun);
+                timeline::push_point(timeline::point_now(events::GC_END));
+            }
+        }
+    })
+}
+
 /// Names task `task` in the profile's task table.
 pub fn describe(task: u64, description: TaskDescription) {
     super::describe_task(task, description)
 }
 
 /// Writes a profile of everything live now to `path`, recording on (the
-/// mid-run snapshot). Call with the GIL held, as for [`write_profile`].
-pub fn write_snapshot(path: &Path) -> Result<(), String> {
+/// mid-run snapshot), with the object graph when `graph` is given. Call
+/// with the GIL held, as for [`write_profile`].
+pub fn write_snapshot(path: &Path, graph: Option<&GraphInputs>) -> Result<(), String> {
     let running = RECORDER.lock().map_err(|_| "recorder state poisoned")?;
     let recorder = running
         .as_ref()
         .ok_or("leakprof is not recording this process")?;
-    let profile = hooks::guarded(|| recorder.snapshot());
+    let profile = profile_now(recorder, graph);
     hooks::guarded(|| profile.save(path)).map_err(|e| e.to_string())
 }
 
-/// Stops recording and writes the profile to `path`. Call with the GIL
-/// held (Python frames are named now, from their code objects).
-pub fn write_profile(path: &Path, attributes: &[(&str, &str)]) -> Result<(), String> {
+/// Stops recording and writes the profile to `path`, with the object
+/// graph when `graph` is given. Call with the GIL held (Python frames are
+/// named now, from their code objects, and the graph reads objects).
+pub fn write_profile(
+    path: &Path,
+    attributes: &[(&str, &str)],
+    graph: Option<&GraphInputs>,
+) -> Result<(), String> {
     let recorder = RECORDER
         .lock()
         .map_err(|_| "recorder state poisoned")?
@@ -104,6 +140,18 @@ pub fn write_profile(path: &Path, attributes: &[(&str, &str)]) -> Result<(), Str
     for (key, value) in attributes {
         hooks::guarded(|| snapshot::set_attribute(key, value));
     }
-    let profile = hooks::guarded(|| recorder.stop());
+    let profile = profile_now(&recorder, graph);
+    drop(recorder);
     hooks::guarded(|| profile.save(path)).map_err(|e| e.to_string())
+}
+
+/// A profile of everything live now: with the object graph (GIL held, the
+/// collector paused by the caller) or without.
+fn profile_now(recorder: &Recorder, graph: Option<&GraphInputs>) -> crate::format::Profile {
+    match (graph, capi::api()) {
+        (Some(inputs), Some(api)) => {
+            hooks::guarded(|| snapshot::take_with_scan(objects::walk(api, inputs)))
+        }
+        _ => hooks::guarded(|| recorder.snapshot()),
+    }
 }
