@@ -807,6 +807,70 @@ keep = [shared]
     );
 }
 
+/// Python processes the program starts anew (multiprocessing's `spawn`, a
+/// subprocess of the same Python) record too: each writes
+/// `profile-<pid>.json`, and `profile.json` is the merge.
+#[test]
+fn spawned_and_subprocess_pythons_record_into_the_merge() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("starts.py");
+    std::fs::write(
+        &script,
+        r#"import multiprocessing, subprocess, sys
+import leakprof
+
+def work():
+    global keep
+    with leakprof.tag(task="spawned"):
+        keep = b"p" * (3 << 20)
+
+if __name__ == "__main__":
+    p = multiprocessing.get_context("spawn").Process(target=work)
+    p.start()
+    p.join()
+    assert p.exitcode == 0
+    code = "import leakprof\nwith leakprof.tag(task='subprocess'):\n    keep = b'q' * (2 << 20)\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let own = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("profile-") && !name.contains("snapshot")
+        })
+        .count();
+    assert!(
+        own >= 3,
+        "the program and its two children each wrote a profile: {own}"
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    for (task, bytes) in [("spawned", 3u64 << 20), ("subprocess", 2 << 20)] {
+        let tagged: u64 = surviving_chunks(&profile, bytes)
+            .iter()
+            .filter(|c| c.message.as_deref() == Some(task))
+            .map(|c| c.bytes)
+            .sum();
+        assert!(tagged >= bytes, "{task}'s block is in the merge: {tagged}");
+    }
+}
+
 /// A program that ends in `os._exit` (no exit handlers) still writes its
 /// profile.
 #[test]

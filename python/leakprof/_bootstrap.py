@@ -28,18 +28,26 @@ def main(sitecustomize_file: str) -> None:
     env = os.environ
     native = env.get("LEAKPROF_NATIVE")
     out = env.get("LEAKPROF_OUT")
-    ready = env.get("LEAKPROF_READY")
-    # Only the process `leakprof run` started records: the variables are
-    # taken out of the environment, so programs it starts (a worker pool's
-    # processes) run unrecorded for now.
+    ready = env.pop("LEAKPROF_READY", None)
+    # The process `leakprof run` started says whether it could record (the
+    # ready file) and writes profile.json. Python programs it starts in
+    # turn (multiprocessing's spawn, a subprocess, an exec) keep the
+    # variables, record too, and write profile-<pid>.json, which `leakprof
+    # run` merges; one that cannot record runs on unrecorded, with a word.
     if native and out and ready:
-        for key in ("LEAKPROF_NATIVE", "LEAKPROF_READY"):
-            env.pop(key, None)
-        _start(native, out, ready)
+        env["LEAKPROF_ROOT_PID"] = str(os.getpid())
+        _start(native, out, ready, os.getpid())
+    elif native and out:
+        root = int(env.get("LEAKPROF_ROOT_PID", "0") or 0)
+        _start(native, out, None, root)
     _chain_sitecustomize(sitecustomize_file)
 
 
-def _start(native: str, out: str, ready: str) -> None:
+def _start(native: str, out: str, ready: Optional[str], root: int) -> None:
+    """Starts recording. `ready`: the file to tell (the process `leakprof
+    run` started; it stops here if it cannot record); None in a
+    descendant, which then runs on unrecorded. `root`: the pid whose
+    profile is profile.json."""
     try:
         _native.load(native)
         _native.start(
@@ -47,9 +55,17 @@ def _start(native: str, out: str, ready: str) -> None:
             int(os.environ.get("LEAKPROF_TIMELINE_MS", "100")),
         )
     except (OSError, RuntimeError, ValueError) as e:
+        if ready is None:
+            print(f"leakprof: not recording {' '.join(sys.argv)} (pid {os.getpid()}): {e}", file=sys.stderr)
+            return
         _tell(ready, f"error: {e}")
         os._exit(3)
-    root = os.getpid()
+    if os.getpid() != root:
+        # A descendant started anew: task numbers of its own, as a forked
+        # child takes.
+        from leakprof import _tags
+
+        _tags.forked()
     atexit.register(_write, out, root)
     _write_before_os_exit(out, root)
     os.register_at_fork(after_in_child=_in_child)
@@ -59,7 +75,8 @@ def _start(native: str, out: str, ready: str) -> None:
     for name in [name for name in hooks if name in sys.modules]:
         hooks.pop(name)(sys.modules[name])  # imported before us (a .pth file)
     sys.meta_path.insert(0, _AfterImport(hooks))
-    _tell(ready, "ok")
+    if ready is not None:
+        _tell(ready, "ok")
 
 
 def _collection_on_timeline(phase: str, info: Dict[str, int]) -> None:
