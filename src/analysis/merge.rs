@@ -43,7 +43,8 @@ pub fn merge(profiles: &[Profile]) -> Option<Profile> {
 type FrameKey = (String, Option<String>, Option<u32>, bool, Option<u32>);
 
 /// A live group's identity: stack, tag, owner, via, unreachable.
-type GroupKey = (u32, u32, Option<u32>, Option<u32>, bool);
+/// (stack, tag, owner, via, unreachable, object type).
+type GroupKey = (u32, u32, Option<u32>, Option<u32>, bool, Option<u32>);
 
 #[derive(Default)]
 struct Merger {
@@ -161,7 +162,7 @@ impl Merger {
                 id
             })
             .collect();
-        let (owner_map, via_map) = self.add_graph(p);
+        let (owner_map, via_map, type_map) = self.add_graph(p);
         for g in &p.live {
             let key = (
                 stack_map[g.stack as usize],
@@ -169,6 +170,8 @@ impl Merger {
                 g.owner.map(|o| owner_map[o as usize]),
                 g.via.map(|v| via_map[v as usize]),
                 g.unreachable,
+                g.object_type
+                    .and_then(|t| type_map.get(t as usize).copied()),
             );
             self.live.entry(key).or_default().accumulate(Amount {
                 bytes: g.bytes,
@@ -298,9 +301,9 @@ impl Merger {
         renumbered
     }
 
-    fn add_graph(&mut self, p: &Profile) -> (Vec<u32>, Vec<u32>) {
+    fn add_graph(&mut self, p: &Profile) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
         let Some(g) = &p.graph else {
-            return (Vec::new(), Vec::new());
+            return (Vec::new(), Vec::new(), Vec::new());
         };
         let merged = self.graph.get_or_insert_with(|| Graph {
             thread_roots: g.thread_roots.clone(),
@@ -359,7 +362,18 @@ impl Merger {
                     })
             })
             .collect();
-        (owners, vias)
+        let types = g
+            .types
+            .iter()
+            .map(|t| match merged.types.iter().position(|m| m == t) {
+                Some(k) => k as u32,
+                None => {
+                    merged.types.push(t.clone());
+                    merged.types.len() as u32 - 1
+                }
+            })
+            .collect();
+        (owners, vias, types)
     }
 
     fn finish(self, profiles: &[Profile], first: &Profile) -> Profile {
@@ -418,15 +432,18 @@ impl Merger {
         let live = self
             .live
             .into_iter()
-            .map(|((stack, tag, owner, via, unreachable), a)| LiveGroup {
-                stack,
-                tag,
-                blocks: a.blocks,
-                bytes: a.bytes,
-                owner,
-                via,
-                unreachable,
-            })
+            .map(
+                |((stack, tag, owner, via, unreachable, object_type), a)| LiveGroup {
+                    stack,
+                    tag,
+                    blocks: a.blocks,
+                    bytes: a.bytes,
+                    owner,
+                    via,
+                    unreachable,
+                    object_type,
+                },
+            )
             .collect();
         Profile {
             format: FORMAT_NAME.to_string(),

@@ -178,6 +178,15 @@ impl<'p> Model<'p> {
     /// owner: a registered `ErrorHistory` keeps `Vec<u8>` payloads alive,
     /// and those blocks are `Vec<u8>`s, not `ErrorHistory`s.
     pub fn type_name(&self, g: &LiveGroup) -> &str {
+        let graph_type = g.object_type.and_then(|t| {
+            self.profile
+                .graph
+                .as_ref()
+                .and_then(|graph| graph.types.get(t as usize))
+        });
+        if let Some(t) = graph_type {
+            return t;
+        }
         if let Some(t) = &self.stacks[g.stack as usize].type_name {
             return t;
         }

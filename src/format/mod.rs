@@ -271,6 +271,10 @@ pub struct LiveGroup {
     /// Version 2: no path from any root reaches these blocks (a true leak).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unreachable: bool,
+    /// Index into `graph.types`: the blocks' own type, where the graph
+    /// knows it per block (a Python object graph); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_type: Option<u32>,
 }
 
 /// Per-stack aggregates (DHAT's total / at-t-gmax / at-t-end).
@@ -410,6 +414,10 @@ pub struct Graph {
     /// for Rust heaps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<PythonGraph>,
+    /// Block types by name, for `LiveGroup::object_type` (a Python object
+    /// graph's; empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
 }
 
 /// How a Python object graph was taken: objects from the collector's own

@@ -193,7 +193,7 @@ pub(crate) fn convert(
     };
     let (owners, node_owner) = c.owners();
     let (vias, node_via) = c.vias();
-    let live = c.live_groups(&node_owner, &node_via, weight);
+    let (live, types) = c.live_groups(&node_owner, &node_via, weight);
     let (nodes, stored) = c.stored_subgraph(options, &node_owner);
     let cycles = c.cycles(&stored);
     Converted {
@@ -212,6 +212,7 @@ pub(crate) fn convert(
             nodes,
             coverage: scan.typed.as_ref().map(coverage),
             python: scan.python.as_ref().map(|p| p.summary.clone()),
+            types,
         },
         live,
     }
@@ -670,28 +671,44 @@ impl Conversion<'_> {
         }
     }
 
-    /// Live groups by (stack, tag, owner, via, reachability); blocks only.
+    /// Live groups by (stack, tag, owner, via, reachability and, in a
+    /// Python object graph, the block's own type); blocks only. Returns
+    /// the groups and the type names they index.
     fn live_groups(
         &self,
         node_owner: &[u32],
         node_via: &[u32],
         weight: impl Fn(usize) -> (u64, u64),
-    ) -> Vec<LiveGroup> {
-        let mut groups: FxHashMap<(u32, u32, u32, u32, bool), Amount> = FxHashMap::default();
+    ) -> (Vec<LiveGroup>, Vec<String>) {
+        let mut groups: FxHashMap<(u32, u32, u32, u32, bool, u32), Amount> = FxHashMap::default();
+        let python = self.scan.python.as_ref();
         for (v, blk) in self.blocks.iter().enumerate() {
             let (bytes, units) = weight(blk.size);
             let unreachable = !self.retention.is_reachable(v as u32);
+            let ty = python
+                .and_then(|p| p.block_types.get(v).copied())
+                .unwrap_or(NO_LABEL);
             groups
-                .entry((blk.stack, blk.tag, node_owner[v], node_via[v], unreachable))
+                .entry((
+                    blk.stack,
+                    blk.tag,
+                    node_owner[v],
+                    node_via[v],
+                    unreachable,
+                    ty,
+                ))
                 .or_default()
                 .add(Amount {
                     bytes,
                     blocks: units,
                 });
         }
-        groups
+        let types = python.map_or_else(Vec::new, |p| {
+            p.type_names.iter().map(|t| t.to_string()).collect()
+        });
+        let live = groups
             .into_iter()
-            .map(|((stack, tag, owner, via, unreachable), a)| LiveGroup {
+            .map(|((stack, tag, owner, via, unreachable, ty), a)| LiveGroup {
                 stack,
                 tag,
                 blocks: a.blocks,
@@ -699,8 +716,10 @@ impl Conversion<'_> {
                 owner: Some(owner),
                 via: Some(via),
                 unreachable,
+                object_type: (ty != NO_LABEL).then_some(ty),
             })
-            .collect()
+            .collect();
+        (live, types)
     }
 
     /// The stored subgraph: the largest retained objects, objects of the

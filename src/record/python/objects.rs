@@ -766,7 +766,9 @@ impl Walk<'_> {
         let outside_owners = self.register_owners(inputs.owners, reachable, &mut registered);
         let mut registered_edges: Vec<(u32, u32)> = Vec::new();
         let mut edges: Vec<Edge> = Vec::with_capacity(self.edges.len());
-        let mut referred = vec![false; n_blocks];
+        // By block that is no object: the type id of what owns it
+        // (`list items`), NONE while nothing does.
+        let mut owned_as = vec![NONE; n_blocks];
         let running = self.running_locals();
         let mut roots: Vec<RootRef> = Vec::new();
         let outside = self
@@ -822,14 +824,16 @@ impl Walk<'_> {
                 }
             }
             if from != NONE {
-                self.owned_memory(from, addr, ty, &block_types, &mut edges, &mut referred);
+                self.owned_memory(from, addr, ty, &block_types, &mut edges, &mut owned_as);
             }
         }
         let native = self
             .names
-            .root("native memory no Python object refers to".into());
-        for (b, &t) in block_types.iter().enumerate() {
-            if t == NONE && !referred[b] {
+            .root("memory no Python object points to (C or interpreter state)".into());
+        for (b, t) in block_types.iter_mut().enumerate() {
+            if *t == NONE && owned_as[b] != NONE {
+                *t = owned_as[b];
+            } else if *t == NONE {
                 roots.push(RootRef {
                     node: b as u32,
                     source: RootSource::Static,
@@ -873,7 +877,7 @@ impl Walk<'_> {
         ty: usize,
         block_types: &[u32],
         edges: &mut Vec<Edge>,
-        referred: &mut [bool],
+        owned_as: &mut [u32],
     ) {
         let block = self.blocks[from as usize];
         // SAFETY: the type's basic size.
@@ -893,7 +897,6 @@ impl Walk<'_> {
             if k == from as usize || block_types[k] != NONE {
                 continue;
             }
-            referred[k] = true;
             let within = at - 8;
             let types = &self.api.types;
             let what = match within.checked_sub(obj) {
@@ -903,6 +906,14 @@ impl Walk<'_> {
                 Some(l::DICT_VALUES) if ty == types.dict => "values".to_string(),
                 Some(off) => format!("+{off:#x}"),
             };
+            if owned_as[k] == NONE {
+                let kind = if what.starts_with('+') {
+                    "memory"
+                } else {
+                    &what
+                };
+                owned_as[k] = self.names.type_id(static_name(format!("{holder} {kind}")));
+            }
             edges.push(Edge {
                 from,
                 to: k as u32,
