@@ -1,0 +1,58 @@
+//! The Python examples (examples/python/, issue 11) run as the README
+//! says, under `leakprof run`, on Dramatiq 2.0.0 and a real Redis.
+//!
+//! The interpreter is `support::python::dramatiq()`'s, Redis is
+//! `support::redis`'s (each skipped without, failing under CI=true).
+
+mod support;
+
+use std::ffi::OsStr;
+
+const NESTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/nested.py");
+
+/// The seed's nested scenario, small (4 MiB payloads, 3 retries): every
+/// failed attempt keeps its outer error and, through `__cause__`, the
+/// inner one, so what survives grows by two payloads per retry, as the
+/// run's summary.json says.
+#[test]
+fn nested_example_leaks_two_payloads_per_retry_on_dramatiq_2_0_0() {
+    const PAYLOAD_MIB: u64 = 4;
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let Some(redis) = support::redis::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nested");
+    let url = redis.url();
+    let args = [
+        python.as_os_str(),
+        OsStr::new(NESTED),
+        OsStr::new("--payload-mib"),
+        OsStr::new("4"),
+        OsStr::new("--retries"),
+        OsStr::new("3"),
+        OsStr::new("--redis-url"),
+        OsStr::new(&url),
+    ];
+    let stdout = support::python::leakprof_run(&out, &args, &[]);
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("message ")).count(),
+        1,
+        "one message sent: {stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["retries"], 3, "{summary}");
+    let per_retry = summary["leak_per_retry_bytes"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("leak per retry measured: {summary}"));
+    let payloads = per_retry / (PAYLOAD_MIB << 20) as f64;
+    assert!(
+        (payloads - 2.0).abs() < 0.02,
+        "leak per retry {payloads:.4} payloads, two expected"
+    );
+    let r2 = summary["leak_per_retry_r2"].as_f64().unwrap();
+    assert!(r2 >= 0.99, "r² {r2}");
+}
