@@ -55,4 +55,21 @@ fn nested_example_leaks_two_payloads_per_retry_on_dramatiq_2_0_0() {
     );
     let r2 = summary["leak_per_retry_r2"].as_f64().unwrap();
     assert!(r2 >= 0.99, "r² {r2}");
+
+    // Four attempts, each keeping one payload from each of the actor's
+    // two lines.
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    let mut per_line = std::collections::BTreeMap::<u32, u64>::new();
+    for group in profile.live.iter().filter(|g| g.bytes >= PAYLOAD_MIB << 20) {
+        let top = profile.stacks[group.stack as usize].frames[0];
+        let frame = &profile.frames[top as usize];
+        assert_eq!(frame.function, "fail_nested");
+        assert!(frame
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("nested.py")));
+        *per_line.entry(frame.line.unwrap_or(0)).or_default() += group.blocks;
+    }
+    let blocks: Vec<u64> = per_line.values().copied().collect();
+    assert_eq!(blocks, [4, 4], "payload blocks per line: {per_line:?}");
 }

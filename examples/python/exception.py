@@ -10,12 +10,12 @@ Flags and environment: see scenario.py.
 
 import dramatiq
 
-from scenario import OPTIONS, BigError, payload, run
+from scenario import OPTIONS, PAYLOAD, BigError, run
 
 
 @dramatiq.actor(max_retries=OPTIONS.retries, min_backoff=10, max_backoff=20)
 async def fail() -> None:
-    raise BigError(payload())
+    raise BigError(b"\x01" * PAYLOAD)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Flags and environment: see scenario.py.
 
 import dramatiq
 
-from scenario import OPTIONS, BigError, payload, run
+from scenario import OPTIONS, PAYLOAD, BigError, run
 
 
 class InnerError(BigError):
@@ -24,9 +24,9 @@ class OuterError(BigError):
 @dramatiq.actor(max_retries=OPTIONS.retries, min_backoff=10, max_backoff=20)
 async def fail_nested() -> None:
     try:
-        raise InnerError(payload())
+        raise InnerError(b"\x01" * PAYLOAD)
     except InnerError as inner:
-        raise OuterError(payload()) from inner
+        raise OuterError(b"\x01" * PAYLOAD) from inner
 
 
 if __name__ == "__main__":

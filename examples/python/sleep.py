@@ -11,19 +11,19 @@ import asyncio
 
 import dramatiq
 
-from scenario import OPTIONS, payload, run
+from scenario import OPTIONS, PAYLOAD, run
 
 
 @dramatiq.actor(max_retries=0)
 async def sleep_keeping() -> None:
-    data = payload()
+    data = b"\x01" * PAYLOAD
     await asyncio.sleep(OPTIONS.sleep)
     print(f"kept {len(data)} bytes through the sleep", flush=True)
 
 
 @dramatiq.actor(max_retries=0)
 async def sleep_after_del() -> None:
-    data = payload()
+    data = b"\x01" * PAYLOAD
     del data
     await asyncio.sleep(OPTIONS.sleep)
 
