@@ -26,11 +26,12 @@ fn nested_example_leaks_two_payloads_per_retry_on_dramatiq_2_0_0() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("nested");
     let url = redis.url();
+    let payload_mib = PAYLOAD_MIB.to_string();
     let args = [
         python.as_os_str(),
         OsStr::new(NESTED),
         OsStr::new("--payload-mib"),
-        OsStr::new("4"),
+        OsStr::new(&payload_mib),
         OsStr::new("--retries"),
         OsStr::new("3"),
         OsStr::new("--redis-url"),
