@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 const WRITERS: &[&str] = &[
     "bench-apalis",
     "bench-profile-size",
+    "bench-python",
     "bench-recorder",
     "bench-scan",
     "bench-throughput",

@@ -182,3 +182,45 @@ fn unavailable(setup: &Setup, reason: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED: no Python with {wanted} ({reason}); set CI=true to make this a failure");
     None
 }
+
+/// Builds the library `leakprof run` loads into the interpreter (`cargo
+/// test` builds only this package) and returns its path, beside the
+/// `leakprof` binary.
+#[cfg(feature = "cli")]
+pub fn native_library() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "-p", "leakprof-python"]);
+            if !cfg!(debug_assertions) {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("run cargo");
+            assert!(status.success(), "building leakprof-python");
+            Path::new(env!("CARGO_BIN_EXE_leakprof")).with_file_name("libleakprof_python.so")
+        })
+        .clone()
+}
+
+/// `leakprof run --quiet --out OUT -- COMMAND` with `env` added; asserts
+/// that it succeeded and returns its standard output.
+#[cfg(feature = "cli")]
+pub fn leakprof_run(out: &Path, command: &[&std::ffi::OsStr], env: &[(&str, String)]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_leakprof"))
+        .args(["run", "--quiet", "--out"])
+        .arg(out)
+        .arg("--")
+        .args(command)
+        .env("LEAKPROF_NATIVE", native_library())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run leakprof");
+    assert!(
+        output.status.success(),
+        "leakprof run {command:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
