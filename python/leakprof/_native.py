@@ -14,9 +14,19 @@ _lib: Optional[ctypes.PyDLL] = None
 _ERR_LEN = 512
 
 
+# The C ABI this package calls (`leakprof_py_abi` in python/native).
+_ABI = 2
+
+
 def load(path: str) -> None:
     global _lib
     lib = ctypes.PyDLL(path)
+    abi = getattr(lib, "leakprof_py_abi", None)
+    if abi is None or abi() != _ABI:
+        raise RuntimeError(
+            f"{path} is from another leakprof build (its C ABI is not version {_ABI}): "
+            "build the binary and the library together"
+        )
     lib.leakprof_py_start.argtypes = [
         ctypes.c_size_t,
         ctypes.c_uint32,

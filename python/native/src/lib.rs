@@ -32,6 +32,14 @@ fn text<'a>(s: *const c_char) -> Option<&'a str> {
     unsafe { CStr::from_ptr(s) }.to_str().ok()
 }
 
+/// The version of this C ABI: the Python package (carried in the
+/// `leakprof` binary) checks it, so a library from another build is
+/// refused with a reason instead of called with the wrong arguments.
+#[no_mangle]
+pub extern "C" fn leakprof_py_abi() -> u32 {
+    2
+}
+
 /// Starts recording. `caller_code`: `id()` of the calling function's code
 /// object. `max_frames`, `timeline_ms` (0: no timeline). 0 on success.
 #[no_mangle]
