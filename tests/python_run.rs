@@ -871,6 +871,73 @@ if __name__ == "__main__":
     }
 }
 
+/// Messages that are over (succeeded, or failed for good) are finished:
+/// their tags with nothing alive are folded and their records dropped, so
+/// neither the recorder nor the Python side grows with every message,
+/// while a message still holding memory keeps its tag.
+#[test]
+fn finished_messages_are_folded() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("many.py");
+    std::fs::write(
+        &script,
+        r#"import dramatiq
+from dramatiq.brokers.stub import StubBroker
+broker = StubBroker()
+dramatiq.set_broker(broker)
+kept = []
+
+@dramatiq.actor(max_retries=0)
+def work(n):
+    if n == 0:
+        kept.append(b"k" * (2 << 20))
+    return [n] * 100
+
+for n in range(60):
+    work.send(n)
+worker = dramatiq.Worker(broker, worker_threads=2)
+worker.start()
+broker.join(work.queue_name)
+worker.join()
+worker.stop()
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    let task_tags = profile.tags.iter().filter(|t| t.task.is_some()).count();
+    // A message's tag also keeps whatever its work left in a cache (the
+    // first warning logged, say): a few of the 60 may stay.
+    assert!(
+        task_tags <= 5,
+        "finished messages' tags with nothing alive are folded: {task_tags} of 60 left"
+    );
+    assert!(
+        profile.tasks.len() <= 5,
+        "only the message still holding memory keeps its record: {}",
+        profile.tasks.len()
+    );
+    let kept: u64 = surviving_chunks(&profile, 2 << 20)
+        .iter()
+        .filter(|c| c.message.is_some())
+        .map(|c| c.bytes)
+        .sum();
+    assert!(kept >= 2 << 20, "the kept block is still on its message");
+}
+
 /// A program that ends in `os._exit` (no exit handlers) still writes its
 /// profile.
 #[test]

@@ -15,7 +15,7 @@ _ERR_LEN = 512
 
 
 # The C ABI this package calls (`leakprof_py_abi` in python/native).
-_ABI = 2
+_ABI = 3
 
 
 def load(path: str) -> None:
@@ -43,6 +43,8 @@ def load(path: str) -> None:
     lib.leakprof_py_exit.restype = None
     lib.leakprof_py_mark.argtypes = [ctypes.c_char_p]
     lib.leakprof_py_mark.restype = None
+    lib.leakprof_py_finish.argtypes = [ctypes.c_uint64]
+    lib.leakprof_py_finish.restype = None
     lib.leakprof_py_collection.argtypes = [ctypes.c_int, ctypes.c_uint64]
     lib.leakprof_py_collection.restype = None
     lib.leakprof_py_describe.argtypes = [ctypes.c_uint64] + [ctypes.c_char_p] * 3
@@ -102,6 +104,12 @@ def mark(event: str) -> None:
     """A timeline point with this thread's tag (leakprof::format::events)."""
     if _lib is not None:
         _lib.leakprof_py_mark(event.encode())
+
+
+def finish(task: int) -> None:
+    """Task ``task`` is over: its tags with nothing alive are folded."""
+    if _lib is not None:
+        _lib.leakprof_py_finish(task)
 
 
 def collection(start: bool, collected: int) -> None:

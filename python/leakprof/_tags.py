@@ -37,6 +37,16 @@ def task_number(external_id: str, actor: Optional[str], queue: Optional[str]) ->
         return number
 
 
+def finish(external_id: str) -> None:
+    """The task of ``external_id`` is over: the recorder folds its tags
+    with nothing alive, and its number is forgotten (so neither the
+    recorder nor this table grows with every message a worker runs)."""
+    with _tasks_lock:
+        number = _tasks.pop(external_id, None)
+    if number is not None:
+        _native.finish(number)
+
+
 def forked() -> None:
     """In a forked child: task numbers of its own (after os.fork)."""
     global _base, _tasks_lock

@@ -50,9 +50,13 @@ class LeakprofMiddleware(dramatiq.Middleware):  # type: ignore[misc]
     ) -> None:
         _native.mark(_AFTER_SUCCESS if exception is None else _AFTER_FAILURE)
         self._leave()
+        # Retries (before us) marks a message out of retries as failed.
+        if exception is None or getattr(message, "failed", False):
+            _tags.finish(message.message_id)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         self._leave()
+        _tags.finish(message.message_id)
 
     def _leave(self) -> None:
         scope = getattr(self._local, "scope", None)

@@ -37,7 +37,7 @@ fn text<'a>(s: *const c_char) -> Option<&'a str> {
 /// refused with a reason instead of called with the wrong arguments.
 #[no_mangle]
 pub extern "C" fn leakprof_py_abi() -> u32 {
-    2
+    3
 }
 
 /// Starts recording. `caller_code`: `id()` of the calling function's code
@@ -91,6 +91,12 @@ pub extern "C" fn leakprof_py_mark(event: *const c_char) {
 #[no_mangle]
 pub extern "C" fn leakprof_py_collection(start: c_int, collected: u64) {
     python::collection(start != 0, collected)
+}
+
+/// Task `task` is over: its tags with nothing alive are folded.
+#[no_mangle]
+pub extern "C" fn leakprof_py_finish(task: u64) {
+    python::finish(task)
 }
 
 /// Names a task: its external id (a message id), actor and queue.

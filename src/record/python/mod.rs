@@ -106,6 +106,13 @@ pub fn collection(start: bool, collected: u64) {
     })
 }
 
+/// Task `task` is over (a message succeeded, or failed for good): its
+/// tags with nothing alive are folded (`leakprof::finish_task`), so a
+/// worker's recorder memory does not grow with every message it ran.
+pub fn finish(task: u64) {
+    super::finish_task(task)
+}
+
 /// Names task `task` in the profile's task table.
 pub fn describe(task: u64, description: TaskDescription) {
     super::describe_task(task, description)
