@@ -53,6 +53,10 @@ pub const ALL: &[Case] = &[
         finished_tasks_fold_but_their_leaks_stay,
     ),
     (
+        "idle_tags_fold_without_finish_task_but_their_leaks_stay",
+        idle_tags_fold_without_finish_task_but_their_leaks_stay,
+    ),
+    (
         "timeline_stays_bounded_and_keeps_the_sawtooth",
         timeline_stays_bounded_and_keeps_the_sawtooth,
     ),
@@ -990,6 +994,54 @@ fn finished_tasks_fold_but_their_leaks_stay() {
         tasks,
         "every tag folded once its memory was freed"
     );
+}
+
+/// Issue 12: a framework worker never calls `finish_task`; tags of tasks
+/// that hold nothing and have been idle for a quarter of a second fold on
+/// their own (a few at each new tag), so the tag table holds about a
+/// quarter of a second of recent jobs plus the leaking ones, not every job
+/// run. Two rounds of `JOBS` jobs half a second apart: the second round's table is no larger than
+/// the first's, the first round's tags are folded, and the leaking tasks'
+/// tags stay with their bytes.
+fn idle_tags_fold_without_finish_task_but_their_leaks_stay() {
+    const JOBS: u64 = 20_000;
+    let rec = start();
+    let mut leaked = Vec::new();
+    let mut round = |from: u64| {
+        for i in from..from + JOBS {
+            let leaks = i % 1000 == 7;
+            let attempt: usize = 0;
+            if let Some(v) = leakprof::with_tag(Tag::task(i).retry(attempt), || task_work(leaks)) {
+                leaked.push(v);
+            }
+        }
+        rec.snapshot()
+    };
+    let first = round(0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = round(JOBS);
+    let tags_bytes = |p: &leakprof::format::Profile| p.recorder.clone().expect("recorder").tags;
+    assert!(
+        tags_bytes(&second) <= tags_bytes(&first) + (64 << 10),
+        "tag table grew with the jobs run: {} then {} bytes",
+        tags_bytes(&first),
+        tags_bytes(&second)
+    );
+    // The first round's tasks were folded (records past the newest
+    // 10,000 summed), though nothing called finish_task.
+    let folded = second.folded.clone().expect("idle tasks folded");
+    assert!(folded.tasks >= JOBS / 2 - 1_000, "{folded:?}");
+    let leaking: Vec<u64> = second
+        .tags
+        .iter()
+        .filter(|t| t.live.bytes > 0)
+        .filter_map(|t| t.task)
+        .collect();
+    let expected: Vec<u64> = (0..2 * JOBS).filter(|i| i % 1000 == 7).collect();
+    let mut got = leaking.clone();
+    got.sort_unstable();
+    assert_eq!(got, expected, "every leaking task keeps its tag");
+    black_box(leaked);
 }
 
 #[inline(never)]

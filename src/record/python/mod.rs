@@ -57,7 +57,7 @@ pub fn tag(task: u64, retry: Option<u32>) -> u32 {
         Some(r) => Tag::task(task).retry(r),
         None => Tag::task(task),
     };
-    hooks::guarded(|| hooks::TAGS.intern(&tag))
+    super::intern_tag(&tag).id
 }
 
 /// Makes tag `id` this thread's current tag; returns the previous one.
