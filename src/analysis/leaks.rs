@@ -8,20 +8,26 @@
 //! never recorded a time are left out, not guessed about.
 //!
 //! Some of that memory is not the task's: a runtime or library allocates
-//! for itself while the task runs (tokio's per-thread `Defer` buffer, a
-//! library's lazily filled cache) and keeps it from its own statics. With
-//! a heap graph, a block is *kept by the runtime* when all of these hold:
+//! for itself while the task runs (tokio's per-worker `Defer` buffer, a
+//! library's lazily filled cache) and keeps it from its own statics,
+//! thread-locals or worker frames. With a heap graph, a block is *kept by
+//! the runtime* when all of these hold:
 //!
 //! - no labelled owner holds it (a registered owner, or a tag label),
-//! - what refers to it is a root among the program's statics or
-//!   thread-locals (`root: static …`, `root: tls`), and
+//! - what refers to it is a root: a static, a thread-local or a thread's
+//!   stack (`root: static …`, `root: tls`, `root: stack`; not a
+//!   registered container), and
 //! - that root is not the program's own crate's: a named static by its
-//!   path (`tokio::runtime::context::CONTEXT` is tokio's), a thread-local
-//!   or unnamed static by the crate of the block's allocation site.
+//!   path (`tokio::runtime::context::CONTEXT` is tokio's), a thread-local,
+//!   a stack or an unnamed static by the crate of the block's allocation
+//!   site (tokio's `Defer` buffer, made in
+//!   `tokio::runtime::scheduler::defer::Defer::defer` and held by the
+//!   worker's scheduler context on its stack, is tokio's).
 //!
 //! Such blocks are listed apart and left out of the task-scoped figures.
-//! A block deeper under a library's static (a map entry's buffer) is
-//! referred to by its holder, not by the root, and stays the task's.
+//! A block deeper under a library's root (a map entry's buffer) is
+//! referred to by its holder, not by the root, and stays the task's; so
+//! does one the program's own code allocated, wherever it is kept.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -64,7 +70,8 @@ pub struct TaskScopedLeaks {
     /// The same memory per task id, ascending.
     pub per_task: Vec<TaskLeak>,
     /// Memory of ended tasks that a runtime or library keeps from its own
-    /// statics (see the module doc): not in `total`, `rows` or `per_task`.
+    /// statics, thread-locals or frames (see the module doc): not in
+    /// `total`, `rows` or `per_task`.
     pub kept_by_runtime: Amount,
     /// The same by root, site and type, largest first.
     pub runtime_rows: Vec<RuntimeRow>,
@@ -73,7 +80,7 @@ pub struct TaskScopedLeaks {
 /// One (root, site, type) row of the memory kept by a runtime or library.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RuntimeRow {
-    /// The static or thread-local root that refers to the blocks.
+    /// The root that refers to the blocks.
     pub root: String,
     pub site: String,
     pub type_name: String,
@@ -176,9 +183,16 @@ impl TaskScopedLeaks {
 }
 
 /// The program's own crate, from its executable's name (`apalis-worker`
-/// is the crate `apalis_worker`), as the renderers' name rule reads it.
+/// is the crate `apalis_worker`; cargo's test binaries end in
+/// `-<16 hex digits>`, which is dropped).
 fn own_crate(program: &str) -> String {
     let file = program.rsplit('/').next().unwrap_or(program);
+    let file = match file.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            name
+        }
+        _ => file,
+    };
     file.replace('-', "_")
 }
 
@@ -204,7 +218,7 @@ fn runtime_root<'m>(model: &'m Model<'_>, g: &LiveGroup, own: &str) -> Option<&'
     let root = graph.vias.get(g.via? as usize)?.holder.as_str();
     let named = match root.strip_prefix("root: static") {
         Some(rest) => rest.trim_start().split_once('!').map(|(_, symbol)| symbol),
-        None if root == "root: tls" => None,
+        None if root == "root: tls" || root == "root: stack" => None,
         None => return None,
     };
     let holder_crate = match named {

@@ -339,9 +339,10 @@ pub(crate) fn intern_tag(tag: &Tag) -> TagHandle {
 /// of its tags whose memory is all freed: their figures are summed in the
 /// profile's `folded` section and their entries reused, and the task's
 /// record goes too. Tags still holding memory (the task's leaks) stay, and
-/// are folded once it is freed. Without it, a worker keeps a tag and a task
-/// record for every attempt it ever ran; with it, the recorder's memory
-/// stays bounded however many tasks run.
+/// are folded once it is freed. Without it, the recorder folds a task's
+/// tags only once they have held nothing and not run for 250 ms (checked
+/// as new tags are interned), so its memory stays bounded either way;
+/// calling it folds them at once and keeps the task's record listed.
 ///
 /// Calling it while code still runs under one of the task's tags would
 /// attribute that code's allocations to whichever tag reuses the entry.

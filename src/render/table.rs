@@ -346,7 +346,8 @@ fn write_task_scoped(
 }
 
 /// Memory of ended tasks that a runtime or library keeps from its own
-/// statics: shown apart, not counted as the tasks' leaks.
+/// statics, thread-locals or frames: shown apart, not counted as the
+/// tasks' leaks.
 fn write_kept_by_runtime(
     leaks: &TaskScopedLeaks,
     top: usize,
@@ -359,7 +360,7 @@ fn write_kept_by_runtime(
     writeln!(out)?;
     writeln!(
         out,
-        "Kept by the runtime or a library: {} in {} blocks allocated while tasks ran, referred to from the runtime's own statics (not counted above)",
+        "Kept by the runtime or a library: {} in {} blocks allocated while tasks ran, referred to from its own statics, thread-locals or frames (not counted above)",
         human_bytes(leaks.kept_by_runtime.bytes),
         leaks.kept_by_runtime.blocks
     )?;

@@ -53,6 +53,10 @@ pub const ALL: &[Case] = &[
         finished_tasks_fold_but_their_leaks_stay,
     ),
     (
+        "a_runtime_buffer_made_while_a_task_ran_is_not_the_tasks_leak",
+        a_runtime_buffer_made_while_a_task_ran_is_not_the_tasks_leak,
+    ),
+    (
         "idle_tags_fold_without_finish_task_but_their_leaks_stay",
         idle_tags_fold_without_finish_task_but_their_leaks_stay,
     ),
@@ -1042,6 +1046,70 @@ fn idle_tags_fold_without_finish_task_but_their_leaks_stay() {
     got.sort_unstable();
     assert_eq!(got, expected, "every leaking task keeps its tag");
     black_box(leaked);
+}
+
+/// What tagged tasks leave in the program's own static.
+static KEPT_BY_TASKS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Issue 12: tokio's worker keeps a `Defer` buffer it first fills while a
+/// task yields (held by the worker's scheduler context, on its stack):
+/// that task's tag is on it, but it is the runtime's memory, shown apart
+/// and not counted as the task's leak. What the tasks put in the
+/// program's own static stays their leak.
+fn a_runtime_buffer_made_while_a_task_ran_is_not_the_tasks_leak() {
+    use leakprof::analysis::{Model, TaskScopedLeaks};
+    use leakprof::FutureExt as _;
+    const TASKS: u64 = 8;
+    const KEPT: usize = 3000;
+    let rec = start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                tokio::spawn(
+                    async move {
+                        for _ in 0..20 {
+                            tokio::task::yield_now().await;
+                        }
+                        let kept = black_box(vec![t as u8 | 1; KEPT]);
+                        KEPT_BY_TASKS.lock().unwrap().push(kept);
+                    }
+                    .tagged(Tag::task(300 + t)),
+                )
+            })
+            .collect();
+        for h in tasks {
+            h.await.unwrap();
+        }
+    });
+    // The workers are parked, their scheduler contexts (and buffers) alive.
+    let p = rec
+        .snapshot_with_graph(&leakprof::GraphOptions::default())
+        .unwrap();
+    let leaks = TaskScopedLeaks::of(&Model::new(&p));
+    let defer: Vec<_> = leaks
+        .runtime_rows
+        .iter()
+        .filter(|r| r.site.contains("Defer>::defer"))
+        .collect();
+    assert!(!defer.is_empty(), "{:#?}", leaks.runtime_rows);
+    assert!(defer.iter().all(|r| r.root == "root: stack"), "{defer:?}");
+    assert!(
+        leaks.rows.iter().all(|r| !r.site.contains("Defer")),
+        "{:#?}",
+        leaks.rows
+    );
+    let per_task: u64 = leaks.per_task.iter().map(|t| t.leaked.bytes).sum();
+    assert_eq!(per_task, leaks.total.bytes);
+    assert!(
+        leaks.total.bytes >= TASKS * KEPT as u64,
+        "the tasks' own leak stays theirs: {leaks:#?}"
+    );
+    assert!(leaks.total.bytes < TASKS * KEPT as u64 + 4096, "{leaks:#?}");
+    drop(rt);
 }
 
 #[inline(never)]
