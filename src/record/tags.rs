@@ -742,8 +742,14 @@ impl TagEntry {
     /// Marks code stopping running under this tag.
     pub(crate) fn exit(&self, now: u64) {
         self.last_ns.fetch_max(now.max(1), Ordering::Relaxed);
-        // Release: a fold that sees 0 also sees the flushed counters.
-        self.active.fetch_sub(1, Ordering::Release);
+        // Release: a fold that sees 0 also sees the flushed counters. A
+        // thread that entered before recording started was never counted:
+        // its exit must not wrap the count (into the FOLDING bit).
+        let _ = self
+            .active
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |a| {
+                (a & !FOLDING > 0).then(|| a - 1)
+            });
     }
 
     pub(crate) fn reset(&self) {
@@ -893,6 +899,11 @@ mod tests {
         let e = t.entry(old.id).unwrap();
         assert!(!e.claim(Some(old.generation)), "a stale handle is refused");
         assert_eq!(e.active.load(Ordering::Relaxed), 0, "and counts nothing");
+        assert!(e.claim(Some(new.generation)));
+        // An exit never counted in (entered before recording) is ignored.
+        e.exit(1);
+        e.exit(1);
+        assert_eq!(e.active.load(Ordering::Relaxed), 0);
         assert!(e.claim(Some(new.generation)));
         // Nothing folds a tag that code runs under.
         assert!(t.intern(&Tag::task(3), 9 * IDLE_NS, &mut out).id != new.id);
