@@ -326,7 +326,7 @@ pub fn with_tag<R>(tag: Tag, f: impl FnOnce() -> R) -> R {
 pub(crate) fn intern_tag(tag: &Tag) -> TagHandle {
     hooks::guarded(|| {
         let mut folded = tags::Finished::default();
-        let handle = hooks::TAGS.intern(tag, hooks::now_ns(), &mut folded);
+        let handle = hooks::TAGS.intern(tag, hooks::now_ns(), Some(&mut folded));
         if !folded.is_empty() {
             snapshot::note_idle_folded(folded);
         }

@@ -23,6 +23,10 @@
 //! table then holds the tags that hold memory plus about [`IDLE_NS`] worth
 //! of recent ones, however many tasks ran.
 //!
+//! Tags interned for the Python layer, which enters them by id alone
+//! (from a context variable, at every step of an asyncio task), are never
+//! folded when idle: only `finish_task` folds them.
+//!
 //! An entry may be folded and reused while a `Tagged` future still holds
 //! its id, so entering a tag by a cached id is checked: the entry carries
 //! a generation, bumped at every fold, and [`TagEntry::claim`] counts the
@@ -368,11 +372,13 @@ impl TagTable {
     }
 
     /// Interns a tag and returns its handle ([`TagHandle::UNTAGGED`] for
-    /// `Tag::NONE` or when the table is full). Interning a new tag also
-    /// folds a few idle tags of tasks (see the module doc): what it folded
-    /// goes to `folded`. `now` is the recorder's clock. Caller holds the
-    /// re-entrancy guard.
-    pub(crate) fn intern(&self, tag: &Tag, now: u64, folded: &mut Finished) -> TagHandle {
+    /// `Tag::NONE` or when the table is full). With `folded`, interning a
+    /// new tag also folds a few idle tags of tasks (see the module doc),
+    /// reported there, and the new tag may be folded when idle; without,
+    /// the tag is never folded when idle (its users enter it by id alone,
+    /// with no generation to check: the Python layer). `now` is the
+    /// recorder's clock. Caller holds the re-entrancy guard.
+    pub(crate) fn intern(&self, tag: &Tag, now: u64, folded: Option<&mut Finished>) -> TagHandle {
         if *tag == Tag::NONE || self.entries.load(Ordering::Acquire).is_null() {
             return TagHandle::UNTAGGED;
         }
@@ -386,7 +392,10 @@ impl TagTable {
         if let Some(id) = found {
             return self.handle(id);
         }
-        self.fold_idle(index, now, folded);
+        let foldable = folded.is_some();
+        if let Some(folded) = folded {
+            self.fold_idle(index, now, folded);
+        }
         let id = index.free.pop().or_else(|| {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             ((id as usize) < MAX_TAGS).then_some(id)
@@ -407,7 +416,9 @@ impl TagTable {
         }
         let next = match tag.task {
             Some(task) => {
-                index.recent.push_back(self.handle(id));
+                if foldable {
+                    index.recent.push_back(self.handle(id));
+                }
                 index.by_task.insert(task, id).unwrap_or(UNTAGGED)
             }
             None => UNTAGGED,
@@ -778,7 +789,7 @@ mod tests {
 
     /// Interns at time 0 (no tag is idle yet).
     fn intern(t: &TagTable, tag: &Tag) -> u32 {
-        t.intern(tag, 0, &mut Finished::default()).id
+        t.intern(tag, 0, Some(&mut Finished::default())).id
     }
 
     #[test]
@@ -809,7 +820,7 @@ mod tests {
         kept: i64,
         out: &mut Finished,
     ) -> TagHandle {
-        let h = t.intern(&Tag::task(task).retry(0u32), now, out);
+        let h = t.intern(&Tag::task(task).retry(0u32), now, Some(out));
         let e = t.entry(h.id).unwrap();
         assert!(e.claim(Some(h.generation)));
         e.enter(now.max(1));
@@ -893,7 +904,7 @@ mod tests {
         let old = job(&t, 1, 0, 10, 0, &mut out);
         // Interning the next task well after folds the first, and reuses
         // its entry.
-        let new = t.intern(&Tag::task(2), 2 * IDLE_NS, &mut out);
+        let new = t.intern(&Tag::task(2), 2 * IDLE_NS, Some(&mut out));
         assert_eq!(new.id, old.id, "the folded entry is reused");
         assert_ne!(new.generation, old.generation);
         let e = t.entry(old.id).unwrap();
@@ -906,7 +917,7 @@ mod tests {
         assert_eq!(e.active.load(Ordering::Relaxed), 0);
         assert!(e.claim(Some(new.generation)));
         // Nothing folds a tag that code runs under.
-        assert!(t.intern(&Tag::task(3), 9 * IDLE_NS, &mut out).id != new.id);
+        assert!(t.intern(&Tag::task(3), 9 * IDLE_NS, Some(&mut out)).id != new.id);
         assert_eq!(t.get(new.id), Some(Tag::task(2)));
     }
 }
