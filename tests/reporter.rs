@@ -1409,10 +1409,11 @@ fn the_rss_gap_is_split_into_leakprofs_own_memory_what_came_before_and_the_rest(
     assert_eq!(gap.rest_bytes, 256 * KIB as i64);
 }
 
-/// Issue 12: while task 1 ran, tokio filled its per-thread `Defer` buffer
-/// (referred to from a thread-local) and a library its cache (referred to
-/// from the library's static); the program's own static keeps a buffer
-/// too, and an error history (registered) keeps the task's payload.
+/// Issue 12: while task 1 ran, tokio filled a `Defer` buffer (referred to
+/// here from a thread-local) and a library its cache (referred to from the
+/// library's static); the program's own static keeps a buffer too, a
+/// stack holds what the program's own code allocated, and an error
+/// history (registered) keeps the task's payload.
 fn runtime_keeps_some_of_what_a_task_allocated() -> Profile {
     use leakprof::format::{Graph, Owner, Via, VERSION_V2};
     let mut b = Builder::new("apalis-worker");
@@ -1434,6 +1435,8 @@ fn runtime_keeps_some_of_what_a_task_allocated() -> Profile {
     let cache_stack = b.stack(&[alloc, cache]);
     let own_stack = b.stack(&[alloc, own]);
     let payload_stack = b.stack(&[alloc, payload]);
+    let held = b.frame("apalis_worker::hold", Some("main.rs"), Some(120));
+    let held_stack = b.stack(&[alloc, held]);
     let task = b.tag(TagInfo {
         task: Some(1),
         retry: Some(0),
@@ -1445,6 +1448,7 @@ fn runtime_keeps_some_of_what_a_task_allocated() -> Profile {
     b.alloc(cache_stack, task, 2, 1024, 2);
     b.alloc(own_stack, task, 1, 4096, 1);
     b.alloc(payload_stack, task, 1, MIB, 1);
+    b.alloc(held_stack, task, 1, 512, 1);
     b.p.meta.snapshot_ns = 10_000;
     let mut p = b.finish();
     p.version = VERSION_V2;
@@ -1482,10 +1486,18 @@ fn runtime_keeps_some_of_what_a_task_allocated() -> Profile {
                 offset: Some(8),
                 ..Via::default()
             },
+            Via {
+                holder: "root: stack".into(),
+                ..Via::default()
+            },
         ],
         ..Graph::default()
     });
-    for (g, (owner, via)) in p.live.iter_mut().zip([(1, 0), (1, 1), (1, 2), (0, 3)]) {
+    for (g, (owner, via)) in p
+        .live
+        .iter_mut()
+        .zip([(1, 0), (1, 1), (1, 2), (0, 3), (1, 4)])
+    {
         g.owner = Some(owner);
         g.via = Some(via);
     }
@@ -1496,10 +1508,11 @@ fn runtime_keeps_some_of_what_a_task_allocated() -> Profile {
 fn what_a_runtime_keeps_from_its_own_statics_is_not_the_tasks_leak() {
     let p = runtime_keeps_some_of_what_a_task_allocated();
     let leaks = TaskScopedLeaks::of(&Model::new(&p));
-    // The payload and the program's own static's buffer are the task's.
-    assert_eq!(leaks.total.bytes, MIB + 4096, "{leaks:#?}");
+    // The payload, the program's own static's buffer and what the
+    // program's own code allocated and a stack holds are the task's.
+    assert_eq!(leaks.total.bytes, MIB + 4096 + 512, "{leaks:#?}");
     assert_eq!(leaks.per_task.len(), 1);
-    assert_eq!(leaks.per_task[0].leaked.bytes, MIB + 4096);
+    assert_eq!(leaks.per_task[0].leaked.bytes, MIB + 4096 + 512);
     // tokio's thread-local buffer and the library's cache are not.
     assert_eq!(leaks.kept_by_runtime.bytes, 256 + 2048);
     assert_eq!(leaks.kept_by_runtime.blocks, 3);
@@ -1530,6 +1543,6 @@ fn what_a_runtime_keeps_from_its_own_statics_is_not_the_tasks_leak() {
     let mut v1 = p.clone();
     v1.graph = None;
     let leaks = TaskScopedLeaks::of(&Model::new(&v1));
-    assert_eq!(leaks.total.bytes, MIB + 4096 + 256 + 2048);
+    assert_eq!(leaks.total.bytes, MIB + 4096 + 512 + 256 + 2048);
     assert_eq!(leaks.kept_by_runtime.bytes, 0);
 }
