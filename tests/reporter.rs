@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use leakprof::analysis::check::{check, Limits, Verdict};
 use leakprof::analysis::{
     grouping, merge, relative_to, Behaviour, Comparison, LeakSlope, Model, Partition, Report,
-    SlopeSource, Summary,
+    SlopeSource, Summary, TaskScopedLeaks,
 };
 use leakprof::format::{Profile, TagInfo};
 use leakprof::render::flamegraph::{folded, FlameGroup, Metric};
@@ -1408,4 +1408,142 @@ fn the_rss_gap_is_split_into_leakprofs_own_memory_what_came_before_and_the_rest(
     );
     let gap = leakprof::analysis::summary::RssGap::of(&p);
     assert_eq!(gap.rest_bytes, 256 * KIB as i64);
+}
+
+/// Issue 12: while task 1 ran, tokio filled a `Defer` buffer (referred to
+/// here from a thread-local) and a library its cache (referred to from the
+/// library's static); the program's own static keeps a buffer too, a
+/// stack holds what the program's own code allocated, and an error
+/// history (registered) keeps the task's payload.
+fn runtime_keeps_some_of_what_a_task_allocated() -> Profile {
+    use leakprof::format::{Graph, Owner, Via, VERSION_V2};
+    let mut b = Builder::new("apalis-worker");
+    let alloc = b.frame("__rust_alloc", None, None);
+    let grow = b.frame(
+        "<alloc::raw_vec::RawVec<core::task::wake::Waker>>::grow_one",
+        None,
+        None,
+    );
+    let defer = b.frame(
+        "<tokio::runtime::scheduler::defer::Defer>::defer",
+        Some("defer.rs"),
+        Some(20),
+    );
+    let cache = b.frame("cachelib::Cache::insert", Some("cache.rs"), Some(7));
+    let own = b.frame("apalis_worker::remember", Some("main.rs"), Some(90));
+    let payload = b.frame("apalis_worker::make_payload", Some("main.rs"), Some(64));
+    let defer_stack = b.stack(&[alloc, grow, defer]);
+    let cache_stack = b.stack(&[alloc, cache]);
+    let own_stack = b.stack(&[alloc, own]);
+    let payload_stack = b.stack(&[alloc, payload]);
+    let held = b.frame("apalis_worker::hold", Some("main.rs"), Some(120));
+    let held_stack = b.stack(&[alloc, held]);
+    let task = b.tag(TagInfo {
+        task: Some(1),
+        retry: Some(0),
+        first_ns: Some(1_000),
+        last_ns: Some(2_000),
+        ..TagInfo::default()
+    });
+    b.alloc(defer_stack, task, 1, 256, 1);
+    b.alloc(cache_stack, task, 2, 1024, 2);
+    b.alloc(own_stack, task, 1, 4096, 1);
+    b.alloc(payload_stack, task, 1, MIB, 1);
+    b.alloc(held_stack, task, 1, 512, 1);
+    b.p.meta.snapshot_ns = 10_000;
+    let mut p = b.finish();
+    p.version = VERSION_V2;
+    p.graph = Some(Graph {
+        thread_roots: "signals".into(),
+        owners: vec![
+            Owner {
+                name: "error history".into(),
+                kind: "labelled".into(),
+                objects: 1,
+                ..Owner::default()
+            },
+            Owner {
+                name: "site: tokio::runtime::scheduler::defer::Defer::defer".into(),
+                kind: "site".into(),
+                objects: 1,
+                ..Owner::default()
+            },
+        ],
+        vias: vec![
+            Via {
+                holder: "root: tls".into(),
+                ..Via::default()
+            },
+            Via {
+                holder: "root: static apalis-worker!cachelib::cache::CACHE".into(),
+                ..Via::default()
+            },
+            Via {
+                holder: "root: static apalis-worker!apalis_worker::REMEMBERED".into(),
+                ..Via::default()
+            },
+            Via {
+                holder: "ErrorHistory".into(),
+                offset: Some(8),
+                ..Via::default()
+            },
+            Via {
+                holder: "root: stack".into(),
+                ..Via::default()
+            },
+        ],
+        ..Graph::default()
+    });
+    for (g, (owner, via)) in p
+        .live
+        .iter_mut()
+        .zip([(1, 0), (1, 1), (1, 2), (0, 3), (1, 4)])
+    {
+        g.owner = Some(owner);
+        g.via = Some(via);
+    }
+    p
+}
+
+#[test]
+fn what_a_runtime_keeps_from_its_own_statics_is_not_the_tasks_leak() {
+    let p = runtime_keeps_some_of_what_a_task_allocated();
+    let leaks = TaskScopedLeaks::of(&Model::new(&p));
+    // The payload, the program's own static's buffer and what the
+    // program's own code allocated and a stack holds are the task's.
+    assert_eq!(leaks.total.bytes, MIB + 4096 + 512, "{leaks:#?}");
+    assert_eq!(leaks.per_task.len(), 1);
+    assert_eq!(leaks.per_task[0].leaked.bytes, MIB + 4096 + 512);
+    // tokio's thread-local buffer and the library's cache are not.
+    assert_eq!(leaks.kept_by_runtime.bytes, 256 + 2048);
+    assert_eq!(leaks.kept_by_runtime.blocks, 3);
+    let roots: Vec<&str> = leaks.runtime_rows.iter().map(|r| r.root.as_str()).collect();
+    assert_eq!(
+        roots,
+        [
+            "root: static apalis-worker!cachelib::cache::CACHE",
+            "root: tls"
+        ]
+    );
+    assert_eq!(
+        leaks.runtime_rows[1].site,
+        "<tokio::runtime::scheduler::defer::Defer>::defer (defer.rs:20)"
+    );
+
+    let mut out = Vec::new();
+    leakprof::render::table::write_task_scoped_leaks(&p, 10, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("Per task: task 1: 1.0 MiB"), "{text}");
+    assert!(
+        text.contains("Kept by the runtime or a library: 2.2 KiB in 3 blocks"),
+        "{text}"
+    );
+    assert!(text.contains("<- root: tls"), "{text}");
+
+    // Without a heap graph nothing says who keeps the blocks: all the task's.
+    let mut v1 = p.clone();
+    v1.graph = None;
+    let leaks = TaskScopedLeaks::of(&Model::new(&v1));
+    assert_eq!(leaks.total.bytes, MIB + 4096 + 512 + 256 + 2048);
+    assert_eq!(leaks.kept_by_runtime.bytes, 0);
 }

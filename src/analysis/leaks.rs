@@ -6,6 +6,28 @@
 //! before the snapshot outlived the work that made it: that is MRQ's
 //! per-job "leaked types" report, grouped here by site and type. Tags that
 //! never recorded a time are left out, not guessed about.
+//!
+//! Some of that memory is not the task's: a runtime or library allocates
+//! for itself while the task runs (tokio's per-worker `Defer` buffer, a
+//! library's lazily filled cache) and keeps it from its own statics,
+//! thread-locals or worker frames. With a heap graph, a block is *kept by
+//! the runtime* when all of these hold:
+//!
+//! - no labelled owner holds it (a registered owner, or a tag label),
+//! - what refers to it is a root: a static, a thread-local or a thread's
+//!   stack (`root: static …`, `root: tls`, `root: stack`; not a
+//!   registered container), and
+//! - that root is not the program's own crate's: a named static by its
+//!   path (`tokio::runtime::context::CONTEXT` is tokio's), a thread-local,
+//!   a stack or an unnamed static by the crate of the block's allocation
+//!   site (tokio's `Defer` buffer, made in
+//!   `tokio::runtime::scheduler::defer::Defer::defer` and held by the
+//!   worker's scheduler context on its stack, is tokio's).
+//!
+//! Such blocks are listed apart and left out of the task-scoped figures.
+//! A block deeper under a library's root (a map entry's buffer) is
+//! referred to by its holder, not by the root, and stays the task's; so
+//! does one the program's own code allocated, wherever it is kept.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -47,6 +69,25 @@ pub struct TaskScopedLeaks {
     pub rows: Vec<LeakRow>,
     /// The same memory per task id, ascending.
     pub per_task: Vec<TaskLeak>,
+    /// Memory of ended tasks that a runtime or library keeps from its own
+    /// statics, thread-locals or frames (see the module doc): not in
+    /// `total`, `rows` or `per_task`.
+    pub kept_by_runtime: Amount,
+    /// The same by root, site and type, largest first.
+    pub runtime_rows: Vec<RuntimeRow>,
+}
+
+/// One (root, site, type) row of the memory kept by a runtime or library.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RuntimeRow {
+    /// The root that refers to the blocks.
+    pub root: String,
+    pub site: String,
+    pub type_name: String,
+    pub count: u64,
+    pub size: u64,
+    /// Distinct tasks whose tags the blocks carry.
+    pub tasks: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -65,12 +106,24 @@ impl TaskScopedLeaks {
             .map(|t| tag_has_ended(t, p.meta.snapshot_ns))
             .collect();
         let leaked = p.live.iter().filter(|g| ended[g.tag as usize]);
+        let own = own_crate(&p.meta.program);
         let mut by_row: HashMap<(&str, &str), LeakCell> = HashMap::new();
         let mut by_task: BTreeMap<Option<u64>, Amount> = BTreeMap::new();
+        let mut by_runtime: HashMap<(&str, &str, &str), LeakCell> = HashMap::new();
         let mut total = Amount::default();
+        let mut kept_by_runtime = Amount::default();
         for g in leaked {
             let a = amount(g);
             let task = p.tags[g.tag as usize].task;
+            if let Some(root) = runtime_root(model, g, &own) {
+                let entry = by_runtime
+                    .entry((root, model.site(g), model.type_name(g)))
+                    .or_default();
+                entry.0.accumulate(a);
+                entry.1.insert(task);
+                kept_by_runtime.accumulate(a);
+                continue;
+            }
             let entry = by_row
                 .entry((model.site(g), model.type_name(g)))
                 .or_default();
@@ -103,12 +156,77 @@ impl TaskScopedLeaks {
                 leaked,
             })
             .collect();
+        let mut runtime_rows: Vec<RuntimeRow> = by_runtime
+            .into_iter()
+            .map(|((root, site, ty), (a, tasks))| RuntimeRow {
+                root: root.to_string(),
+                site: site.to_string(),
+                type_name: ty.to_string(),
+                count: a.blocks,
+                size: a.bytes,
+                tasks: tasks.len(),
+            })
+            .collect();
+        runtime_rows.sort_by(|a, b| {
+            b.size.cmp(&a.size).then_with(|| {
+                (&a.root, &a.site, &a.type_name).cmp(&(&b.root, &b.site, &b.type_name))
+            })
+        });
         TaskScopedLeaks {
             total,
             rows,
             per_task,
+            kept_by_runtime,
+            runtime_rows,
         }
     }
+}
+
+/// The program's own crate, from its executable's name (`apalis-worker`
+/// is the crate `apalis_worker`; cargo's test binaries end in
+/// `-<16 hex digits>`, which is dropped).
+fn own_crate(program: &str) -> String {
+    let file = program.rsplit('/').next().unwrap_or(program);
+    let file = match file.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            name
+        }
+        _ => file,
+    };
+    file.replace('-', "_")
+}
+
+/// The crate a path names (`tokio` of `<tokio::runtime::Defer>::defer`);
+/// `None` for a name with no path (a C symbol, "unknown").
+fn crate_of(path: &str) -> Option<&str> {
+    let path = path.trim_start_matches(['<', '&', '*', ' ']);
+    let path = path.strip_prefix("mut ").unwrap_or(path);
+    path.split_once("::").map(|(krate, _)| krate)
+}
+
+/// The static or thread-local root of a runtime or library that keeps
+/// this group's blocks, if it is one (the rule is in the module doc).
+fn runtime_root<'m>(model: &'m Model<'_>, g: &LiveGroup, own: &str) -> Option<&'m str> {
+    let graph = model.profile.graph.as_ref()?;
+    let labelled = g
+        .owner
+        .and_then(|o| graph.owners.get(o as usize))
+        .is_some_and(|o| o.kind == "labelled");
+    if labelled || model.profile.tags[g.tag as usize].label.is_some() {
+        return None;
+    }
+    let root = graph.vias.get(g.via? as usize)?.holder.as_str();
+    let named = match root.strip_prefix("root: static") {
+        Some(rest) => rest.trim_start().split_once('!').map(|(_, symbol)| symbol),
+        None if root == "root: tls" || root == "root: stack" => None,
+        None => return None,
+    };
+    let holder_crate = match named {
+        // A named static with no path (a C library's) is not the program's.
+        Some(symbol) => crate_of(symbol).unwrap_or(""),
+        None => crate_of(model.function_of(g))?,
+    };
+    (holder_crate != own).then_some(root)
 }
 
 /// Display name of each described task: its name, else its actor.

@@ -804,11 +804,23 @@ pub(crate) fn weight_of(size: usize) -> (u64, u64) {
 /// Switches the calling thread to tag `id`, returning the previous tag id.
 /// Flushes the thread's pending tag counters to the previous tag.
 pub(crate) fn enter_tag(id: u32) -> u32 {
+    enter_tag_checked(id, None).unwrap_or(UNTAGGED)
+}
+
+/// [`enter_tag`], if tag `id`'s entry still holds `generation` of it
+/// (see [`TagEntry::claim`](super::tags::TagEntry::claim)); `None` when
+/// it was folded meanwhile: nothing changed, intern the tag again.
+pub(crate) fn enter_tag_checked(id: u32, generation: Option<u32>) -> Option<u32> {
     LOCAL
         .try_with(|l| {
-            let prev = l.tag.replace(id);
             if recording() {
                 let was = l.guard.replace(true);
+                let claimed = TAGS.entry(id).map_or(true, |e| e.claim(generation));
+                if !claimed {
+                    l.guard.set(was);
+                    return None;
+                }
+                let prev = l.tag.replace(id);
                 if let Some(ts) = thread_state(l) {
                     if !THREADS.is_orphan(ts) {
                         flush_tag(ts);
@@ -820,10 +832,11 @@ pub(crate) fn enter_tag(id: u32) -> u32 {
                 }
                 LAST_TAG.store(id, Ordering::Relaxed);
                 l.guard.set(was);
+                return Some(prev);
             }
-            prev
+            Some(l.tag.replace(id))
         })
-        .unwrap_or(UNTAGGED)
+        .unwrap_or(Some(UNTAGGED))
 }
 
 /// Leaves tag `id` (entered by [`enter_tag`]) and returns to `prev`.

@@ -52,6 +52,7 @@ use std::time::Duration;
 
 pub use alloc::LeakAlloc;
 pub use heapgraph::GraphOptions;
+use tags::TagHandle;
 pub use tags::{Tag, TagNumber};
 
 use crate::format::Profile;
@@ -316,9 +317,21 @@ pub fn is_recording() -> bool {
 /// # assert_eq!(v.len(), 16);
 /// ```
 pub fn with_tag<R>(tag: Tag, f: impl FnOnce() -> R) -> R {
-    let id = hooks::guarded(|| hooks::TAGS.intern(&tag));
-    let _scope = TagScope::enter(id);
+    let _scope = TagScope::enter(&tag, &mut None);
     f()
+}
+
+/// Interns `tag`; the idle tags of tasks that interning folded are summed
+/// in the session's folded figures.
+pub(crate) fn intern_tag(tag: &Tag) -> TagHandle {
+    hooks::guarded(|| {
+        let mut folded = tags::Finished::default();
+        let handle = hooks::TAGS.intern(tag, hooks::now_ns(), Some(&mut folded));
+        if !folded.is_empty() {
+            snapshot::note_idle_folded(folded);
+        }
+        handle
+    })
 }
 
 /// Task `task` is finished: nothing runs under its tags any more (its
@@ -326,9 +339,10 @@ pub fn with_tag<R>(tag: Tag, f: impl FnOnce() -> R) -> R {
 /// of its tags whose memory is all freed: their figures are summed in the
 /// profile's `folded` section and their entries reused, and the task's
 /// record goes too. Tags still holding memory (the task's leaks) stay, and
-/// are folded once it is freed. Without it, a worker keeps a tag and a task
-/// record for every attempt it ever ran; with it, the recorder's memory
-/// stays bounded however many tasks run.
+/// are folded once it is freed. Without it, the recorder folds a task's
+/// tags only once they have held nothing and not run for 250 ms (checked
+/// as new tags are interned), so its memory stays bounded either way;
+/// calling it folds them at once and keeps the task's record listed.
 ///
 /// Calling it while code still runs under one of the task's tags would
 /// attribute that code's allocations to whichever tag reuses the entry.
@@ -353,11 +367,26 @@ struct TagScope {
     prev: u32,
 }
 
+/// Entering a tag gives up after this many of its entries were folded
+/// under it (each fold needs the tag idle for `tags::IDLE_NS`), and runs
+/// untagged.
+const ENTER_TRIES: usize = 4;
+
 impl TagScope {
-    fn enter(id: u32) -> TagScope {
+    /// Enters `tag` by its cached `handle`, interning it (again) when
+    /// there is none or its entry was folded since (idle tags of tasks
+    /// are folded, see `tags`).
+    fn enter(tag: &Tag, handle: &mut Option<TagHandle>) -> TagScope {
+        for _ in 0..ENTER_TRIES {
+            let h = *handle.get_or_insert_with(|| intern_tag(tag));
+            match hooks::enter_tag_checked(h.id, Some(h.generation)) {
+                Some(prev) => return TagScope { id: h.id, prev },
+                None => *handle = None,
+            }
+        }
         TagScope {
-            id,
-            prev: hooks::enter_tag(id),
+            id: tags::UNTAGGED,
+            prev: hooks::enter_tag(tags::UNTAGGED),
         }
     }
 }
@@ -375,7 +404,7 @@ impl Drop for TagScope {
 pub struct Tagged<F> {
     inner: F,
     tag: Tag,
-    id: Option<u32>,
+    handle: Option<TagHandle>,
 }
 
 impl<F> Tagged<F> {
@@ -383,7 +412,7 @@ impl<F> Tagged<F> {
         Tagged {
             inner,
             tag,
-            id: None,
+            handle: None,
         }
     }
 
@@ -400,11 +429,7 @@ impl<F: Future> Future for Tagged<F> {
         // `self` and `Tagged` has no Drop impl that could move it; the other
         // fields are plain data we may mutate.
         let this = unsafe { self.get_unchecked_mut() };
-        let tag = this.tag;
-        let id = *this
-            .id
-            .get_or_insert_with(|| hooks::guarded(|| hooks::TAGS.intern(&tag)));
-        let _scope = TagScope::enter(id);
+        let _scope = TagScope::enter(&this.tag, &mut this.handle);
         // SAFETY: see above; `inner` stays pinned in place.
         unsafe { Pin::new_unchecked(&mut this.inner) }.poll(cx)
     }
@@ -414,16 +439,12 @@ impl<F: Future> Future for Tagged<F> {
 /// every poll: the tag is interned once for both (a tower layer's `call`).
 #[cfg(feature = "tower")]
 pub(crate) fn call_tagged<F: Future>(tag: Tag, call: impl FnOnce() -> F) -> Tagged<F> {
-    let id = hooks::guarded(|| hooks::TAGS.intern(&tag));
+    let mut handle = None;
     let inner = {
-        let _scope = TagScope::enter(id);
+        let _scope = TagScope::enter(&tag, &mut handle);
         call()
     };
-    Tagged {
-        inner,
-        tag,
-        id: Some(id),
-    }
+    Tagged { inner, tag, handle }
 }
 
 /// `.tagged(tag)` on any future.

@@ -146,11 +146,7 @@ pub(crate) fn note_finished(done: Finished) {
         let Some(old) = s.finished_tags.pop_front() else {
             break;
         };
-        s.folded_tags += 1;
-        s.folded_allocated.add(Amount {
-            bytes: old.alloc_bytes,
-            blocks: old.alloc_blocks,
-        });
+        s.sum_tag(&old);
     }
     for (task, span) in done.tasks {
         s.tasks.entry(task).or_default().finished = Some(span);
@@ -160,12 +156,41 @@ pub(crate) fn note_finished(done: Finished) {
         let Some(old) = s.finished.pop_front() else {
             break;
         };
-        let Some(record) = s.tasks.remove(&old) else {
-            continue;
+        s.sum_task(old);
+    }
+}
+
+/// What idle folding folded (tags of tasks idle for a while, see
+/// `tags`): summed at once. They are the oldest idle tasks, which a
+/// profile sums anyway (`compact`), and listing them would only swell it.
+pub(crate) fn note_idle_folded(done: Finished) {
+    let mut s = SESSION.lock();
+    for t in &done.tags {
+        s.sum_tag(t);
+    }
+    for (task, span) in done.tasks {
+        s.tasks.entry(task).or_default().finished = Some(span);
+        s.sum_task(task);
+    }
+}
+
+impl Session {
+    fn sum_tag(&mut self, tag: &FoldedTag) {
+        self.folded_tags += 1;
+        self.folded_allocated.add(Amount {
+            bytes: tag.alloc_bytes,
+            blocks: tag.alloc_blocks,
+        });
+    }
+
+    /// Sums a finished task's record away.
+    fn sum_task(&mut self, task: u64) {
+        let Some(record) = self.tasks.remove(&task) else {
+            return;
         };
-        s.folded_retries += record.finished.map_or(0, |f| f.retries) as u64;
+        self.folded_retries += record.finished.map_or(0, |f| f.retries) as u64;
         let outcome = record.description.outcome.unwrap_or_default();
-        *s.folded.entry(outcome).or_default() += 1;
+        *self.folded.entry(outcome).or_default() += 1;
     }
 }
 

@@ -14,8 +14,29 @@
 //! is all freed is *folded*: its figures are handed to the session (which
 //! lists the newest and sums the older ones) and its entry is reused. Tags
 //! still holding memory (task-scoped leaks) stay until it is freed.
+//!
+//! A framework worker rarely calls `finish_task` (a tower layer cannot
+//! tell an attempt that will be retried from the last one), so tags of
+//! tasks are also folded *when idle*: each intern of a new tag checks a few
+//! of the oldest tags of tasks, and folds those that nothing runs under,
+//! that hold no memory and that last ran at least [`IDLE_NS`] ago. The
+//! table then holds the tags that hold memory plus about [`IDLE_NS`] worth
+//! of recent ones, however many tasks ran.
+//!
+//! Tags interned for the Python layer, which enters them by id alone
+//! (from a context variable, at every step of an asyncio task), are never
+//! folded when idle: only `finish_task` folds them.
+//!
+//! An entry may be folded and reused while a `Tagged` future still holds
+//! its id, so entering a tag by a cached id is checked: the entry carries
+//! a generation, bumped at every fold, and [`TagEntry::claim`] counts the
+//! thread in only if the generation is still the one interned. A fold
+//! takes the entry by swapping `active` from 0 to [`FOLDING`], so a thread
+//! that enters during the fold sees the bit and interns again.
 
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use std::collections::VecDeque;
 
 use super::fxhash::FxHashMap;
 use super::sys::{self, LockCell, RawLock};
@@ -151,6 +172,15 @@ const MAX_TAGS: usize = 1 << 20;
 /// Finished tags still holding memory are checked again this many at a
 /// time, whenever a task finishes.
 const SWEEP: usize = 8;
+/// Tags of tasks idle this long, holding no memory, are folded without
+/// `finish_task` (long enough for a future between two polls, a Python
+/// task between interning its tag and entering it).
+pub(crate) const IDLE_NS: u64 = 250_000_000;
+/// Tags of tasks checked for idle folding at each intern of a new tag:
+/// more than the one it adds, so the queue drains.
+const IDLE_SWEEP: usize = 2;
+/// `active`'s bit while a fold owns the entry.
+const FOLDING: u32 = 1 << 31;
 
 /// One interned tag with its counters. Counters are written by the threads
 /// that run under the tag (which flush their per-thread pending deltas
@@ -177,11 +207,33 @@ pub(crate) struct TagEntry {
     /// The task's previous tag (a chain from `TagIndex::by_task`; written
     /// under the index lock).
     next_of_task: AtomicU32,
+    /// Bumped at every fold (under the index lock), so a cached id of an
+    /// earlier tag in this entry is refused ([`TagEntry::claim`]).
+    generation: AtomicU32,
 }
+
+// Four cache lines would double the table: the generation fits the padding.
+const _: () = assert!(std::mem::size_of::<TagEntry>() == 128);
 
 const PUBLISHED: u32 = 1;
 const HAS_TASK: u32 = 2;
 const HAS_RETRY: u32 = 4;
+/// Handed to `finish_task`'s sweep: idle folding leaves it alone.
+const FINISHED: u32 = 8;
+
+/// An interned tag: its id and the generation of its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TagHandle {
+    pub(crate) id: u32,
+    pub(crate) generation: u32,
+}
+
+impl TagHandle {
+    pub(crate) const UNTAGGED: TagHandle = TagHandle {
+        id: UNTAGGED,
+        generation: 0,
+    };
+}
 
 pub(crate) struct TagTable {
     entries: AtomicPtr<TagEntry>,
@@ -204,13 +256,19 @@ pub(crate) struct FoldedTag {
     pub(crate) last_ns: u64,
 }
 
-/// What finishing a task folded.
+/// What finishing a task (or idle folding) folded.
 #[derive(Default)]
 pub(crate) struct Finished {
     /// Tags folded (of this task, or earlier ones whose memory was freed).
     pub(crate) tags: Vec<FoldedTag>,
     /// Tasks all of whose tags are now folded, with what their tags said.
     pub(crate) tasks: Vec<(u64, TaskSpan)>,
+}
+
+impl Finished {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.tasks.is_empty()
+    }
 }
 
 /// What a finished task's tags said of it, gathered as they fold.
@@ -224,6 +282,15 @@ pub(crate) struct TaskSpan {
 }
 
 impl TaskSpan {
+    /// What one folded tag says of its task.
+    fn add_folded(&mut self, f: &FoldedTag) {
+        self.retries = self.retries.max(f.tag.retry.unwrap_or(0));
+        if f.first_ns != 0 && (self.first_ns == 0 || f.first_ns < self.first_ns) {
+            self.first_ns = f.first_ns;
+        }
+        self.last_ns = self.last_ns.max(f.last_ns);
+    }
+
     fn add(&mut self, tag: Option<Tag>, e: &TagEntry) {
         self.retries = self.retries.max(tag.and_then(|t| t.retry).unwrap_or(0));
         let first = e.first_ns.load(Ordering::Relaxed);
@@ -254,6 +321,9 @@ struct TagIndex {
     /// Finished tasks with tags in `finished`: how many, and what their
     /// folded tags said so far.
     unfolded: FxHashMap<u64, (u32, TaskSpan)>,
+    /// Tags of tasks not folded yet, oldest first, checked for idle
+    /// folding [`IDLE_SWEEP`] at a time (stale handles are dropped).
+    recent: VecDeque<TagHandle>,
 }
 
 impl TagTable {
@@ -301,21 +371,30 @@ impl TagTable {
         Some(unsafe { &*entries.add(id as usize) })
     }
 
-    /// Interns a tag and returns its id ([`UNTAGGED`] for `Tag::NONE` or when
-    /// the table is full). Caller holds the re-entrancy guard.
-    pub(crate) fn intern(&self, tag: &Tag) -> u32 {
+    /// Interns a tag and returns its handle ([`TagHandle::UNTAGGED`] for
+    /// `Tag::NONE` or when the table is full). With `folded`, interning a
+    /// new tag also folds a few idle tags of tasks (see the module doc),
+    /// reported there, and the new tag may be folded when idle; without,
+    /// the tag is never folded when idle (its users enter it by id alone,
+    /// with no generation to check: the Python layer). `now` is the
+    /// recorder's clock. Caller holds the re-entrancy guard.
+    pub(crate) fn intern(&self, tag: &Tag, now: u64, folded: Option<&mut Finished>) -> TagHandle {
         if *tag == Tag::NONE || self.entries.load(Ordering::Acquire).is_null() {
-            return UNTAGGED;
+            return TagHandle::UNTAGGED;
         }
         let mut index = self.index.lock();
         let index = index.get_or_insert_with(TagIndex::default);
         let h = hash_of(tag);
         let first = index.by_hash.get(&h).copied();
-        if let Some(id) = first.filter(|&id| self.get(id).as_ref() == Some(tag)) {
-            return id;
+        let found = first
+            .filter(|&id| self.get(id).as_ref() == Some(tag))
+            .or_else(|| index.collided.get(tag).copied());
+        if let Some(id) = found {
+            return self.handle(id);
         }
-        if let Some(&id) = index.collided.get(tag) {
-            return id;
+        let foldable = folded.is_some();
+        if let Some(folded) = folded {
+            self.fold_idle(index, now, folded);
         }
         let id = index.free.pop().or_else(|| {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -323,7 +402,7 @@ impl TagTable {
         });
         let Some(e) = id.and_then(|id| self.entry(id)) else {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
-            return UNTAGGED;
+            return TagHandle::UNTAGGED;
         };
         let id = id.unwrap_or(UNTAGGED);
         e.publish(tag);
@@ -336,11 +415,107 @@ impl TagTable {
             }
         }
         let next = match tag.task {
-            Some(task) => index.by_task.insert(task, id).unwrap_or(UNTAGGED),
+            Some(task) => {
+                if foldable {
+                    index.recent.push_back(self.handle(id));
+                }
+                index.by_task.insert(task, id).unwrap_or(UNTAGGED)
+            }
             None => UNTAGGED,
         };
         e.next_of_task.store(next, Ordering::Relaxed);
-        id
+        self.handle(id)
+    }
+
+    /// The handle of tag `id` as its entry stands (under the index lock,
+    /// where generations change).
+    fn handle(&self, id: u32) -> TagHandle {
+        TagHandle {
+            id,
+            generation: self
+                .entry(id)
+                .map_or(0, |e| e.generation.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Checks the [`IDLE_SWEEP`] oldest tags of tasks: folds those idle
+    /// for [`IDLE_NS`] with no memory, requeues those still running or
+    /// holding memory, drops those folded or finished meanwhile, and
+    /// stops at one that ended too recently.
+    fn fold_idle(&self, index: &mut TagIndex, now: u64, done: &mut Finished) {
+        for _ in 0..IDLE_SWEEP.min(index.recent.len()) {
+            let Some(h) = index.recent.pop_front() else {
+                break;
+            };
+            let Some(e) = self.entry(h.id) else {
+                continue;
+            };
+            let flags = e.flags.load(Ordering::Acquire);
+            if e.generation.load(Ordering::Acquire) != h.generation
+                || flags & PUBLISHED == 0
+                || flags & FINISHED != 0
+            {
+                continue;
+            }
+            let last = e.last_ns.load(Ordering::Relaxed);
+            let ended = e.active.load(Ordering::Acquire) == 0 && last != 0;
+            if ended && now.saturating_sub(last) < IDLE_NS {
+                // Ended recently; the tags behind it, interned later, are
+                // mostly younger still.
+                index.recent.push_front(h);
+                break;
+            }
+            // Running, or holding memory: checked again later.
+            let Some(f) = ended.then(|| self.fold(index, h.id)).flatten() else {
+                index.recent.push_back(h);
+                continue;
+            };
+            if let Some(task) = f.tag.task {
+                if self.unlink(index, task, h.id) {
+                    let mut span = TaskSpan::default();
+                    span.add_folded(&f);
+                    done.tasks.push((task, span));
+                }
+            }
+            done.tags.push(f);
+        }
+    }
+
+    /// Takes tag `id` out of its task's chain; true when the chain is now
+    /// empty (the task has no tag left in the table).
+    fn unlink(&self, index: &mut TagIndex, task: u64, id: u32) -> bool {
+        let Some(&head) = index.by_task.get(&task) else {
+            return false;
+        };
+        let after = |k: u32| {
+            self.entry(k)
+                .map_or(UNTAGGED, |e| e.next_of_task.load(Ordering::Relaxed))
+        };
+        if head == id {
+            match after(id) {
+                UNTAGGED => {
+                    index.by_task.remove(&task);
+                    return true;
+                }
+                next => {
+                    index.by_task.insert(task, next);
+                }
+            }
+            return false;
+        }
+        let mut prev = head;
+        while let Some(e) = self.entry(prev) {
+            let next = e.next_of_task.load(Ordering::Relaxed);
+            if next == UNTAGGED {
+                break;
+            }
+            if next == id {
+                e.next_of_task.store(after(id), Ordering::Relaxed);
+                break;
+            }
+            prev = next;
+        }
+        false
     }
 
     /// Task `task` is finished: no code runs under its tags again. Folds
@@ -367,6 +542,7 @@ impl TagTable {
             match self.fold(index, id) {
                 Some(f) => done.tags.push(f),
                 None => {
+                    e.flags.fetch_or(FINISHED, Ordering::AcqRel);
                     index.finished.push(id);
                     left += 1;
                 }
@@ -409,16 +585,24 @@ impl TagTable {
 
     /// Folds tag `id` if nothing runs under it and nothing it allocated
     /// survives: returns its figures, and its entry is free for another
-    /// tag.
+    /// tag (with the next generation).
     fn fold(&self, index: &mut TagIndex, id: u32) -> Option<FoldedTag> {
         let e = self.entry(id)?;
-        if e.active.load(Ordering::Acquire) != 0
-            || e.live_bytes.load(Ordering::Acquire) != 0
-            || e.live_blocks.load(Ordering::Acquire) != 0
+        // Owning the entry first: a thread entering from now on sees
+        // FOLDING (or, after, the new generation) and interns again.
+        if e.active
+            .compare_exchange(0, FOLDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
         {
             return None;
         }
-        let tag = self.get(id)?;
+        let release = || e.active.fetch_sub(FOLDING, Ordering::Release);
+        let Some(tag) = self.get(id).filter(|_| {
+            e.live_bytes.load(Ordering::Acquire) == 0 && e.live_blocks.load(Ordering::Acquire) == 0
+        }) else {
+            release();
+            return None;
+        };
         let h = hash_of(&tag);
         if index.by_hash.get(&h) == Some(&id) {
             index.by_hash.remove(&h);
@@ -434,8 +618,10 @@ impl TagTable {
             first_ns: e.first_ns.load(Ordering::Relaxed),
             last_ns: e.last_ns.load(Ordering::Relaxed),
         };
+        e.generation.fetch_add(1, Ordering::AcqRel);
         e.flags.store(0, Ordering::Release);
         e.reset();
+        release();
         index.free.push(id);
         Some(folded)
     }
@@ -462,7 +648,8 @@ impl TagTable {
                     i.unfolded.capacity(),
                     8 + std::mem::size_of::<(u32, TaskSpan)>(),
                 )
-                + (i.free.capacity() + i.finished.capacity()) * 4) as u64
+                + (i.free.capacity() + i.finished.capacity()) * 4
+                + i.recent.capacity() * std::mem::size_of::<TagHandle>()) as u64
         });
         entries + index
     }
@@ -537,20 +724,43 @@ impl TagEntry {
         }
     }
 
-    /// Marks code starting to run under this tag.
+    /// Counts a thread in as running under this entry's tag, if the entry
+    /// still holds `generation` of it and no fold owns it; false (and
+    /// nothing counted) otherwise: intern the tag again. `None` counts in
+    /// unchecked (an id entered by the Python layer right after interning
+    /// it, long before it could be idle).
+    pub(crate) fn claim(&self, generation: Option<u32>) -> bool {
+        let before = self.active.fetch_add(1, Ordering::AcqRel);
+        let Some(generation) = generation else {
+            return true;
+        };
+        if before & FOLDING != 0 || self.generation.load(Ordering::Acquire) != generation {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Marks code starting to run under this tag (after a [`claim`](Self::claim)).
     pub(crate) fn enter(&self, now: u64) {
         if self.first_ns.load(Ordering::Relaxed) == 0 {
             let _ =
                 self.first_ns
                     .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
         }
-        self.active.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Marks code stopping running under this tag.
     pub(crate) fn exit(&self, now: u64) {
         self.last_ns.fetch_max(now.max(1), Ordering::Relaxed);
-        self.active.fetch_sub(1, Ordering::Relaxed);
+        // Release: a fold that sees 0 also sees the flushed counters. A
+        // thread that entered before recording started was never counted:
+        // its exit must not wrap the count (into the FOLDING bit).
+        let _ = self
+            .active
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |a| {
+                (a & !FOLDING > 0).then(|| a - 1)
+            });
     }
 
     pub(crate) fn reset(&self) {
@@ -577,21 +787,137 @@ impl TagEntry {
 mod tests {
     use super::*;
 
+    /// Interns at time 0 (no tag is idle yet).
+    fn intern(t: &TagTable, tag: &Tag) -> u32 {
+        t.intern(tag, 0, Some(&mut Finished::default())).id
+    }
+
     #[test]
     fn tags_intern_by_value() {
         let t = Box::new(TagTable::new());
         assert!(t.init());
-        let a = t.intern(&Tag::task(7).retry(2));
-        let b = t.intern(&Tag::task(7).retry(3));
+        let a = intern(&t, &Tag::task(7).retry(2));
+        let b = intern(&t, &Tag::task(7).retry(3));
         let owned = String::from("error value");
         let label: &'static str = Box::leak(owned.into_boxed_str());
-        let c = t.intern(&Tag::task(7).retry(2).label("error value"));
-        let d = t.intern(&Tag::task(7).retry(2).label(label));
+        let c = intern(&t, &Tag::task(7).retry(2).label("error value"));
+        let d = intern(&t, &Tag::task(7).retry(2).label(label));
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_eq!(c, d, "labels compare by content, not address");
-        assert_eq!(t.intern(&Tag::task(7).retry(2)), a);
+        assert_eq!(intern(&t, &Tag::task(7).retry(2)), a);
         assert_eq!(t.get(a), Some(Tag::task(7).retry(2)));
-        assert_eq!(t.intern(&Tag::NONE), UNTAGGED);
+        assert_eq!(intern(&t, &Tag::NONE), UNTAGGED);
+    }
+
+    /// A job: interns its tag at `now`, runs under it for `run` ns
+    /// (leaving `kept` bytes alive), and returns its handle.
+    fn job(
+        t: &TagTable,
+        task: u64,
+        now: u64,
+        run: u64,
+        kept: i64,
+        out: &mut Finished,
+    ) -> TagHandle {
+        let h = t.intern(&Tag::task(task).retry(0u32), now, Some(out));
+        let e = t.entry(h.id).unwrap();
+        assert!(e.claim(Some(h.generation)));
+        e.enter(now.max(1));
+        if kept > 0 {
+            e.add_live(kept, 1);
+        }
+        e.exit(now + run);
+        h
+    }
+
+    /// Runs `jobs` jobs, one every 100 µs, every 1000th keeping 64
+    /// bytes; returns the table's ids in use, its bytes, and how many tags
+    /// and tasks were folded.
+    fn run_jobs(jobs: u64) -> (u32, u64, usize, usize, Box<TagTable>) {
+        let t = Box::new(TagTable::new());
+        assert!(t.init());
+        let mut folded = Finished::default();
+        for k in 0..jobs {
+            let kept = if k % 1000 == 0 { 64 } else { 0 };
+            job(&t, k, k * 100_000, 50_000, kept, &mut folded);
+        }
+        let (tags, tasks) = (folded.tags.len(), folded.tasks.len());
+        (t.id_limit(), t.memory_bytes(), tags, tasks, t)
+    }
+
+    #[test]
+    fn idle_tags_of_tasks_fold_so_the_table_does_not_grow_with_jobs_run() {
+        // One job per 100 µs: IDLE_NS holds 2,500 jobs' tags.
+        let window = (IDLE_NS / 100_000) as u32;
+        let (ids_small, bytes_small, ..) = run_jobs(30_000);
+        let (ids, bytes, tags, tasks, t) = run_jobs(120_000);
+        assert!(ids <= window + window / 5, "{ids} ids for 120,000 jobs");
+        assert!(
+            ids <= ids_small + 200,
+            "{ids} ids vs {ids_small} for a quarter of the jobs"
+        );
+        // An entry and its index slots per tag of the window (the index's
+        // maps keep their highest capacity): not per job run.
+        let bound = u64::from(window) * 256;
+        assert!(
+            bytes_small <= bound && bytes <= bound,
+            "{bytes_small}, {bytes} > {bound} bytes"
+        );
+        assert_eq!(tags, tasks, "each task had one tag");
+        assert!(tags >= 120_000 - ids as usize, "{tags} folded");
+        // The jobs that kept memory keep their tags.
+        let kept: Vec<u64> = (0..ids)
+            .filter_map(|id| t.get(id).and_then(|g| g.task_id()))
+            .filter(|task| task % 1000 == 0)
+            .collect();
+        assert_eq!(kept.len(), 120, "{kept:?}");
+    }
+
+    #[test]
+    fn a_tag_holding_memory_folds_once_it_is_freed() {
+        let t = Box::new(TagTable::new());
+        assert!(t.init());
+        let mut out = Finished::default();
+        let leaky = job(&t, 1, 0, 10, 64, &mut out);
+        for k in 2..10 {
+            job(&t, k, 2 * IDLE_NS + k, 10, 0, &mut out);
+        }
+        assert!(out.tags.iter().all(|f| f.tag.task != Some(1)));
+        assert_eq!(t.get(leaky.id), Some(Tag::task(1).retry(0u32)));
+        t.entry(leaky.id).unwrap().add_live(-64, -1);
+        for k in 10..20 {
+            job(&t, k, 4 * IDLE_NS + k, 10, 0, &mut out);
+        }
+        assert!(out.tasks.iter().any(|(task, _)| *task == 1));
+        assert!(out
+            .tags
+            .iter()
+            .any(|f| f.tag.task == Some(1) && f.alloc_bytes == 0));
+    }
+
+    #[test]
+    fn a_cached_handle_cannot_enter_its_entry_once_another_tag_reuses_it() {
+        let t = Box::new(TagTable::new());
+        assert!(t.init());
+        let mut out = Finished::default();
+        let old = job(&t, 1, 0, 10, 0, &mut out);
+        // Interning the next task well after folds the first, and reuses
+        // its entry.
+        let new = t.intern(&Tag::task(2), 2 * IDLE_NS, Some(&mut out));
+        assert_eq!(new.id, old.id, "the folded entry is reused");
+        assert_ne!(new.generation, old.generation);
+        let e = t.entry(old.id).unwrap();
+        assert!(!e.claim(Some(old.generation)), "a stale handle is refused");
+        assert_eq!(e.active.load(Ordering::Relaxed), 0, "and counts nothing");
+        assert!(e.claim(Some(new.generation)));
+        // An exit never counted in (entered before recording) is ignored.
+        e.exit(1);
+        e.exit(1);
+        assert_eq!(e.active.load(Ordering::Relaxed), 0);
+        assert!(e.claim(Some(new.generation)));
+        // Nothing folds a tag that code runs under.
+        assert!(t.intern(&Tag::task(3), 9 * IDLE_NS, Some(&mut out)).id != new.id);
+        assert_eq!(t.get(new.id), Some(Tag::task(2)));
     }
 }

@@ -302,7 +302,8 @@ fn write_task_scoped(
         "Task-scoped leaks: blocks still alive after the task or retry that allocated them ended"
     )?;
     if leaks.rows.is_empty() {
-        return writeln!(out, "none");
+        writeln!(out, "none")?;
+        return write_kept_by_runtime(leaks, top, names, out);
     }
     let sums = leaks
         .rows
@@ -340,7 +341,44 @@ fn write_task_scoped(
     if more > 0 {
         write!(out, " <{more} more tasks>")?;
     }
-    writeln!(out)
+    writeln!(out)?;
+    write_kept_by_runtime(leaks, top, names, out)
+}
+
+/// Memory of ended tasks that a runtime or library keeps from its own
+/// statics, thread-locals or frames: shown apart, not counted as the
+/// tasks' leaks.
+fn write_kept_by_runtime(
+    leaks: &TaskScopedLeaks,
+    top: usize,
+    names: &Names,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    if leaks.runtime_rows.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Kept by the runtime or a library: {} in {} blocks allocated while tasks ran, referred to from its own statics, thread-locals or frames (not counted above)",
+        human_bytes(leaks.kept_by_runtime.bytes),
+        leaks.kept_by_runtime.blocks
+    )?;
+    for r in leaks.runtime_rows.iter().take(top.max(1)) {
+        writeln!(
+            out,
+            "{:>12} {:>8}  {} [{}] <- {}",
+            human_bytes(r.size),
+            r.count,
+            names.show(&r.site),
+            names.show(&r.type_name),
+            names.show(&r.root)
+        )?;
+    }
+    if leaks.runtime_rows.len() > top.max(1) {
+        writeln!(out, "<{} more>", leaks.runtime_rows.len() - top.max(1))?;
+    }
+    Ok(())
 }
 
 fn write_growth(report: &Report, out: &mut dyn Write) -> io::Result<()> {

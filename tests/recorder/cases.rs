@@ -53,6 +53,14 @@ pub const ALL: &[Case] = &[
         finished_tasks_fold_but_their_leaks_stay,
     ),
     (
+        "a_runtime_buffer_made_while_a_task_ran_is_not_the_tasks_leak",
+        a_runtime_buffer_made_while_a_task_ran_is_not_the_tasks_leak,
+    ),
+    (
+        "idle_tags_fold_without_finish_task_but_their_leaks_stay",
+        idle_tags_fold_without_finish_task_but_their_leaks_stay,
+    ),
+    (
         "timeline_stays_bounded_and_keeps_the_sawtooth",
         timeline_stays_bounded_and_keeps_the_sawtooth,
     ),
@@ -990,6 +998,118 @@ fn finished_tasks_fold_but_their_leaks_stay() {
         tasks,
         "every tag folded once its memory was freed"
     );
+}
+
+/// Issue 12: a framework worker never calls `finish_task`; tags of tasks
+/// that hold nothing and have been idle for a quarter of a second fold on
+/// their own (a few at each new tag), so the tag table holds about a
+/// quarter of a second of recent jobs plus the leaking ones, not every job
+/// run. Two rounds of `JOBS` jobs half a second apart: the second round's table is no larger than
+/// the first's, the first round's tags are folded, and the leaking tasks'
+/// tags stay with their bytes.
+fn idle_tags_fold_without_finish_task_but_their_leaks_stay() {
+    const JOBS: u64 = 20_000;
+    let rec = start();
+    let mut leaked = Vec::new();
+    let mut round = |from: u64| {
+        for i in from..from + JOBS {
+            let leaks = i % 1000 == 7;
+            let attempt: usize = 0;
+            if let Some(v) = leakprof::with_tag(Tag::task(i).retry(attempt), || task_work(leaks)) {
+                leaked.push(v);
+            }
+        }
+        rec.snapshot()
+    };
+    let first = round(0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = round(JOBS);
+    let tags_bytes = |p: &leakprof::format::Profile| p.recorder.clone().expect("recorder").tags;
+    assert!(
+        tags_bytes(&second) <= tags_bytes(&first) + (64 << 10),
+        "tag table grew with the jobs run: {} then {} bytes",
+        tags_bytes(&first),
+        tags_bytes(&second)
+    );
+    // The first round's tasks were folded (records past the newest
+    // 10,000 summed), though nothing called finish_task.
+    let folded = second.folded.clone().expect("idle tasks folded");
+    assert!(folded.tasks >= JOBS / 2 - 1_000, "{folded:?}");
+    let leaking: Vec<u64> = second
+        .tags
+        .iter()
+        .filter(|t| t.live.bytes > 0)
+        .filter_map(|t| t.task)
+        .collect();
+    let expected: Vec<u64> = (0..2 * JOBS).filter(|i| i % 1000 == 7).collect();
+    let mut got = leaking.clone();
+    got.sort_unstable();
+    assert_eq!(got, expected, "every leaking task keeps its tag");
+    black_box(leaked);
+}
+
+/// What tagged tasks leave in the program's own static.
+static KEPT_BY_TASKS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Issue 12: tokio's worker keeps a `Defer` buffer it first fills while a
+/// task yields (held by the worker's scheduler context, on its stack):
+/// that task's tag is on it, but it is the runtime's memory, shown apart
+/// and not counted as the task's leak. What the tasks put in the
+/// program's own static stays their leak.
+fn a_runtime_buffer_made_while_a_task_ran_is_not_the_tasks_leak() {
+    use leakprof::analysis::{Model, TaskScopedLeaks};
+    use leakprof::FutureExt as _;
+    const TASKS: u64 = 8;
+    const KEPT: usize = 3000;
+    let rec = start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                tokio::spawn(
+                    async move {
+                        for _ in 0..20 {
+                            tokio::task::yield_now().await;
+                        }
+                        let kept = black_box(vec![t as u8 | 1; KEPT]);
+                        KEPT_BY_TASKS.lock().unwrap().push(kept);
+                    }
+                    .tagged(Tag::task(300 + t)),
+                )
+            })
+            .collect();
+        for h in tasks {
+            h.await.unwrap();
+        }
+    });
+    // The workers are parked, their scheduler contexts (and buffers) alive.
+    let p = rec
+        .snapshot_with_graph(&leakprof::GraphOptions::default())
+        .unwrap();
+    let leaks = TaskScopedLeaks::of(&Model::new(&p));
+    let defer: Vec<_> = leaks
+        .runtime_rows
+        .iter()
+        .filter(|r| r.site.contains("Defer>::defer"))
+        .collect();
+    assert!(!defer.is_empty(), "{:#?}", leaks.runtime_rows);
+    assert!(defer.iter().all(|r| r.root == "root: stack"), "{defer:?}");
+    assert!(
+        leaks.rows.iter().all(|r| !r.site.contains("Defer")),
+        "{:#?}",
+        leaks.rows
+    );
+    let per_task: u64 = leaks.per_task.iter().map(|t| t.leaked.bytes).sum();
+    assert_eq!(per_task, leaks.total.bytes);
+    assert!(
+        leaks.total.bytes >= TASKS * KEPT as u64,
+        "the tasks' own leak stays theirs: {leaks:#?}"
+    );
+    assert!(leaks.total.bytes < TASKS * KEPT as u64 + 4096, "{leaks:#?}");
+    drop(rt);
 }
 
 #[inline(never)]

@@ -61,7 +61,9 @@ pub fn tag(task: u64, retry: Option<u32>) -> u32 {
         Some(r) => Tag::task(task).retry(r),
         None => Tag::task(task),
     };
-    hooks::guarded(|| hooks::TAGS.intern(&tag))
+    // Entered later by id alone (no generation to check): never folded
+    // when idle, see `tags`.
+    hooks::guarded(|| hooks::TAGS.intern(&tag, hooks::now_ns(), None).id)
 }
 
 /// Makes tag `id` this thread's current tag; returns the previous one.
