@@ -60,6 +60,9 @@ pub(crate) struct Captured {
     len: usize,
     pub(crate) truncated: bool,
     pub(crate) hash: u64,
+    /// The stack's id once a stack source interned it itself (the Python
+    /// source does, to pin new stacks' code objects); `u32::MAX` before.
+    interned: u32,
 }
 
 impl Captured {
@@ -73,6 +76,7 @@ impl Captured {
             len: 0,
             truncated: false,
             hash: 0,
+            interned: u32::MAX,
         }
     }
 
@@ -274,7 +278,19 @@ impl StackTable {
     /// Returns the id of a captured stack, interning it on first sight.
     #[inline]
     pub(crate) fn intern_captured(&self, c: &Captured) -> u32 {
+        if c.interned != u32::MAX {
+            return c.interned;
+        }
         self.intern_hashed(c.frames(), c.truncated, c.hash)
+    }
+
+    /// Interns a captured stack and remembers its id in it, so the
+    /// allocation path does not look it up twice. True when the stack was
+    /// new to the table.
+    pub(crate) fn intern_once(&self, c: &mut Captured) -> bool {
+        let before = self.id_limit();
+        c.interned = self.intern_captured(c);
+        self.id_limit() != before
     }
 
     /// Returns the id of `frames`, interning it on first sight.

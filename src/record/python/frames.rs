@@ -47,7 +47,9 @@ pub(crate) fn capture(max: usize, out: &mut Captured) {
         if tstate != 0 {
             walk(tstate, max, out);
             out.seal();
-            pin_if_new(api, tstate, out);
+            if STACKS.intern_once(out) {
+                pin(api, tstate, out);
+            }
             return;
         }
     }
@@ -106,14 +108,9 @@ fn walk(tstate: usize, max: usize, out: &mut Captured) {
     }
 }
 
-/// Takes a reference to each code object of a stack the table has not
-/// seen, when this thread holds the GIL.
-fn pin_if_new(api: &Api, tstate: usize, out: &Captured) {
-    let before = STACKS.id_limit();
-    STACKS.intern_captured(out);
-    if STACKS.id_limit() == before {
-        return;
-    }
+/// Takes a reference to each code object of a stack the table has just
+/// seen for the first time, when this thread holds the GIL.
+fn pin(api: &Api, tstate: usize, out: &Captured) {
     // SAFETY: reads the GIL holder's address; no side effect.
     if unsafe { (api.gil_holder)() } as usize != tstate {
         return;
