@@ -335,12 +335,13 @@ pub fn describe_start(start: &Start) -> String {
             others,
             awaiting_gc,
         } => {
-            // Runs of one hop (a traceback's `tb_next`s) are shown once,
-            // with their count.
+            // Runs of three or more of one hop (a traceback's `tb_next`s)
+            // are shown once, with their count.
             let mut ring: Vec<String> = Vec::new();
             let mut k = 0;
             while k < names.len() {
                 let run = names[k..].iter().take_while(|n| **n == names[k]).count();
+                let run = if run >= 3 { run } else { 1 };
                 ring.push(if run > 1 {
                     format!("{} (x{run})", names[k])
                 } else {
