@@ -18,9 +18,8 @@ from dramatiq.message import Message
 
 from leakprof import _native, _tags
 
-# leakprof::format::events: the leak slope is fitted at failures.
+# leakprof::format::events: the timeline's failure points.
 _AFTER_FAILURE = "after failure"
-_AFTER_SUCCESS = "after success"
 
 __all__ = ["LeakprofMiddleware", "install"]
 
@@ -48,7 +47,11 @@ class LeakprofMiddleware(dramatiq.Middleware):  # type: ignore[misc]
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
     ) -> None:
-        _native.mark(_AFTER_SUCCESS if exception is None else _AFTER_FAILURE)
+        # Failures are marked (the timeline shows what each one left);
+        # successes are not: a mark reads RSS, and a point per message of
+        # a busy worker only crowds the timeline the sampler already keeps.
+        if exception is not None:
+            _native.mark(_AFTER_FAILURE)
         self._leave()
         # Retries (before us) marks a message out of retries as failed.
         if exception is None or getattr(message, "failed", False):
