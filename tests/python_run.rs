@@ -11,7 +11,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use leakprof::analysis::summary::Summary;
 use leakprof::format::Profile;
@@ -23,30 +22,13 @@ const SCRIPT: &str = concat!(
 
 /// Builds the library the interpreter loads (`cargo test` builds only this
 /// package) and returns its path.
-fn native_library() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["build", "-p", "leakprof-python"]);
-            if !cfg!(debug_assertions) {
-                cargo.arg("--release");
-            }
-            let status = cargo.status().expect("run cargo");
-            assert!(status.success(), "building leakprof-python");
-            let bin = Path::new(env!("CARGO_BIN_EXE_leakprof"));
-            bin.with_file_name("libleakprof_python.so")
-        })
-        .clone()
-}
-
 fn leakprof_run(out: &Path, command: &[&str], env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_leakprof"));
     cmd.args(["run", "--quiet", "--out"])
         .arg(out)
         .arg("--")
         .args(command)
-        .env("LEAKPROF_NATIVE", native_library());
+        .env("LEAKPROF_NATIVE", support::python::native_library());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -54,6 +36,27 @@ fn leakprof_run(out: &Path, command: &[&str], env: &[(&str, String)]) -> Output 
 }
 
 /// The line of the actor that allocates the payload.
+/// Writes `source` as a script in `dir`, runs it under `leakprof run`
+/// with `python` (asserting it succeeded) and returns the run's output
+/// directory and merged profile.
+fn run_script(python: &Path, dir: &Path, source: &str) -> (PathBuf, Profile) {
+    let script = dir.join("script.py");
+    std::fs::write(&script, source).unwrap();
+    let out = dir.join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    (out, profile)
+}
+
 fn payload_line() -> u32 {
     let text = std::fs::read_to_string(SCRIPT).unwrap();
     let index = text
@@ -677,7 +680,7 @@ fn duration_stops_the_program_with_its_profile() {
         .arg(&out)
         .arg("--")
         .args([&python, &script])
-        .env("LEAKPROF_NATIVE", native_library())
+        .env("LEAKPROF_NATIVE", support::python::native_library())
         .output()
         .unwrap();
     assert!(
@@ -728,7 +731,7 @@ while not glob.glob(os.path.join(out, "profile-*-snapshot-1.json")):
         .arg(&out)
         .arg("--")
         .args([&python, &script])
-        .env("LEAKPROF_NATIVE", native_library())
+        .env("LEAKPROF_NATIVE", support::python::native_library())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -760,9 +763,9 @@ fn registered_owner_gets_what_it_alone_keeps() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("owner.py");
-    std::fs::write(
-        &script,
+    let (_, profile) = run_script(
+        &python,
+        dir.path(),
         r#"import leakprof
 cache = {}
 leakprof.owner.register("session cache", cache)
@@ -771,20 +774,7 @@ cache["mine"] = b"m" * (3 << 20)
 cache["shared"] = shared
 keep = [shared]
 "#,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let output = leakprof_run(
-        &out,
-        &[python.to_str().unwrap(), script.to_str().unwrap()],
-        &[],
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
     let graph = profile.graph.as_ref().expect("an object graph");
     let owner = graph
         .owners
@@ -816,9 +806,9 @@ fn spawned_and_subprocess_pythons_record_into_the_merge() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("starts.py");
-    std::fs::write(
-        &script,
+    let (out, profile) = run_script(
+        &python,
+        dir.path(),
         r#"import multiprocessing, subprocess, sys
 import leakprof
 
@@ -835,18 +825,6 @@ if __name__ == "__main__":
     code = "import leakprof\nwith leakprof.tag(task='subprocess'):\n    keep = b'q' * (2 << 20)\n"
     subprocess.run([sys.executable, "-c", code], check=True)
 "#,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let output = leakprof_run(
-        &out,
-        &[python.to_str().unwrap(), script.to_str().unwrap()],
-        &[],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
     );
     let own = std::fs::read_dir(&out)
         .unwrap()
@@ -860,7 +838,6 @@ if __name__ == "__main__":
         own >= 3,
         "the program and its two children each wrote a profile: {own}"
     );
-    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
     for (task, bytes) in [("spawned", 3u64 << 20), ("subprocess", 2 << 20)] {
         let tagged: u64 = surviving_chunks(&profile, bytes)
             .iter()
@@ -881,9 +858,9 @@ fn finished_messages_are_folded() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("many.py");
-    std::fs::write(
-        &script,
+    let (_, profile) = run_script(
+        &python,
+        dir.path(),
         r#"import dramatiq
 from dramatiq.brokers.stub import StubBroker
 broker = StubBroker()
@@ -904,20 +881,7 @@ broker.join(work.queue_name)
 worker.join()
 worker.stop()
 "#,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let output = leakprof_run(
-        &out,
-        &[python.to_str().unwrap(), script.to_str().unwrap()],
-        &[],
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
     let task_tags = profile.tags.iter().filter(|t| t.task.is_some()).count();
     // A message's tag also keeps whatever its work left in a cache (the
     // first warning logged, say): a few of the 60 may stay.
