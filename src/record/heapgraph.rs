@@ -10,7 +10,7 @@
 use super::fxhash::FxHashMap;
 
 use super::live::Block;
-use super::scan::{RootSource, ScanResult, StopReport, TypedScan};
+use super::scan::{Edge, RootSource, ScanResult, StopReport, TypedScan};
 use super::tags::Tag;
 use super::trace::{BlockTrace, TypeSource};
 use super::types::{short_name, BlockType, Fallback, Shape, SlotId};
@@ -421,14 +421,20 @@ impl Conversion<'_> {
             return None;
         }
         let bt = (*typed.blocks.types.as_slice().get(h)?)?;
-        // Edges are sorted by (source, offset): see `trace::Tracer::finish`.
+        let e = self.edge(holder, target, offset)?;
+        Some((bt, SlotId(e.slot)))
+    }
+
+    /// The scan's edge from `holder` at `offset` to `target`. Edges are
+    /// sorted by (source, offset): see `trace::Tracer::finish` and
+    /// `python::objects`.
+    fn edge(&self, holder: u32, target: u32, offset: u32) -> Option<&Edge> {
         let edges = self.scan.edges.as_slice();
         let lo = edges.partition_point(|e| (e.from, e.offset) < (holder, offset));
-        let e = edges[lo..]
+        edges[lo..]
             .iter()
             .take_while(|e| e.from == holder && e.offset == offset)
-            .find(|e| e.to == target)?;
-        Some((bt, SlotId(e.slot)))
+            .find(|e| e.to == target)
     }
 
     /// The field path of the pointer at `offset` in `holder` that refers
@@ -485,12 +491,7 @@ impl Conversion<'_> {
         target: u32,
         offset: u32,
     ) -> Option<String> {
-        let edges = self.scan.edges.as_slice();
-        let lo = edges.partition_point(|e| (e.from, e.offset) < (holder, offset));
-        let e = edges[lo..]
-            .iter()
-            .take_while(|e| e.from == holder && e.offset == offset)
-            .find(|e| e.to == target)?;
+        let e = self.edge(holder, target, offset)?;
         p.fields
             .get(e.slot as usize)
             .filter(|f| !f.is_empty())
