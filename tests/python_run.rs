@@ -38,8 +38,8 @@ fn leakprof_run(out: &Path, command: &[&str], env: &[(&str, String)]) -> Output 
 /// The line of the actor that allocates the payload.
 /// Writes `source` as a script in `dir`, runs it under `leakprof run`
 /// with `python` (asserting it succeeded) and returns the run's output
-/// directory and merged profile.
-fn run_script(python: &Path, dir: &Path, source: &str) -> (PathBuf, Profile) {
+/// directory, its merged profile and the script's standard output.
+fn run_script(python: &Path, dir: &Path, source: &str) -> (PathBuf, Profile, String) {
     let script = dir.join("script.py");
     std::fs::write(&script, source).unwrap();
     let out = dir.join("out");
@@ -54,7 +54,8 @@ fn run_script(python: &Path, dir: &Path, source: &str) -> (PathBuf, Profile) {
         String::from_utf8_lossy(&output.stderr)
     );
     let profile = leakprof::format::load(out.join("profile.json")).unwrap();
-    (out, profile)
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (out, profile, stdout)
 }
 
 fn payload_line() -> u32 {
@@ -488,9 +489,9 @@ fn python_allocations_are_counted_once() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("count.py");
-    std::fs::write(
-        &script,
+    let (_, profile, stdout) = run_script(
+        &python,
+        dir.path(),
         r#"import sys
 import leakprof
 keep = []
@@ -502,24 +503,11 @@ objects = sum(sys.getsizeof(b) for b in keep)
 array = sys.getsizeof(keep) - sys.getsizeof([])
 print(f"expected {objects + array}")
 "#,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let output = leakprof_run(
-        &out,
-        &[python.to_str().unwrap(), script.to_str().unwrap()],
-        &[],
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let expected: u64 = String::from_utf8_lossy(&output.stdout)
+    let expected: u64 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("expected ")?.parse().ok())
         .expect("the script's figure");
-    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
     let tagged: u64 = profile
         .live
         .iter()
@@ -543,10 +531,7 @@ fn raw_domain_is_recorded_without_the_gil() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("raw.py");
-    std::fs::write(
-        &script,
-        r#"import ctypes
+    let source = r#"import ctypes
 import leakprof
 capi = ctypes.CDLL(None)  # CDLL: the GIL is released during each call
 capi.PyMem_RawMalloc.restype = ctypes.c_void_p
@@ -555,23 +540,9 @@ capi.PyMem_RawFree.argtypes = [ctypes.c_void_p]
 with leakprof.tag(task="raw", retry=2):
     blocks = [capi.PyMem_RawMalloc(3 << 20) for _ in range(3)]  # RAW-LINE
 capi.PyMem_RawFree(blocks.pop())
-"#,
-    )
-    .unwrap();
-    let source = std::fs::read_to_string(&script).unwrap();
+"#;
     let line = source.lines().position(|l| l.contains("RAW-LINE")).unwrap() as u32 + 1;
-    let out = dir.path().join("out");
-    let output = leakprof_run(
-        &out,
-        &[python.to_str().unwrap(), script.to_str().unwrap()],
-        &[],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    let (_, profile, _) = run_script(&python, dir.path(), source);
     let blocks = surviving_chunks(&profile, 3 << 20);
     // The call's own small blocks (ctypes' argument objects) share the stack.
     let total: u64 = blocks.iter().map(|c| c.bytes).sum();
@@ -596,9 +567,9 @@ fn forked_children_deliver_their_profiles() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("forks.py");
-    std::fs::write(
-        &script,
+    let (out, merged, stdout) = run_script(
+        &python,
+        dir.path(),
         r#"import multiprocessing
 import leakprof
 keep = []
@@ -615,20 +586,7 @@ if __name__ == "__main__":
     with leakprof.tag(task="in-parent", retry=0):
         keep.append(b"p" * (4 << 20))
 "#,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let output = leakprof_run(
-        &out,
-        &[python.to_str().unwrap(), script.to_str().unwrap()],
-        &[],
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
     let pid = stdout
         .lines()
         .find_map(|l| l.strip_prefix("child "))
@@ -649,7 +607,6 @@ if __name__ == "__main__":
         .filter(|e| e.file_name().to_string_lossy().starts_with("profile-"))
         .count();
     assert_eq!(own, 2, "a profile of its own for each process");
-    let merged = leakprof::format::load(out.join("profile.json")).unwrap();
     assert!(
         on(&merged, "in-child") >= 6 << 20,
         "merged: the child's block"
@@ -763,7 +720,7 @@ fn registered_owner_gets_what_it_alone_keeps() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_, profile) = run_script(
+    let (_, profile, _) = run_script(
         &python,
         dir.path(),
         r#"import leakprof
@@ -806,7 +763,7 @@ fn spawned_and_subprocess_pythons_record_into_the_merge() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (out, profile) = run_script(
+    let (out, profile, _) = run_script(
         &python,
         dir.path(),
         r#"import multiprocessing, subprocess, sys
@@ -858,7 +815,7 @@ fn finished_messages_are_folded() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_, profile) = run_script(
+    let (_, profile, _) = run_script(
         &python,
         dir.path(),
         r#"import dramatiq
@@ -902,6 +859,29 @@ worker.stop()
     assert!(kept >= 2 << 20, "the kept block is still on its message");
 }
 
+/// A program that fails on its own makes `leakprof run` fail with its
+/// exit code, its profile written all the same.
+#[test]
+fn a_failing_program_fails_the_run_and_keeps_its_profile() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("fails.py");
+    std::fs::write(&script, "keep = b'f' * (1 << 20)\nraise SystemExit(3)\n").unwrap();
+    let out = dir.path().join("out");
+    let output = leakprof_run(
+        &out,
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(3), "the program's exit code");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the program failed"), "{stderr}");
+    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
+    assert!(profile.totals.live.bytes >= 1 << 20);
+}
+
 /// A program that ends in `os._exit` (no exit handlers) still writes its
 /// profile.
 #[test]
@@ -910,19 +890,10 @@ fn os_exit_still_writes_the_profile() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("exits.py");
-    std::fs::write(&script, "import os\nkeep = b'e' * (2 << 20)\nos._exit(0)\n").unwrap();
-    let out = dir.path().join("out");
-    let output = leakprof_run(
-        &out,
-        &[python.to_str().unwrap(), script.to_str().unwrap()],
-        &[],
+    let (_, profile, _) = run_script(
+        &python,
+        dir.path(),
+        "import os\nkeep = b'e' * (2 << 20)\nos._exit(0)\n",
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let profile = leakprof::format::load(out.join("profile.json")).unwrap();
     assert!(profile.totals.live.bytes >= 2 << 20);
 }

@@ -49,24 +49,12 @@ def load(path: str) -> None:
     lib.leakprof_py_collection.restype = None
     lib.leakprof_py_describe.argtypes = [ctypes.c_uint64] + [ctypes.c_char_p] * 3
     lib.leakprof_py_describe.restype = None
-    lib.leakprof_py_write.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-    ]
+    # Both writers take the graph's inputs (objects, owners, collector on)
+    # and an error buffer.
+    graph_and_error = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    lib.leakprof_py_write.argtypes = [ctypes.c_char_p, ctypes.c_char_p, *graph_and_error]
     lib.leakprof_py_write.restype = ctypes.c_int
-    lib.leakprof_py_snapshot.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-    ]
+    lib.leakprof_py_snapshot.argtypes = [ctypes.c_char_p, *graph_and_error]
     lib.leakprof_py_snapshot.restype = ctypes.c_int
     _lib = lib
 

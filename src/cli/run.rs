@@ -136,5 +136,17 @@ fn execute_python(global: Global, args: Args) -> Outcome {
     if !global.quiet {
         print!("{}", crate::launch::describe(&report));
     }
+    // A program that failed on its own fails the run too (its profile is
+    // written all the same); one leakprof stopped (--duration, --max-rss,
+    // a signal) ends as leakprof meant it to.
+    if report.stop_reason == "completed" && !report.status.success() {
+        eprintln!(
+            "leakprof: the program failed ({}); its profile is in {}",
+            report.status,
+            report.out.display()
+        );
+        let code = report.status.code().unwrap_or(1).clamp(1, 255);
+        return Ok(ExitCode::from(code as u8));
+    }
     Ok(ExitCode::SUCCESS)
 }

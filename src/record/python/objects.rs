@@ -124,6 +124,7 @@ pub(crate) fn walk(api: &Api, inputs: &Inputs) -> ScanResult {
         index: FxHashMap::default(),
         edges: Vec::new(),
         names: Names::default(),
+        memo: Default::default(),
     };
     w.ignore_owner_list(inputs.owners);
     w.seed(inputs.tracked);
@@ -183,6 +184,8 @@ struct Walk<'a> {
     /// (to object, field name) per edge, grouped by holder.
     edges: Vec<(u32, u32)>,
     names: Names,
+    /// Type names by type or code object (`Walk::named`).
+    memo: std::cell::RefCell<FxHashMap<usize, &'static str>>,
 }
 
 impl Walk<'_> {
@@ -398,28 +401,42 @@ impl Walk<'_> {
             None
         };
         match code.filter(|&c| c != 0) {
-            Some(code) => {
+            Some(code) => self.named(code, || {
                 // SAFETY: a live code object's qualified name.
                 let q: usize = unsafe { read(code, l::CODE_QUALNAME) };
                 let q = capi::text(self.api, q).unwrap_or_else(|| "?".into());
-                static_name(format!("{base} {q}"))
-            }
+                format!("{base} {q}")
+            }),
             None => base,
         }
     }
 
+    /// The name made once for `key` (a type or code object; both stay
+    /// alive through the walk), from then on read from the walk's memo.
+    fn named(&self, key: usize, make: impl FnOnce() -> String) -> &'static str {
+        if let Some(&name) = self.memo.borrow().get(&key) {
+            return name;
+        }
+        let name = static_name(make());
+        self.memo.borrow_mut().insert(key, name);
+        name
+    }
+
     /// `tp_name` without its module (`_asyncio.Future` -> `Future`).
     fn short_type(&self, ty: usize) -> &'static str {
+        self.named(ty, || Self::tp_name(ty))
+    }
+
+    fn tp_name(ty: usize) -> String {
         // SAFETY: `tp_name` is a NUL-terminated C string alive with the type.
         let name = unsafe {
             let p: *const std::ffi::c_char = read(ty, l::TYPE_NAME);
             if p.is_null() {
-                return "?";
+                return "?".to_string();
             }
             CStr::from_ptr(p).to_string_lossy()
         };
-        let short = name.rsplit('.').next().unwrap_or(&name).to_string();
-        static_name(short)
+        name.rsplit('.').next().unwrap_or(&name).to_string()
     }
 
     /// The name of each referent's reference in `obj`, in the order the
