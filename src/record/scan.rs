@@ -224,6 +224,33 @@ struct Mapping {
     end: usize,
 }
 
+/// The parts of `seg` outside every area of `excluded` (sorted by start,
+/// possibly overlapping), in address order.
+fn uncovered(seg: Mapping, excluded: &[Mapping], mut part: impl FnMut(Mapping)) {
+    let mut from = seg.start;
+    for ex in excluded {
+        if ex.start >= seg.end {
+            break;
+        }
+        if ex.end <= from || ex.start >= ex.end {
+            continue;
+        }
+        if ex.start > from {
+            part(Mapping {
+                start: from,
+                end: ex.start,
+            });
+        }
+        from = ex.end;
+    }
+    if from < seg.end {
+        part(Mapping {
+            start: from,
+            end: seg.end,
+        });
+    }
+}
+
 /// Serialises scans (a scan holds every shard lock; two at once would
 /// deadlock on each other's signals).
 static SCANNING: sys::LockCell<()> = sys::LockCell::new(());
@@ -837,36 +864,24 @@ impl Paused<'_> {
     /// allocator's metadata), then the registered static containers.
     fn scan_statics(&mut self, heap: &Heap, covered: &[Mapping]) {
         let (slots_lo, slots_hi) = stop::slots_area();
-        let excluded = std::iter::once(Mapping {
+        let mut excluded: MmapVec<Mapping> =
+            MmapVec::with_capacity(1 + self.prepared.statics.len() + covered.len());
+        let mut incomplete = false;
+        for ex in std::iter::once(Mapping {
             start: slots_lo,
             end: slots_hi,
         })
         .chain(self.prepared.statics.iter().map(|(m, _)| *m))
-        .chain(covered.iter().copied());
-        let mut pieces: MmapVec<Mapping> = MmapVec::new();
-        let mut incomplete = false;
-        for seg in &self.prepared.segments {
-            incomplete |= !pieces.push(*seg);
+        .chain(covered.iter().copied())
+        {
+            incomplete |= !excluded.push(ex);
         }
-        for ex in excluded {
-            let mut cut: MmapVec<Mapping> = MmapVec::with_capacity(pieces.len() + 1);
-            for &m in pieces.as_slice() {
-                for part in [
-                    Mapping {
-                        start: m.start,
-                        end: m.end.min(ex.start),
-                    },
-                    Mapping {
-                        start: m.start.max(ex.end),
-                        end: m.end,
-                    },
-                ] {
-                    if part.start < part.end {
-                        incomplete |= !cut.push(part);
-                    }
-                }
-            }
-            pieces = cut;
+        // One sweep per segment over the excluded areas by start (a copy of
+        // the segment list per excluded area cost two system calls each).
+        excluded.as_mut_slice().sort_unstable_by_key(|m| m.start);
+        let mut pieces: MmapVec<Mapping> = MmapVec::new();
+        for seg in &self.prepared.segments {
+            uncovered(*seg, excluded.as_slice(), |m| incomplete |= !pieces.push(m));
         }
         let r = &mut *self.result;
         for &seg in pieces.as_slice() {
@@ -1296,5 +1311,43 @@ impl Heap<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{uncovered, Mapping};
+
+    fn parts(seg: (usize, usize), excluded: &[(usize, usize)]) -> Vec<(usize, usize)> {
+        let ex: Vec<Mapping> = excluded
+            .iter()
+            .map(|&(start, end)| Mapping { start, end })
+            .collect();
+        let mut out = Vec::new();
+        uncovered(
+            Mapping {
+                start: seg.0,
+                end: seg.1,
+            },
+            &ex,
+            |m| out.push((m.start, m.end)),
+        );
+        out
+    }
+
+    #[test]
+    fn uncovered_parts_skip_overlapping_and_outside_areas() {
+        assert_eq!(parts((100, 200), &[]), [(100, 200)]);
+        assert_eq!(parts((100, 200), &[(0, 50), (300, 400)]), [(100, 200)]);
+        assert_eq!(
+            parts(
+                (100, 200),
+                &[(90, 110), (120, 130), (125, 140), (150, 150), (190, 250)]
+            ),
+            [(110, 120), (140, 190)]
+        );
+        // An area inside another does not bring back what the outer one cut.
+        assert_eq!(parts((100, 200), &[(100, 180), (120, 130)]), [(180, 200)]);
+        assert_eq!(parts((100, 200), &[(50, 250)]), []);
     }
 }
