@@ -340,6 +340,8 @@ fn record_alloc(l: &Local, addr: usize, size: usize) -> bool {
     let Some(ts) = thread_state(l) else {
         return false;
     };
+    // The slot's cache line loads while the stack is captured.
+    LIVE.prefetch(addr);
     match prepare(l, ts, size) {
         Some(p) => commit(
             ts,

@@ -15,7 +15,7 @@
 //! insert fails and the caller counts the block as dropped.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use super::sys::{self, RawLock};
 use super::threads::{FlightPhase, InFlight};
@@ -23,9 +23,11 @@ use super::threads::{FlightPhase, InFlight};
 /// Number of shards; a power of two.
 pub(crate) const SHARDS: usize = 256;
 
-/// Slots a shard gets on first use: small, so a table with few live
-/// blocks stays in cache (256 shards x 16 slots x 32 bytes = 128 KiB).
-const INITIAL_SLOTS: usize = 16;
+/// Slots a shard gets on first use: one page, the least a mapping takes
+/// (256 shards x 128 slots x 32 bytes = 1 MiB, of which only the lines in
+/// use are in cache). Fewer slots only made more growths, each a mapping,
+/// a rehash and an unmapping.
+const INITIAL_SLOTS: usize = 4096 / std::mem::size_of::<Block>();
 
 /// One live block. `addr == 0` marks an empty slot (no allocator returns a
 /// null block).
@@ -95,6 +97,11 @@ struct Shard {
     lock: RawLock,
     /// The fields below are only touched with `lock` held.
     inner: UnsafeCell<ShardTable>,
+    /// Copies of `inner`'s slots and capacity, written under `lock` when the
+    /// table moves and read without it by [`LiveTable::prefetch`]: a stale
+    /// pair only makes a prefetch miss.
+    hint_slots: AtomicPtr<Block>,
+    hint_cap: AtomicUsize,
 }
 
 struct ShardTable {
@@ -133,11 +140,43 @@ fn shard_of(addr: usize) -> usize {
     (mix(addr >> 16) >> 56) as usize & (SHARDS - 1)
 }
 
+/// Hints the CPU to load `p`'s cache line. Never faults, whatever `p`.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint: it reads nothing architecturally and
+    // does not fault on any address, mapped or not.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Home slot: the low 32 hash bits scaled onto `cap` (no power-of-two
 /// capacity needed, so growth can be 1.5x).
 #[inline]
 fn home(h32: u32, cap: usize) -> usize {
     ((h32 as u64 * cap as u64) >> 32) as usize
+}
+
+impl Shard {
+    /// Inserts into the table and keeps the prefetch hints current.
+    ///
+    /// # Safety
+    /// `lock` is held.
+    #[inline]
+    unsafe fn insert(&self, block: Block, mapped: &AtomicUsize) -> bool {
+        // SAFETY: the caller holds the lock, which guards `inner`.
+        let table = unsafe { &mut *self.inner.get() };
+        let before = table.slots;
+        let ok = table.insert(block, mapped);
+        if table.slots != before {
+            self.hint_slots.store(table.slots, Ordering::Relaxed);
+            self.hint_cap.store(table.cap, Ordering::Relaxed);
+        }
+        ok
+    }
 }
 
 impl ShardTable {
@@ -240,7 +279,7 @@ impl ShardTable {
             self.cap + self.cap / 2
         };
         let bytes = new_cap * std::mem::size_of::<Block>();
-        let fresh = sys::map(bytes).cast::<Block>();
+        let fresh = sys::map_populated(bytes).cast::<Block>();
         if fresh.is_null() {
             return false;
         }
@@ -291,9 +330,27 @@ impl LiveTable {
                         cap: 0,
                         len: 0,
                     }),
+                    hint_slots: AtomicPtr::new(std::ptr::null_mut()),
+                    hint_cap: AtomicUsize::new(0),
                 }
             }; SHARDS],
             mapped_bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Starts loading the home slot of a block about to be inserted at
+    /// `addr`, so the insert, made after the stack is captured, does not
+    /// wait on memory for it (with many live blocks that slot is a cache
+    /// miss). Takes no lock and never faults.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, addr: usize) {
+        let shard = &self.shards[shard_of(addr)];
+        let slots = shard.hint_slots.load(Ordering::Relaxed);
+        let cap = shard.hint_cap.load(Ordering::Relaxed);
+        if !slots.is_null() {
+            // A pair read across a growth may point past the old mapping:
+            // hence `wrapping_add`, and a prefetch, which never faults.
+            prefetch(slots.wrapping_add(home(mix(addr) as u32, cap)));
         }
     }
 
@@ -304,7 +361,7 @@ impl LiveTable {
         let shard = &self.shards[shard_of(block.addr)];
         shard.lock.lock();
         // SAFETY: the shard lock is held.
-        let ok = unsafe { (*shard.inner.get()).insert(block, &self.mapped_bytes) };
+        let ok = unsafe { shard.insert(block, &self.mapped_bytes) };
         shard.lock.unlock();
         ok
     }
@@ -344,7 +401,7 @@ impl LiveTable {
         let shard = &self.shards[shard_of(block.addr)];
         shard.lock.lock();
         // SAFETY: the shard lock is held.
-        let ok = unsafe { (*shard.inner.get()).insert(block, &self.mapped_bytes) };
+        let ok = unsafe { shard.insert(block, &self.mapped_bytes) };
         flight.set_phase(FlightPhase::Idle);
         shard.lock.unlock();
         ok

@@ -106,8 +106,8 @@ impl Captured {
     #[inline(always)]
     pub(crate) fn seal(&mut self) {
         let mut hash = StackHash::new();
-        for (i, &f) in self.frames().iter().enumerate() {
-            hash.eat(i, f);
+        for &f in self.frames() {
+            hash.eat(f);
         }
         self.hash = hash.finish(self.len, self.truncated);
     }
@@ -143,7 +143,7 @@ pub(crate) fn capture(max: usize, stack_end: usize, out: &mut Captured) {
             break;
         }
         out.frames[n] = std::mem::MaybeUninit::new(ret);
-        hash.eat(n, ret);
+        hash.eat(ret);
         n += 1;
         if next <= fp {
             break;
@@ -177,7 +177,9 @@ fn registers() -> (usize, usize) {
 }
 
 /// A stack hash with four independent lanes, so its multiply chain does
-/// not serialise a long walk.
+/// not serialise a long walk. Each frame goes to the oldest lane, which
+/// then becomes the newest: the lanes stay in registers (a lane chosen by
+/// index kept them in memory, one store-to-load wait per frame).
 struct StackHash {
     lanes: [u64; 4],
 }
@@ -198,9 +200,10 @@ impl StackHash {
     }
 
     #[inline(always)]
-    fn eat(&mut self, i: usize, frame: usize) {
-        let l = &mut self.lanes[i & 3];
-        *l = (*l ^ frame as u64).wrapping_mul(Self::K).rotate_left(31);
+    fn eat(&mut self, frame: usize) {
+        let [a, b, c, d] = self.lanes;
+        let a = (a ^ frame as u64).wrapping_mul(Self::K).rotate_left(31);
+        self.lanes = [b, c, d, a];
     }
 
     #[inline(always)]
@@ -222,8 +225,8 @@ impl StackHash {
 #[cfg(test)]
 fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
     let mut h = StackHash::new();
-    for (i, &f) in frames.iter().enumerate() {
-        h.eat(i, f);
+    for &f in frames {
+        h.eat(f);
     }
     h.finish(frames.len(), truncated)
 }

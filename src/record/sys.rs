@@ -18,6 +18,17 @@ compile_error!(
 /// until touched (`MAP_NORESERVE`), so tables may reserve generously.
 /// Returns null on failure.
 pub(crate) fn map(bytes: usize) -> *mut u8 {
+    map_with(bytes, 0)
+}
+
+/// As [`map`], with every page made present now, in one system call: for
+/// memory about to be written all over (a table being rehashed), which
+/// would otherwise take a page fault per page.
+pub(crate) fn map_populated(bytes: usize) -> *mut u8 {
+    map_with(bytes, libc::MAP_POPULATE)
+}
+
+fn map_with(bytes: usize, flags: libc::c_int) -> *mut u8 {
     if bytes == 0 {
         return null_mut();
     }
@@ -28,7 +39,7 @@ pub(crate) fn map(bytes: usize) -> *mut u8 {
             null_mut(),
             bytes,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | flags,
             -1,
             0,
         )
