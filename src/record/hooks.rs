@@ -432,6 +432,9 @@ fn note_sampled(addr: usize) {
 /// Recorded before the inner allocator gets `addr` back.
 #[inline(never)]
 pub(crate) fn on_free(addr: usize) {
+    // The block's slot loads while the shard lock is taken (a prefetch is
+    // not held back by the lock's barrier; the lookup after it would be).
+    LIVE.prefetch(addr);
     let _ = LOCAL.try_with(|l| {
         if l.holds_locks.get() {
             // Only leakprof's own scratch memory is freed while it holds the

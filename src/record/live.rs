@@ -338,10 +338,10 @@ impl LiveTable {
         }
     }
 
-    /// Starts loading the home slot of a block about to be inserted at
-    /// `addr`, so the insert, made after the stack is captured, does not
+    /// Starts loading the home slot of `addr`: of a block about to be
+    /// inserted, so the insert, made after the stack is captured, does not
     /// wait on memory for it (with many live blocks that slot is a cache
-    /// miss). Takes no lock and never faults.
+    /// miss), or of one about to be removed. Takes no lock, never faults.
     #[inline(always)]
     pub(crate) fn prefetch(&self, addr: usize) {
         let shard = &self.shards[shard_of(addr)];
