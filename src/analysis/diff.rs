@@ -133,7 +133,13 @@ impl Comparison {
     }
 }
 
-/// The seed's wording: "31x reduction" (whole numbers from 10x up).
+/// Beyond this ratio a figure says "over" it: two measurements three
+/// orders of magnitude apart (a leak against the noise of a fixed run's
+/// fitted slope) have no meaningful ratio ("108397x reduction").
+const RATIO_CAP: f64 = 1000.0;
+
+/// The seed's wording: "31x reduction" (whole numbers from 10x up; "over
+/// 1000x" past [`RATIO_CAP`]).
 pub fn improvement(a: f64, b: f64) -> String {
     if a <= 0.0 && b <= 0.0 {
         return "-".to_string();
@@ -146,7 +152,9 @@ pub fn improvement(a: f64, b: f64) -> String {
     }
     let ratio = a / b;
     let fmt = |r: f64| {
-        if r >= 10.0 {
+        if r > RATIO_CAP {
+            format!("over {RATIO_CAP:.0}x")
+        } else if r >= 10.0 {
             format!("{r:.0}x")
         } else {
             format!("{r:.1}x")
@@ -217,5 +225,9 @@ mod tests {
         assert_eq!(improvement(100.0, 200.0), "2.0x increase");
         assert_eq!(improvement(100.0, 0.0), "eliminated");
         assert_eq!(improvement(100.0, 99.0), "no change");
+        // A fixed run's near-zero fitted slope against a real leak.
+        assert_eq!(improvement(134_217_728.0, 1238.2), "over 1000x reduction");
+        assert_eq!(improvement(1.0, 5000.0), "over 1000x increase");
+        assert_eq!(improvement(1000.0, 1.0), "1000x reduction");
     }
 }
