@@ -246,9 +246,9 @@ impl Recorder {
     /// memory. This is leakprof's one stop-the-world pause: every other
     /// thread is stopped with a signal and allocation waits while the live
     /// heap is scanned for pointers. How long depends on the heap's shape:
-    /// docs/BENCHMARKS.md ("Heap graph") measures a pause of 0.66 s per GiB
-    /// of live heap made of 1 KiB objects with the conservative scan, a fifth
-    /// to a quarter more when blocks are read by their types (the default; the
+    /// docs/BENCHMARKS.md ("Heap graph") measures a pause of 0.50 s per GiB
+    /// of live heap made of 1 KiB objects with the conservative scan, about
+    /// 1.3x that when blocks are read by their types (the default; the
     /// types load once, before the first pause), and far less for large
     /// pointer-free blocks; the analysis after the pause runs with the
     /// world going. Unavailable in sampling mode, where most blocks are
