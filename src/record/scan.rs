@@ -876,8 +876,9 @@ impl Paused<'_> {
         {
             incomplete |= !excluded.push(ex);
         }
-        // One sweep per segment over the excluded areas by start (a copy of
-        // the segment list per excluded area cost two system calls each).
+        // Sorted once, then one sweep per segment: the exact trace covers
+        // hundreds of statics, and work per area (let alone a mapping per
+        // area) would lengthen the pause.
         excluded.as_mut_slice().sort_unstable_by_key(|m| m.start);
         let mut pieces: MmapVec<Mapping> = MmapVec::new();
         for seg in &self.prepared.segments {

@@ -105,11 +105,7 @@ impl Captured {
     /// Computes the hash of frames given with [`Captured::push`].
     #[inline(always)]
     pub(crate) fn seal(&mut self) {
-        let mut hash = StackHash::new();
-        for &f in self.frames() {
-            hash.eat(f);
-        }
-        self.hash = hash.finish(self.len, self.truncated);
+        self.hash = hash_frames(self.frames(), self.truncated);
     }
 }
 
@@ -222,7 +218,9 @@ impl StackHash {
     }
 }
 
-#[cfg(test)]
+/// The hash of a whole stack (the frame-pointer walk computes the same as
+/// it goes).
+#[inline(always)]
 fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
     let mut h = StackHash::new();
     for &f in frames {
