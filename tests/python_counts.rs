@@ -88,6 +88,17 @@ fn tagged(profile: &Profile, task: &str) -> (u64, u64) {
         })
 }
 
+/// The workload's counts with `env`, once it has allocated enough to
+/// compare; `None` where Python is unavailable (outside CI).
+fn counts_with(env: &[(&str, String)]) -> Option<Counts> {
+    let python = support::python::dramatiq()?;
+    let dir = tempfile::tempdir().unwrap();
+    let counts = run(&python, &dir.path().join("out"), env);
+    let tm_bytes = counts.tracemalloc.0;
+    assert!(tm_bytes > 20 << 20, "the workload allocates: {tm_bytes}");
+    Some(counts)
+}
+
 fn assert_within_1_percent(what: &str, leakprof: u64, expected: u64) {
     let ratio = leakprof as f64 / expected as f64;
     assert!(
@@ -100,17 +111,10 @@ fn assert_within_1_percent(what: &str, leakprof: u64, expected: u64) {
 /// both see the same blocks.
 #[test]
 fn live_bytes_match_tracemalloc_started_first() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some(counts) = counts_with(&[("PYTHONTRACEMALLOC", "1".to_string())]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let counts = run(
-        &python,
-        &dir.path().join("out"),
-        &[("PYTHONTRACEMALLOC", "1".to_string())],
-    );
     let (tm_bytes, tm_blocks) = counts.tracemalloc;
-    assert!(tm_bytes > 20 << 20, "the workload allocates: {tm_bytes}");
     assert_within_1_percent("bytes", counts.leakprof.0, tm_bytes);
     assert_within_1_percent("blocks", counts.leakprof.1, tm_blocks);
 }
@@ -120,17 +124,10 @@ fn live_bytes_match_tracemalloc_started_first() {
 /// block, and nothing twice.
 #[test]
 fn live_bytes_match_tracemalloc_started_inside_plus_its_trace_records() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some(counts) = counts_with(&[("LEAKPROF_TEST_TRACEMALLOC_FRAMES", "1".to_string())]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let counts = run(
-        &python,
-        &dir.path().join("out"),
-        &[("LEAKPROF_TEST_TRACEMALLOC_FRAMES", "1".to_string())],
-    );
     let (tm_bytes, tm_blocks) = counts.tracemalloc;
-    assert!(tm_bytes > 20 << 20, "the workload allocates: {tm_bytes}");
     assert_within_1_percent(
         "bytes",
         counts.leakprof.0,
