@@ -88,24 +88,57 @@ impl Captured {
         unsafe { std::slice::from_raw_parts(self.frames.as_ptr().cast::<usize>(), len) }
     }
 
-    /// Appends a frame read by another stack source (the Python
-    /// interpreter's frame records, `record::python`), innermost first.
-    /// False, and the stack marked truncated, once `max` frames are in.
+    /// Starts filling this stack from another stack source (the Python
+    /// interpreter's frame records, `record::python`), at most `max`
+    /// frames, innermost first.
     #[inline(always)]
-    pub(crate) fn push(&mut self, max: usize, frame: usize) -> bool {
-        if self.len >= max.min(MAX_DEPTH) {
-            self.truncated = true;
-            return false;
+    pub(crate) fn filler(&mut self, max: usize) -> Filler<'_> {
+        self.truncated = false;
+        Filler {
+            out: self,
+            n: 0,
+            max: max.min(MAX_DEPTH),
+            hash: StackHash::new(),
         }
-        self.frames[self.len] = std::mem::MaybeUninit::new(frame);
-        self.len += 1;
+    }
+}
+
+/// A stack being filled by another stack source: hashes each frame as it
+/// comes (the multiplies overlap the source's dependent loads) and keeps
+/// the count in a register, where a count in the `Captured` would chain
+/// each frame's store to the next through memory.
+pub(crate) struct Filler<'a> {
+    out: &'a mut Captured,
+    n: usize,
+    max: usize,
+    hash: StackHash,
+}
+
+impl Filler<'_> {
+    /// Appends a frame; false, and the stack marked truncated, once the
+    /// stack is full.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, frame: usize) -> bool {
+        let Some(slot) = self
+            .out
+            .frames
+            .get_mut(self.n)
+            .filter(|_| self.n < self.max)
+        else {
+            self.out.truncated = true;
+            return false;
+        };
+        *slot = std::mem::MaybeUninit::new(frame);
+        self.hash.eat(frame);
+        self.n += 1;
         true
     }
 
-    /// Computes the hash of frames given with [`Captured::push`].
+    /// Ends the stack: its length and hash.
     #[inline(always)]
-    pub(crate) fn seal(&mut self) {
-        self.hash = hash_frames(self.frames(), self.truncated);
+    pub(crate) fn finish(self) {
+        self.out.len = self.n;
+        self.out.hash = self.hash.finish(self.n, self.out.truncated);
     }
 }
 
@@ -218,9 +251,9 @@ impl StackHash {
     }
 }
 
-/// The hash of a whole stack (the frame-pointer walk computes the same as
-/// it goes).
-#[inline(always)]
+/// The hash of a whole stack (the frame-pointer walk and [`Filler`]
+/// compute the same as they go).
+#[cfg(test)]
 fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
     let mut h = StackHash::new();
     for &f in frames {
@@ -459,5 +492,24 @@ mod tests {
             "walk-time hash equals the slice hash"
         );
         assert!(d.truncated);
+    }
+
+    #[test]
+    fn filled_stacks_hash_as_their_frames_and_stop_at_max() {
+        let mut c = Captured::new();
+        let mut fill = c.filler(3);
+        assert!((1..=3).all(|f| fill.push(f)));
+        assert!(!fill.push(4), "a fourth frame past max 3");
+        fill.finish();
+        assert_eq!(c.frames(), &[1, 2, 3]);
+        assert!(c.truncated);
+        assert_eq!(c.hash, hash_frames(&[1, 2, 3], true));
+        let mut d = Captured::new();
+        let mut fill = d.filler(3);
+        assert!(fill.push(1) && fill.push(2));
+        fill.finish();
+        assert!(!d.truncated);
+        assert_eq!(d.hash, hash_frames(&[1, 2], false));
+        assert_ne!(c.hash, d.hash);
     }
 }

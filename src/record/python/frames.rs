@@ -22,7 +22,7 @@ use std::ffi::{c_int, c_void};
 use super::capi::{self, Api};
 use super::layout as l;
 use crate::record::hooks::STACKS;
-use crate::record::stacks::{Captured, MAX_DEPTH};
+use crate::record::stacks::{Captured, Filler, MAX_DEPTH};
 use crate::record::symbols::FOREIGN_FRAME;
 
 const ADDRESS_BITS: u32 = 48;
@@ -46,19 +46,26 @@ pub(crate) fn capture(max: usize, out: &mut Captured) {
         let tstate = unsafe { (api.this_thread_state)() } as usize;
         if tstate != 0 {
             walk(tstate, max, out);
-            out.seal();
             if STACKS.intern_once(out) {
                 pin(api, tstate, out);
             }
             return;
         }
     }
-    out.seal();
+    out.filler(max).finish();
 }
 
-/// Pushes the frames of `tstate`, the calling thread's state, innermost
-/// first, skipping incomplete ones (as `PyFrame_GetBack` does).
+/// Fills `out` with the frames of `tstate`, the calling thread's state,
+/// innermost first, skipping incomplete ones (as `PyFrame_GetBack` does).
+#[inline(always)]
 fn walk(tstate: usize, max: usize, out: &mut Captured) {
+    let mut fill = out.filler(max);
+    walk_into(tstate, &mut fill);
+    fill.finish();
+}
+
+#[inline(always)]
+fn walk_into(tstate: usize, out: &mut Filler) {
     // SAFETY: `tstate` is this thread's live PyThreadState, whose `cframe`
     // points to a live `_PyCFrame` of this thread (layout: `layout`).
     let cframe: usize = unsafe { read(tstate, l::TSTATE_CFRAME) };
@@ -99,7 +106,7 @@ fn walk(tstate: usize, max: usize, out: &mut Captured) {
             if complete {
                 let offset = (prev_instr.saturating_sub(first) / l::CODE_UNIT_BYTES) as u64;
                 let word = FOREIGN_FRAME | (offset.min(MAX_OFFSET) << ADDRESS_BITS) | code as u64;
-                if !out.push(max, word as usize) {
+                if !out.push(word as usize) {
                     break;
                 }
             }
