@@ -341,7 +341,7 @@ fn record_alloc(l: &Local, addr: usize, size: usize) -> bool {
         return false;
     };
     // The slot's cache line loads while the stack is captured.
-    LIVE.prefetch(addr);
+    LIVE.prefetch(addr, Some(size));
     match prepare(l, ts, size) {
         Some(p) => commit(
             ts,
@@ -434,7 +434,7 @@ fn note_sampled(addr: usize) {
 pub(crate) fn on_free(addr: usize) {
     // The block's slot loads while the shard lock is taken (a prefetch is
     // not held back by the lock's barrier; the lookup after it would be).
-    LIVE.prefetch(addr);
+    LIVE.prefetch(addr, None);
     let _ = LOCAL.try_with(|l| {
         if l.holds_locks.get() {
             // Only leakprof's own scratch memory is freed while it holds the

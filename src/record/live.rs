@@ -13,9 +13,23 @@
 //! never holds less than one entry per 64 bytes of slots (32-byte entries at
 //! load >= 1/2) once past its initial size. If the kernel refuses memory the
 //! insert fails and the caller counts the block as dropped.
+//!
+//! **Region pages** (on in Python processes, [`LiveTable::use_region_pages`]).
+//! A hash table puts each block in a random slot, so every insert and
+//! remove is a cache miss once the table outgrows the cache, while an
+//! interpreter's small objects come from size-class pools in address order.
+//! With region pages on, a block of at most [`PAGED_MAX`] bytes at a 16-byte
+//! aligned address goes instead to its 64 KiB region's page: one 16-byte
+//! slot per 16 bytes of the region, at the block's offset, so blocks made
+//! (and freed) in address order touch their slots in order too, and no slot
+//! is ever probed. A region's page belongs to the region's shard (the shard
+//! is chosen by region) and is guarded by its lock. Pages are found through
+//! a two-level directory by region number and are never unmapped, so a
+//! lock-free prefetch may read the directory. A free looks in the region's
+//! page first and in the hash table when the slot there is empty.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use super::sys::{self, RawLock};
 use super::threads::{FlightPhase, InFlight};
@@ -92,6 +106,149 @@ impl Block {
     }
 }
 
+/// Region pages take blocks of at most this many bytes (pymalloc's
+/// largest size class): smaller slot memory per byte than the hash table
+/// for such blocks, and the most numerous ones.
+pub(crate) const PAGED_MAX: usize = 512;
+/// A page has a slot per this many bytes of its region (the alignment of
+/// every allocator a Python process uses).
+const GRAIN: usize = 16;
+/// A region is what `shard_of` shards by: 64 KiB.
+const REGION_BITS: u32 = 16;
+const PAGE_SLOTS: usize = (1 << REGION_BITS) / GRAIN;
+/// Region pages cover addresses below this (all of user space on x86-64 and
+/// aarch64 with 48-bit addresses); blocks above go to the hash table.
+const PAGED_LIMIT: usize = 1 << 47;
+/// Directory levels: the top one by address bits 46..32, each mid one by
+/// bits 31..16 (the region within 4 GiB).
+const TOP_LEN: usize = PAGED_LIMIT >> 32;
+const MID_LEN: usize = 1 << (32 - REGION_BITS);
+
+/// A block in a region page; `size == 0` marks an empty slot (recorded
+/// blocks are never empty: Python's allocators and Rust's count 0 as 1).
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct PagedBlock {
+    size: u32,
+    stack: u32,
+    tag: u32,
+    birth_ms: u32,
+}
+
+/// One region's page: mapped on the region's first small block, never
+/// unmapped, touched a memory page at a time as the region fills.
+#[repr(C)]
+struct RegionPage {
+    /// The next page of the same shard (the shard's list, for whole-table
+    /// walks).
+    next: *mut RegionPage,
+    /// The region's first address.
+    base: usize,
+    /// Occupied slots.
+    len: usize,
+    _pad: usize,
+    slots: [PagedBlock; PAGE_SLOTS],
+}
+
+impl RegionPage {
+    #[inline]
+    fn index(addr: usize) -> usize {
+        (addr >> GRAIN.trailing_zeros()) & (PAGE_SLOTS - 1)
+    }
+
+    fn block(&self, i: usize, b: &PagedBlock) -> Block {
+        Block {
+            addr: self.base + i * GRAIN,
+            size: b.size as usize,
+            stack: b.stack,
+            tag: b.tag,
+            birth_ms: b.birth_ms,
+            hash: 0,
+        }
+    }
+}
+
+/// Region number -> page, in two levels of mid arrays mapped on first use
+/// and published with a compare-and-swap (regions of different shards
+/// share a mid array). A page pointer is written once, by the holder of
+/// its region's shard lock.
+struct Directory {
+    /// `TOP_LEN` pointers to mid arrays of `MID_LEN` page pointers.
+    top: AtomicPtr<AtomicPtr<AtomicPtr<RegionPage>>>,
+}
+
+impl Directory {
+    const fn new() -> Directory {
+        Directory {
+            top: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// The page of `addr`'s region, or null. Takes no lock: levels and
+    /// pages, once published, stay mapped.
+    #[inline(always)]
+    fn find(&self, addr: usize) -> *mut RegionPage {
+        let top = self.top.load(Ordering::Acquire);
+        if top.is_null() || addr >= PAGED_LIMIT {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: `top` maps TOP_LEN entries and `addr >> 32 < TOP_LEN`.
+        let mid = unsafe { &*top.add(addr >> 32) }.load(Ordering::Acquire);
+        if mid.is_null() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: `mid` maps MID_LEN entries; the index is masked to them.
+        unsafe { &*mid.add((addr >> REGION_BITS) & (MID_LEN - 1)) }.load(Ordering::Acquire)
+    }
+
+    /// The directory entry of `addr`'s region (below `PAGED_LIMIT`),
+    /// mapping the levels on the way; None if the kernel refuses memory.
+    fn entry(&self, addr: usize, mapped: &AtomicUsize) -> Option<&AtomicPtr<RegionPage>> {
+        let top = level(&self.top, TOP_LEN, mapped)?;
+        // SAFETY: `top` maps TOP_LEN entries and `addr >> 32 < TOP_LEN`.
+        let mid = level(unsafe { &*top.add(addr >> 32) }, MID_LEN, mapped)?;
+        // SAFETY: `mid` maps MID_LEN entries; the index is masked to them.
+        Some(unsafe { &*mid.add((addr >> REGION_BITS) & (MID_LEN - 1)) })
+    }
+}
+
+/// The array `slot` points to, mapped (`len` zeroed pointers) and
+/// published on first use. Two threads may race here (their regions'
+/// shards differ): the loser unmaps its copy and takes the winner's.
+#[cold]
+fn level<T>(
+    slot: &AtomicPtr<AtomicPtr<T>>,
+    len: usize,
+    mapped: &AtomicUsize,
+) -> Option<*mut AtomicPtr<T>> {
+    let p = slot.load(Ordering::Acquire);
+    if !p.is_null() {
+        return Some(p);
+    }
+    let bytes = len * std::mem::size_of::<AtomicPtr<T>>();
+    let fresh = sys::map(bytes).cast::<AtomicPtr<T>>();
+    if fresh.is_null() {
+        return None;
+    }
+    match slot.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => {
+            mapped.fetch_add(bytes, Ordering::Relaxed);
+            Some(fresh)
+        }
+        Err(winner) => {
+            // SAFETY: `fresh` came from `map` with this size and was never
+            // published.
+            unsafe { sys::unmap(fresh.cast(), bytes) };
+            Some(winner)
+        }
+    }
+}
+
 #[repr(C, align(64))]
 struct Shard {
     lock: RawLock,
@@ -108,12 +265,19 @@ struct ShardTable {
     slots: *mut Block,
     cap: usize,
     len: usize,
+    /// The region pages of this shard's regions, linked by `next`.
+    pages: *mut RegionPage,
+    /// Blocks in those pages.
+    paged: usize,
 }
 
 pub(crate) struct LiveTable {
     shards: [Shard; SHARDS],
     /// Bytes of slot memory mapped, for the recorder's own accounting.
     mapped_bytes: AtomicUsize,
+    /// New small blocks go to region pages (see the module doc).
+    region_pages: AtomicBool,
+    directory: Directory,
 }
 
 // SAFETY: every access to a shard's table happens with its lock held.
@@ -180,6 +344,11 @@ impl Shard {
 }
 
 impl ShardTable {
+    /// Blocks recorded, in the hash table and in region pages.
+    fn blocks(&self) -> usize {
+        self.len + self.paged
+    }
+
     /// # Safety
     /// `i < self.cap` and `slots` is mapped.
     #[inline]
@@ -283,17 +452,11 @@ impl ShardTable {
         if fresh.is_null() {
             return false;
         }
-        let old = std::mem::replace(
-            self,
-            ShardTable {
-                slots: fresh,
-                cap: new_cap,
-                len: 0,
-            },
-        );
-        for i in 0..old.cap {
-            // SAFETY: i < old.cap, old mapping still valid.
-            let b = unsafe { *old.slot(i) };
+        let (old_slots, old_cap) = (self.slots, self.cap);
+        (self.slots, self.cap, self.len) = (fresh, new_cap, 0);
+        for i in 0..old_cap {
+            // SAFETY: i < old_cap, old mapping still valid.
+            let b = unsafe { *old_slots.add(i) };
             if b.addr != 0 {
                 let mut j = home(b.hash, new_cap);
                 // SAFETY: j < new_cap; the new table has room (load < 1/2).
@@ -309,10 +472,10 @@ impl ShardTable {
                 self.len += 1;
             }
         }
-        let old_bytes = old.cap * std::mem::size_of::<Block>();
+        let old_bytes = old_cap * std::mem::size_of::<Block>();
         // SAFETY: the old slots came from `map` with this size and are no
         // longer referenced.
-        unsafe { sys::unmap(old.slots.cast(), old_bytes) };
+        unsafe { sys::unmap(old_slots.cast(), old_bytes) };
         mapped.fetch_add(bytes, Ordering::Relaxed);
         mapped.fetch_sub(old_bytes, Ordering::Relaxed);
         true
@@ -329,21 +492,156 @@ impl LiveTable {
                         slots: std::ptr::null_mut(),
                         cap: 0,
                         len: 0,
+                        pages: std::ptr::null_mut(),
+                        paged: 0,
                     }),
                     hint_slots: AtomicPtr::new(std::ptr::null_mut()),
                     hint_cap: AtomicUsize::new(0),
                 }
             }; SHARDS],
             mapped_bytes: AtomicUsize::new(0),
+            region_pages: AtomicBool::new(false),
+            directory: Directory::new(),
         }
     }
 
-    /// Starts loading the home slot of `addr`: of a block about to be
-    /// inserted, so the insert, made after the stack is captured, does not
-    /// wait on memory for it (with many live blocks that slot is a cache
-    /// miss), or of one about to be removed. Takes no lock, never faults.
+    /// Sends new small blocks to region pages from now on (see the module
+    /// doc). Blocks already recorded stay where they are.
+    pub(crate) fn use_region_pages(&self, on: bool) {
+        self.region_pages.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a new block of `size` bytes at `addr` goes to a region page.
     #[inline(always)]
-    pub(crate) fn prefetch(&self, addr: usize) {
+    fn paged(&self, addr: usize, size: usize) -> bool {
+        size <= PAGED_MAX
+            && addr % GRAIN == 0
+            && addr < PAGED_LIMIT
+            && self.region_pages.load(Ordering::Relaxed)
+    }
+
+    /// Records `block` in the shard whose lock the caller holds: in its
+    /// region's page when it is a small block and region pages are on (the
+    /// hash table takes it if no page can be mapped), else in the hash
+    /// table.
+    ///
+    /// # Safety
+    /// `shard` is `block.addr`'s shard and its lock is held.
+    #[inline]
+    unsafe fn insert_locked(&self, shard: &Shard, block: Block) -> bool {
+        // SAFETY: the caller holds the lock, which guards `inner`.
+        let table = unsafe { &mut *shard.inner.get() };
+        if self.paged(block.addr, block.size) {
+            let page = self.page_for(table, block.addr);
+            if !page.is_null() {
+                // SAFETY: pages stay mapped; the caller holds the lock of
+                // the block's shard, which guards its region's page.
+                let page = unsafe { &mut *page };
+                let slot = &mut page.slots[RegionPage::index(block.addr)];
+                if slot.size == 0 {
+                    page.len += 1;
+                    table.paged += 1;
+                }
+                // A taken slot holds a stale entry, as in the hash table.
+                *slot = PagedBlock {
+                    size: block.size as u32,
+                    stack: block.stack,
+                    tag: block.tag,
+                    birth_ms: block.birth_ms,
+                };
+                return true;
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { shard.insert(block, &self.mapped_bytes) }
+    }
+
+    /// Removes the block at `addr` from the shard whose lock the caller
+    /// holds: from its region's page if it is there, else from the hash
+    /// table.
+    ///
+    /// # Safety
+    /// `shard` is `addr`'s shard and its lock is held.
+    #[inline]
+    unsafe fn remove_locked(&self, shard: &Shard, addr: usize) -> Option<Block> {
+        // SAFETY: the caller holds the lock, which guards `inner`.
+        let table = unsafe { &mut *shard.inner.get() };
+        if addr % GRAIN == 0 {
+            let page = self.directory.find(addr);
+            if !page.is_null() {
+                // SAFETY: pages stay mapped; this one is of `addr`'s
+                // region, so the held lock guards it.
+                let page = unsafe { &mut *page };
+                let i = RegionPage::index(addr);
+                let slot = page.slots[i];
+                if slot.size != 0 {
+                    page.slots[i] = PagedBlock::default();
+                    page.len -= 1;
+                    table.paged -= 1;
+                    return Some(page.block(i, &slot));
+                }
+            }
+        }
+        table.remove(addr)
+    }
+
+    /// The page of `addr`'s region, mapped and linked into its shard's
+    /// list (`table`) on first use; null if the kernel refuses memory.
+    #[inline(always)]
+    fn page_for(&self, table: &mut ShardTable, addr: usize) -> *mut RegionPage {
+        let page = self.directory.find(addr);
+        if page.is_null() {
+            return self.map_page(table, addr);
+        }
+        page
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn map_page(&self, table: &mut ShardTable, addr: usize) -> *mut RegionPage {
+        let Some(entry) = self.directory.entry(addr, &self.mapped_bytes) else {
+            return std::ptr::null_mut();
+        };
+        let bytes = std::mem::size_of::<RegionPage>();
+        let page = sys::map(bytes).cast::<RegionPage>();
+        if page.is_null() {
+            return page;
+        }
+        // SAFETY: a fresh zeroed mapping the size of a page, which is all
+        // integers and pointers (zero is a valid empty page), not yet
+        // published.
+        unsafe {
+            (*page).base = addr & !((1 << REGION_BITS) - 1);
+            (*page).next = table.pages;
+        }
+        table.pages = page;
+        self.mapped_bytes.fetch_add(bytes, Ordering::Relaxed);
+        // Only the holder of this region's shard lock writes this entry.
+        entry.store(page, Ordering::Release);
+        page
+    }
+
+    /// Starts loading the slot of a block about to be inserted (`size`
+    /// given) or removed (`None`), so the insert, made after the stack is
+    /// captured, or the lookup after the lock does not wait on memory for
+    /// it: with many live blocks a hash slot is a cache miss. Takes no
+    /// lock, never faults.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, addr: usize, size: Option<usize>) {
+        if size.map_or(addr % GRAIN == 0, |size| self.paged(addr, size)) {
+            let page = self.directory.find(addr);
+            if !page.is_null() {
+                // In bounds of a mapped page; a prefetch never faults anyway.
+                prefetch(page.cast::<u8>().wrapping_add(
+                    std::mem::offset_of!(RegionPage, slots)
+                        + RegionPage::index(addr) * std::mem::size_of::<PagedBlock>(),
+                ));
+                return;
+            }
+            if size.is_some() {
+                return; // the region's first block: its page is not mapped
+            }
+        }
         let shard = &self.shards[shard_of(addr)];
         let slots = shard.hint_slots.load(Ordering::Relaxed);
         let cap = shard.hint_cap.load(Ordering::Relaxed);
@@ -360,8 +658,8 @@ impl LiveTable {
     pub(crate) fn insert(&self, block: Block) -> bool {
         let shard = &self.shards[shard_of(block.addr)];
         shard.lock.lock();
-        // SAFETY: the shard lock is held.
-        let ok = unsafe { shard.insert(block, &self.mapped_bytes) };
+        // SAFETY: the block's shard lock is held.
+        let ok = unsafe { self.insert_locked(shard, block) };
         shard.lock.unlock();
         ok
     }
@@ -371,8 +669,8 @@ impl LiveTable {
     pub(crate) fn remove(&self, addr: usize) -> Option<Block> {
         let shard = &self.shards[shard_of(addr)];
         shard.lock.lock();
-        // SAFETY: the shard lock is held.
-        let b = unsafe { (*shard.inner.get()).remove(addr) };
+        // SAFETY: the address's shard lock is held.
+        let b = unsafe { self.remove_locked(shard, addr) };
         shard.lock.unlock();
         b
     }
@@ -384,8 +682,8 @@ impl LiveTable {
     pub(crate) fn remove_into_flight(&self, addr: usize, flight: &InFlight) -> Option<Block> {
         let shard = &self.shards[shard_of(addr)];
         shard.lock.lock();
-        // SAFETY: the shard lock is held.
-        let b = unsafe { (*shard.inner.get()).remove(addr) };
+        // SAFETY: the address's shard lock is held.
+        let b = unsafe { self.remove_locked(shard, addr) };
         if let Some(b) = &b {
             flight.detached(b);
         }
@@ -400,8 +698,8 @@ impl LiveTable {
     pub(crate) fn insert_landing(&self, block: Block, flight: &InFlight) -> bool {
         let shard = &self.shards[shard_of(block.addr)];
         shard.lock.lock();
-        // SAFETY: the shard lock is held.
-        let ok = unsafe { shard.insert(block, &self.mapped_bytes) };
+        // SAFETY: the block's shard lock is held.
+        let ok = unsafe { self.insert_locked(shard, block) };
         flight.set_phase(FlightPhase::Idle);
         shard.lock.unlock();
         ok
@@ -421,7 +719,7 @@ impl LiveTable {
             let hint: usize = self
                 .shards
                 .iter()
-                .map(|s| unsafe { (*s.inner.get()).len })
+                .map(|s| unsafe { (*s.inner.get()).blocks() })
                 .sum();
             let flying = flights().count();
             out.clear();
@@ -431,7 +729,7 @@ impl LiveTable {
             let len: usize = self
                 .shards
                 .iter()
-                .map(|s| unsafe { (*s.inner.get()).len })
+                .map(|s| unsafe { (*s.inner.get()).blocks() })
                 .sum();
             if out.capacity() < len + flights().count() {
                 self.unlock_all();
@@ -461,6 +759,18 @@ impl LiveTable {
                 unsafe { std::ptr::write_bytes(t.slots, 0, t.cap) };
             }
             t.len = 0;
+            let mut page = t.pages;
+            while !page.is_null() {
+                // SAFETY: pages in a shard's list stay mapped; the lock
+                // guards them.
+                let p = unsafe { &mut *page };
+                if p.len != 0 {
+                    p.slots.fill(PagedBlock::default());
+                    p.len = 0;
+                }
+                page = p.next;
+            }
+            t.paged = 0;
             shard.lock.unlock();
         }
     }
@@ -505,6 +815,20 @@ impl LiveTable {
                     f(b);
                 }
             }
+            let mut page = t.pages;
+            while !page.is_null() {
+                // SAFETY: pages in a shard's list stay mapped; the caller
+                // holds the lock that guards them.
+                let p = unsafe { &*page };
+                if p.len != 0 {
+                    for (i, slot) in p.slots.iter().enumerate() {
+                        if slot.size != 0 {
+                            f(&p.block(i, slot));
+                        }
+                    }
+                }
+                page = p.next;
+            }
         }
     }
 
@@ -547,6 +871,97 @@ mod tests {
         let mut rest = Vec::new();
         table.copy_into(&mut rest, std::iter::empty);
         assert!(rest.is_empty());
+    }
+
+    /// Every block the table lists, by address.
+    fn listed(table: &LiveTable) -> Vec<Block> {
+        let mut all = Vec::new();
+        table.copy_into(&mut all, std::iter::empty);
+        all.sort_by_key(|b| b.addr);
+        all
+    }
+
+    #[test]
+    fn region_pages_hold_small_aligned_blocks_and_the_hash_table_the_rest() {
+        let table = Box::new(LiveTable::new());
+        table.use_region_pages(true);
+        let base = 0x7f00_1234_0000usize;
+        // Small blocks in address order, as pools hand them out, across a
+        // region boundary; a large block and an unaligned one in the same
+        // region; a block past the directory's reach.
+        let small: Vec<usize> = (0..5000).map(|i| base + 0xf000 + i * 48).collect();
+        for (i, &a) in small.iter().enumerate() {
+            assert!(table.insert(Block::new(a, 48, 7, i as u32, 3)));
+        }
+        let large = base + 0x8000;
+        let unaligned = base + 0x9008;
+        let high = PAGED_LIMIT + 0x40;
+        for (a, size) in [(large, 4096), (unaligned, 24), (high, 32)] {
+            assert!(table.insert(Block::new(a, size, 9, 0, 0)));
+        }
+        // SAFETY (the reads below): no other thread uses this table.
+        let shard = |a: usize| unsafe { &*table.shards[shard_of(a)].inner.get() };
+        let paged: usize = table
+            .shards
+            .iter()
+            .map(|s| unsafe { (*s.inner.get()).paged })
+            .sum();
+        let hashed: usize = table
+            .shards
+            .iter()
+            .map(|s| unsafe { (*s.inner.get()).len })
+            .sum();
+        assert_eq!(
+            (paged, hashed),
+            (5000, 3),
+            "small blocks in pages, the rest hashed"
+        );
+        assert!(!table.directory.find(small[0]).is_null());
+        assert!(!table.directory.find(small[4999]).is_null());
+        assert!(shard(large).find(large).is_some());
+
+        let all = listed(&table);
+        assert_eq!(all.len(), 5003);
+        let first = all.iter().find(|b| b.addr == small[0]).copied();
+        assert_eq!(first, Some(Block::new(small[0], 48, 7, 0, 3)));
+
+        // A free finds its block wherever it is, once.
+        assert_eq!(table.remove(large).map(|b| b.size), Some(4096));
+        assert_eq!(table.remove(large), None);
+        assert_eq!(table.remove(unaligned).map(|b| b.size), Some(24));
+        assert_eq!(table.remove(high).map(|b| b.size), Some(32));
+        for (i, &a) in small.iter().enumerate().step_by(2) {
+            let b = table.remove(a).expect("a paged block is found");
+            assert_eq!((b.addr, b.size, b.tag), (a, 48, i as u32));
+            assert_eq!(table.remove(a), None, "removed twice: {a:#x}");
+        }
+        // An address no block starts at, inside a paged region.
+        assert_eq!(table.remove(small[1] + 16), None);
+        let rest = listed(&table);
+        assert_eq!(rest.len(), 2500);
+        assert!(rest.iter().all(|b| (b.addr - small[0]) % 96 == 48));
+
+        // Reinsertion replaces, and clearing empties the pages.
+        assert!(table.insert(Block::new(small[1], 64, 8, 0, 0)));
+        assert_eq!(listed(&table).len(), 2500);
+        assert_eq!(table.remove(small[1]).map(|b| b.size), Some(64));
+        table.clear();
+        assert!(listed(&table).is_empty());
+        assert_eq!(table.remove(small[3]), None);
+    }
+
+    #[test]
+    fn blocks_recorded_before_region_pages_are_still_found() {
+        let table = Box::new(LiveTable::new());
+        let a = 0x7f00_5678_0010usize;
+        assert!(table.insert(Block::new(a, 32, 1, 0, 0)));
+        table.use_region_pages(true);
+        // A neighbour maps the region's page; the older block stays hashed.
+        assert!(table.insert(Block::new(a + 32, 32, 1, 0, 0)));
+        assert!(!table.directory.find(a).is_null());
+        assert_eq!(table.remove(a).map(|b| b.addr), Some(a));
+        assert_eq!(table.remove(a + 32).map(|b| b.addr), Some(a + 32));
+        assert!(listed(&table).is_empty());
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub fn start(caller_code: usize, options: Options) -> Result<(), String> {
     hooks::note_installed();
     hooks::set_stack_source(frames::capture);
     symbols::set_foreign_resolver(frames::resolve);
+    // The interpreter's many small objects come from pools in address
+    // order: their live-table slots follow it (see `live`'s module doc).
+    hooks::LIVE.use_region_pages(true);
     let recorder = Recorder::start(options.zero_new_blocks(0)).map_err(|e| e.to_string())?;
     domains::install(api);
     *running = Some(recorder);
