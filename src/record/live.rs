@@ -106,9 +106,10 @@ impl Block {
     }
 }
 
-/// Region pages take blocks of at most this many bytes (pymalloc's
-/// largest size class): smaller slot memory per byte than the hash table
-/// for such blocks, and the most numerous ones.
+/// Region pages take blocks of at most this many bytes: pymalloc's
+/// largest size class, whose blocks pools hand out in address order.
+/// Bigger ones are fewer, and a page would spend more slot memory on them
+/// than a hash slot takes.
 pub(crate) const PAGED_MAX: usize = 512;
 /// A page has a slot per this many bytes of its region (the alignment of
 /// every allocator a Python process uses).
@@ -146,14 +147,39 @@ struct RegionPage {
     base: usize,
     /// Occupied slots.
     len: usize,
-    _pad: usize,
+    /// Memory pages of this page written so far, a bit each (for the
+    /// recorder's accounting: the rest is mapped but not in memory).
+    touched: u64,
     slots: [PagedBlock; PAGE_SLOTS],
 }
+
+/// Memory pages, for counting what sparse mappings (region pages, directory
+/// levels) really take.
+const MEMORY_PAGE: usize = 4096;
 
 impl RegionPage {
     #[inline]
     fn index(addr: usize) -> usize {
         (addr >> GRAIN.trailing_zeros()) & (PAGE_SLOTS - 1)
+    }
+
+    /// Byte offset of slot `i` in the page.
+    #[inline(always)]
+    fn offset(i: usize) -> usize {
+        std::mem::offset_of!(RegionPage, slots) + i * std::mem::size_of::<PagedBlock>()
+    }
+
+    /// The `touched` bit of slot `i`'s memory page.
+    #[inline(always)]
+    fn memory_page_bit(i: usize) -> u64 {
+        1 << (Self::offset(i) / MEMORY_PAGE)
+    }
+
+    /// Whether slot `i`'s memory page was ever written (an untouched one
+    /// holds only empty slots, and reading it would map it).
+    #[inline(always)]
+    fn wrote(&self, i: usize) -> bool {
+        self.touched & Self::memory_page_bit(i) != 0
     }
 
     fn block(&self, i: usize, b: &PagedBlock) -> Block {
@@ -204,22 +230,45 @@ impl Directory {
     /// The directory entry of `addr`'s region (below `PAGED_LIMIT`),
     /// mapping the levels on the way; None if the kernel refuses memory.
     fn entry(&self, addr: usize, mapped: &AtomicUsize) -> Option<&AtomicPtr<RegionPage>> {
-        let top = level(&self.top, TOP_LEN, mapped)?;
+        let top = level(&self.top, TOP_LEN, None)?;
         // SAFETY: `top` maps TOP_LEN entries and `addr >> 32 < TOP_LEN`.
-        let mid = level(unsafe { &*top.add(addr >> 32) }, MID_LEN, mapped)?;
+        let mid = level(unsafe { &*top.add(addr >> 32) }, MID_LEN, Some(mapped))?;
         // SAFETY: `mid` maps MID_LEN entries; the index is masked to them.
         Some(unsafe { &*mid.add((addr >> REGION_BITS) & (MID_LEN - 1)) })
+    }
+}
+
+/// `MEMORY_PAGE` if no entry of the memory page holding `entry` (in a
+/// directory level) has been written yet, else 0: read before `entry` is
+/// written, so of two threads writing entries of one page at once at least
+/// one counts it (both may). Reads only that page, which the write is
+/// about to touch anyway.
+#[cold]
+fn first_write<T>(entry: &AtomicPtr<T>) -> usize {
+    let words = MEMORY_PAGE / std::mem::size_of::<AtomicPtr<T>>();
+    let start = (entry as *const AtomicPtr<T> as usize) & !(MEMORY_PAGE - 1);
+    let page = start as *const AtomicPtr<T>;
+    // SAFETY: level arrays are page-aligned mappings of whole pages (mmap),
+    // so the page holding `entry` is mapped, and holds `words` pointers.
+    let written = (0..words).any(|i| !unsafe { &*page.add(i) }.load(Ordering::Relaxed).is_null());
+    if written {
+        0
+    } else {
+        MEMORY_PAGE
     }
 }
 
 /// The array `slot` points to, mapped (`len` zeroed pointers) and
 /// published on first use. Two threads may race here (their regions'
 /// shards differ): the loser unmaps its copy and takes the winner's.
+/// `mapped`: count the memory page `slot` is in when this is the first
+/// write to it (`slot` is an entry of a level array; the top pointer is
+/// not).
 #[cold]
 fn level<T>(
     slot: &AtomicPtr<AtomicPtr<T>>,
     len: usize,
-    mapped: &AtomicUsize,
+    mapped: Option<&AtomicUsize>,
 ) -> Option<*mut AtomicPtr<T>> {
     let p = slot.load(Ordering::Acquire);
     if !p.is_null() {
@@ -230,6 +279,7 @@ fn level<T>(
     if fresh.is_null() {
         return None;
     }
+    let first = mapped.map_or(0, |_| first_write(slot));
     match slot.compare_exchange(
         std::ptr::null_mut(),
         fresh,
@@ -237,7 +287,9 @@ fn level<T>(
         Ordering::Acquire,
     ) {
         Ok(_) => {
-            mapped.fetch_add(bytes, Ordering::Relaxed);
+            if let Some(m) = mapped {
+                m.fetch_add(first, Ordering::Relaxed);
+            }
             Some(fresh)
         }
         Err(winner) => {
@@ -273,7 +325,9 @@ struct ShardTable {
 
 pub(crate) struct LiveTable {
     shards: [Shard; SHARDS],
-    /// Bytes of slot memory mapped, for the recorder's own accounting.
+    /// Bytes of memory in use, for the recorder's own accounting: hash
+    /// slots (all touched) and the memory pages written in the directory
+    /// and in region pages.
     mapped_bytes: AtomicUsize,
     /// New small blocks go to region pages (see the module doc).
     region_pages: AtomicBool,
@@ -514,10 +568,10 @@ impl LiveTable {
     /// Whether a new block of `size` bytes at `addr` goes to a region page.
     #[inline(always)]
     fn paged(&self, addr: usize, size: usize) -> bool {
-        size <= PAGED_MAX
+        self.region_pages.load(Ordering::Relaxed)
+            && size <= PAGED_MAX
             && addr % GRAIN == 0
             && addr < PAGED_LIMIT
-            && self.region_pages.load(Ordering::Relaxed)
     }
 
     /// Records `block` in the shard whose lock the caller holds: in its
@@ -537,10 +591,16 @@ impl LiveTable {
                 // SAFETY: pages stay mapped; the caller holds the lock of
                 // the block's shard, which guards its region's page.
                 let page = unsafe { &mut *page };
-                let slot = &mut page.slots[RegionPage::index(block.addr)];
+                let i = RegionPage::index(block.addr);
+                let slot = &mut page.slots[i];
                 if slot.size == 0 {
                     page.len += 1;
                     table.paged += 1;
+                }
+                let bit = RegionPage::memory_page_bit(i);
+                if page.touched & bit == 0 {
+                    page.touched |= bit;
+                    self.mapped_bytes.fetch_add(MEMORY_PAGE, Ordering::Relaxed);
                 }
                 // A taken slot holds a stale entry, as in the hash table.
                 *slot = PagedBlock {
@@ -613,9 +673,12 @@ impl LiveTable {
         unsafe {
             (*page).base = addr & !((1 << REGION_BITS) - 1);
             (*page).next = table.pages;
+            (*page).touched = 1;
         }
         table.pages = page;
-        self.mapped_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.mapped_bytes.fetch_add(MEMORY_PAGE, Ordering::Relaxed);
+        self.mapped_bytes
+            .fetch_add(first_write(entry), Ordering::Relaxed);
         // Only the holder of this region's shard lock writes this entry.
         entry.store(page, Ordering::Release);
         page
@@ -632,10 +695,10 @@ impl LiveTable {
             let page = self.directory.find(addr);
             if !page.is_null() {
                 // In bounds of a mapped page; a prefetch never faults anyway.
-                prefetch(page.cast::<u8>().wrapping_add(
-                    std::mem::offset_of!(RegionPage, slots)
-                        + RegionPage::index(addr) * std::mem::size_of::<PagedBlock>(),
-                ));
+                prefetch(
+                    page.cast::<u8>()
+                        .wrapping_add(RegionPage::offset(RegionPage::index(addr))),
+                );
                 return;
             }
             if size.is_some() {
@@ -765,7 +828,12 @@ impl LiveTable {
                 // guards them.
                 let p = unsafe { &mut *page };
                 if p.len != 0 {
-                    p.slots.fill(PagedBlock::default());
+                    // Zeroing an untouched memory page would bring it in.
+                    for i in 0..PAGE_SLOTS {
+                        if p.wrote(i) {
+                            p.slots[i] = PagedBlock::default();
+                        }
+                    }
                     p.len = 0;
                 }
                 page = p.next;
@@ -822,7 +890,7 @@ impl LiveTable {
                 let p = unsafe { &*page };
                 if p.len != 0 {
                     for (i, slot) in p.slots.iter().enumerate() {
-                        if slot.size != 0 {
+                        if p.wrote(i) && slot.size != 0 {
                             f(&p.block(i, slot));
                         }
                     }
@@ -832,6 +900,10 @@ impl LiveTable {
         }
     }
 
+    /// Bytes of memory the table uses: its hash slots, and the memory
+    /// pages of the directory and of region pages that entries were
+    /// written to (both are mapped far larger and touched as regions
+    /// fill).
     pub(crate) fn mapped_bytes(&self) -> usize {
         self.mapped_bytes.load(Ordering::Relaxed)
     }
@@ -948,6 +1020,26 @@ mod tests {
         table.clear();
         assert!(listed(&table).is_empty());
         assert_eq!(table.remove(small[3]), None);
+    }
+
+    #[test]
+    fn region_pages_count_the_memory_they_touch_not_what_they_map() {
+        let table = Box::new(LiveTable::new());
+        table.use_region_pages(true);
+        assert_eq!(table.mapped_bytes(), 0);
+        let a = 0x7f00_9abc_0000usize;
+        assert!(table.insert(Block::new(a, 32, 1, 0, 0)));
+        // The page's first memory page (header and this slot), and one
+        // page each of the directory's two levels: not the 64 KiB page nor
+        // the 768 KiB of levels mapped.
+        assert_eq!(table.mapped_bytes(), 3 * 4096);
+        // Filling the region touches the whole page.
+        for i in 1..PAGE_SLOTS {
+            assert!(table.insert(Block::new(a + i * GRAIN, 16, 1, 0, 0)));
+        }
+        let full = table.mapped_bytes();
+        let page = std::mem::size_of::<RegionPage>().div_ceil(4096) * 4096;
+        assert_eq!(full, page + 2 * 4096);
     }
 
     #[test]
