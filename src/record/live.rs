@@ -560,18 +560,23 @@ impl LiveTable {
     }
 
     /// Sends new small blocks to region pages from now on (see the module
-    /// doc). Blocks already recorded stay where they are.
-    pub(crate) fn use_region_pages(&self, on: bool) {
-        self.region_pages.store(on, Ordering::Relaxed);
+    /// doc); for good, since frees look in pages only while this is on.
+    /// Blocks already recorded stay where they are. Until it is called,
+    /// the table is the hash table alone and its operations test nothing
+    /// else but this switch.
+    pub(crate) fn use_region_pages(&self) {
+        self.region_pages.store(true, Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    fn region_pages_on(&self) -> bool {
+        self.region_pages.load(Ordering::Relaxed)
     }
 
     /// Whether a new block of `size` bytes at `addr` goes to a region page.
     #[inline(always)]
     fn paged(&self, addr: usize, size: usize) -> bool {
-        self.region_pages.load(Ordering::Relaxed)
-            && size <= PAGED_MAX
-            && addr % GRAIN == 0
-            && addr < PAGED_LIMIT
+        self.region_pages_on() && size <= PAGED_MAX && addr % GRAIN == 0 && addr < PAGED_LIMIT
     }
 
     /// Records `block` in the shard whose lock the caller holds: in its
@@ -626,7 +631,7 @@ impl LiveTable {
     unsafe fn remove_locked(&self, shard: &Shard, addr: usize) -> Option<Block> {
         // SAFETY: the caller holds the lock, which guards `inner`.
         let table = unsafe { &mut *shard.inner.get() };
-        if addr % GRAIN == 0 {
+        if self.region_pages_on() && addr % GRAIN == 0 {
             let page = self.directory.find(addr);
             if !page.is_null() {
                 // SAFETY: pages stay mapped; this one is of `addr`'s
@@ -691,7 +696,7 @@ impl LiveTable {
     /// lock, never faults.
     #[inline(always)]
     pub(crate) fn prefetch(&self, addr: usize, size: Option<usize>) {
-        if size.map_or(addr % GRAIN == 0, |size| self.paged(addr, size)) {
+        if self.region_pages_on() && size.map_or(addr % GRAIN == 0, |size| self.paged(addr, size)) {
             let page = self.directory.find(addr);
             if !page.is_null() {
                 // In bounds of a mapped page; a prefetch never faults anyway.
@@ -956,7 +961,7 @@ mod tests {
     #[test]
     fn region_pages_hold_small_aligned_blocks_and_the_hash_table_the_rest() {
         let table = Box::new(LiveTable::new());
-        table.use_region_pages(true);
+        table.use_region_pages();
         let base = 0x7f00_1234_0000usize;
         // Small blocks in address order, as pools hand them out, across a
         // region boundary; a large block and an unaligned one in the same
@@ -1025,7 +1030,7 @@ mod tests {
     #[test]
     fn region_pages_count_the_memory_they_touch_not_what_they_map() {
         let table = Box::new(LiveTable::new());
-        table.use_region_pages(true);
+        table.use_region_pages();
         assert_eq!(table.mapped_bytes(), 0);
         let a = 0x7f00_9abc_0000usize;
         assert!(table.insert(Block::new(a, 32, 1, 0, 0)));
@@ -1047,7 +1052,7 @@ mod tests {
         let table = Box::new(LiveTable::new());
         let a = 0x7f00_5678_0010usize;
         assert!(table.insert(Block::new(a, 32, 1, 0, 0)));
-        table.use_region_pages(true);
+        table.use_region_pages();
         // A neighbour maps the region's page; the older block stays hashed.
         assert!(table.insert(Block::new(a + 32, 32, 1, 0, 0)));
         assert!(!table.directory.find(a).is_null());

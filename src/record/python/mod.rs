@@ -51,7 +51,7 @@ pub fn start(caller_code: usize, options: Options) -> Result<(), String> {
     symbols::set_foreign_resolver(frames::resolve);
     // The interpreter's many small objects come from pools in address
     // order: their live-table slots follow it (see `live`'s module doc).
-    hooks::LIVE.use_region_pages(true);
+    hooks::LIVE.use_region_pages();
     let recorder = Recorder::start(options.zero_new_blocks(0)).map_err(|e| e.to_string())?;
     domains::install(api);
     *running = Some(recorder);
