@@ -582,43 +582,56 @@ impl LiveTable {
     /// Records `block` in the shard whose lock the caller holds: in its
     /// region's page when it is a small block and region pages are on (the
     /// hash table takes it if no page can be mapped), else in the hash
-    /// table.
+    /// table. Inlined, with the pages' part out of line, so the hash
+    /// table's path stays what it is without pages.
     ///
     /// # Safety
     /// `shard` is `block.addr`'s shard and its lock is held.
-    #[inline]
+    #[inline(always)]
     unsafe fn insert_locked(&self, shard: &Shard, block: Block) -> bool {
-        // SAFETY: the caller holds the lock, which guards `inner`.
-        let table = unsafe { &mut *shard.inner.get() };
-        if self.paged(block.addr, block.size) {
-            let page = self.page_for(table, block.addr);
-            if !page.is_null() {
-                // SAFETY: pages stay mapped; the caller holds the lock of
-                // the block's shard, which guards its region's page.
-                let page = unsafe { &mut *page };
-                let i = RegionPage::index(block.addr);
-                let slot = &mut page.slots[i];
-                if slot.size == 0 {
-                    page.len += 1;
-                    table.paged += 1;
-                }
-                let bit = RegionPage::memory_page_bit(i);
-                if page.touched & bit == 0 {
-                    page.touched |= bit;
-                    self.mapped_bytes.fetch_add(MEMORY_PAGE, Ordering::Relaxed);
-                }
-                // A taken slot holds a stale entry, as in the hash table.
-                *slot = PagedBlock {
-                    size: block.size as u32,
-                    stack: block.stack,
-                    tag: block.tag,
-                    birth_ms: block.birth_ms,
-                };
-                return true;
-            }
+        // SAFETY: forwarded from the caller (both calls).
+        if self.paged(block.addr, block.size) && unsafe { self.insert_paged(shard, &block) } {
+            return true;
         }
         // SAFETY: forwarded from the caller.
         unsafe { shard.insert(block, &self.mapped_bytes) }
+    }
+
+    /// Records a small block in its region's page; false if no page could
+    /// be mapped.
+    ///
+    /// # Safety
+    /// As for [`LiveTable::insert_locked`].
+    #[inline(never)]
+    unsafe fn insert_paged(&self, shard: &Shard, block: &Block) -> bool {
+        // SAFETY: the caller holds the lock, which guards `inner`.
+        let table = unsafe { &mut *shard.inner.get() };
+        let page = self.page_for(table, block.addr);
+        if page.is_null() {
+            return false;
+        }
+        // SAFETY: pages stay mapped; the caller holds the lock of the
+        // block's shard, which guards its region's page.
+        let page = unsafe { &mut *page };
+        let i = RegionPage::index(block.addr);
+        let slot = &mut page.slots[i];
+        if slot.size == 0 {
+            page.len += 1;
+            table.paged += 1;
+        }
+        let bit = RegionPage::memory_page_bit(i);
+        if page.touched & bit == 0 {
+            page.touched |= bit;
+            self.mapped_bytes.fetch_add(MEMORY_PAGE, Ordering::Relaxed);
+        }
+        // A taken slot holds a stale entry, as in the hash table.
+        *slot = PagedBlock {
+            size: block.size as u32,
+            stack: block.stack,
+            tag: block.tag,
+            birth_ms: block.birth_ms,
+        };
+        true
     }
 
     /// Removes the block at `addr` from the shard whose lock the caller
@@ -627,27 +640,40 @@ impl LiveTable {
     ///
     /// # Safety
     /// `shard` is `addr`'s shard and its lock is held.
-    #[inline]
+    #[inline(always)]
     unsafe fn remove_locked(&self, shard: &Shard, addr: usize) -> Option<Block> {
-        // SAFETY: the caller holds the lock, which guards `inner`.
-        let table = unsafe { &mut *shard.inner.get() };
         if self.region_pages_on() && addr % GRAIN == 0 {
-            let page = self.directory.find(addr);
-            if !page.is_null() {
-                // SAFETY: pages stay mapped; this one is of `addr`'s
-                // region, so the held lock guards it.
-                let page = unsafe { &mut *page };
-                let i = RegionPage::index(addr);
-                let slot = page.slots[i];
-                if slot.size != 0 {
-                    page.slots[i] = PagedBlock::default();
-                    page.len -= 1;
-                    table.paged -= 1;
-                    return Some(page.block(i, &slot));
-                }
+            // SAFETY: forwarded from the caller.
+            if let Some(b) = unsafe { self.remove_paged(shard, addr) } {
+                return Some(b);
             }
         }
-        table.remove(addr)
+        // SAFETY: the caller holds the lock, which guards `inner`.
+        unsafe { (*shard.inner.get()).remove(addr) }
+    }
+
+    /// Removes the block at `addr` from its region's page, if it is there.
+    ///
+    /// # Safety
+    /// As for [`LiveTable::remove_locked`].
+    #[inline(never)]
+    unsafe fn remove_paged(&self, shard: &Shard, addr: usize) -> Option<Block> {
+        let page = self.directory.find(addr);
+        if page.is_null() {
+            return None;
+        }
+        // SAFETY: pages stay mapped; this one is of `addr`'s region, so the
+        // held lock guards it, and the lock guards `inner`.
+        let (page, table) = unsafe { (&mut *page, &mut *shard.inner.get()) };
+        let i = RegionPage::index(addr);
+        let slot = page.slots[i];
+        if slot.size == 0 {
+            return None;
+        }
+        page.slots[i] = PagedBlock::default();
+        page.len -= 1;
+        table.paged -= 1;
+        Some(page.block(i, &slot))
     }
 
     /// The page of `addr`'s region, mapped and linked into its shard's
