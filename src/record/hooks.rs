@@ -452,7 +452,7 @@ pub(crate) fn on_free(addr: usize) {
 /// Takes a block out of the live table (a free, or the old half of a
 /// realloc, which keeps it in its thread's `flight`) without accounting
 /// for it yet.
-#[inline]
+#[inline(always)]
 fn detach(addr: usize, flight: Option<&InFlight>) -> Option<Block> {
     let sampled = CONFIG.sample_mean.load(Ordering::Relaxed) != 0;
     let f = &SAMPLED[filter_index(addr)];
