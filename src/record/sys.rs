@@ -435,7 +435,10 @@ mod tests {
         let before = rss_bytes();
         assert!(before > 0);
         let p = touch(GROWTH);
-        assert!(rss_bytes() >= before + GROWTH as u64 / 2, "the parent's growth is seen");
+        assert!(
+            rss_bytes() >= before + GROWTH as u64 / 2,
+            "the parent's growth is seen"
+        );
         // SAFETY: the child only maps, writes and reads its own memory
         // with system calls, then leaves with _exit.
         let pid = unsafe { libc::fork() };
