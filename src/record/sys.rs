@@ -151,8 +151,8 @@ fn statm_fd() -> Option<libc::c_int> {
 
 /// Resident set size of this process in bytes, read from /proc/self/statm
 /// into a stack buffer (no allocation), through a descriptor kept open
-/// (one `pread`; opening the file each time tripled the cost of a timeline
-/// point, which each collection of Python's collector takes).
+/// (one `pread`: each collection of Python's collector takes a timeline
+/// point, and opening the file each time made that about twice as dear).
 pub(crate) fn rss_bytes() -> u64 {
     let Some(fd) = statm_fd() else {
         return 0;
