@@ -78,6 +78,7 @@ fn message_ids(stdout: &[u8]) -> Vec<String> {
 
 /// A surviving group (stack and tag) of at least a payload chunk's size:
 /// its bytes, message id, retry and top frame.
+#[derive(Debug)]
 struct Chunk {
     bytes: u64,
     message: Option<String>,
@@ -806,16 +807,86 @@ if __name__ == "__main__":
 }
 
 /// Messages that are over (succeeded, or failed for good) are finished:
-/// their tags with nothing alive are folded and their records dropped, so
-/// neither the recorder nor the Python side grows with every message,
-/// while a message still holding memory keeps its tag.
+/// their tags with nothing alive are folded out of the recorder's tag
+/// table (their figures stay listed as recent history), so the table does
+/// not grow with every message, while a message still holding memory
+/// keeps its tag.
 #[test]
 fn finished_messages_are_folded() {
     let Some(python) = support::python::dramatiq() else {
         return;
     };
+    const MESSAGES: u64 = 2000;
     let dir = tempfile::tempdir().unwrap();
     let (_, profile, _) = run_script(
+        &python,
+        dir.path(),
+        &format!(
+            r#"import dramatiq
+from dramatiq.brokers.stub import StubBroker
+broker = StubBroker()
+dramatiq.set_broker(broker)
+kept = []
+
+@dramatiq.actor(max_retries=0)
+def work(n):
+    if n == 0:
+        kept.append(b"k" * (2 << 20))
+    [n] * 100
+
+for n in range({MESSAGES}):
+    work.send(n)
+worker = dramatiq.Worker(broker, worker_threads=2)
+worker.start()
+broker.join(work.queue_name)
+worker.join()
+worker.stop()
+"#
+        ),
+    );
+    let listed = profile.tags.iter().filter(|t| t.task.is_some()).count() as u64;
+    assert!(
+        listed >= MESSAGES,
+        "every message's tag is listed: {listed}"
+    );
+    // A tag entry is 128 bytes: one per message would be 256 KB. What stays
+    // is the tags still holding memory and the index.
+    let table = profile.recorder.as_ref().map_or(u64::MAX, |r| r.tags);
+    assert!(
+        table < MESSAGES * 128 / 4,
+        "finished messages' tags are folded out of the table: {table} bytes"
+    );
+    // Besides the kept block, what finished messages still hold is what
+    // the interpreter caches (names in the type cache, free lists): small.
+    let holding: Vec<_> = profile
+        .tags
+        .iter()
+        .filter(|t| t.task.is_some() && t.live.bytes > 0)
+        .collect();
+    let small = holding.iter().filter(|t| t.live.bytes < 1024).count();
+    assert_eq!(
+        small + 1,
+        holding.len(),
+        "one message holds the kept block, the others at most cache residue"
+    );
+    let kept: u64 = surviving_chunks(&profile, 2 << 20)
+        .iter()
+        .filter(|c| c.message.is_some())
+        .map(|c| c.bytes)
+        .sum();
+    assert!(kept >= 2 << 20, "the kept block is still on its message");
+}
+
+/// Every message gets a task number of its own, also when an earlier
+/// message has finished: each message's kept block is reported on that
+/// message's id, none merged into another's.
+#[test]
+fn a_task_number_is_never_handed_out_twice() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, profile, stdout) = run_script(
         &python,
         dir.path(),
         r#"import dramatiq
@@ -826,12 +897,12 @@ kept = []
 
 @dramatiq.actor(max_retries=0)
 def work(n):
-    if n == 0:
-        kept.append(b"k" * (2 << 20))
-    return [n] * 100
+    block = bytearray((1 << 20) + n * 4096)
+    block[::4096] = b"k" * len(block[::4096])
+    kept.append(block)
 
-for n in range(60):
-    work.send(n)
+for n in range(12):
+    print("message", n, work.send(n).message_id)
 worker = dramatiq.Worker(broker, worker_threads=2)
 worker.start()
 broker.join(work.queue_name)
@@ -839,24 +910,29 @@ worker.join()
 worker.stop()
 "#,
     );
-    let task_tags = profile.tags.iter().filter(|t| t.task.is_some()).count();
-    // A message's tag also keeps whatever its work left in a cache (the
-    // first warning logged, say): a few of the 60 may stay.
-    assert!(
-        task_tags <= 5,
-        "finished messages' tags with nothing alive are folded: {task_tags} of 60 left"
-    );
-    assert!(
-        profile.tasks.len() <= 5,
-        "only the message still holding memory keeps its record: {}",
-        profile.tasks.len()
-    );
-    let kept: u64 = surviving_chunks(&profile, 2 << 20)
-        .iter()
-        .filter(|c| c.message.is_some())
-        .map(|c| c.bytes)
-        .sum();
-    assert!(kept >= 2 << 20, "the kept block is still on its message");
+    let sent: Vec<(u64, String)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("message ")?.split(' ');
+            Some((words.next()?.parse().ok()?, words.next()?.to_string()))
+        })
+        .collect();
+    assert_eq!(sent.len(), 12, "{stdout}");
+    let chunks = surviving_chunks(&profile, 1 << 20);
+    for (n, id) in &sent {
+        let bytes = (1 << 20) + n * 4096;
+        // A bytearray's block has one byte more (its trailing NUL).
+        let on: Vec<_> = chunks
+            .iter()
+            .filter(|c| (bytes..bytes + 64).contains(&c.bytes))
+            .collect();
+        assert_eq!(on.len(), 1, "message {n}'s block survives once: {chunks:?}");
+        assert_eq!(
+            on[0].message.as_deref(),
+            Some(id.as_str()),
+            "message {n}'s block is on its own message"
+        );
+    }
 }
 
 /// A program that fails on its own makes `leakprof run` fail with its

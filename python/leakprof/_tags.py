@@ -15,11 +15,15 @@ from leakprof import _native
 #: The tag id of the work running in this context (0: none).
 current: contextvars.ContextVar[int] = contextvars.ContextVar("leakprof_tag", default=0)
 
+#: The numbers of the tasks still open, by external id.
 _tasks: Dict[str, int] = {}
 _tasks_lock = threading.Lock()
 #: Task numbers start above this: a forked child takes its pid's range, so
 #: the profiles of a worker's processes merge without collisions.
 _base = 0
+#: Numbers handed out so far: a number is never handed out twice, since a
+#: finished task's tags may still hold memory (and its description names it).
+_handed = 0
 
 
 def recording() -> bool:
@@ -28,10 +32,12 @@ def recording() -> bool:
 
 def task_number(external_id: str, actor: Optional[str], queue: Optional[str]) -> int:
     """The recorder's task number for an external id, described on first use."""
+    global _handed
     with _tasks_lock:
         number = _tasks.get(external_id)
         if number is None:
-            number = _base + len(_tasks) + 1
+            _handed += 1
+            number = _base + _handed
             _tasks[external_id] = number
             _native.describe(number, external_id, actor, queue)
         return number
@@ -49,10 +55,11 @@ def finish(external_id: str) -> None:
 
 def forked() -> None:
     """In a forked child: task numbers of its own (after os.fork)."""
-    global _base, _tasks_lock
+    global _base, _handed, _tasks_lock
     _tasks_lock = threading.Lock()  # the parent's may have been held
     _tasks.clear()
     _base = os.getpid() << 32
+    _handed = 0
 
 
 class Scope:
