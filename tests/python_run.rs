@@ -935,6 +935,48 @@ worker.stop()
     }
 }
 
+/// The per-message calls of `leakprof._fast` refuse wrong arguments with
+/// a Python exception (never a crash), and a task's work is attributed
+/// through them: entered, left, finished.
+#[test]
+fn fast_calls_raise_on_bad_arguments() {
+    let Some(python) = support::python::dramatiq() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, profile, stdout) = run_script(
+        &python,
+        dir.path(),
+        r#"from leakprof import _native
+import leakprof
+calls = [
+    lambda: _native.begin(1, 0, None, None),
+    lambda: _native.begin("one", 0, None, None, None),
+    lambda: _native.begin(1, 0, 7, None, None),
+    lambda: _native.enter(),
+    lambda: _native.enter("tag"),
+    lambda: _native.end(1, 0),
+    lambda: _native.end(1, 0, None),
+]
+for call in calls:
+    try:
+        call()
+        print("accepted")
+    except (TypeError, OverflowError) as e:
+        print("refused", type(e).__name__)
+kept = []
+with leakprof.tag(task="job-1", retry=2, actor="a", queue="q"):
+    kept.append(bytearray(3 << 20))
+"#,
+    );
+    let refused = stdout.lines().filter(|l| l.starts_with("refused")).count();
+    assert_eq!(refused, 7, "{stdout}");
+    let chunks = surviving_chunks(&profile, 3 << 20);
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    assert_eq!(chunks[0].message.as_deref(), Some("job-1"));
+    assert_eq!(chunks[0].retry, Some(2));
+}
+
 /// A program that fails on its own makes `leakprof run` fail with its
 /// exit code, its profile written all the same.
 #[test]

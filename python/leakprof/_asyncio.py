@@ -28,14 +28,14 @@ class TaggedCoroutine:
         try:
             return self._coro.send(value)
         finally:
-            _native.exit(self._tag_id, prev)
+            _native.end(self._tag_id, prev, 0)
 
     def throw(self, *args: Any) -> Any:
         prev = _native.enter(self._tag_id)
         try:
             return self._coro.throw(*args)
         finally:
-            _native.exit(self._tag_id, prev)
+            _native.end(self._tag_id, prev, 0)
 
     def close(self) -> None:
         self._coro.close()

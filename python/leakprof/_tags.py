@@ -6,9 +6,9 @@ task step re-enters its tag natively, see ``_asyncio``)."""
 from __future__ import annotations
 
 import contextvars
+import itertools
 import os
-import threading
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 from leakprof import _native
 
@@ -17,54 +17,51 @@ current: contextvars.ContextVar[int] = contextvars.ContextVar("leakprof_tag", de
 
 #: The numbers of the tasks still open, by external id.
 _tasks: Dict[str, int] = {}
-_tasks_lock = threading.Lock()
 #: Task numbers start above this: a forked child takes its pid's range, so
 #: the profiles of a worker's processes merge without collisions.
 _base = 0
-#: Numbers handed out so far: a number is never handed out twice, since a
-#: finished task's tags may still hold memory (and its description names it).
-_handed = 0
+#: Numbers handed out: a number is never handed out twice, since a
+#: finished task's tags may still hold memory (and its description names
+#: it). ``next`` on it is atomic under the GIL, as is ``dict.setdefault``
+#: with a ``str`` key, so no lock is needed.
+_numbers = itertools.count(1)
 
 
 def recording() -> bool:
     return _native.recording()
 
 
-def task_number(external_id: str, actor: Optional[str], queue: Optional[str]) -> int:
-    """The recorder's task number for an external id, described on first use."""
-    global _handed
-    with _tasks_lock:
-        number = _tasks.get(external_id)
-        if number is None:
-            _handed += 1
-            number = _base + _handed
-            _tasks[external_id] = number
-            _native.describe(number, external_id, actor, queue)
-        return number
-
-
-def finish(external_id: str) -> None:
-    """The task of ``external_id`` is over: the recorder folds its tags
-    with nothing alive, and its number is forgotten (so neither the
-    recorder nor this table grows with every message a worker runs)."""
-    with _tasks_lock:
-        number = _tasks.pop(external_id, None)
+def claim(external_id: str) -> Tuple[int, bool]:
+    """The recorder's task number for an external id, and whether it is
+    new (to be described)."""
+    number = _tasks.get(external_id)
     if number is not None:
-        _native.finish(number)
+        return number, False
+    candidate = _base + next(_numbers)
+    number = _tasks.setdefault(external_id, candidate)
+    return number, number == candidate
+
+
+def forget(external_id: str) -> int:
+    """The task of ``external_id`` is over: its number (0: none) is
+    forgotten here, so this table does not grow with every message a
+    worker runs; hand it to ``_native.end`` to fold its tags."""
+    return _tasks.pop(external_id, 0)
 
 
 def forked() -> None:
     """In a forked child: task numbers of its own (after os.fork)."""
-    global _base, _handed, _tasks_lock
-    _tasks_lock = threading.Lock()  # the parent's may have been held
+    global _base, _numbers
     _tasks.clear()
     _base = os.getpid() << 32
-    _handed = 0
+    _numbers = itertools.count(1)
 
 
 class Scope:
-    """One entry into a tag: native tag and context variable, left in
-    reverse order."""
+    """One entry into a tag: context variable and native tag, left in
+    reverse order. The context variable is set first and reset last, so
+    its own objects (a token, a context kept on a free list) are never
+    allocated under the tag."""
 
     __slots__ = ("tag_id", "_prev", "_token")
 
@@ -78,8 +75,15 @@ class Scope:
     ) -> None:
         self.tag_id = 0
         if _native.recording():
-            number = task_number(str(task), actor, queue)
-            self.tag_id = _native.tag(number, retry)
+            external_id = str(task)
+            number, new = claim(external_id)
+            self.tag_id = _native.begin(
+                number,
+                -1 if retry is None else retry,
+                external_id if new else None,
+                actor,
+                queue,
+            )
         self._prev = 0
         self._token: Optional[contextvars.Token[int]] = None
 
@@ -88,8 +92,20 @@ class Scope:
             self._token = current.set(self.tag_id)
             self._prev = _native.enter(self.tag_id)
 
-    def exit(self) -> None:
+    def exit(self, finished: str = "") -> None:
+        """Leaves the tag; when ``finished`` names an external id, that
+        task is over too (one native call for both)."""
         if self._token is not None:
-            _native.exit(self.tag_id, self._prev)
+            _native.end(self.tag_id, self._prev, forget(finished) if finished else 0)
             current.reset(self._token)
             self._token = None
+        elif finished:
+            finish(finished)
+
+
+def finish(external_id: str) -> None:
+    """The task of ``external_id`` is over: the recorder folds its tags
+    with nothing alive, and its number is forgotten."""
+    number = forget(external_id)
+    if number and _native.recording():
+        _native.end(0, 0, number)

@@ -52,20 +52,22 @@ class LeakprofMiddleware(dramatiq.Middleware):  # type: ignore[misc]
         # a busy worker only crowds the timeline the sampler already keeps.
         if exception is not None:
             _native.mark(_AFTER_FAILURE)
-        self._leave()
         # Retries (before us) marks a message out of retries as failed.
-        if exception is None or getattr(message, "failed", False):
-            _tags.finish(message.message_id)
+        over = exception is None or getattr(message, "failed", False)
+        self._leave(message.message_id if over else "")
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
-        self._leave()
-        _tags.finish(message.message_id)
+        self._leave(message.message_id)
 
-    def _leave(self) -> None:
+    def _leave(self, finished: str) -> None:
+        """Leaves the message's tag; ``finished``: the message id when the
+        message is over (succeeded, failed for good, skipped)."""
         scope = getattr(self._local, "scope", None)
         if scope is not None:
             self._local.scope = None
-            scope.exit()
+            scope.exit(finished)
+        elif finished:
+            _tags.finish(finished)
 
 
 def install() -> None:

@@ -2,7 +2,8 @@
 //! `leakprof` Python package (python/leakprof/_native.py) calls through
 //! `ctypes.PyDLL`, so always with the GIL held. Each function is a thin
 //! shim over `leakprof::record::python`; errors come back as a message in
-//! the caller's buffer and a non-zero result.
+//! the caller's buffer and a non-zero result. The per-message calls are
+//! the extension module `leakprof._fast` instead ([`PyInit__fast`]).
 
 use std::ffi::{c_char, c_int, CStr};
 use std::path::Path;
@@ -37,7 +38,15 @@ fn text<'a>(s: *const c_char) -> Option<&'a str> {
 /// refused with a reason instead of called with the wrong arguments.
 #[no_mangle]
 pub extern "C" fn leakprof_py_abi() -> u32 {
-    3
+    4
+}
+
+/// The `leakprof._fast` extension module (the per-message and per-step
+/// calls; see `leakprof::record::python`'s `module`), imported from this
+/// same library by the Python package.
+#[no_mangle]
+pub extern "C" fn PyInit__fast() -> *mut std::ffi::c_void {
+    python::create_module()
 }
 
 /// Starts recording. `caller_code`: `id()` of the calling function's code

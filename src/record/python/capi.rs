@@ -153,7 +153,7 @@ fn type_object(name: &str) -> Result<usize, String> {
     symbol(name).ok_or_else(|| format!("{name} not found"))
 }
 
-fn symbol(name: &str) -> Option<usize> {
+pub(crate) fn symbol(name: &str) -> Option<usize> {
     let name = std::ffi::CString::new(name).ok()?;
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
     // searches the loaded objects.

@@ -2,7 +2,8 @@
 //!
 //! `leakprof run -- python ...` loads leakprof's native library into the
 //! interpreter (the `leakprof-python` crate, called by the `leakprof`
-//! Python package through `ctypes`) and calls [`start`] before the
+//! Python package through `ctypes`, and for the per-message calls through
+//! the extension module of `module`) and calls [`start`] before the
 //! program's code runs. From then on the three PyMem allocator domains are
 //! wrapped ([`domains`]): every block the interpreter allocates is
 //! recorded once, in the same live table, stack table and tag table a Rust
@@ -22,8 +23,10 @@ mod capi;
 mod domains;
 mod frames;
 mod layout;
+mod module;
 mod objects;
 
+pub use module::create as create_module;
 pub use objects::Inputs as GraphInputs;
 
 use std::path::Path;
