@@ -614,15 +614,17 @@ impl LiveTable {
         // block's shard, which guards its region's page.
         let page = unsafe { &mut *page };
         let i = RegionPage::index(block.addr);
+        // The slot of a memory page never written is empty, and reading it
+        // first would fault in the zero page, then fault again to write.
+        let fresh = !page.wrote(i);
+        if fresh {
+            page.touched |= RegionPage::memory_page_bit(i);
+            self.mapped_bytes.fetch_add(MEMORY_PAGE, Ordering::Relaxed);
+        }
         let slot = &mut page.slots[i];
-        if slot.size == 0 {
+        if fresh || slot.size == 0 {
             page.len += 1;
             table.paged += 1;
-        }
-        let bit = RegionPage::memory_page_bit(i);
-        if page.touched & bit == 0 {
-            page.touched |= bit;
-            self.mapped_bytes.fetch_add(MEMORY_PAGE, Ordering::Relaxed);
         }
         // A taken slot holds a stale entry, as in the hash table.
         *slot = PagedBlock {
@@ -666,6 +668,12 @@ impl LiveTable {
         // held lock guards it, and the lock guards `inner`.
         let (page, table) = unsafe { (&mut *page, &mut *shard.inner.get()) };
         let i = RegionPage::index(addr);
+        // A memory page never written holds no block; reading it would
+        // fault in the zero page (freed blocks from the malloc heap, whose
+        // regions hold small blocks elsewhere, land here often).
+        if !page.wrote(i) {
+            return None;
+        }
         let slot = page.slots[i];
         if slot.size == 0 {
             return None;
@@ -1071,6 +1079,45 @@ mod tests {
         let full = table.mapped_bytes();
         let page = std::mem::size_of::<RegionPage>().div_ceil(4096) * 4096;
         assert_eq!(full, page + 2 * 4096);
+    }
+
+    /// Whether the memory page holding `addr` is resident (`mincore`).
+    fn resident(addr: usize) -> bool {
+        let page = addr & !4095;
+        let mut v = 0u8;
+        // SAFETY: `page` is page-aligned and one page of it is queried;
+        // `v` receives one byte.
+        let r = unsafe { libc::mincore(page as *mut libc::c_void, 4096, &mut v) };
+        assert_eq!(r, 0, "mincore");
+        v & 1 != 0
+    }
+
+    #[test]
+    fn looking_up_an_unwritten_memory_page_leaves_it_unmapped() {
+        let table = Box::new(LiveTable::new());
+        table.use_region_pages();
+        let a = 0x7f00_4321_0000usize;
+        assert!(table.insert(Block::new(a, 32, 1, 0, 0)));
+        let page = table.directory.find(a) as usize;
+        // A block at half the region has its slot half a page further.
+        let far = a + PAGE_SLOTS / 2 * GRAIN;
+        let slot = page + RegionPage::offset(RegionPage::index(far));
+        assert!(
+            !resident(slot),
+            "the far slot's memory page starts unmapped"
+        );
+        // A free of an address not recorded there (a block hashed, or
+        // never recorded) must not bring the page in.
+        assert_eq!(table.remove(far), None);
+        assert!(!resident(slot), "a lookup mapped an unwritten page");
+        assert_eq!(table.mapped_bytes(), 3 * 4096);
+        // The first insert there writes it, once, and finds it empty.
+        assert!(table.insert(Block::new(far, 48, 1, 0, 0)));
+        assert!(resident(slot));
+        assert_eq!(table.mapped_bytes(), 4 * 4096);
+        assert_eq!(table.remove(far).map(|b| b.size), Some(48));
+        assert_eq!(table.remove(a).map(|b| b.size), Some(32));
+        assert!(listed(&table).is_empty());
     }
 
     #[test]
