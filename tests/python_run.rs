@@ -849,15 +849,10 @@ worker.stop()
         listed >= MESSAGES,
         "every message's tag is listed: {listed}"
     );
-    // A tag entry is 128 bytes: one per message would be 256 KB. What stays
-    // is the tags still holding memory and the index.
-    let table = profile.recorder.as_ref().map_or(u64::MAX, |r| r.tags);
-    assert!(
-        table < MESSAGES * 128 / 4,
-        "finished messages' tags are folded out of the table: {table} bytes"
-    );
     // Besides the kept block, what finished messages still hold is what
-    // the interpreter caches (names in the type cache, free lists): small.
+    // the interpreter keeps (names in its type cache, its free lists, see
+    // below): small, and each such message keeps its tag until the
+    // interpreter lets go of it.
     let holding: Vec<_> = profile
         .tags
         .iter()
@@ -869,12 +864,48 @@ worker.stop()
         holding.len(),
         "one message holds the kept block, the others at most cache residue"
     );
+    // A tag entry is 128 bytes (and about as much again in the index): the
+    // table holds the tags still holding memory, not one per message.
+    let table = profile.recorder.as_ref().map_or(u64::MAX, |r| r.tags);
+    let bound = 2 * 128 * (holding.len() as u64 + 64);
+    assert!(
+        table < bound && bound < 2 * 128 * MESSAGES,
+        "finished messages' tags are folded out of the table: {table} bytes, {} tags holding memory",
+        holding.len()
+    );
     let kept: u64 = surviving_chunks(&profile, 2 << 20)
         .iter()
         .filter(|c| c.message.is_some())
         .map(|c| c.bytes)
         .sum();
     assert!(kept >= 2 << 20, "the kept block is still on its message");
+    // That residue is named by what holds it: the attribute names in the
+    // interpreter's type cache ("after_" + signal, a new string per
+    // message), the dict keys on its free list (each call's **kwargs
+    // copy). The task-scoped leaks leave it out: what is left besides the
+    // kept block is a few blocks that live objects hold.
+    let graph = profile.graph.as_ref().and_then(|g| g.python.as_ref());
+    assert!(
+        graph.is_some_and(|p| p.interpreter_kept.blocks > 0),
+        "blocks the interpreter keeps are counted: {graph:?}"
+    );
+    let leaks = leakprof::analysis::TaskScopedLeaks::of(&leakprof::analysis::Model::new(&profile));
+    for holder in [
+        "root: interpreter type cache: attribute names",
+        "root: interpreter free list: dict keys (freed, kept for reuse)",
+    ] {
+        assert!(
+            leaks.runtime_rows.iter().any(|r| r.root == holder),
+            "{holder} is among the runtime's: {:?}",
+            leaks.runtime_rows
+        );
+    }
+    let besides = leaks.total.bytes.saturating_sub(kept);
+    assert!(
+        besides < 4096,
+        "task-scoped leaks besides the kept block: {besides} bytes: {:?}",
+        leaks.rows
+    );
 }
 
 /// Every message gets a task number of its own, also when an earlier

@@ -24,6 +24,11 @@
 //!   `tokio::runtime::scheduler::defer::Defer::defer` and held by the
 //!   worker's scheduler context on its stack, is tokio's).
 //!
+//! In a Python profile, a block the interpreter keeps for itself (on one
+//! of its free lists, or a name its type cache holds: `root: interpreter
+//! …`, see `record::python::objects`) is kept by the runtime as well: the
+//! task freed it, or only named an attribute.
+//!
 //! Such blocks are listed apart and left out of the task-scoped figures.
 //! A block deeper under a library's root (a map entry's buffer) is
 //! referred to by its holder, not by the root, and stays the task's; so
@@ -216,6 +221,11 @@ fn runtime_root<'m>(model: &'m Model<'_>, g: &LiveGroup, own: &str) -> Option<&'
         return None;
     }
     let root = graph.vias.get(g.via? as usize)?.holder.as_str();
+    // A Python interpreter's free lists and type cache (see
+    // `record::python::objects`): memory no task keeps.
+    if root.starts_with("root: interpreter ") {
+        return Some(root);
+    }
     let named = match root.strip_prefix("root: static") {
         Some(rest) => rest.trim_start().split_once('!').map(|(_, symbol)| symbol),
         None if root == "root: tls" || root == "root: stack" => None,

@@ -323,6 +323,7 @@ impl Merger {
             m.garbage = m.garbage.saturating_add(py.garbage);
             m.gc_enabled |= py.gc_enabled;
             m.walk_ns = m.walk_ns.saturating_add(py.walk_ns);
+            m.interpreter_kept.add(py.interpreter_kept);
         }
         let owners = g
             .owners

@@ -381,13 +381,15 @@ pub fn describe_start(start: &Start) -> String {
 pub fn describe_coverage(graph: &Graph) -> String {
     if let Some(p) = &graph.python {
         return format!(
-            "Graph: Python objects, exact (each type's own traversal): {} objects, {} in recorded blocks, {} held from outside the graph, {} cyclic garbage awaiting the collector (collector {} in the program; paused for the {:.0} ms walk)",
+            "Graph: Python objects, exact (each type's own traversal): {} objects, {} in recorded blocks, {} held from outside the graph, {} cyclic garbage awaiting the collector (collector {} in the program; paused for the {:.0} ms walk), {} in {} blocks kept by the interpreter",
             p.objects,
             p.recorded,
             p.externally_held,
             p.garbage,
             if p.gc_enabled { "on" } else { "off" },
-            p.walk_ns as f64 / 1e6
+            p.walk_ns as f64 / 1e6,
+            super::check::human_bytes(p.interpreter_kept.bytes),
+            p.interpreter_kept.blocks
         );
     }
     let Some(c) = &graph.coverage else {

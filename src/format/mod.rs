@@ -443,6 +443,11 @@ pub struct PythonGraph {
     pub gc_enabled: bool,
     /// How long the walk took, with the GIL held.
     pub walk_ns: u64,
+    /// Recorded blocks the interpreter keeps for itself: on its free lists
+    /// (freed by the program, kept for reuse) or held by its type cache
+    /// (attribute names). Their holder is named "interpreter ...".
+    #[serde(default)]
+    pub interpreter_kept: Amount,
 }
 
 /// How the exact trace read the heap: blocks and bytes read by type, and

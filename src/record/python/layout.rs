@@ -122,3 +122,73 @@ pub(crate) const CODE_LOCALSPLUSNAMES: usize = 96;
 pub(crate) const GEN_IFRAME: usize = 80;
 /// `PyCellObject.ob_ref`.
 pub(crate) const CELL_REF: usize = 16;
+
+// The interpreter's free lists and type cache (`PyInterpreterState`,
+// pycore_interp.h; offsets by `offsetof` with `Py_BUILD_CORE`), which the
+// object graph reads to name what holds their blocks. They are checked as
+// they are read (`objects::Walk::interpreter_kept`): each count within its
+// list's limit, each chain node a recorded block before its link is read,
+// each recorded name in the type cache a `str`; a mismatch drops them all.
+// The holders' names start with "interpreter " (`analysis::leaks` tells
+// them by it).
+
+/// Free lists that are arrays of object pointers: array, count (`int`),
+/// limit, the objects' pre-header, holder.
+pub(crate) const INTERP_FREE_ARRAYS: [(usize, usize, i32, usize, &str); 3] = [
+    (
+        4520,
+        5160,
+        80,
+        GC_HEAD,
+        "interpreter free list: dicts (freed, kept for reuse)",
+    ),
+    (
+        5168,
+        5808,
+        80,
+        0,
+        "interpreter free list: dict keys (freed, kept for reuse)",
+    ),
+    (
+        3872,
+        4512,
+        80,
+        GC_HEAD,
+        "interpreter free list: lists (freed, kept for reuse)",
+    ),
+];
+/// Free lists that are chains: head, count (`int`), limit, the link's
+/// offset in a node, the nodes' pre-header, holder. Floats link through
+/// `ob_type`, contexts through `ctx_prev`.
+pub(crate) const INTERP_FREE_CHAINS: [(usize, usize, i32, usize, usize, &str); 2] = [
+    (
+        3616,
+        3608,
+        100,
+        OBJECT_TYPE,
+        0,
+        "interpreter free list: floats (freed, kept for reuse)",
+    ),
+    (
+        7112,
+        7120,
+        255,
+        16,
+        GC_HEAD,
+        "interpreter free list: contexts (freed, kept for reuse)",
+    ),
+];
+/// The tuple free lists: one chain per size 1..=20 (heads, then counts
+/// as `int`s), linked through `ob_item[0]`.
+pub(crate) const INTERP_TUPLE_FREE_LIST: usize = 3632;
+pub(crate) const INTERP_TUPLE_NUMFREE: usize = 3792;
+pub(crate) const TUPLE_FREE_LISTS: usize = 20;
+pub(crate) const TUPLE_FREE_LIST_LIMIT: i32 = 2000;
+pub(crate) const TUPLE_FREE_HOLDER: &str = "interpreter free list: tuples (freed, kept for reuse)";
+/// `struct type_cache`: 4096 entries of (version, name, value); `name` is
+/// a strong reference to the looked-up attribute name.
+pub(crate) const INTERP_TYPE_CACHE: usize = 9056;
+pub(crate) const TYPE_CACHE_ENTRIES: usize = 4096;
+pub(crate) const TYPE_CACHE_ENTRY: usize = 24;
+pub(crate) const TYPE_CACHE_NAME: usize = 8;
+pub(crate) const TYPE_CACHE_HOLDER: &str = "interpreter type cache: attribute names";

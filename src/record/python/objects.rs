@@ -688,6 +688,83 @@ impl Walk<'_> {
         }
     }
 
+    /// Blocks the interpreter keeps for itself, by address, with their
+    /// holder: objects and dict keys on its free lists (memory the program
+    /// freed, kept for reuse: no object of the program) and the attribute
+    /// names its type cache holds (one per looked-up name, by the name
+    /// object's address: each new name string stays until its slot is
+    /// taken). Both are bounded, and neither is anything a task keeps.
+    fn interpreter_kept(&self) -> FxHashMap<usize, &'static str> {
+        let mut kept = FxHashMap::default();
+        let recorded = |start: usize| self.blocks.binary_search_by_key(&start, |b| b.addr).is_ok();
+        // SAFETY (each read): the interpreter's state, read with the GIL
+        // held, so nothing takes from or adds to its free lists or cache
+        // meanwhile. Offsets into it are `layout`'s; a node is read only
+        // once known to be a recorded (live, mapped) block, and counts are
+        // checked against their lists' limits, so a layout that is not
+        // the expected one stops the walk instead of reading astray.
+        unsafe {
+            let interp = (self.api.interpreter_head)() as usize;
+            if interp == 0 {
+                return kept;
+            }
+            let count = |at: usize, limit: i32| {
+                let n: i32 = read(interp, at);
+                (0..=limit).contains(&n).then_some(n as usize)
+            };
+            for &(list, at, limit, pre, holder) in &l::INTERP_FREE_ARRAYS {
+                let Some(n) = count(at, limit) else {
+                    return FxHashMap::default();
+                };
+                for k in 0..n {
+                    let p: usize = read(interp, list + 8 * k);
+                    if p != 0 {
+                        kept.insert(p - pre, holder);
+                    }
+                }
+            }
+            let mut chain = |mut p: usize, n: usize, next: usize, pre: usize, holder| {
+                for _ in 0..n {
+                    if p == 0 || !recorded(p - pre) {
+                        break;
+                    }
+                    kept.insert(p - pre, holder);
+                    p = read(p, next);
+                }
+            };
+            for &(head, at, limit, next, pre, holder) in &l::INTERP_FREE_CHAINS {
+                let Some(n) = count(at, limit) else {
+                    return FxHashMap::default();
+                };
+                chain(read(interp, head), n, next, pre, holder);
+            }
+            for size in 0..l::TUPLE_FREE_LISTS {
+                let Some(n) = count(l::INTERP_TUPLE_NUMFREE + 4 * size, l::TUPLE_FREE_LIST_LIMIT)
+                else {
+                    return FxHashMap::default();
+                };
+                let head = read(interp, l::INTERP_TUPLE_FREE_LIST + 8 * size);
+                chain(head, n, l::TUPLE_ITEMS, l::GC_HEAD, l::TUPLE_FREE_HOLDER);
+            }
+            let mut names = Vec::new();
+            for k in 0..l::TYPE_CACHE_ENTRIES {
+                let entry = interp + l::INTERP_TYPE_CACHE + k * l::TYPE_CACHE_ENTRY;
+                let name: usize = read(entry, l::TYPE_CACHE_NAME);
+                // A `str`, or None (static: never a recorded block).
+                if name != 0 && recorded(name) {
+                    if read::<usize>(name, l::OBJECT_TYPE) != self.api.types.unicode {
+                        return kept;
+                    }
+                    names.push(name);
+                }
+            }
+            for name in names {
+                kept.entry(name).or_insert(l::TYPE_CACHE_HOLDER);
+            }
+        }
+        kept
+    }
+
     /// Names of objects the running frames of every thread hold in their
     /// locals (innermost first): what the roots that are not the graph's
     /// own are most often held by.
@@ -847,14 +924,29 @@ impl Walk<'_> {
         let native = self
             .names
             .root("memory no Python object points to (C or interpreter state)".into());
+        let kept = self.interpreter_kept();
+        let mut kept_roots: FxHashMap<&'static str, u32> = FxHashMap::default();
         for (b, t) in block_types.iter_mut().enumerate() {
             if *t == NONE && owned_as[b] != NONE {
                 *t = owned_as[b];
             } else if *t == NONE {
+                let block = &self.blocks[b];
+                let at = match kept.get(&block.addr) {
+                    Some(&holder) => {
+                        summary.interpreter_kept.add(crate::format::Amount {
+                            bytes: block.size as u64,
+                            blocks: 1,
+                        });
+                        *kept_roots
+                            .entry(holder)
+                            .or_insert_with(|| self.names.root(holder.into()))
+                    }
+                    None => native,
+                };
                 roots.push(RootRef {
                     node: b as u32,
                     source: RootSource::Static,
-                    at: native as usize,
+                    at: at as usize,
                 });
             }
         }
