@@ -81,14 +81,18 @@ unsafe impl Send for Api {}
 
 static API: OnceLock<Api> = OnceLock::new();
 
+/// The C function `$name` of the running interpreter as `$signature`, or
+/// an early `Err("... not found")` from the enclosing function.
 macro_rules! function {
     ($name:literal as $signature:ty) => {{
-        let address = symbol($name).ok_or(concat!($name, " not found"))?;
+        let address =
+            $crate::record::python::capi::symbol($name).ok_or(concat!($name, " not found"))?;
         // SAFETY: see the caller: a non-null address of the C function
         // `$name`, transmuted to its signature.
         unsafe { std::mem::transmute::<usize, $signature>(address) }
     }};
 }
+pub(crate) use function;
 
 /// The API once [`load`] succeeded. One atomic load: fit for the hooks.
 #[inline(always)]

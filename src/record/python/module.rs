@@ -142,37 +142,33 @@ unsafe impl Send for Api {}
 
 static API: OnceLock<Api> = OnceLock::new();
 
-fn load() -> Option<&'static Api> {
+fn load() -> Result<&'static Api, String> {
     if let Some(api) = API.get() {
-        return Some(api);
+        return Ok(api);
     }
-    macro_rules! function {
-        ($name:literal as $signature:ty) => {{
-            // SAFETY: the address of the C-API function `$name`, whose C
-            // signature `$signature` spells out.
-            unsafe { std::mem::transmute::<usize, $signature>(capi::symbol($name)?) }
-        }};
-    }
-    let type_error = capi::symbol("PyExc_TypeError")?;
+    let object = |name: &str| capi::symbol(name).ok_or_else(|| format!("{name} not found"));
+    let type_error = object("PyExc_TypeError")?;
     let api = Api {
-        create: function!("PyModule_Create2" as Create),
-        as_i64: function!("PyLong_AsLongLong" as AsI64),
-        from_u64: function!("PyLong_FromUnsignedLongLong" as FromU64),
-        err_occurred: function!("PyErr_Occurred" as ErrOccurred),
-        err_set: function!("PyErr_SetString" as ErrSet),
+        // SAFETY (each `function!`): the symbol is the C-API function of
+        // that name, whose C signature the field's type spells out.
+        create: capi::function!("PyModule_Create2" as Create),
+        as_i64: capi::function!("PyLong_AsLongLong" as AsI64),
+        from_u64: capi::function!("PyLong_FromUnsignedLongLong" as FromU64),
+        err_occurred: capi::function!("PyErr_Occurred" as ErrOccurred),
+        err_set: capi::function!("PyErr_SetString" as ErrSet),
         // SAFETY: `PyExc_TypeError` is a `PyObject *` variable.
         type_error: unsafe { *(type_error as *const Object) },
-        none: capi::symbol("_Py_NoneStruct")? as Object,
-        utf8: function!("PyUnicode_AsUTF8AndSize" as AsUtf8),
+        none: object("_Py_NoneStruct")? as Object,
+        utf8: capi::function!("PyUnicode_AsUTF8AndSize" as AsUtf8),
     };
-    Some(API.get_or_init(|| api))
+    Ok(API.get_or_init(|| api))
 }
 
 /// Creates the module (its `PyInit` calls this, GIL held): a new
 /// reference, or null with an exception set (or, without a Python API,
 /// null and none: the import then fails with a SystemError).
 pub fn create() -> *mut c_void {
-    let Some(api) = load() else {
+    let Ok(api) = load() else {
         return std::ptr::null_mut();
     };
     // SAFETY: GIL held; the definition is static and CPython keeps it.

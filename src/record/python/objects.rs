@@ -921,6 +921,44 @@ impl Walk<'_> {
                 self.owned_memory(from, addr, ty, &block_types, &mut edges, &mut owned_as);
             }
         }
+        self.root_unheld(&mut block_types, &owned_as, &mut roots, &mut summary);
+        edges.sort_unstable_by_key(|e| (e.from, e.offset, e.to));
+        roots.sort_unstable();
+        roots.dedup();
+        let scanned_bytes = self.blocks.iter().map(|b| b.size as u64).sum();
+        let names = self.names;
+        ScanResult {
+            blocks: mmap_of(&self.blocks),
+            edges: mmap_of(&edges),
+            roots: mmap_of(&roots),
+            registered_edges: mmap_of(&registered_edges),
+            registered,
+            scanned_bytes,
+            pause_ns: 0,
+            stop: StopReport::default(),
+            incomplete: false,
+            typed: None,
+            python: Some(PythonNames {
+                block_types,
+                type_names: names.types,
+                fields: names.fields,
+                roots: names.roots,
+                summary,
+            }),
+        }
+    }
+
+    /// Blocks that are no object and that no object owns: typed as their
+    /// owner's memory when an object's fixed part points into them (in
+    /// `owned_as`), else roots, named by what holds them: the interpreter
+    /// (its free lists, its type cache; counted in `summary`), or C.
+    fn root_unheld(
+        &mut self,
+        block_types: &mut [u32],
+        owned_as: &[u32],
+        roots: &mut Vec<RootRef>,
+        summary: &mut PythonGraph,
+    ) {
         let native = self
             .names
             .root("memory no Python object points to (C or interpreter state)".into());
@@ -949,30 +987,6 @@ impl Walk<'_> {
                     at: at as usize,
                 });
             }
-        }
-        edges.sort_unstable_by_key(|e| (e.from, e.offset, e.to));
-        roots.sort_unstable();
-        roots.dedup();
-        let scanned_bytes = self.blocks.iter().map(|b| b.size as u64).sum();
-        let names = self.names;
-        ScanResult {
-            blocks: mmap_of(&self.blocks),
-            edges: mmap_of(&edges),
-            roots: mmap_of(&roots),
-            registered_edges: mmap_of(&registered_edges),
-            registered,
-            scanned_bytes,
-            pause_ns: 0,
-            stop: StopReport::default(),
-            incomplete: false,
-            typed: None,
-            python: Some(PythonNames {
-                block_types,
-                type_names: names.types,
-                fields: names.fields,
-                roots: names.roots,
-                summary,
-            }),
         }
     }
 
