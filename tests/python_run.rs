@@ -39,6 +39,12 @@ fn leakprof_run(out: &Path, command: &[&str], env: &[(&str, String)]) -> Output 
 /// Writes `source` as a script in `dir`, runs it under `leakprof run`
 /// with `python` (asserting it succeeded) and returns the run's output
 /// directory, its merged profile and the script's standard output.
+/// The Dramatiq 2.0.0 interpreter and a scratch directory; None (the
+/// test returns) when Python cannot be had outside CI.
+fn python_and_dir() -> Option<(PathBuf, tempfile::TempDir)> {
+    Some((support::python::dramatiq()?, tempfile::tempdir().unwrap()))
+}
+
 fn run_script(python: &Path, dir: &Path, source: &str) -> (PathBuf, Profile, String) {
     let script = dir.join("script.py");
     std::fs::write(&script, source).unwrap();
@@ -366,10 +372,9 @@ fn interleaved_asyncio_actors_keep_their_own_tags() {
         ("LEAKPROF_TEST_THREADS", "2".to_string()),
         ("LEAKPROF_TEST_STEPS", STEPS.to_string()),
     ];
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let (_, profile, ids) = run_scenario(&python, dir.path(), "interleaved", &env);
     assert_eq!(ids.len(), 4);
     let chunks = surviving_chunks(&profile, PAYLOAD / STEPS);
@@ -433,10 +438,9 @@ fn refuses_what_it_cannot_record() {
 /// the path (a distribution's own) still runs after ours.
 #[test]
 fn bootstrap_absence_is_an_error_and_sitecustomize_is_chained() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("app.py");
     std::fs::write(&script, "print('ran')\n").unwrap();
     let wrapper = dir.path().join("python3.11");
@@ -486,10 +490,9 @@ fn bootstrap_absence_is_an_error_and_sitecustomize_is_chained() {
 /// objects take (`sys.getsizeof`), within 1%, and not twice that.
 #[test]
 fn python_allocations_are_counted_once() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let (_, profile, stdout) = run_script(
         &python,
         dir.path(),
@@ -528,10 +531,9 @@ print(f"expected {objects + array}")
 /// and their frees are seen.
 #[test]
 fn raw_domain_is_recorded_without_the_gil() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let source = r#"import ctypes
 import leakprof
 capi = ctypes.CDLL(None)  # CDLL: the GIL is released during each call
@@ -564,10 +566,9 @@ capi.PyMem_RawFree(blocks.pop())
 /// `profile-<pid>.json`, and `profile.json` is the merge of all of them.
 #[test]
 fn forked_children_deliver_their_profiles() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let (out, merged, stdout) = run_script(
         &python,
         dir.path(),
@@ -622,10 +623,9 @@ if __name__ == "__main__":
 /// handlers run and the profile is written) and says why it stopped.
 #[test]
 fn duration_stops_the_program_with_its_profile() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("forever.py");
     std::fs::write(
         &script,
@@ -662,10 +662,9 @@ fn duration_stops_the_program_with_its_profile() {
 /// writes a profile of what is live at that moment and runs on.
 #[test]
 fn snapshot_signal_writes_a_mid_run_profile() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("waits.py");
     std::fs::write(
         &script,
@@ -717,10 +716,9 @@ while not glob.glob(os.path.join(out, "profile-*-snapshot-1.json")):
 /// alone keeps alive is its, and what something else also holds is not.
 #[test]
 fn registered_owner_gets_what_it_alone_keeps() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let (_, profile, _) = run_script(
         &python,
         dir.path(),
@@ -760,10 +758,9 @@ keep = [shared]
 /// `profile-<pid>.json`, and `profile.json` is the merge.
 #[test]
 fn spawned_and_subprocess_pythons_record_into_the_merge() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let (out, profile, _) = run_script(
         &python,
         dir.path(),
@@ -934,10 +931,9 @@ worker.stop()
 /// message's id, none merged into another's.
 #[test]
 fn a_task_number_is_never_handed_out_twice() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let (_, profile, stdout) = run_script(
         &python,
         dir.path(),
@@ -992,10 +988,9 @@ worker.stop()
 /// through them: entered, left, finished.
 #[test]
 fn fast_calls_raise_on_bad_arguments() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let (_, profile, stdout) = run_script(
         &python,
         dir.path(),
@@ -1033,10 +1028,9 @@ with leakprof.tag(task="job-1", retry=2, actor="a", queue="q"):
 /// exit code, its profile written all the same.
 #[test]
 fn a_failing_program_fails_the_run_and_keeps_its_profile() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("fails.py");
     std::fs::write(&script, "keep = b'f' * (1 << 20)\nraise SystemExit(3)\n").unwrap();
     let out = dir.path().join("out");
@@ -1056,10 +1050,9 @@ fn a_failing_program_fails_the_run_and_keeps_its_profile() {
 /// profile.
 #[test]
 fn os_exit_still_writes_the_profile() {
-    let Some(python) = support::python::dramatiq() else {
+    let Some((python, dir)) = python_and_dir() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let (_, profile, _) = run_script(
         &python,
         dir.path(),
