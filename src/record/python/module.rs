@@ -185,19 +185,37 @@ unsafe fn raise(api: &Api, message: &CStr) -> Object {
     std::ptr::null_mut()
 }
 
-/// Argument `k` as an integer; None when it is not one (error set).
+/// The API and the call's first `N` arguments as integers, if the call
+/// has `arity` arguments; else null to return, with TypeError (`what`,
+/// for a wrong count) or the conversion's error set.
 ///
 /// # Safety
-/// GIL held; `args` holds `k + 1` live objects.
-unsafe fn int(api: &Api, args: *const Object, k: usize) -> Option<i64> {
-    // SAFETY: forwarded.
-    let v = unsafe { (api.as_i64)(*args.add(k)) };
-    // SAFETY: GIL held.
-    (v != -1 || unsafe { (api.err_occurred)() }.is_null()).then_some(v)
+/// GIL held; `args` holds `n` live objects; `N <= arity`.
+unsafe fn call<const N: usize>(
+    args: *const Object,
+    n: isize,
+    arity: usize,
+    what: &CStr,
+) -> Result<(&'static Api, [i64; N]), Object> {
+    let api = API.get().ok_or(std::ptr::null_mut())?;
+    if n != arity as isize {
+        // SAFETY: GIL held (a Python call).
+        return Err(unsafe { raise(api, what) });
+    }
+    let mut ints = [0; N];
+    for (k, v) in ints.iter_mut().enumerate() {
+        // SAFETY: GIL held; k < N <= n, so `args` holds argument k.
+        *v = unsafe { (api.as_i64)(*args.add(k)) };
+        // SAFETY: GIL held.
+        if *v == -1 && !unsafe { (api.err_occurred)() }.is_null() {
+            return Err(std::ptr::null_mut());
+        }
+    }
+    Ok((api, ints))
 }
 
-/// Argument `k` as text: None for Python's None (or a non-str, with the
-/// error it raised cleared by the caller's check).
+/// Argument `k` as text, None for Python's None; `Err` for anything else
+/// (TypeError set, for the caller to return null).
 ///
 /// # Safety
 /// GIL held; `args` holds `k + 1` live objects.
@@ -230,19 +248,12 @@ unsafe fn none(api: &Api) -> Object {
 }
 
 unsafe extern "C" fn begin_fn(_module: Object, args: *const Object, n: isize) -> Object {
-    let Some(api) = API.get() else {
-        return std::ptr::null_mut();
+    // SAFETY: a Python call: GIL held, `args` holds `n` arguments.
+    let (api, [task, retry]) = match unsafe { call::<2>(args, n, 5, c"begin takes 5 arguments") } {
+        Ok(call) => call,
+        Err(null) => return null,
     };
-    if n != 5 {
-        // SAFETY: GIL held (a Python call).
-        return unsafe { raise(api, c"begin takes 5 arguments") };
-    }
-    // SAFETY (each): GIL held, `args` holds the 5 arguments of the call.
-    let (Some(task), Some(retry)) = (unsafe { int(api, args, 0) }, unsafe { int(api, args, 1) })
-    else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY (each): as above.
+    // SAFETY (each): as above, and there are 5 arguments.
     let (Ok(external_id), Ok(actor), Ok(queue)) = (
         unsafe { text(api, args, 2) },
         unsafe { text(api, args, 3) },
@@ -264,16 +275,10 @@ unsafe extern "C" fn begin_fn(_module: Object, args: *const Object, n: isize) ->
 }
 
 unsafe extern "C" fn enter_fn(_module: Object, args: *const Object, n: isize) -> Object {
-    let Some(api) = API.get() else {
-        return std::ptr::null_mut();
-    };
-    if n != 1 {
-        // SAFETY: GIL held (a Python call).
-        return unsafe { raise(api, c"enter takes 1 argument") };
-    }
-    // SAFETY: GIL held, `args` holds the argument.
-    let Some(id) = (unsafe { int(api, args, 0) }) else {
-        return std::ptr::null_mut();
+    // SAFETY: a Python call: GIL held, `args` holds `n` arguments.
+    let (api, [id]) = match unsafe { call::<1>(args, n, 1, c"enter takes 1 argument") } {
+        Ok(call) => call,
+        Err(null) => return null,
     };
     let prev = enter(id as u32);
     // SAFETY: GIL held.
@@ -281,20 +286,10 @@ unsafe extern "C" fn enter_fn(_module: Object, args: *const Object, n: isize) ->
 }
 
 unsafe extern "C" fn end_fn(_module: Object, args: *const Object, n: isize) -> Object {
-    let Some(api) = API.get() else {
-        return std::ptr::null_mut();
-    };
-    if n != 3 {
-        // SAFETY: GIL held (a Python call).
-        return unsafe { raise(api, c"end takes 3 arguments") };
-    }
-    // SAFETY (each): GIL held, `args` holds the 3 arguments.
-    let (Some(id), Some(prev), Some(task)) = (
-        unsafe { int(api, args, 0) },
-        unsafe { int(api, args, 1) },
-        unsafe { int(api, args, 2) },
-    ) else {
-        return std::ptr::null_mut();
+    // SAFETY: a Python call: GIL held, `args` holds `n` arguments.
+    let (api, [id, prev, task]) = match unsafe { call::<3>(args, n, 3, c"end takes 3 arguments") } {
+        Ok(call) => call,
+        Err(null) => return null,
     };
     if id != 0 {
         exit(id as u32, prev as u32);

@@ -719,47 +719,47 @@ impl Walk<'_> {
                 for k in 0..n {
                     let p: usize = read(interp, list + 8 * k);
                     if p != 0 {
-                        kept.insert(p - pre, holder);
+                        // Wrapping: a pointer not checked yet.
+                        kept.insert(p.wrapping_sub(pre), holder);
                     }
                 }
             }
-            let mut chain = |mut p: usize, n: usize, next: usize, pre: usize, holder| {
+            // The tuple lists, one per size, are chains like the others.
+            let tuples = (0..l::TUPLE_FREE_LISTS).map(|size| {
+                (
+                    l::INTERP_TUPLE_FREE_LIST + 8 * size,
+                    l::INTERP_TUPLE_NUMFREE + 4 * size,
+                    l::TUPLE_FREE_LIST_LIMIT,
+                    l::TUPLE_ITEMS,
+                    l::GC_HEAD,
+                    l::TUPLE_FREE_HOLDER,
+                )
+            });
+            for (head, at, limit, next, pre, holder) in
+                l::INTERP_FREE_CHAINS.iter().copied().chain(tuples)
+            {
+                let Some(n) = count(at, limit) else {
+                    return FxHashMap::default();
+                };
+                let mut p: usize = read(interp, head);
                 for _ in 0..n {
-                    if p == 0 || !recorded(p - pre) {
+                    if p == 0 || !recorded(p.wrapping_sub(pre)) {
                         break;
                     }
                     kept.insert(p - pre, holder);
                     p = read(p, next);
                 }
-            };
-            for &(head, at, limit, next, pre, holder) in &l::INTERP_FREE_CHAINS {
-                let Some(n) = count(at, limit) else {
-                    return FxHashMap::default();
-                };
-                chain(read(interp, head), n, next, pre, holder);
             }
-            for size in 0..l::TUPLE_FREE_LISTS {
-                let Some(n) = count(l::INTERP_TUPLE_NUMFREE + 4 * size, l::TUPLE_FREE_LIST_LIMIT)
-                else {
-                    return FxHashMap::default();
-                };
-                let head = read(interp, l::INTERP_TUPLE_FREE_LIST + 8 * size);
-                chain(head, n, l::TUPLE_ITEMS, l::GC_HEAD, l::TUPLE_FREE_HOLDER);
-            }
-            let mut names = Vec::new();
             for k in 0..l::TYPE_CACHE_ENTRIES {
                 let entry = interp + l::INTERP_TYPE_CACHE + k * l::TYPE_CACHE_ENTRY;
                 let name: usize = read(entry, l::TYPE_CACHE_NAME);
                 // A `str`, or None (static: never a recorded block).
                 if name != 0 && recorded(name) {
                     if read::<usize>(name, l::OBJECT_TYPE) != self.api.types.unicode {
-                        return kept;
+                        return FxHashMap::default();
                     }
-                    names.push(name);
+                    kept.entry(name).or_insert(l::TYPE_CACHE_HOLDER);
                 }
-            }
-            for name in names {
-                kept.entry(name).or_insert(l::TYPE_CACHE_HOLDER);
             }
         }
         kept
