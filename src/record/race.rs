@@ -1,5 +1,5 @@
 //! Test-only delay points (cargo feature `race-points`): places in the
-//! stop-the-world handshake and in `realloc` where a test can hold one
+//! stop-the-world handshake, in `realloc` and in the stack table where a test can hold one
 //! thread exactly where a race window opens, do the racing thing on another
 //! thread, and let it go.
 //!
@@ -36,6 +36,12 @@ pub enum RacePoint {
     /// In `realloc`, after the inner allocator returned the new block and
     /// before it enters the live table.
     ReallocMoved = 5,
+    /// In the stack table, after a thread was granted a place in the open
+    /// level and before it claims a slot there.
+    InternReserved = 7,
+    /// In the stack table, when a thread refused a place (the level just
+    /// filled) is about to wait for the level's granted places to settle.
+    InternSealWait = 8,
 }
 
 #[cfg(feature = "race-points")]
@@ -56,7 +62,7 @@ mod armed {
 
     use super::RacePoint;
 
-    const POINTS: usize = 7;
+    const POINTS: usize = 9;
     const IDLE: u32 = 0;
     const ARMED: u32 = 1;
     const HELD: u32 = 2;

@@ -24,10 +24,9 @@ pub(crate) const MAX_DEPTH: usize = 256;
 /// nothing.
 pub(crate) const UNKNOWN_STACK: u32 = 0;
 
-/// Hash-slot count (a power of two). Ids are capped at half of it so probe
-/// runs stay short.
-const SLOTS: usize = 1 << 22;
-const MAX_STACKS: usize = SLOTS / 2;
+/// Stack ids handed out at most (the interning table takes more).
+const MAX_STACKS: usize = 1 << 21;
+const _: () = assert!(MAX_STACKS <= intern::Table::max_entries());
 /// Words reserved for frames of all stacks together.
 const FRAME_WORDS: usize = 1 << 26;
 
@@ -43,7 +42,7 @@ const PUBLISHED: u32 = 1;
 const TRUNCATED: u32 = 2;
 
 pub(crate) struct StackTable {
-    slots: AtomicPtr<Slot>,
+    index: intern::Table,
     records: AtomicPtr<Record>,
     frames: AtomicPtr<u64>,
     next_id: AtomicU32,
@@ -265,7 +264,7 @@ fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
 impl StackTable {
     pub(crate) const fn new() -> StackTable {
         StackTable {
-            slots: AtomicPtr::new(std::ptr::null_mut()),
+            index: intern::Table::new(),
             records: AtomicPtr::new(std::ptr::null_mut()),
             frames: AtomicPtr::new(std::ptr::null_mut()),
             next_id: AtomicU32::new(1),
@@ -277,16 +276,14 @@ impl StackTable {
     /// Reserves the table's memory; idempotent. Called by `Recorder::start`
     /// before recording is switched on.
     pub(crate) fn init(&self) -> bool {
-        if !self.slots.load(Ordering::Acquire).is_null() {
+        if !self.frames.load(Ordering::Acquire).is_null() {
             return true;
         }
-        let slots = sys::map(SLOTS * std::mem::size_of::<Slot>());
         let records = sys::map(MAX_STACKS * std::mem::size_of::<Record>());
         let frames = sys::map(FRAME_WORDS * 8);
-        if slots.is_null() || records.is_null() || frames.is_null() {
+        if records.is_null() || frames.is_null() || !self.index.init() {
             // SAFETY: each non-null region came from `map` with these sizes.
             unsafe {
-                sys::unmap(slots, SLOTS * std::mem::size_of::<Slot>());
                 sys::unmap(records, MAX_STACKS * std::mem::size_of::<Record>());
                 sys::unmap(frames, FRAME_WORDS * 8);
             }
@@ -294,19 +291,16 @@ impl StackTable {
         }
         self.records.store(records.cast(), Ordering::Release);
         self.frames.store(frames.cast(), Ordering::Release);
-        self.slots.store(slots.cast(), Ordering::Release);
         true
     }
 
-    /// Bytes the table uses: records and frames handed out, and the hash
-    /// slots' pages (touched at random, so one page per stack until all
-    /// are).
+    /// Bytes the table uses: records and frames handed out, and the
+    /// interning table's slots ([`intern::Table::memory_bytes`]).
     pub(crate) fn memory_bytes(&self) -> u64 {
         let ids = self.id_limit() as u64;
-        let slot_pages = (ids * 4096).min((SLOTS * std::mem::size_of::<Slot>()) as u64);
         ids * std::mem::size_of::<Record>() as u64
             + self.frames_used.load(Ordering::Relaxed) as u64 * 8
-            + slot_pages
+            + self.index.memory_bytes()
     }
 
     /// Returns the id of a captured stack, interning it on first sight.
@@ -335,20 +329,14 @@ impl StackTable {
 
     #[inline]
     fn intern_hashed(&self, frames: &[usize], truncated: bool, h: u64) -> u32 {
-        let slots = self.slots.load(Ordering::Acquire);
-        if slots.is_null() {
+        if self.frames.load(Ordering::Acquire).is_null() {
             return UNKNOWN_STACK;
         }
-        // SAFETY: `slots` maps SLOTS slots for the life of the process.
-        let found = unsafe {
-            intern::probe(
-                slots,
-                SLOTS - 1,
-                h,
-                |id| self.frames_equal(id, frames, truncated),
-                |slot| self.publish(slot, frames, truncated),
-            )
-        };
+        let found = self.index.intern(
+            h,
+            |id| self.frames_equal(id, frames, truncated),
+            |slot| self.publish(slot, frames, truncated),
+        );
         found.unwrap_or_else(|| {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
             UNKNOWN_STACK
