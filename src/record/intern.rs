@@ -103,31 +103,14 @@ impl Table {
     }
 
     /// Level `k`'s slots, mapped on first use (null if the kernel refuses).
+    #[inline(always)]
     fn level(&self, k: usize) -> *const Slot {
-        let level = &self.levels[k];
-        let slots = level.slots.load(Ordering::Acquire);
-        if !slots.is_null() {
-            return slots;
+        let slots = &self.levels[k].slots;
+        let mapped = slots.load(Ordering::Acquire);
+        if !mapped.is_null() {
+            return mapped;
         }
-        let bytes = Self::len(k) * std::mem::size_of::<Slot>();
-        let fresh = sys::map(bytes).cast::<Slot>();
-        if fresh.is_null() {
-            return fresh;
-        }
-        match level.slots.compare_exchange(
-            std::ptr::null_mut(),
-            fresh,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => fresh,
-            Err(theirs) => {
-                // SAFETY: `fresh` came from `map` with these bytes and was
-                // never published.
-                unsafe { sys::unmap(fresh.cast(), bytes) };
-                theirs
-            }
-        }
+        sys::map_once(slots, Self::len(k) * std::mem::size_of::<Slot>())
     }
 
     /// Finds the id interned for `h` (confirmed by `matches`), or interns
@@ -417,6 +400,28 @@ mod tests {
             unsafe { libc::syscall(libc::SYS_gettid) as i32 }
         }
 
+        /// Race points are process-wide: these tests take turns.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+        /// Starts a thread interning `key`; returns once it is held at
+        /// `point`.
+        fn held_at<'scope>(
+            s: &'scope std::thread::Scope<'scope, '_>,
+            t: &'static Keys,
+            point: RacePoint,
+            key: u64,
+        ) -> std::thread::ScopedJoinHandle<'scope, Option<u32>> {
+            let thread = s.spawn(move || {
+                race::arm(point, Some(tid()));
+                t.intern(key)
+            });
+            assert!(
+                race::wait_arrival(point, Duration::from_secs(10)),
+                "a thread held at {point:?}"
+            );
+            thread
+        }
+
         /// A table whose first level has one place left.
         fn nearly_full() -> &'static Keys {
             let t = Keys::new();
@@ -429,31 +434,12 @@ mod tests {
 
         #[test]
         fn a_thread_refused_a_place_finds_the_entry_of_the_thread_granted_the_last() {
+            let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
             let t = nearly_full();
             let key = 1 << 40;
             std::thread::scope(|s| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let granted = s.spawn(move || {
-                    race::arm(RacePoint::InternReserved, Some(tid()));
-                    tx.send(()).unwrap();
-                    t.intern(key)
-                });
-                rx.recv().unwrap();
-                assert!(race::wait_arrival(
-                    RacePoint::InternReserved,
-                    Duration::from_secs(10)
-                ));
-                let (tx, rx) = std::sync::mpsc::channel();
-                let refused = s.spawn(move || {
-                    race::arm(RacePoint::InternSealWait, Some(tid()));
-                    tx.send(()).unwrap();
-                    t.intern(key)
-                });
-                rx.recv().unwrap();
-                assert!(race::wait_arrival(
-                    RacePoint::InternSealWait,
-                    Duration::from_secs(10)
-                ));
+                let granted = held_at(s, t, RacePoint::InternReserved, key);
+                let refused = held_at(s, t, RacePoint::InternSealWait, key);
                 // The level is full but not sealed; the granted thread has
                 // not claimed its slot yet. Let it insert, then let the
                 // refused one look again.
@@ -468,19 +454,10 @@ mod tests {
 
         #[test]
         fn a_reserver_that_never_settles_delays_a_level_seal_only_once() {
+            let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
             let t = nearly_full();
             std::thread::scope(|s| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let stuck = s.spawn(move || {
-                    race::arm(RacePoint::InternReserved, Some(tid()));
-                    tx.send(()).unwrap();
-                    t.intern(1 << 40)
-                });
-                rx.recv().unwrap();
-                assert!(race::wait_arrival(
-                    RacePoint::InternReserved,
-                    Duration::from_secs(10)
-                ));
+                let stuck = held_at(s, t, RacePoint::InternReserved, 1 << 40);
                 // As a forked child whose reserver is gone: the first new
                 // key waits out the bound, then the level counts as sealed.
                 let first = t.intern(1 << 41).unwrap();

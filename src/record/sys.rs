@@ -7,7 +7,7 @@
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -48,6 +48,31 @@ fn map_with(bytes: usize, flags: libc::c_int) -> *mut u8 {
         null_mut()
     } else {
         p.cast()
+    }
+}
+
+/// The mapping `slot` points to, or a fresh zeroed one of `bytes` (a
+/// valid `T` when all zero) published there: the first of racing threads
+/// wins, the others unmap theirs. Null if the kernel refuses memory.
+#[cold]
+#[inline(never)]
+pub(crate) fn map_once<T>(slot: &AtomicPtr<T>, bytes: usize) -> *mut T {
+    let p = slot.load(Ordering::Acquire);
+    if !p.is_null() {
+        return p;
+    }
+    let fresh = map(bytes).cast::<T>();
+    if fresh.is_null() {
+        return fresh;
+    }
+    match slot.compare_exchange(null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => fresh,
+        Err(winner) => {
+            // SAFETY: `fresh` came from `map` with these bytes and was never
+            // published.
+            unsafe { unmap(fresh.cast(), bytes) };
+            winner
+        }
     }
 }
 

@@ -292,29 +292,8 @@ impl ThreadState {
 
     #[cold]
     fn map_dir(&self) -> Option<*mut AtomicPtr<StackCounters>> {
-        let fresh = sys::map(DIR_LEN * std::mem::size_of::<AtomicPtr<StackCounters>>())
-            .cast::<AtomicPtr<StackCounters>>();
-        if fresh.is_null() {
-            return None;
-        }
-        match self.dir.compare_exchange(
-            std::ptr::null_mut(),
-            fresh,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => Some(fresh),
-            Err(existing) => {
-                // SAFETY: `fresh` is ours, unpublished.
-                unsafe {
-                    sys::unmap(
-                        fresh.cast(),
-                        DIR_LEN * std::mem::size_of::<AtomicPtr<StackCounters>>(),
-                    )
-                };
-                Some(existing)
-            }
-        }
+        let bytes = DIR_LEN * std::mem::size_of::<AtomicPtr<StackCounters>>();
+        Some(sys::map_once(&self.dir, bytes)).filter(|p| !p.is_null())
     }
 
     pub(crate) fn is_live(&self) -> bool {
@@ -359,23 +338,7 @@ impl ThreadState {
 #[cold]
 fn map_chunk(slot: &AtomicPtr<StackCounters>) -> Option<*mut StackCounters> {
     let bytes = CHUNK * std::mem::size_of::<StackCounters>();
-    let fresh = sys::map(bytes).cast::<StackCounters>();
-    if fresh.is_null() {
-        return None;
-    }
-    match slot.compare_exchange(
-        std::ptr::null_mut(),
-        fresh,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        Ok(_) => Some(fresh),
-        Err(existing) => {
-            // SAFETY: `fresh` is ours, unpublished.
-            unsafe { sys::unmap(fresh.cast(), bytes) };
-            Some(existing)
-        }
-    }
+    Some(sys::map_once(slot, bytes)).filter(|p| !p.is_null())
 }
 
 /// The registry of thread states.
