@@ -92,6 +92,26 @@ struct Chunk {
     frame: (String, Option<String>, Option<u32>),
 }
 
+/// A script that runs `body` (an actor `work` on a StubBroker and the
+/// messages it sends) through a Dramatiq worker of two threads until the
+/// queue is empty. `kept` is a module list the actor may keep blocks in.
+fn stub_worker_script(body: &str) -> String {
+    format!(
+        r#"import dramatiq
+from dramatiq.brokers.stub import StubBroker
+broker = StubBroker()
+dramatiq.set_broker(broker)
+kept = []
+{body}
+worker = dramatiq.Worker(broker, worker_threads=2)
+worker.start()
+broker.join(work.queue_name)
+worker.join()
+worker.stop()
+"#
+    )
+}
+
 fn surviving_chunks(profile: &Profile, min_bytes: u64) -> Vec<Chunk> {
     profile
         .live
@@ -818,13 +838,8 @@ fn finished_messages_are_folded() {
     let (_, profile, _) = run_script(
         &python,
         dir.path(),
-        &format!(
-            r#"import dramatiq
-from dramatiq.brokers.stub import StubBroker
-broker = StubBroker()
-dramatiq.set_broker(broker)
-kept = []
-
+        &stub_worker_script(&format!(
+            r#"
 @dramatiq.actor(max_retries=0)
 def work(n):
     if n == 0:
@@ -832,14 +847,8 @@ def work(n):
     [n] * 100
 
 for n in range({MESSAGES}):
-    work.send(n)
-worker = dramatiq.Worker(broker, worker_threads=2)
-worker.start()
-broker.join(work.queue_name)
-worker.join()
-worker.stop()
-"#
-        ),
+    work.send(n)"#
+        )),
     );
     let listed = profile.tags.iter().filter(|t| t.task.is_some()).count() as u64;
     assert!(
@@ -937,12 +946,8 @@ fn a_task_number_is_never_handed_out_twice() {
     let (_, profile, stdout) = run_script(
         &python,
         dir.path(),
-        r#"import dramatiq
-from dramatiq.brokers.stub import StubBroker
-broker = StubBroker()
-dramatiq.set_broker(broker)
-kept = []
-
+        &stub_worker_script(
+            r#"
 @dramatiq.actor(max_retries=0)
 def work(n):
     block = bytearray((1 << 20) + n * 4096)
@@ -950,13 +955,8 @@ def work(n):
     kept.append(block)
 
 for n in range(12):
-    print("message", n, work.send(n).message_id)
-worker = dramatiq.Worker(broker, worker_threads=2)
-worker.start()
-broker.join(work.queue_name)
-worker.join()
-worker.stop()
-"#,
+    print("message", n, work.send(n).message_id)"#,
+        ),
     );
     let sent: Vec<(u64, String)> = stdout
         .lines()
