@@ -983,6 +983,82 @@ for n in range(12):
     }
 }
 
+/// What running frames hold in their locals is in the graph even when the
+/// collector does not track it (a dict of strings): the string a local
+/// dict holds is shown held by the dict, and the dict by the running
+/// frame's local, not by nothing. leakprof's own frames (the snapshot
+/// call) are named as such.
+#[test]
+fn running_frames_hold_their_untracked_locals() {
+    let Some((python, dir)) = python_and_dir() else {
+        return;
+    };
+    let snapshot = dir.path().join("held.json");
+    let dir_text = dir.path().to_str().unwrap();
+    run_script(
+        &python,
+        dir.path(),
+        &format!(
+            r#"import leakprof
+from leakprof import _native
+
+# Dicts from the interpreter's free list may be older than the recording:
+# empty it, so the local dict below is a recorded block.
+kept = [{{}} for _ in range(200)]
+
+def path():
+    # Made by a task that is over when the snapshot is taken, and held
+    # then only by the snapshot call's own local.
+    with leakprof.tag(task="made-the-path"):
+        return "/".join([{dir:?}, "held.json"])
+
+def hold():
+    text = "held by a local dict " * int("100")
+    d = {{"text": text}}
+    del text
+    _native.snapshot(path())
+
+hold()
+"#,
+            dir = dir_text
+        ),
+    );
+    let profile = leakprof::format::load(&snapshot).unwrap();
+    let graph = profile.graph.as_ref().expect("the snapshot's graph");
+    let holder = |via: Option<u32>| via.map(|v| graph.vias[v as usize].holder.as_str());
+    let text: Vec<_> = profile
+        .live
+        .iter()
+        .filter(|g| (2100..2200).contains(&g.bytes))
+        .map(|g| holder(g.via))
+        .collect();
+    assert_eq!(text, [Some("dict")], "the string is held by the dict");
+    let roots: Vec<&str> = graph.vias.iter().map(|v| v.holder.as_str()).collect();
+    assert!(
+        roots.contains(&"root: local d of running hold"),
+        "the dict is held by the running frame's local: {roots:?}"
+    );
+    assert!(
+        roots.iter().any(|r| r.starts_with(&format!(
+            "root: {}",
+            leakprof::format::PYTHON_OWN_FRAMES_ROOT
+        ))),
+        "leakprof's own running code is named: {roots:?}"
+    );
+    // What leakprof's own code holds is no task's leak.
+    let model = leakprof::analysis::Model::new(&profile);
+    let leaks = leakprof::analysis::TaskScopedLeaks::of(&model);
+    let own = format!(
+        "root: {}local path of running snapshot",
+        leakprof::format::PYTHON_OWN_FRAMES_ROOT
+    );
+    assert!(
+        leaks.runtime_rows.iter().any(|r| r.root == own),
+        "{own} is counted apart: {:?}",
+        leaks.runtime_rows
+    );
+}
+
 /// The per-message calls of `leakprof._fast` refuse wrong arguments with
 /// a Python exception (never a crash), and a task's work is attributed
 /// through them: entered, left, finished.

@@ -108,10 +108,12 @@ def _write(out: str, root: int) -> None:
         return
     _written_by = pid
     name = "profile.json" if pid == root else f"profile-{pid}.json"
-    attributes = {
-        "program": " ".join(sys.argv),
-        "python": sys.version.split()[0],
-    }
+    # Strings only while the profile is written: a dict, list or tuple
+    # held here could be one the interpreter reused from a free list, its
+    # block still tagged with the task that first allocated it.
+    attributes = _native.attribute_lines(
+        {"program": " ".join(sys.argv), "python": sys.version.split()[0]}
+    )
     try:
         _native.write(os.path.join(out, name), attributes)
     except RuntimeError as e:

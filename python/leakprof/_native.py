@@ -138,14 +138,19 @@ def _graph_inputs(graph: bool) -> Iterator[Tuple[int, int, int]]:
             gc.enable()
 
 
-def write(path: str, attributes: dict[str, str], graph: bool = True) -> None:
-    """Stops recording and writes the profile, with the object graph."""
+def attribute_lines(attributes: dict[str, str]) -> str:
+    """The profile's metadata as `write` takes it: `key=value` lines."""
+    return "\n".join(f"{k}={v}" for k, v in attributes.items() if "\n" not in k + v)
+
+
+def write(path: str, attributes: str, graph: bool = True) -> None:
+    """Stops recording and writes the profile, with the object graph;
+    `attributes` from `attribute_lines`."""
     assert _lib is not None
     err = ctypes.create_string_buffer(_ERR_LEN)
-    lines = "\n".join(f"{k}={v}" for k, v in attributes.items() if "\n" not in k + v)
     with _graph_inputs(graph) as (objects, owners, enabled):
         failed = _lib.leakprof_py_write(
-            os.fsencode(path), _c(lines), objects, owners, enabled, err, _ERR_LEN
+            os.fsencode(path), _c(attributes), objects, owners, enabled, err, _ERR_LEN
         )
     if failed:
         raise RuntimeError(err.value.decode("utf-8", "replace"))

@@ -27,7 +27,10 @@
 //! In a Python profile, a block the interpreter keeps for itself (on one
 //! of its free lists, or a name its type cache holds: `root: interpreter
 //! …`, see `record::python::objects`) is kept by the runtime as well: the
-//! task freed it, or only named an attribute.
+//! task freed it, or only named an attribute. So is one a local of
+//! leakprof's own running code holds while it writes the profile
+//! (`format::PYTHON_OWN_FRAMES_ROOT`): the interpreter may have reused a
+//! block the task freed onto a free list, which keeps the task's tag.
 //!
 //! Such blocks are listed apart and left out of the task-scoped figures.
 //! A block deeper under a library's root (a map entry's buffer) is
@@ -224,6 +227,15 @@ fn runtime_root<'m>(model: &'m Model<'_>, g: &LiveGroup, own: &str) -> Option<&'
     // A Python interpreter's free lists and type cache (see
     // `record::python::objects`): memory no task keeps.
     if root.starts_with("root: interpreter ") {
+        return Some(root);
+    }
+    // What leakprof's own running code holds while it writes the profile
+    // (its locals reuse the interpreter's free-listed blocks, which still
+    // carry the tag of the task that first allocated them).
+    if root
+        .strip_prefix("root: ")
+        .is_some_and(|r| r.starts_with(crate::format::PYTHON_OWN_FRAMES_ROOT))
+    {
         return Some(root);
     }
     let named = match root.strip_prefix("root: static") {

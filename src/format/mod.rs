@@ -420,6 +420,11 @@ pub struct Graph {
     pub types: Vec<String>,
 }
 
+/// How a Python profile's graph names a root held by leakprof's own
+/// running code (the profile writer's locals): the tool's memory at that
+/// moment, which no task keeps.
+pub const PYTHON_OWN_FRAMES_ROOT: &str = "leakprof's own running code: ";
+
 /// How a Python object graph was taken: objects from the collector's own
 /// lists and the references their types' traversal shows, reachability as
 /// the collector decides it (reference counts minus the references found

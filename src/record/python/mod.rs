@@ -45,6 +45,7 @@ static RECORDER: Mutex<Option<Recorder>> = Mutex::new(None);
 pub fn start(caller_code: usize, options: Options) -> Result<(), String> {
     let api = capi::load()?;
     frames::check_layout(api, caller_code)?;
+    objects::note_own_code(api, caller_code);
     let mut running = RECORDER.lock().map_err(|_| "recorder state poisoned")?;
     if running.is_some() {
         return Err("a leakprof recorder is already running in this process".into());

@@ -4,9 +4,12 @@
 //! nothing is freed while it is read.
 //!
 //! The objects are those the collector tracks (`gc.get_objects()`, handed
-//! over as a list) plus every object their types' own traversal
+//! over as a list) and those the running frames of every thread hold in
+//! their locals, plus every object their types' own traversal
 //! (`tp_traverse`, what the collector itself follows) reaches, untracked
-//! tuples and dicts included. Reachability is decided as the collector
+//! tuples and dicts included. Locals of leakprof's own running code (the
+//! profile writer) make roots named [`OWN_FRAMES_ROOT`]`…`: what they hold
+//! at that moment is the tool's. Reachability is decided as the collector
 //! decides it, without running a collection: each object's reference
 //! count minus the references found inside the graph leaves the references
 //! from outside it (C code, a running frame's stack, a container the walk
@@ -125,9 +128,11 @@ pub(crate) fn walk(api: &Api, inputs: &Inputs) -> ScanResult {
         edges: Vec::new(),
         names: Names::default(),
         memo: Default::default(),
+        running: FxHashMap::default(),
     };
     w.ignore_owner_list(inputs.owners);
     w.seed(inputs.tracked);
+    w.seed_running_locals();
     w.traverse_all();
     let reachable = w.reachable();
     let mut result = w.into_scan(inputs, &reachable);
@@ -137,6 +142,24 @@ pub(crate) fn walk(api: &Api, inputs: &Inputs) -> ScanResult {
     }
     result
 }
+
+/// The directory of leakprof's own Python package (`leakprof/`, with its
+/// trailing slash), from the code object that started the recording.
+static OWN_PACKAGE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Notes where leakprof's own Python code lives: `code` is a code object of
+/// the package (the function that starts the recording), GIL held.
+pub(crate) fn note_own_code(api: &Api, code: usize) {
+    // SAFETY: `code` is a live code object and the caller holds the GIL.
+    let file = capi::text(api, unsafe { read::<usize>(code, l::CODE_FILENAME) });
+    let dir = file.and_then(|f| f.rfind('/').map(|at| f[..=at].to_string()));
+    *OWN_PACKAGE.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
+/// The start of a root name for what leakprof's own running frames hold
+/// (the profile writer's locals), which `analysis::leaks` counts as no
+/// task's.
+use crate::format::PYTHON_OWN_FRAMES_ROOT as OWN_FRAMES_ROOT;
 
 /// Field, root and type names, each interned.
 #[derive(Default)]
@@ -186,6 +209,9 @@ struct Walk<'a> {
     names: Names,
     /// Type names by type or code object (`Walk::named`).
     memo: std::cell::RefCell<FxHashMap<usize, &'static str>>,
+    /// What the running frames of every thread hold in their locals, named
+    /// (`Walk::running_locals`).
+    running: FxHashMap<usize, String>,
 }
 
 impl Walk<'_> {
@@ -200,6 +226,18 @@ impl Walk<'_> {
         self.objects[me as usize].external = isize::MIN;
         for object in list_items(list) {
             self.drop_reference(object);
+        }
+    }
+
+    /// The objects the running frames hold in their locals. An untracked
+    /// one (a dict of strings, a tuple of numbers) is on no collector list,
+    /// and with no other holder it would be missing from the graph, its
+    /// block shown held by nothing.
+    fn seed_running_locals(&mut self) {
+        self.running = self.running_locals();
+        let held: Vec<usize> = self.running.keys().copied().collect();
+        for object in held {
+            self.intern(object);
         }
     }
 
@@ -770,6 +808,10 @@ impl Walk<'_> {
     /// own are most often held by.
     fn running_locals(&self) -> FxHashMap<usize, String> {
         let mut held = FxHashMap::default();
+        let own_package = OWN_PACKAGE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         // SAFETY: the interpreter and thread-state lists, read with the
         // GIL held: no thread runs Python code or changes its frames.
         unsafe {
@@ -794,12 +836,20 @@ impl Walk<'_> {
                     if code != 0 {
                         let q: usize = read(code, l::CODE_QUALNAME);
                         let q = capi::text(self.api, q).unwrap_or_else(|| "?".into());
+                        let file = capi::text(self.api, read(code, l::CODE_FILENAME));
+                        let own = match (&own_package, file) {
+                            (Some(dir), Some(file)) if file.starts_with(dir.as_str()) => {
+                                OWN_FRAMES_ROOT
+                            }
+                            _ => "",
+                        };
                         let mut locals = Vec::new();
                         self.frame_locals(frame, "", &mut locals);
                         for (p, name) in locals {
                             if let Some(local) = name.strip_prefix(": local ") {
-                                held.entry(p)
-                                    .or_insert_with(|| format!("local {local} of running {q}"));
+                                held.entry(p).or_insert_with(|| {
+                                    format!("{own}local {local} of running {q}")
+                                });
                             }
                         }
                     }
@@ -863,7 +913,7 @@ impl Walk<'_> {
         // By block that is no object: the type id of what owns it
         // (`list items`), NONE while nothing does.
         let mut owned_as = vec![NONE; n_blocks];
-        let running = self.running_locals();
+        let running = std::mem::take(&mut self.running);
         let mut roots: Vec<RootRef> = Vec::new();
         let outside = self
             .names
