@@ -224,17 +224,13 @@ fn runtime_root<'m>(model: &'m Model<'_>, g: &LiveGroup, own: &str) -> Option<&'
         return None;
     }
     let root = graph.vias.get(g.via? as usize)?.holder.as_str();
-    // A Python interpreter's free lists and type cache (see
+    // A Python interpreter's free lists and type cache, and what
+    // leakprof's own running code holds while it writes the profile (see
     // `record::python::objects`): memory no task keeps.
-    if root.starts_with("root: interpreter ") {
-        return Some(root);
-    }
-    // What leakprof's own running code holds while it writes the profile
-    // (its locals reuse the interpreter's free-listed blocks, which still
-    // carry the tag of the task that first allocated them).
+    let python_kept = ["interpreter ", crate::format::PYTHON_OWN_FRAMES_ROOT];
     if root
         .strip_prefix("root: ")
-        .is_some_and(|r| r.starts_with(crate::format::PYTHON_OWN_FRAMES_ROOT))
+        .is_some_and(|r| python_kept.iter().any(|p| r.starts_with(p)))
     {
         return Some(root);
     }

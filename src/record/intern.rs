@@ -40,7 +40,7 @@ const PUBLISH_YIELDS: u32 = 2000;
 /// Level `k` has `1 << (FIRST_BITS + k)` slots (the first 1 MiB); the
 /// last has 4 Mi slots (64 MiB), and all together take 4 Mi entries.
 const FIRST_BITS: u32 = 16;
-pub(crate) const LEVELS: usize = 7;
+const LEVELS: usize = 7;
 
 /// One level: its slots (null until the level is first needed), the places
 /// granted in it, and how many of those are settled (their insert done).

@@ -1,7 +1,7 @@
 //! Test-only delay points (cargo feature `race-points`): places in the
-//! stop-the-world handshake, in `realloc` and in the stack table where a test can hold one
-//! thread exactly where a race window opens, do the racing thing on another
-//! thread, and let it go.
+//! stop-the-world handshake, in `realloc` and in the stack table where a
+//! test can hold one thread exactly where a race window opens, do the
+//! racing thing on another thread, and let it go.
 //!
 //! Without the feature, [`hit`] is an empty inline function and nothing
 //! else exists. With it, an unarmed point costs one relaxed load. A point

@@ -8,15 +8,15 @@
 //! their locals, plus every object their types' own traversal
 //! (`tp_traverse`, what the collector itself follows) reaches, untracked
 //! tuples and dicts included. Locals of leakprof's own running code (the
-//! profile writer) make roots named [`OWN_FRAMES_ROOT`]`…`: what they hold
-//! at that moment is the tool's. Reachability is decided as the collector
-//! decides it, without running a collection: each object's reference
-//! count minus the references found inside the graph leaves the references
-//! from outside it (C code, a running frame's stack, a container the walk
-//! cannot see into); objects with such references are the roots, and what
-//! no root reaches is cyclic garbage awaiting the next collection
-//! (`gcmodule.c`'s `subtract_refs` and `move_unreachable`, on side tables
-//! here, so the interpreter's own state is untouched).
+//! profile writer) make roots named [`PYTHON_OWN_FRAMES_ROOT`]`…`: what
+//! they hold at that moment is the tool's. Reachability is decided as the
+//! collector decides it, without running a collection: each object's
+//! reference count minus the references found inside the graph leaves the
+//! references from outside it (C code, a running frame's stack, a
+//! container the walk cannot see into); objects with such references are
+//! the roots, and what no root reaches is cyclic garbage awaiting the next
+//! collection (`gcmodule.c`'s `subtract_refs` and `move_unreachable`, on
+//! side tables here, so the interpreter's own state is untouched).
 //!
 //! The graph handed to the heap-graph analysis is one of recorded blocks:
 //! an object is joined to its block by its address minus its pre-header
@@ -34,7 +34,7 @@ use std::sync::Mutex;
 
 use super::capi::{self, Api};
 use super::layout as l;
-use crate::format::PythonGraph;
+use crate::format::{PythonGraph, PYTHON_OWN_FRAMES_ROOT};
 use crate::record::fxhash::FxHashMap;
 use crate::record::hooks::{self, LIVE, THREADS};
 use crate::record::live::Block;
@@ -155,11 +155,6 @@ pub(crate) fn note_own_code(api: &Api, code: usize) {
     let dir = file.and_then(|f| f.rfind('/').map(|at| f[..=at].to_string()));
     *OWN_PACKAGE.lock().unwrap_or_else(|e| e.into_inner()) = dir;
 }
-
-/// The start of a root name for what leakprof's own running frames hold
-/// (the profile writer's locals), which `analysis::leaks` counts as no
-/// task's.
-use crate::format::PYTHON_OWN_FRAMES_ROOT as OWN_FRAMES_ROOT;
 
 /// Field, root and type names, each interned.
 #[derive(Default)]
@@ -839,7 +834,7 @@ impl Walk<'_> {
                         let file = capi::text(self.api, read(code, l::CODE_FILENAME));
                         let own = match (&own_package, file) {
                             (Some(dir), Some(file)) if file.starts_with(dir.as_str()) => {
-                                OWN_FRAMES_ROOT
+                                PYTHON_OWN_FRAMES_ROOT
                             }
                             _ => "",
                         };
