@@ -201,8 +201,9 @@ const MIN_WIDTH_PCT: f64 = 0.01;
 /// Folded lines for drawing: every frame inferno would not draw (narrower
 /// than [`MIN_WIDTH_PCT`] of the graph) is cut off, and runs of hidden
 /// siblings are packed into one line, so inferno gets at most about one
-/// line per 0.01% of the graph instead of one per stack. The frames that are drawn do not change, in width or place: a
-/// test checks that both sets of lines draw the same SVG byte for byte.
+/// line per 0.01% of the graph instead of one per stack. The frames that
+/// are drawn do not change, in width or place: a test checks that both
+/// sets of lines draw the same SVG byte for byte.
 ///
 /// Stacks are handled as paths of interned frame names (names, not frame
 /// ids: inferno merges frames by name), sorted so that paths sharing a
@@ -255,43 +256,7 @@ pub fn visible_folded(
     let total: u128 = entries.iter().map(|e| e.1 as u128).sum();
     // inferno's own formula, so a frame exactly at the limit is judged alike.
     let threshold = MIN_WIDTH_PCT / (100.0 / total as f64);
-    // keep[i]: how many leading frames of entry i are drawn (at least one,
-    // so no value is lost; inferno prunes a root frame itself if need be).
-    let mut keep = vec![1usize; entries.len()];
-    // Open prefix nodes, outermost first: (total so far, first entry).
-    let mut open: Vec<(u128, usize)> = Vec::new();
-    let close_to = |open: &mut Vec<(u128, usize)>, depth: usize, end: usize, keep: &mut [usize]| {
-        while open.len() > depth {
-            let Some((node_total, start)) = open.pop() else {
-                break;
-            };
-            if node_total as f64 >= threshold {
-                let drawn = open.len() + 1;
-                for k in &mut keep[start..end] {
-                    *k = (*k).max(drawn);
-                }
-            }
-        }
-    };
-    for i in 0..entries.len() {
-        let common = match i {
-            0 => 0,
-            _ => entries[i - 1]
-                .0
-                .iter()
-                .zip(&entries[i].0)
-                .take_while(|(a, b)| a == b)
-                .count(),
-        };
-        close_to(&mut open, common, i, &mut keep);
-        while open.len() < entries[i].0.len() {
-            open.push((0, i));
-        }
-        for node in &mut open {
-            node.0 += entries[i].1 as u128;
-        }
-    }
-    close_to(&mut open, 0, entries.len(), &mut keep);
+    let keep = drawn_depths(&entries, threshold);
     // A cut line keeps its first hidden frame and a hidden child under it:
     // inferno orders siblings by comparing whole lines, so the text after
     // a frame's name (`;` here, as in the uncut lines) must not change, or
@@ -360,6 +325,49 @@ pub fn visible_folded(
     }
     flush(&mut run, &mut lines);
     Ok(lines)
+}
+
+/// For each of `entries` (paths sorted so that shared prefixes are
+/// adjacent, with their values), how many leading frames inferno draws:
+/// those of every prefix at least `threshold` wide, and at least one, so
+/// no value is lost (inferno prunes a root frame itself if need be).
+fn drawn_depths(entries: &[(Vec<u32>, u64)], threshold: f64) -> Vec<usize> {
+    let mut keep = vec![1usize; entries.len()];
+    // Open prefix nodes, outermost first: (total so far, first entry).
+    let mut open: Vec<(u128, usize)> = Vec::new();
+    let close_to = |open: &mut Vec<(u128, usize)>, depth: usize, end: usize, keep: &mut [usize]| {
+        while open.len() > depth {
+            let Some((node_total, start)) = open.pop() else {
+                break;
+            };
+            if node_total as f64 >= threshold {
+                let drawn = open.len() + 1;
+                for k in &mut keep[start..end] {
+                    *k = (*k).max(drawn);
+                }
+            }
+        }
+    };
+    for i in 0..entries.len() {
+        let common = match i {
+            0 => 0,
+            _ => entries[i - 1]
+                .0
+                .iter()
+                .zip(&entries[i].0)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        };
+        close_to(&mut open, common, i, &mut keep);
+        while open.len() < entries[i].0.len() {
+            open.push((0, i));
+        }
+        for node in &mut open {
+            node.0 += entries[i].1 as u128;
+        }
+    }
+    close_to(&mut open, 0, entries.len(), &mut keep);
+    keep
 }
 
 /// `--folded`: the folded lines themselves.
